@@ -1,0 +1,12 @@
+//! What the OTA agent, server and repository tool share.
+//!
+//! * [`tuf`]: the TUF client workflow (verification only: this crate holds no
+//!   signing code, so the agent that links it can never sign anything).
+//! * [`wire`]: the JSON types exchanged between devices, the server and `ota-repo`.
+//! * [`hash`]: streaming SHA-256/SHA-512 hashing and verification.
+//! * [`atomic`]: power-cut-safe file replacement.
+
+pub mod atomic;
+pub mod hash;
+pub mod tuf;
+pub mod wire;

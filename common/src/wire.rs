@@ -1,0 +1,201 @@
+//! JSON exchanged over HTTP between devices, the server and `ota-repo`,
+//! and the custom fields a release carries in signed targets metadata.
+//!
+//! Endpoints (see docs/ARCHITECTURE.md for the full protocol):
+//! * `GET  /metadata/{file}`, `GET /targets/{path}`: the TUF repository (public).
+//! * `POST /api/v1/devices/{device_id}/reports`: a [`DeviceReport`].
+//! * `POST /admin/v1/publications` → [`PublicationCreated`];
+//!   `PUT /admin/v1/publications/{id}/targets/{target path}` (image body) → [`StagedTarget`];
+//!   `PUT /admin/v1/publications/{id}/metadata/{file}`;
+//!   `POST /admin/v1/publications/{id}/commit` → [`PublicationCommitted`].
+//! * `GET  /admin/v1/devices` → `Vec<DeviceRecord>`;
+//!   `GET /admin/v1/devices/{device_id}/events` → `Vec<DeviceEvent>`.
+//!
+//! Admin endpoints take `Authorization: Bearer <token>`.
+
+use serde::{Deserialize, Serialize};
+
+/// Largest device report the server accepts, in bytes.
+pub const MAX_REPORT_BYTES: usize = 16 * 1024;
+/// Longest free-text reason a device may report, in characters.
+pub const MAX_REASON_CHARS: usize = 2048;
+
+/// The custom fields `ota-repo add` puts on a target, which the agent reads
+/// from *verified* targets metadata to decide what to install.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseCustom {
+    /// Semantic version of the image.
+    pub version: semver::Version,
+    /// Hardware ids the image may be installed on.
+    pub hardware_ids: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_notes: Option<String>,
+}
+
+/// Where a device is in the update cycle, as reported to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateStatus {
+    /// Polled; nothing to do.
+    Idle,
+    /// Streaming an image into the inactive slot.
+    Downloading,
+    /// Image written and verified in the inactive slot.
+    Installed,
+    /// Bootloader told to try the new slot once; reboot requested.
+    Rebooting,
+    /// New slot booted, health checks passed, made permanent.
+    Committed,
+    /// New slot failed (health checks, or never came up); back on the previous slot.
+    RolledBack,
+    /// Something failed before the bootloader was touched; the device keeps running its slot.
+    Failed,
+}
+
+impl UpdateStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateStatus::Idle => "idle",
+            UpdateStatus::Downloading => "downloading",
+            UpdateStatus::Installed => "installed",
+            UpdateStatus::Rebooting => "rebooting",
+            UpdateStatus::Committed => "committed",
+            UpdateStatus::RolledBack => "rolled_back",
+            UpdateStatus::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for UpdateStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a device tells the server at each stage (`POST /api/v1/devices/{id}/reports`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceReport {
+    pub hardware_id: String,
+    /// Version running now (the booted slot's).
+    pub installed_version: String,
+    /// Slot booted now ("A" or "B").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub booted_slot: Option<String>,
+    pub status: UpdateStatus,
+    /// Target name the status is about, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Version of that target, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_version: Option<String>,
+    /// Why (for failed and rolled_back), in plain words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Device ids and hardware ids: 1 to 128 characters of `[A-Za-z0-9._:-]`,
+/// so they are safe in URLs, file names, logs and SQL alike.
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// The server's view of one device (`GET /admin/v1/devices`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    pub device_id: String,
+    pub hardware_id: String,
+    pub installed_version: String,
+    pub booted_slot: Option<String>,
+    pub status: UpdateStatus,
+    pub target: Option<String>,
+    pub target_version: Option<String>,
+    pub reason: Option<String>,
+    /// RFC 3339, UTC.
+    pub last_seen: String,
+}
+
+/// One report as recorded (`GET /admin/v1/devices/{id}/events`), oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceEvent {
+    pub device_id: String,
+    pub installed_version: String,
+    pub booted_slot: Option<String>,
+    pub status: UpdateStatus,
+    pub target: Option<String>,
+    pub target_version: Option<String>,
+    pub reason: Option<String>,
+    /// RFC 3339, UTC.
+    pub at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicationCreated {
+    pub id: String,
+}
+
+/// The server's account of an uploaded image, computed while it streamed in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedTarget {
+    pub target: String,
+    pub length: u64,
+    pub sha256: String,
+    pub sha512: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicationCommitted {
+    pub id: String,
+    /// Files made visible, in the order they were made visible (timestamp last).
+    pub files: Vec<String>,
+}
+
+/// Error body of every 4xx/5xx answer: `{"error": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_restricted_to_safe_characters() {
+        assert!(is_valid_id("dev-01.hospital_a:ward3"));
+        assert!(!is_valid_id(""));
+        assert!(!is_valid_id("../etc"));
+        assert!(!is_valid_id("a/b"));
+        assert!(!is_valid_id("a b"));
+        assert!(!is_valid_id(&"x".repeat(129)));
+    }
+
+    #[test]
+    fn report_rejects_unknown_fields_and_statuses() {
+        let ok = r#"{"hardware_id":"hw","installed_version":"1.0.0","status":"rolled_back","reason":"health check app failed"}"#;
+        let r: DeviceReport = serde_json::from_str(ok).expect("valid report");
+        assert_eq!(r.status, UpdateStatus::RolledBack);
+        assert!(serde_json::from_str::<DeviceReport>(
+            r#"{"hardware_id":"hw","installed_version":"1","status":"exploded"}"#
+        )
+        .is_err());
+        assert!(serde_json::from_str::<DeviceReport>(
+            r#"{"hardware_id":"hw","installed_version":"1","status":"idle","admin":true}"#
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn release_custom_round_trips() {
+        let c: ReleaseCustom = serde_json::from_str(
+            r#"{"version":"1.2.0","hardware_ids":["board-a"],"release_notes":"fixes"}"#,
+        )
+        .expect("parse");
+        assert_eq!(c.version, semver::Version::new(1, 2, 0));
+        assert!(serde_json::from_str::<ReleaseCustom>(r#"{"version":"one","hardware_ids":[]}"#).is_err());
+    }
+}
