@@ -1,0 +1,71 @@
+//! A repository, a running server and a factory image: what every end-to-end test starts from.
+
+use crate::device::SimDevice;
+use crate::image::write_image;
+use crate::repo::Repo;
+use crate::server::Server;
+use std::path::PathBuf;
+
+pub const HARDWARE_ID: &str = "board-rev-a";
+pub const FACTORY_VERSION: &str = "1.0.0";
+
+#[derive(Debug)]
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub repo: Repo,
+    pub server: Server,
+    pub factory_image: PathBuf,
+}
+
+impl Fixture {
+    /// A fresh repository (default keys) and a server with embedded defaults.
+    pub fn new() -> anyhow::Result<Fixture> {
+        Self::with_init_args(&[])
+    }
+
+    pub fn with_init_args(init_args: &[&str]) -> anyhow::Result<Fixture> {
+        let dir = tempfile::tempdir()?;
+        let repo = Repo::init(&dir.path().join("repo"), init_args)?;
+        let server = Server::start(&dir.path().join("server"))?;
+        let factory_image = dir.path().join("factory-1.0.0.img");
+        write_image(&factory_image, FACTORY_VERSION, true, 64 * 1024)?;
+        Ok(Fixture {
+            dir,
+            repo,
+            server,
+            factory_image,
+        })
+    }
+
+    /// Builds an image for `version`, adds it to the repository for `hardware_ids` and publishes it.
+    pub fn release(
+        &self,
+        version: &str,
+        healthy: bool,
+        size: usize,
+        hardware_ids: &[&str],
+    ) -> anyhow::Result<PathBuf> {
+        let image = self.dir.path().join(format!("rootfs-{version}.img"));
+        write_image(&image, version, healthy, size)?;
+        self.repo.add(&image, version, hardware_ids)?;
+        self.repo.publish(&self.server)?;
+        Ok(image)
+    }
+
+    /// A device running the factory image, talking to `server_url` (the server, or a proxy in front of it).
+    pub fn device_at(&self, id: &str, server_url: &str) -> anyhow::Result<SimDevice> {
+        SimDevice::provision(
+            &self.dir.path().join("devices").join(id),
+            id,
+            HARDWARE_ID,
+            server_url,
+            &self.repo.initial_root(),
+            &self.factory_image,
+            FACTORY_VERSION,
+        )
+    }
+
+    pub fn device(&self, id: &str) -> anyhow::Result<SimDevice> {
+        self.device_at(id, &self.server.url)
+    }
+}
