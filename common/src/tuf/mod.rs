@@ -3,9 +3,16 @@
 //!
 //! Being filled in; see the API below.
 
+mod canonical;
 mod client;
 #[cfg(feature = "http")]
 pub mod http;
+mod keys;
+mod metadata;
+mod pattern;
+mod store;
+#[cfg(test)]
+mod tests;
 mod transport;
 
 pub use client::{RefreshOutcome, RoleSummary, TrustedMetadata, TufClient};
@@ -155,8 +162,8 @@ pub enum TufError {
         trusted: u64,
         new: u64,
     },
-    #[error("no more than {max} root rotations are followed in one refresh")]
-    TooManyRootRotations { max: u32 },
+    #[error("no trusted root metadata at {path}: run init with a trusted root first")]
+    NoTrustedRoot { path: String },
     #[error("no trusted {role} metadata: refresh first")]
     NotLoaded { role: String },
     #[error("target {target}: {source}")]
