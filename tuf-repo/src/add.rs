@@ -1,0 +1,234 @@
+//! `ota-repo add`: streams an image once into the repository's `targets/`
+//! (hashing it on the way), lists it as a target with the release fields,
+//! and signs new targets, snapshot and timestamp.
+
+use crate::config::RepoConfig;
+use crate::editor::{self, SignPlan};
+use crate::error::{RepoError, Result};
+use crate::layout::Layout;
+use crate::role::Role;
+use crate::state::RepoState;
+use crate::target_name;
+use ota_common::hash::{copy_and_digest, StreamDigests};
+use ota_common::wire::{is_valid_id, ReleaseCustom};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use tough::schema::{Hashes, Target};
+use tough::TargetName;
+
+#[derive(Debug, Clone)]
+pub struct AddOptions {
+    pub image: PathBuf,
+    pub version: String,
+    pub hardware_ids: Vec<String>,
+    pub notes: Option<String>,
+    /// Target name; defaults to the image's file name.
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Added {
+    pub name: String,
+    pub length: u64,
+    pub sha256: String,
+    pub sha512: String,
+    pub targets_version: u64,
+}
+
+pub async fn add(layout: &Layout, options: &AddOptions) -> Result<Added> {
+    let config = RepoConfig::load(layout)?;
+    let state = RepoState::load(layout).await?;
+    let release = release_fields(options)?;
+    let name = match &options.name {
+        Some(n) => n.clone(),
+        None => options
+            .image
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_owned)
+            .ok_or_else(|| RepoError::InvalidTargetName {
+                name: options.image.display().to_string(),
+                detail: "the image path has no UTF-8 file name; pass --name".to_owned(),
+            })?,
+    };
+    target_name::validate(&name)?;
+    let image = File::open(&options.image).map_err(|source| RepoError::Image {
+        path: options.image.clone(),
+        source,
+    })?;
+    check_not_published(&state, &name, &release)?;
+
+    // Everything that could refuse the release is checked before the image
+    // is copied: root must be valid, the new expiries in the future, the
+    // keys usable.
+    let now = jiff::Timestamp::now();
+    editor::ensure_not_expired(Role::Root, state.root.signed.expires, now)?;
+    let mut expires = BTreeMap::new();
+    for role in [Role::Targets, Role::Snapshot, Role::Timestamp] {
+        let t = config.role(role)?.expiry()?.resolve(now)?;
+        editor::ensure_future(role, t, now, false)?;
+        expires.insert(role, t);
+        editor::role_keys(layout, &config, role, &state.root.signed)?;
+    }
+
+    let size = image.metadata().map(|m| m.len()).unwrap_or(0);
+    let digests = store_image(layout, &name, &options.image, image, size)?;
+
+    let mut custom = HashMap::new();
+    let value = serde_json::to_value(&release)
+        .map_err(|e| RepoError::Inconsistent(format!("serializing release fields: {e}")))?;
+    if let serde_json::Value::Object(map) = value {
+        custom.extend(map);
+    }
+    let sha512 = hex::encode(digests.sha512);
+    let target = Target {
+        length: digests.length,
+        hashes: Hashes {
+            sha256: digests.sha256.to_vec().into(),
+            _extra: HashMap::from([("sha512".to_owned(), serde_json::Value::String(sha512.clone()))]),
+        },
+        custom,
+        _extra: HashMap::new(),
+    };
+    let mut targets = state.targets.signed.clone();
+    let tname = TargetName::new(name.clone())
+        .map_err(RepoError::tough(format!("target name {name:?}")))?;
+    targets.targets.insert(tname, target);
+    let plan = SignPlan {
+        new_targets: Some(targets),
+        snapshot: true,
+        timestamp: true,
+        expires,
+        ..SignPlan::default()
+    };
+    let files = editor::sign_plan(layout, &config, &state, plan).await?;
+    editor::write_metadata(layout, &files)?;
+    Ok(Added {
+        name,
+        length: digests.length,
+        sha256: hex::encode(digests.sha256),
+        sha512,
+        targets_version: state.targets.signed.version.get() + 1,
+    })
+}
+
+fn release_fields(options: &AddOptions) -> Result<ReleaseCustom> {
+    let version =
+        semver::Version::parse(options.version.trim()).map_err(|e| RepoError::InvalidVersion {
+            value: options.version.clone(),
+            detail: e.to_string(),
+        })?;
+    if options.hardware_ids.is_empty() {
+        return Err(RepoError::InvalidArgument(
+            "at least one --hardware-id is required".to_owned(),
+        ));
+    }
+    let mut hardware_ids: Vec<String> = Vec::new();
+    for id in &options.hardware_ids {
+        if !is_valid_id(id) {
+            return Err(RepoError::InvalidHardwareId(id.clone()));
+        }
+        if !hardware_ids.contains(id) {
+            hardware_ids.push(id.clone());
+        }
+    }
+    Ok(ReleaseCustom {
+        version,
+        hardware_ids,
+        release_notes: options.notes.clone(),
+    })
+}
+
+/// Refuses a name already listed, and a version already published for any
+/// of the hardware ids (a device could not tell the two images apart).
+fn check_not_published(state: &RepoState, name: &str, release: &ReleaseCustom) -> Result<()> {
+    for (existing_name, target) in &state.targets.signed.targets {
+        if existing_name.raw() == name {
+            return Err(RepoError::TargetExists {
+                name: name.to_owned(),
+            });
+        }
+        let custom = serde_json::Value::Object(target.custom.clone().into_iter().collect());
+        let Ok(existing) = serde_json::from_value::<ReleaseCustom>(custom) else {
+            continue;
+        };
+        if existing.version != release.version {
+            continue;
+        }
+        if let Some(hw) = release
+            .hardware_ids
+            .iter()
+            .find(|hw| existing.hardware_ids.contains(hw))
+        {
+            return Err(RepoError::VersionPublished {
+                version: release.version.to_string(),
+                hardware_id: hw.clone(),
+                target: existing_name.raw().to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Copies the image into `targets/[dir/]<sha256>.<basename>` while hashing
+/// it, then links it as `<sha512>.<basename>`: one read of the image, in
+/// constant memory.
+fn store_image(
+    layout: &Layout,
+    name: &str,
+    image_path: &Path,
+    image: File,
+    size: u64,
+) -> Result<StreamDigests> {
+    let (dir, base) = target_name::validate(name)?;
+    let dest_dir = layout.targets_dir().join(&dir);
+    ota_common::atomic::create_dir_all_durable(&dest_dir).map_err(RepoError::io(&dest_dir))?;
+    let partial = dest_dir.join(format!(".{base}.partial-{}", std::process::id()));
+    let result = (|| {
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&partial)
+            .map_err(RepoError::io(&partial))?;
+        let bar = crate::progress::bytes_bar(size, &format!("adding {name}"));
+        let digests = copy_and_digest(image, Some(&mut out), |n| bar.set_position(n)).map_err(
+            |source| RepoError::Image {
+                path: image_path.to_owned(),
+                source,
+            },
+        )?;
+        bar.finish_and_clear();
+        out.flush().map_err(RepoError::io(&partial))?;
+        out.sync_all().map_err(RepoError::io(&partial))?;
+        let by_sha256 = dest_dir.join(format!("{}.{base}", hex::encode(digests.sha256)));
+        let by_sha512 = dest_dir.join(format!("{}.{base}", hex::encode(digests.sha512)));
+        ota_common::atomic::rename_durable(&partial, &by_sha256).map_err(RepoError::io(&by_sha256))?;
+        link_or_copy(&by_sha256, &by_sha512)?;
+        Ok(digests)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    result
+}
+
+fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
+    // The names are content hashes: an existing file already has these bytes.
+    if to.exists() {
+        return Ok(());
+    }
+    if std::fs::hard_link(from, to).is_err() {
+        let tmp = to.with_extension("partial-copy");
+        std::fs::copy(from, &tmp).map_err(RepoError::io(&tmp))?;
+        File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(RepoError::io(&tmp))?;
+        ota_common::atomic::rename_durable(&tmp, to).map_err(RepoError::io(to))?;
+    } else if let Some(parent) = to.parent() {
+        ota_common::atomic::fsync_dir(parent).map_err(RepoError::io(parent))?;
+    }
+    Ok(())
+}

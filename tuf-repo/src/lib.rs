@@ -1,0 +1,29 @@
+//! `ota-repo`: the release engineer's side of the OTA system. Creates the
+//! offline signing keys, builds and signs TUF metadata with `tough`, adds
+//! images as targets and publishes the repository to the server or a
+//! directory.
+//!
+//! Repository layout (everything below `--repo DIR`):
+//! * `repo.json`: the [`config::RepoConfig`] (key files, thresholds, expiry policy per role).
+//! * `keys/<role>-<n>.pem`: PKCS#8 private keys, mode 0600 (development only: software keys).
+//! * `metadata/`: `N.root.json` (+ `root.json`, a copy of the newest), `N.targets.json`,
+//!   `N.snapshot.json`, `timestamp.json` (consistent snapshots).
+//! * `targets/[dir/]<sha256>.<basename>` and `targets/[dir/]<sha512>.<basename>`: the images.
+
+pub mod add;
+pub mod config;
+pub mod editor;
+pub mod error;
+pub mod expiry;
+pub mod init;
+pub mod keys;
+pub mod layout;
+pub mod progress;
+pub mod publish;
+pub mod resign;
+pub mod role;
+pub mod state;
+pub mod status;
+pub mod target_name;
+
+pub use error::RepoError;

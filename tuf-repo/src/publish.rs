@@ -1,0 +1,421 @@
+//! `ota-repo publish`: hands the repository to the server's admin API, or
+//! copies it into a directory, in the order that keeps every reader safe:
+//! images first, then the versioned metadata (new names nobody references
+//! yet), then `timestamp.json` last, replaced atomically.
+
+use crate::error::{RepoError, Result};
+use crate::layout::Layout;
+use crate::progress::{bytes_bar, ProgressReader};
+use crate::state::RepoState;
+use crate::target_name;
+use ota_common::hash::copy_and_digest;
+use ota_common::wire::{ErrorBody, PublicationCommitted, PublicationCreated, StagedTarget};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use url::Url;
+
+/// Largest metadata file the server accepts.
+pub const MAX_METADATA_BYTES: u64 = 16 * 1024 * 1024;
+/// Most bytes of an answer body read (error messages, JSON answers).
+const MAX_ANSWER_BYTES: u64 = 1024 * 1024;
+
+/// An image as listed in the signed targets metadata.
+#[derive(Debug, Clone)]
+pub struct TargetFile {
+    pub name: String,
+    pub length: u64,
+    pub sha256: String,
+    pub sha512: String,
+    /// `[dir/]<sha256>.<basename>`, relative to `targets/`.
+    pub by_sha256: String,
+    /// `[dir/]<sha512>.<basename>`, relative to `targets/`.
+    pub by_sha512: String,
+}
+
+/// Everything a publication carries.
+#[derive(Debug, Clone)]
+pub struct PublishSet {
+    pub targets: Vec<TargetFile>,
+    /// Versioned metadata: every `N.root.json` (oldest first), the current
+    /// `N.targets.json` and `N.snapshot.json`.
+    pub metadata: Vec<String>,
+    /// Whether any of the current metadata has expired (published anyway:
+    /// tests publish expired metadata on purpose; the caller warns).
+    pub expired_roles: Vec<String>,
+}
+
+pub fn collect(layout: &Layout, state: &RepoState) -> Result<PublishSet> {
+    let mut targets = Vec::new();
+    let mut listed: Vec<_> = state.targets.signed.targets.iter().collect();
+    listed.sort_by(|a, b| a.0.raw().cmp(b.0.raw()));
+    for (name, target) in listed {
+        let name = name.raw().to_owned();
+        let sha256 = hex::encode(&*target.hashes.sha256);
+        let sha512 = target
+            .hashes
+            ._extra
+            .get("sha512")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+            .ok_or_else(|| RepoError::Inconsistent(format!("target {name} lists no sha512")))?;
+        let t = TargetFile {
+            by_sha256: target_name::hashed_path(&name, &sha256)?,
+            by_sha512: target_name::hashed_path(&name, &sha512)?,
+            name,
+            length: target.length,
+            sha256,
+            sha512,
+        };
+        for rel in [&t.by_sha256, &t.by_sha512] {
+            let path = layout.targets_dir().join(rel);
+            let len = std::fs::metadata(&path).map_err(RepoError::io(&path))?.len();
+            if len != t.length {
+                return Err(RepoError::Inconsistent(format!(
+                    "{} has {len} bytes, the signed length of target {} is {}",
+                    path.display(),
+                    t.name,
+                    t.length
+                )));
+            }
+        }
+        targets.push(t);
+    }
+
+    let dir = layout.metadata_dir();
+    let mut roots: Vec<u64> = Vec::new();
+    for entry in std::fs::read_dir(&dir).map_err(RepoError::io(&dir))? {
+        let entry = entry.map_err(RepoError::io(&dir))?;
+        if let Some(n) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.strip_suffix(".root.json"))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            roots.push(n);
+        }
+    }
+    roots.sort_unstable();
+    let mut metadata: Vec<String> = roots.iter().map(|n| format!("{n}.root.json")).collect();
+    metadata.push(format!("{}.targets.json", state.targets.signed.version));
+    metadata.push(format!("{}.snapshot.json", state.snapshot.signed.version));
+
+    let now = jiff::Timestamp::now();
+    let expired_roles = [
+        ("root", state.root.signed.expires),
+        ("targets", state.targets.signed.expires),
+        ("snapshot", state.snapshot.signed.expires),
+        ("timestamp", state.timestamp.signed.expires),
+    ]
+    .into_iter()
+    .filter(|(_, e)| *e <= now)
+    .map(|(r, _)| r.to_owned())
+    .collect();
+    Ok(PublishSet {
+        targets,
+        metadata,
+        expired_roles,
+    })
+}
+
+fn read_metadata(layout: &Layout, name: &str) -> Result<Vec<u8>> {
+    let path = layout.metadata_dir().join(name);
+    let len = std::fs::metadata(&path).map_err(RepoError::io(&path))?.len();
+    if len > MAX_METADATA_BYTES {
+        return Err(RepoError::Inconsistent(format!(
+            "{} is {len} bytes, over the {MAX_METADATA_BYTES}-byte limit for metadata",
+            path.display()
+        )));
+    }
+    std::fs::read(&path).map_err(RepoError::io(path))
+}
+
+// ---------------------------------------------------------------- directory
+
+/// Copies the repository into `out` (`out/targets/…`, `out/metadata/…`) and
+/// returns the files written, in the order they were made visible
+/// (`metadata/timestamp.json` last).
+pub fn publish_dir(layout: &Layout, set: &PublishSet, out: &Path) -> Result<Vec<String>> {
+    let mut written = Vec::new();
+    for t in &set.targets {
+        for rel in [&t.by_sha256, &t.by_sha512] {
+            let dest = out.join("targets").join(rel);
+            if std::fs::metadata(&dest).map(|m| m.len() == t.length).unwrap_or(false) {
+                continue; // Content-addressed: same name and length, same image.
+            }
+            copy_verified(&layout.targets_dir().join(rel), &dest, t)?;
+            written.push(format!("targets/{rel}"));
+        }
+    }
+    let meta_dir = out.join("metadata");
+    ota_common::atomic::create_dir_all_durable(&meta_dir).map_err(RepoError::io(&meta_dir))?;
+    for name in &set.metadata {
+        let bytes = read_metadata(layout, name)?;
+        let dest = meta_dir.join(name);
+        match std::fs::read(&dest) {
+            Ok(existing) if existing == bytes => continue,
+            Ok(_) => {
+                return Err(RepoError::Publish(format!(
+                    "{} already exists with other content; refusing to replace signed metadata",
+                    dest.display()
+                )))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(RepoError::Io { path: dest, source: e }),
+        }
+        ota_common::atomic::write_atomic(&dest, &bytes).map_err(RepoError::io(&dest))?;
+        written.push(format!("metadata/{name}"));
+    }
+    let bytes = read_metadata(layout, "timestamp.json")?;
+    let dest = meta_dir.join("timestamp.json");
+    ota_common::atomic::write_atomic(&dest, &bytes).map_err(RepoError::io(&dest))?;
+    written.push("metadata/timestamp.json".to_owned());
+    Ok(written)
+}
+
+/// Streams `src` to a temporary file beside `dest`, checks the signed length
+/// and digests on the way, and renames it into place only if they match.
+fn copy_verified(src: &Path, dest: &Path, t: &TargetFile) -> Result<()> {
+    let dir = dest
+        .parent()
+        .ok_or_else(|| RepoError::Publish(format!("{} has no parent directory", dest.display())))?;
+    ota_common::atomic::create_dir_all_durable(dir).map_err(RepoError::io(dir))?;
+    let tmp = dir.join(format!(".publish-{}.partial", std::process::id()));
+    let result = (|| {
+        let input = File::open(src).map_err(RepoError::io(src))?;
+        let mut output = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(RepoError::io(&tmp))?;
+        let bar = bytes_bar(t.length, &format!("copying {}", t.name));
+        let d = copy_and_digest(input, Some(&mut output), |n| bar.set_position(n))
+            .map_err(RepoError::io(src))?;
+        bar.finish_and_clear();
+        if d.length != t.length || hex::encode(d.sha256) != t.sha256 || hex::encode(d.sha512) != t.sha512 {
+            return Err(RepoError::Inconsistent(format!(
+                "{} does not match the signed length and hashes of target {}",
+                src.display(),
+                t.name
+            )));
+        }
+        output.flush().map_err(RepoError::io(&tmp))?;
+        output.sync_all().map_err(RepoError::io(&tmp))?;
+        ota_common::atomic::rename_durable(&tmp, dest).map_err(RepoError::io(dest))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+// ------------------------------------------------------------------- server
+
+/// The admin API client (see docs/ARCHITECTURE.md, "Wire protocol").
+#[derive(Debug)]
+pub struct AdminClient {
+    base: Url,
+    token: String,
+    http: reqwest::blocking::Client,
+}
+
+impl AdminClient {
+    pub fn new(base: Url, token: String) -> Result<Self> {
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(RepoError::InvalidArgument(format!(
+                "server URL {base} must be http:// or https://"
+            )));
+        }
+        if token.is_empty() {
+            return Err(RepoError::InvalidArgument("the admin token is empty".to_owned()));
+        }
+        // reqwest is built without a default crypto provider; a second
+        // install (already installed) is harmless.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let http = reqwest::blocking::Client::builder()
+            .connect_timeout(Duration::from_secs(30))
+            // Large images may take long to upload: no overall limit.
+            .timeout(None)
+            .build()
+            .map_err(|e| RepoError::Publish(format!("creating the HTTP client: {e}")))?;
+        Ok(Self { base, token, http })
+    }
+
+    fn url(&self, segments: &[&str]) -> Result<Url> {
+        let mut url = self.base.clone();
+        {
+            let mut path = url.path_segments_mut().map_err(|()| {
+                RepoError::InvalidArgument(format!("server URL {} cannot have a path", self.base))
+            })?;
+            path.pop_if_empty();
+            for s in segments {
+                for part in s.split('/') {
+                    path.push(part);
+                }
+            }
+        }
+        Ok(url)
+    }
+
+    fn send(&self, what: &str, req: reqwest::blocking::RequestBuilder) -> Result<reqwest::blocking::Response> {
+        let resp = req
+            .bearer_auth(&self.token)
+            .send()
+            .map_err(|e| RepoError::Publish(format!("{what}: {e}")))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let mut body = String::new();
+        let _ = resp.take(MAX_ANSWER_BYTES).read_to_string(&mut body);
+        let message = match serde_json::from_str::<ErrorBody>(&body) {
+            Ok(e) => e.error,
+            Err(_) if body.trim().is_empty() => "(no error message)".to_owned(),
+            Err(_) => body.trim().chars().take(500).collect(),
+        };
+        Err(RepoError::Publish(format!("{what}: server answered {status}: {message}")))
+    }
+
+    fn json<T: serde::de::DeserializeOwned>(what: &str, resp: reqwest::blocking::Response) -> Result<T> {
+        serde_json::from_reader(resp.take(MAX_ANSWER_BYTES))
+            .map_err(|e| RepoError::Publish(format!("{what}: unexpected answer from the server: {e}")))
+    }
+
+    pub fn create_publication(&self) -> Result<String> {
+        let what = "opening a publication (POST /admin/v1/publications)";
+        let resp = self.send(what, self.http.post(self.url(&["admin", "v1", "publications"])?))?;
+        let created: PublicationCreated = Self::json(what, resp)?;
+        if !ota_common::wire::is_valid_id(&created.id) {
+            return Err(RepoError::Publish(format!(
+                "{what}: the server returned an unusable publication id {:?}",
+                created.id
+            )));
+        }
+        Ok(created.id)
+    }
+
+    /// Whether the server already serves this image (right name and length).
+    pub fn has_target(&self, t: &TargetFile) -> Result<bool> {
+        let url = self.url(&["targets", &t.by_sha256])?;
+        let resp = match self.http.head(url).send() {
+            Ok(r) => r,
+            Err(_) => return Ok(false), // The upload will report any real problem.
+        };
+        Ok(resp.status() == reqwest::StatusCode::OK && resp.content_length() == Some(t.length))
+    }
+
+    pub fn upload_target(&self, id: &str, layout: &Layout, t: &TargetFile) -> Result<()> {
+        let what = format!("uploading target {} (PUT /admin/v1/publications/{id}/targets/{})", t.name, t.name);
+        let path = layout.targets_dir().join(&t.by_sha256);
+        let file = File::open(&path).map_err(RepoError::io(&path))?;
+        let bar = bytes_bar(t.length, &format!("uploading {}", t.name));
+        let body = reqwest::blocking::Body::sized(ProgressReader::new(file, bar.clone()), t.length);
+        let req = self
+            .http
+            .put(self.url(&["admin", "v1", "publications", id, "targets", &t.name])?)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(body);
+        let resp = self.send(&what, req)?;
+        bar.finish_and_clear();
+        let staged: StagedTarget = Self::json(&what, resp)?;
+        if staged.length != t.length
+            || !staged.sha256.eq_ignore_ascii_case(&t.sha256)
+            || !staged.sha512.eq_ignore_ascii_case(&t.sha512)
+        {
+            return Err(RepoError::Publish(format!(
+                "{what}: the server received {} bytes with sha256 {} / sha512 {}, expected {} bytes with sha256 {} / sha512 {}; the upload was corrupted, nothing was committed",
+                staged.length, staged.sha256, staged.sha512, t.length, t.sha256, t.sha512
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn upload_metadata(&self, id: &str, name: &str, bytes: Vec<u8>) -> Result<()> {
+        let what = format!("uploading metadata {name}");
+        let req = self
+            .http
+            .put(self.url(&["admin", "v1", "publications", id, "metadata", name])?)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(bytes);
+        self.send(&what, req).map(drop)
+    }
+
+    pub fn commit(&self, id: &str) -> Result<PublicationCommitted> {
+        let what = format!("committing publication {id}");
+        let resp = self.send(
+            &what,
+            self.http.post(self.url(&["admin", "v1", "publications", id, "commit"])?),
+        )?;
+        Self::json(&what, resp)
+    }
+}
+
+/// Result of a server publication.
+#[derive(Debug, Clone)]
+pub struct ServerPublished {
+    pub id: String,
+    pub uploaded: Vec<String>,
+    pub skipped: Vec<String>,
+    pub committed: PublicationCommitted,
+}
+
+pub fn publish_server(layout: &Layout, set: &PublishSet, client: &AdminClient) -> Result<ServerPublished> {
+    // Read the metadata before opening the publication so a local problem
+    // leaves no half-filled publication behind.
+    let mut metadata = Vec::new();
+    for name in set.metadata.iter().chain(std::iter::once(&"timestamp.json".to_owned())) {
+        metadata.push((name.clone(), read_metadata(layout, name)?));
+    }
+    let id = client.create_publication()?;
+    let mut uploaded = Vec::new();
+    let mut skipped = Vec::new();
+    for t in &set.targets {
+        if client.has_target(t)? {
+            tracing::info!(target = %t.name, "already on the server, not uploaded");
+            skipped.push(t.name.clone());
+            continue;
+        }
+        client.upload_target(&id, layout, t)?;
+        uploaded.push(t.name.clone());
+    }
+    for (name, bytes) in metadata {
+        client.upload_metadata(&id, &name, bytes)?;
+    }
+    let committed = client.commit(&id)?;
+    Ok(ServerPublished {
+        id,
+        uploaded,
+        skipped,
+        committed,
+    })
+}
+
+/// The admin token from a file (trimmed) or, failing that, `OTA_ADMIN_TOKEN`.
+pub fn read_token(file: Option<&Path>, env: Option<String>) -> Result<String> {
+    let token = match file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| RepoError::InvalidArgument(format!("token file {}: {e}", path.display())))?,
+        None => env.ok_or_else(|| {
+            RepoError::InvalidArgument(
+                "no admin token: pass --token-file FILE or set OTA_ADMIN_TOKEN".to_owned(),
+            )
+        })?,
+    };
+    let token = token.trim().to_owned();
+    if token.is_empty() {
+        return Err(RepoError::InvalidArgument("the admin token is empty".to_owned()));
+    }
+    if token.chars().any(|c| c.is_control() || c == ' ') {
+        return Err(RepoError::InvalidArgument(
+            "the admin token contains spaces or control characters".to_owned(),
+        ));
+    }
+    Ok(token)
+}
+
+/// Where `publish --dir` writes.
+pub fn dir_paths(out: &Path) -> (PathBuf, PathBuf) {
+    (out.join("metadata"), out.join("targets"))
+}

@@ -1,0 +1,125 @@
+//! `ota-repo resign`: new versions with new expiry dates, to refresh
+//! metadata before it expires (or, with `--allow-expired`, to produce
+//! expired metadata for tests).
+//!
+//! Signing a role re-signs what refers to it: targets ⇒ snapshot and
+//! timestamp, snapshot ⇒ timestamp. Root stands alone (clients fetch
+//! `N+1.root.json` by name).
+
+use crate::config::RepoConfig;
+use crate::editor::{self, SignPlan};
+use crate::error::Result;
+use crate::expiry::Expiry;
+use crate::layout::Layout;
+use crate::role::Role;
+use crate::state::RepoState;
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Debug, Clone, Default)]
+pub struct ResignOptions {
+    /// Roles asked for; empty means timestamp. Roles given an expiry in
+    /// `expires` are re-signed too.
+    pub roles: Vec<Role>,
+    /// One-off expiry per role (the policy in repo.json is left unchanged).
+    pub expires: BTreeMap<Role, Expiry>,
+    pub allow_expired: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resigned {
+    /// (role, new version, new expiry), in signing order.
+    pub roles: Vec<(Role, u64, String)>,
+}
+
+/// The roles actually signed for a request, with their dependents.
+pub fn expand(roles: &[Role], expires: &BTreeMap<Role, Expiry>) -> BTreeSet<Role> {
+    let mut set: BTreeSet<Role> = roles.iter().copied().chain(expires.keys().copied()).collect();
+    if set.is_empty() {
+        set.insert(Role::Timestamp);
+    }
+    if set.contains(&Role::Targets) {
+        set.insert(Role::Snapshot);
+    }
+    if set.contains(&Role::Snapshot) {
+        set.insert(Role::Timestamp);
+    }
+    set
+}
+
+pub async fn resign(layout: &Layout, options: &ResignOptions) -> Result<Resigned> {
+    let config = RepoConfig::load(layout)?;
+    let state = RepoState::load(layout).await?;
+    let roles = expand(&options.roles, &options.expires);
+    let now = jiff::Timestamp::now();
+
+    // A role left as it is must still be valid, or the refresh is useless:
+    // clients would refuse the repository anyway.
+    if !options.allow_expired {
+        let current = [
+            (Role::Root, state.root.signed.expires),
+            (Role::Targets, state.targets.signed.expires),
+            (Role::Snapshot, state.snapshot.signed.expires),
+            (Role::Timestamp, state.timestamp.signed.expires),
+        ];
+        for (role, expires) in current {
+            if !roles.contains(&role) {
+                editor::ensure_not_expired(role, expires, now)?;
+            }
+        }
+    }
+
+    let mut expires = BTreeMap::new();
+    for role in &roles {
+        let policy = match options.expires.get(role) {
+            Some(e) => *e,
+            None => config.role(*role)?.expiry()?,
+        };
+        let t = policy.resolve(now)?;
+        editor::ensure_future(*role, t, now, options.allow_expired)?;
+        expires.insert(*role, t);
+    }
+    let plan = SignPlan {
+        root: roles.contains(&Role::Root),
+        new_targets: None,
+        resign_targets: roles.contains(&Role::Targets),
+        snapshot: roles.contains(&Role::Snapshot),
+        timestamp: roles.contains(&Role::Timestamp),
+        expires: expires.clone(),
+    };
+    let files = editor::sign_plan(layout, &config, &state, plan).await?;
+    editor::write_metadata(layout, &files)?;
+
+    let version_of = |role: Role| match role {
+        Role::Root => state.root.signed.version.get() + 1,
+        Role::Targets => state.targets.signed.version.get() + 1,
+        Role::Snapshot => state.snapshot.signed.version.get() + 1,
+        Role::Timestamp => state.timestamp.signed.version.get() + 1,
+    };
+    Ok(Resigned {
+        roles: roles
+            .iter()
+            .map(|r| (*r, version_of(*r), expires[r].to_string()))
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cascades_to_dependent_roles() {
+        let none = BTreeMap::new();
+        assert_eq!(expand(&[], &none), BTreeSet::from([Role::Timestamp]));
+        assert_eq!(
+            expand(&[Role::Targets], &none),
+            BTreeSet::from([Role::Targets, Role::Snapshot, Role::Timestamp])
+        );
+        assert_eq!(expand(&[Role::Root], &none), BTreeSet::from([Role::Root]));
+        let exp = BTreeMap::from([(Role::Snapshot, Expiry::After(60))]);
+        assert_eq!(
+            expand(&[], &exp),
+            BTreeSet::from([Role::Snapshot, Role::Timestamp])
+        );
+    }
+}
