@@ -1,1 +1,91 @@
-fn main() {}
+//! `ota-server`: see the crate documentation of `ota_server`.
+
+use anyhow::Context;
+use clap::Parser;
+use ota_server::config::{Config, Overrides};
+use ota_server::Server;
+use std::io::Write;
+use std::path::PathBuf;
+use tracing_subscriber::EnvFilter;
+
+/// Serves signed TUF metadata and images to devices, accepts publications,
+/// records device status.
+#[derive(Debug, Parser)]
+#[command(name = "ota-server", version)]
+struct Args {
+    /// TOML config file (keys: listen, data_dir, admin_token_file, max_upload_bytes, log).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on, IP:PORT [env: OTA_SERVER_LISTEN] [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Data directory [env: OTA_SERVER_DATA_DIR] [default: $STATE_DIRECTORY or ./ota-server-data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let overrides = Overrides {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        admin_token_file: None,
+    };
+    let config = Config::resolve(args.config.as_deref(), &overrides, |k| {
+        std::env::var(k).ok()
+    })?;
+
+    // RUST_LOG, when set, beats the config file's filter.
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(f) if !f.is_empty() => f,
+        _ => config.log_filter.clone(),
+    };
+    let filter =
+        EnvFilter::try_new(&filter).with_context(|| format!("invalid log filter {filter:?}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let server = Server::bind(&config).await?;
+    {
+        // Tests and supervisors read this exact line for the real port.
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "ota-server listening on http://{}",
+            server.local_addr()
+        )
+        .and_then(|()| out.flush())
+        .context("cannot write to stdout")?;
+    }
+    server.run(shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on SIGTERM (systemd stop) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!("cannot watch SIGTERM ({e}); stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("shutting down");
+}

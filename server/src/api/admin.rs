@@ -1,0 +1,181 @@
+//! `/admin/v1`: publications (used by `ota-repo publish`) and device listings.
+//! Every route here sits behind [`crate::auth::require_admin`].
+
+use crate::api::{body_rejection, path_rejection, ApiError};
+use crate::paths::{MetadataName, TargetPath};
+use crate::storage::StorageError;
+use crate::AppState;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::Json;
+use ota_common::wire::{
+    is_valid_id, DeviceEvent, DeviceRecord, PublicationCommitted, PublicationCreated, StagedTarget,
+};
+use serde_json::Value;
+
+/// Largest metadata file a publication may upload.
+pub const MAX_METADATA_BYTES: usize = 16 * 1024 * 1024;
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::UnknownPublication(id) => ApiError::not_found(format!(
+                "unknown publication {id:?} (never opened, already committed, or expired)"
+            )),
+            StorageError::Conflict(msg) => ApiError::new(StatusCode::CONFLICT, msg),
+            StorageError::TooLarge(limit) => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("upload exceeds the limit of {limit} bytes (max_upload_bytes)"),
+            ),
+            StorageError::Body(msg) => ApiError::bad_request(format!("upload interrupted: {msg}")),
+            e @ StorageError::Io { .. } => ApiError::internal("storage", e),
+        }
+    }
+}
+
+pub async fn create_publication(
+    State(state): State<AppState>,
+) -> Result<(StatusCode, Json<PublicationCreated>), ApiError> {
+    let storage = state.storage.clone();
+    let id = tokio::task::spawn_blocking(move || storage.create_publication())
+        .await
+        .map_err(|e| ApiError::internal("create publication", e))??;
+    tracing::info!(publication = %id, "publication opened");
+    Ok((StatusCode::CREATED, Json(PublicationCreated { id })))
+}
+
+pub async fn put_target(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    params: Result<Path<(String, String)>, PathRejection>,
+    body: Body,
+) -> Result<Json<StagedTarget>, ApiError> {
+    let Path((id, decoded)) = params.map_err(path_rejection)?;
+    // The raw (still percent-encoded) target path: everything after
+    // /admin/v1/publications/{id}/targets/.
+    let raw = uri.path().splitn(7, '/').nth(6).unwrap_or("");
+    let target = TargetPath::parse(raw, &decoded).map_err(ApiError::bad_request)?;
+    let limit = state.max_upload_bytes;
+    // Refuse an announced oversize body before reading a byte of it.
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit) {
+        return Err(StorageError::TooLarge(limit).into());
+    }
+    let staged = state
+        .storage
+        .stage_target(&id, &target, body.into_data_stream(), limit)
+        .await?;
+    tracing::info!(publication = %id, target = %staged.target, length = staged.length, "target staged");
+    Ok(Json(staged))
+}
+
+pub async fn put_metadata(
+    State(state): State<AppState>,
+    params: Result<Path<(String, String)>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Path((id, name)) = params.map_err(path_rejection)?;
+    let kind = MetadataName::parse(&name).map_err(ApiError::bad_request)?;
+    let body = body.map_err(body_rejection)?;
+    check_metadata(&name, &kind, &body).map_err(ApiError::bad_request)?;
+    state.storage.stage_metadata(&id, &name, body).await?;
+    tracing::info!(publication = %id, file = %name, "metadata staged");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Structural checks only (the server holds no keys and verifies no
+/// signatures): JSON, `signed._type` fitting the name, and `signed.version`
+/// matching the version in the name. Catches a mixed-up upload early.
+fn check_metadata(name: &str, kind: &MetadataName, body: &[u8]) -> Result<(), String> {
+    let doc: Value =
+        serde_json::from_slice(body).map_err(|e| format!("{name} is not valid JSON: {e}"))?;
+    let signed = doc
+        .get("signed")
+        .and_then(Value::as_object)
+        .ok_or_else(|| format!("{name} has no \"signed\" object"))?;
+    let ty = signed
+        .get("_type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("{name} has no string signed._type"))?;
+    let expected = match kind {
+        MetadataName::Timestamp => "timestamp",
+        MetadataName::Root => "root",
+        MetadataName::Versioned { role, .. } => match role.as_str() {
+            r @ ("root" | "snapshot" | "timestamp" | "targets") => r,
+            // Delegated roles are targets metadata.
+            _ => "targets",
+        },
+    };
+    if ty != expected {
+        return Err(format!(
+            "{name} has signed._type {ty:?}, expected {expected:?}"
+        ));
+    }
+    let version = signed
+        .get("version")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| format!("{name} has no integer signed.version"))?;
+    if let MetadataName::Versioned { version: named, .. } = kind {
+        if version != *named {
+            return Err(format!(
+                "{name} has signed.version {version}, but its name says {named}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub async fn commit(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<PublicationCommitted>, ApiError> {
+    let Path(id) = id.map_err(path_rejection)?;
+    let files = state.storage.commit(&id).await.inspect_err(|e| {
+        if let StorageError::Conflict(msg) = e {
+            tracing::warn!(publication = %id, "commit refused: {msg}");
+        }
+    })?;
+    tracing::info!(publication = %id, files = files.len(), "publication committed");
+    Ok(Json(PublicationCommitted { id, files }))
+}
+
+pub async fn list_devices(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<DeviceRecord>>, ApiError> {
+    let devices = state
+        .db
+        .devices()
+        .await
+        .map_err(|e| ApiError::internal("list devices", e))?;
+    Ok(Json(devices))
+}
+
+pub async fn device_events(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<Vec<DeviceEvent>>, ApiError> {
+    let Path(id) = id.map_err(path_rejection)?;
+    if !is_valid_id(&id) {
+        return Err(ApiError::bad_request(format!("invalid device id {id:?}")));
+    }
+    let exists = state
+        .db
+        .device_exists(&id)
+        .await
+        .map_err(|e| ApiError::internal("look up device", e))?;
+    if !exists {
+        return Err(ApiError::not_found(format!("unknown device {id:?}")));
+    }
+    let events = state
+        .db
+        .events(&id)
+        .await
+        .map_err(|e| ApiError::internal("list device events", e))?;
+    Ok(Json(events))
+}

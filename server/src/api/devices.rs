@@ -1,0 +1,108 @@
+//! `POST /api/v1/devices/{device_id}/reports`: what devices tell the server.
+
+use crate::api::{body_rejection, path_rejection, ApiError};
+use crate::auth;
+use crate::AppState;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use ota_common::wire::{is_valid_id, DeviceReport, MAX_REASON_CHARS};
+
+/// Longest version string accepted (installed_version, target_version).
+const MAX_VERSION_CHARS: usize = 128;
+/// Longest target name accepted.
+const MAX_TARGET_CHARS: usize = 1024;
+/// Longest slot name accepted ("A", "B", ...).
+const MAX_SLOT_CHARS: usize = 16;
+
+pub async fn report(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    device_id: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Path(device_id) = device_id.map_err(path_rejection)?;
+    if !is_valid_id(&device_id) {
+        return Err(ApiError::bad_request(format!(
+            "invalid device id {device_id:?}: 1 to 128 characters of A-Z a-z 0-9 . _ : -"
+        )));
+    }
+    auth::authorize_device(&headers, &device_id)?;
+    let body = body.map_err(body_rejection)?;
+    let mut report: DeviceReport = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid device report: {e}")))?;
+    validate(&mut report)?;
+    let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    state
+        .db
+        .record_report(&device_id, &report, &at)
+        .await
+        .map_err(|e| ApiError::internal("record device report", e))?;
+    tracing::debug!(device_id, status = %report.status, "device report");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Checks the free-form fields and cuts the reason to its limit (a long
+/// reason is still worth keeping; its start says what failed).
+fn validate(report: &mut DeviceReport) -> Result<(), ApiError> {
+    if !is_valid_id(&report.hardware_id) {
+        return Err(ApiError::bad_request(format!(
+            "invalid hardware_id {:?}: 1 to 128 characters of A-Z a-z 0-9 . _ : -",
+            report.hardware_id
+        )));
+    }
+    check_text(
+        "installed_version",
+        Some(&report.installed_version),
+        MAX_VERSION_CHARS,
+        false,
+    )?;
+    check_text(
+        "target_version",
+        report.target_version.as_deref(),
+        MAX_VERSION_CHARS,
+        false,
+    )?;
+    check_text("target", report.target.as_deref(), MAX_TARGET_CHARS, false)?;
+    check_text(
+        "booted_slot",
+        report.booted_slot.as_deref(),
+        MAX_SLOT_CHARS,
+        false,
+    )?;
+    if report.reason.as_deref() == Some("") {
+        report.reason = None;
+    }
+    if let Some(reason) = report.reason.as_mut() {
+        if let Some((cut, _)) = reason.char_indices().nth(MAX_REASON_CHARS) {
+            reason.truncate(cut);
+        }
+        check_text("reason", Some(reason), MAX_REASON_CHARS, true)?;
+    }
+    Ok(())
+}
+
+fn check_text(
+    field: &str,
+    value: Option<&str>,
+    max_chars: usize,
+    allow_newlines: bool,
+) -> Result<(), ApiError> {
+    let Some(value) = value else { return Ok(()) };
+    if value.is_empty() {
+        return Err(ApiError::bad_request(format!("{field} is empty")));
+    }
+    if value.chars().count() > max_chars {
+        return Err(ApiError::bad_request(format!(
+            "{field} is longer than {max_chars} characters"
+        )));
+    }
+    let bad_control = |c: char| c.is_control() && !(allow_newlines && matches!(c, '\n' | '\t'));
+    if value.chars().any(bad_control) {
+        return Err(ApiError::bad_request(format!(
+            "{field} contains control characters"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,77 @@
+//! The public, read-only repository: `GET|HEAD /metadata/{file}` and
+//! `GET|HEAD /targets/{path..}`, the endpoints every device polls.
+
+use crate::api::{path_rejection, ApiError};
+use crate::files::{self, EtagKind, ServeOptions};
+use crate::paths::{MetadataName, TargetPath};
+use crate::AppState;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::{IntoResponse, Response};
+
+pub async fn metadata(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    file: Result<Path<String>, PathRejection>,
+) -> Response {
+    let name = match file {
+        Ok(Path(name)) => name,
+        Err(e) => return path_rejection(e).into_response(),
+    };
+    let kind = match MetadataName::parse(&name) {
+        Ok(k) => k,
+        Err(msg) => return ApiError::bad_request(msg).into_response(),
+    };
+    let cache_control = if kind.is_immutable() {
+        files::IMMUTABLE
+    } else {
+        files::NO_CACHE
+    };
+    let path = state.storage.metadata_path(&name);
+    files::serve_file(
+        &path,
+        &format!("metadata file {name}"),
+        &method,
+        &headers,
+        ServeOptions {
+            etag: EtagKind::ContentHash,
+            cache_control,
+            etag_cache: Some(&state.etags),
+        },
+    )
+    .await
+}
+
+pub async fn target(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    uri: Uri,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
+    let decoded = match path {
+        Ok(Path(p)) => p,
+        Err(e) => return path_rejection(e).into_response(),
+    };
+    let raw = uri.path().strip_prefix("/targets/").unwrap_or(uri.path());
+    let target = match TargetPath::parse(raw, &decoded) {
+        Ok(t) => t,
+        Err(msg) => return ApiError::bad_request(msg).into_response(),
+    };
+    let file = state.storage.target_path(&target);
+    files::serve_file(
+        &file,
+        &format!("target {}", target.as_str()),
+        &method,
+        &headers,
+        ServeOptions {
+            etag: EtagKind::FileIdentity,
+            // Images are published under names that contain their hash.
+            cache_control: files::IMMUTABLE,
+            etag_cache: None,
+        },
+    )
+    .await
+}

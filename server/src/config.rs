@@ -1,0 +1,231 @@
+//! Server settings: defaults, an optional TOML file, environment variables and
+//! command-line flags, in increasing order of precedence (CLI > env > file > defaults).
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Default listen address: loopback only, so a server started without any
+/// configuration is not reachable from the network by accident.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default largest image a publication may upload.
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 8 * 1024 * 1024 * 1024;
+/// Default tracing filter when neither `RUST_LOG` nor the config file sets one.
+pub const DEFAULT_LOG_FILTER: &str = "info";
+
+/// Everything the server needs to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// File holding the admin bearer token; `None`: generate `<data_dir>/admin-token`.
+    pub admin_token_file: Option<PathBuf>,
+    pub max_upload_bytes: u64,
+    /// `RUST_LOG`-style filter from the config file (the binary lets `RUST_LOG` override it).
+    pub log_filter: String,
+}
+
+impl Config {
+    /// Settings for a server storing everything under `data_dir`, listening on `listen`.
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
+        Config {
+            listen,
+            data_dir,
+            admin_token_file: None,
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+            log_filter: DEFAULT_LOG_FILTER.to_owned(),
+        }
+    }
+
+    /// Merges the layers. `env` looks up an environment variable (a closure so
+    /// tests need not touch the process environment).
+    pub fn resolve(
+        file: Option<&Path>,
+        cli: &Overrides,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let file_cfg = match file {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let env_nonempty = |name: &str| env(name).filter(|v| !v.is_empty());
+
+        let listen_text = cli
+            .listen
+            .clone()
+            .or_else(|| env_nonempty("OTA_SERVER_LISTEN"))
+            .or(file_cfg.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen = listen_text
+            .parse::<SocketAddr>()
+            .map_err(|_| ConfigError::BadListen(listen_text.clone()))?;
+
+        let data_dir = cli
+            .data_dir
+            .clone()
+            .or_else(|| env_nonempty("OTA_SERVER_DATA_DIR").map(PathBuf::from))
+            .or(file_cfg.data_dir)
+            .unwrap_or_else(|| default_data_dir(&env));
+
+        let admin_token_file = cli
+            .admin_token_file
+            .clone()
+            .or_else(|| env_nonempty("OTA_SERVER_ADMIN_TOKEN_FILE").map(PathBuf::from))
+            .or(file_cfg.admin_token_file);
+
+        let max_upload_bytes = file_cfg
+            .max_upload_bytes
+            .unwrap_or(DEFAULT_MAX_UPLOAD_BYTES);
+        if max_upload_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "max_upload_bytes must be greater than 0".to_owned(),
+            ));
+        }
+
+        Ok(Config {
+            listen,
+            data_dir,
+            admin_token_file,
+            max_upload_bytes,
+            log_filter: file_cfg
+                .log
+                .unwrap_or_else(|| DEFAULT_LOG_FILTER.to_owned()),
+        })
+    }
+}
+
+/// Values given on the command line (highest precedence).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub admin_token_file: Option<PathBuf>,
+}
+
+/// `$STATE_DIRECTORY` (set by systemd's `StateDirectory=`; it may list several
+/// directories separated by ':', the first is ours), else `./ota-server-data`.
+fn default_data_dir(env: &impl Fn(&str) -> Option<String>) -> PathBuf {
+    env("STATE_DIRECTORY")
+        .and_then(|v| v.split(':').next().map(str::to_owned))
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("./ota-server-data"))
+}
+
+/// The TOML file. Unknown keys are refused so a typo is not silently ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    admin_token_file: Option<PathBuf>,
+    max_upload_bytes: Option<u64>,
+    log: Option<String>,
+}
+
+impl FileConfig {
+    fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.message().to_owned(),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid listen address {0:?} (expected IP:PORT, e.g. 127.0.0.1:8080)")]
+    BadListen(String),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn defaults_without_anything() {
+        let c = Config::resolve(None, &Overrides::default(), env_of(&[])).expect("config");
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.data_dir, PathBuf::from("./ota-server-data"));
+        assert_eq!(c.max_upload_bytes, DEFAULT_MAX_UPLOAD_BYTES);
+        assert_eq!(c.admin_token_file, None);
+    }
+
+    #[test]
+    fn state_directory_is_the_default_data_dir() {
+        let c = Config::resolve(
+            None,
+            &Overrides::default(),
+            env_of(&[("STATE_DIRECTORY", "/var/lib/ota:/other")]),
+        )
+        .expect("config");
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/ota"));
+    }
+
+    #[test]
+    fn cli_beats_env_beats_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("server.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:1\"\ndata_dir = \"/file\"\nadmin_token_file = \"/file-token\"\nmax_upload_bytes = 1000\nlog = \"debug\"\n",
+        )
+        .expect("write");
+        let env = env_of(&[
+            ("OTA_SERVER_LISTEN", "127.0.0.1:2"),
+            ("OTA_SERVER_DATA_DIR", "/env"),
+        ]);
+        let cli = Overrides {
+            listen: Some("127.0.0.1:3".into()),
+            ..Default::default()
+        };
+        let c = Config::resolve(Some(&file), &cli, env).expect("config");
+        assert_eq!(c.listen.port(), 3);
+        assert_eq!(c.data_dir, PathBuf::from("/env"));
+        assert_eq!(c.admin_token_file, Some(PathBuf::from("/file-token")));
+        assert_eq!(c.max_upload_bytes, 1000);
+        assert_eq!(c.log_filter, "debug");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("server.toml");
+        std::fs::write(&file, "listne = \"127.0.0.1:1\"\n").expect("write");
+        let err = Config::resolve(Some(&file), &Overrides::default(), env_of(&[]))
+            .expect_err("typo must be refused");
+        assert!(err.to_string().contains("listne"), "{err}");
+    }
+
+    #[test]
+    fn bad_listen_is_named() {
+        let cli = Overrides {
+            listen: Some("localhost".into()),
+            ..Default::default()
+        };
+        let err = Config::resolve(None, &cli, env_of(&[])).expect_err("must fail");
+        assert!(err.to_string().contains("localhost"), "{err}");
+    }
+}

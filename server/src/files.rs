@@ -1,0 +1,379 @@
+//! Static file answers for the repository: conditional requests (ETag,
+//! Last-Modified, 304), byte ranges (206/416), HEAD, and bodies streamed from
+//! disk in 64 KiB chunks so memory stays constant whatever the file size.
+
+use crate::api::ApiError;
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::io::SeekFrom;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+const CHUNK: usize = 64 * 1024;
+
+/// `Cache-Control` for files whose name is never reused with other content.
+pub const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+/// `Cache-Control` for files replaced in place (timestamp.json, root.json):
+/// caches must revalidate every time, which is a cheap 304 here.
+pub const NO_CACHE: &str = "no-cache";
+
+/// How a file's strong ETag is derived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EtagKind {
+    /// SHA-256 of the content (small metadata files; cached by identity).
+    ContentHash,
+    /// (inode, size, mtime nanos): no read of a multi-GiB image needed.
+    FileIdentity,
+}
+
+/// Caches content-hash ETags by (path, inode, size, mtime), so the idle poll of
+/// every device (`timestamp.json`, answered 304 nearly always) costs one
+/// `open` + `fstat` and a map look-up.
+#[derive(Debug, Default)]
+pub struct EtagCache {
+    entries: RwLock<HashMap<PathBuf, (FileId, String)>>,
+}
+
+/// Bounds the cache: metadata versions accumulate over the years.
+const ETAG_CACHE_MAX: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+}
+
+impl FileId {
+    fn of(meta: &std::fs::Metadata) -> FileId {
+        FileId {
+            ino: meta.ino(),
+            size: meta.len(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        }
+    }
+}
+
+impl EtagCache {
+    fn get(&self, path: &Path, id: FileId) -> Option<String> {
+        let map = self.entries.read().ok()?;
+        match map.get(path) {
+            Some((cached, etag)) if *cached == id => Some(etag.clone()),
+            _ => None,
+        }
+    }
+
+    fn put(&self, path: &Path, id: FileId, etag: String) {
+        if let Ok(mut map) = self.entries.write() {
+            if map.len() >= ETAG_CACHE_MAX {
+                map.clear();
+            }
+            map.insert(path.to_owned(), (id, etag));
+        }
+    }
+}
+
+/// How to answer for one file.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOptions<'a> {
+    pub etag: EtagKind,
+    pub cache_control: &'static str,
+    pub etag_cache: Option<&'a EtagCache>,
+}
+
+/// Answers `GET`/`HEAD` for the file at `path` (already validated to lie inside
+/// the repository). `what` names the file in a 404.
+pub async fn serve_file(
+    path: &Path,
+    what: &str,
+    method: &Method,
+    headers: &HeaderMap,
+    opts: ServeOptions<'_>,
+) -> Response {
+    match serve_file_inner(path, what, method, headers, opts).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn serve_file_inner(
+    path: &Path,
+    what: &str,
+    method: &Method,
+    headers: &HeaderMap,
+    opts: ServeOptions<'_>,
+) -> Result<Response, ApiError> {
+    // Open first and describe the open handle: if the name is replaced by a
+    // rename meanwhile (timestamp.json at a commit), the headers still match
+    // the bytes we send.
+    let mut file = match tokio::fs::File::open(path).await {
+        Ok(f) => f,
+        Err(e) if is_not_found(&e) => return Err(ApiError::not_found(format!("{what} not found"))),
+        Err(e) => return Err(ApiError::internal(&format!("open {}", path.display()), e)),
+    };
+    let meta = file
+        .metadata()
+        .await
+        .map_err(|e| ApiError::internal(&format!("stat {}", path.display()), e))?;
+    if !meta.is_file() {
+        return Err(ApiError::not_found(format!("{what} not found")));
+    }
+    let id = FileId::of(&meta);
+    let size = id.size;
+
+    let etag = match opts.etag {
+        EtagKind::FileIdentity => format!("\"{:x}-{:x}-{:x}\"", id.ino, id.size, id.mtime_ns),
+        EtagKind::ContentHash => match opts.etag_cache.and_then(|c| c.get(path, id)) {
+            Some(etag) => etag,
+            None => {
+                let etag = hash_etag(&mut file)
+                    .await
+                    .map_err(|e| ApiError::internal(&format!("read {}", path.display()), e))?;
+                if let Some(cache) = opts.etag_cache {
+                    cache.put(path, id, etag.clone());
+                }
+                etag
+            }
+        },
+    };
+    let modified = meta.modified().unwrap_or(UNIX_EPOCH);
+
+    let mut base = HeaderMap::new();
+    insert(&mut base, header::ETAG, &etag);
+    insert(
+        &mut base,
+        header::LAST_MODIFIED,
+        &httpdate::fmt_http_date(modified),
+    );
+    insert(&mut base, header::CACHE_CONTROL, opts.cache_control);
+    base.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+
+    if not_modified(headers, &etag, modified) {
+        return Ok((StatusCode::NOT_MODIFIED, base).into_response());
+    }
+
+    let range = match headers.get(header::RANGE) {
+        Some(v) if if_range_allows(headers, &etag) => parse_range(v.as_bytes(), size),
+        _ => RangeRequest::Full,
+    };
+    let (status, start, len) = match range {
+        RangeRequest::Full => (StatusCode::OK, 0, size),
+        RangeRequest::Partial { start, end } => {
+            insert(
+                &mut base,
+                header::CONTENT_RANGE,
+                &format!("bytes {start}-{end}/{size}"),
+            );
+            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+        }
+        RangeRequest::Unsatisfiable => {
+            insert(&mut base, header::CONTENT_RANGE, &format!("bytes */{size}"));
+            let mut resp = ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                format!("requested range not satisfiable for {what} of {size} bytes"),
+            )
+            .into_response();
+            resp.headers_mut().extend(base);
+            return Ok(resp);
+        }
+    };
+    base.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    content_type(&mut base, path);
+
+    if method == Method::HEAD {
+        return Ok((status, base, Body::empty()).into_response());
+    }
+    file.seek(SeekFrom::Start(start))
+        .await
+        .map_err(|e| ApiError::internal(&format!("seek {}", path.display()), e))?;
+    let stream = ReaderStream::with_capacity(file.take(len), CHUNK);
+    Ok((status, base, Body::from_stream(stream)).into_response())
+}
+
+fn is_not_found(e: &std::io::Error) -> bool {
+    // A path component that is a file (ENOTDIR) is also "no such file".
+    e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(20)
+}
+
+fn insert(headers: &mut HeaderMap, name: header::HeaderName, value: &str) {
+    // Every value here is built from ASCII we control; a failure would be a
+    // bug, and dropping the header is the harmless answer.
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(name, v);
+    }
+}
+
+fn content_type(headers: &mut HeaderMap, path: &Path) {
+    let ct = if path.extension().is_some_and(|e| e == "json") {
+        "application/json"
+    } else {
+        "application/octet-stream"
+    };
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+}
+
+async fn hash_etag(file: &mut tokio::fs::File) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    file.seek(SeekFrom::Start(0)).await?;
+    Ok(format!("\"{}\"", hex::encode(hasher.finalize())))
+}
+
+/// RFC 9110 §13.1: If-None-Match wins over If-Modified-Since; the comparison
+/// for If-None-Match is weak (a `W/` prefix is ignored).
+fn not_modified(headers: &HeaderMap, etag: &str, modified: SystemTime) -> bool {
+    if let Some(inm) = headers.get(header::IF_NONE_MATCH) {
+        let Ok(inm) = inm.to_str() else { return false };
+        return inm
+            .split(',')
+            .map(str::trim)
+            .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag);
+    }
+    if let Some(ims) = headers.get(header::IF_MODIFIED_SINCE) {
+        let Some(since) = ims
+            .to_str()
+            .ok()
+            .and_then(|s| httpdate::parse_http_date(s).ok())
+        else {
+            return false;
+        };
+        // HTTP dates have whole seconds: compare at that resolution.
+        let secs = |t: SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .unwrap_or(Duration::ZERO)
+                .as_secs()
+        };
+        return secs(modified) <= secs(since);
+    }
+    false
+}
+
+/// A Range applies only if If-Range (when present) still names this version,
+/// so a client resuming a download never splices two different files.
+fn if_range_allows(headers: &HeaderMap, etag: &str) -> bool {
+    match headers.get(header::IF_RANGE) {
+        None => true,
+        Some(v) => v.to_str().map(|v| v.trim() == etag).unwrap_or(false),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeRequest {
+    Full,
+    /// Inclusive byte positions.
+    Partial {
+        start: u64,
+        end: u64,
+    },
+    Unsatisfiable,
+}
+
+/// Parses a single `bytes=a-b`, `bytes=a-` or `bytes=-n` range. Syntax this
+/// server does not handle (other units, several ranges) is ignored, as RFC 9110
+/// allows, and the whole file is sent.
+pub fn parse_range(value: &[u8], size: u64) -> RangeRequest {
+    let Ok(text) = std::str::from_utf8(value) else {
+        return RangeRequest::Full;
+    };
+    let Some(spec) = text.trim().strip_prefix("bytes=") else {
+        return RangeRequest::Full;
+    };
+    if spec.contains(',') {
+        return RangeRequest::Full;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeRequest::Full;
+    };
+    let num = |s: &str| -> Option<u64> {
+        if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+            None
+        } else {
+            // Saturate: a position beyond u64 is beyond any file.
+            Some(s.parse::<u64>().unwrap_or(u64::MAX))
+        }
+    };
+    match (a.trim(), b.trim()) {
+        ("", suffix) => match num(suffix) {
+            None => RangeRequest::Full,
+            Some(0) => RangeRequest::Unsatisfiable,
+            Some(_) if size == 0 => RangeRequest::Unsatisfiable,
+            Some(n) => RangeRequest::Partial {
+                start: size.saturating_sub(n),
+                end: size - 1,
+            },
+        },
+        (first, last) => {
+            let Some(start) = num(first) else {
+                return RangeRequest::Full;
+            };
+            let end = if last.is_empty() {
+                u64::MAX
+            } else {
+                match num(last) {
+                    Some(e) => e,
+                    None => return RangeRequest::Full,
+                }
+            };
+            if start >= size || end < start {
+                RangeRequest::Unsatisfiable
+            } else {
+                RangeRequest::Partial {
+                    start,
+                    end: end.min(size - 1),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        use RangeRequest::*;
+        assert_eq!(parse_range(b"bytes=0-9", 100), Partial { start: 0, end: 9 });
+        assert_eq!(
+            parse_range(b"bytes=90-", 100),
+            Partial { start: 90, end: 99 }
+        );
+        assert_eq!(
+            parse_range(b"bytes=-10", 100),
+            Partial { start: 90, end: 99 }
+        );
+        assert_eq!(
+            parse_range(b"bytes=-1000", 100),
+            Partial { start: 0, end: 99 }
+        );
+        assert_eq!(
+            parse_range(b"bytes=50-1000", 100),
+            Partial { start: 50, end: 99 }
+        );
+        assert_eq!(parse_range(b"bytes=100-", 100), Unsatisfiable);
+        assert_eq!(parse_range(b"bytes=-0", 100), Unsatisfiable);
+        assert_eq!(parse_range(b"bytes=5-2", 100), Unsatisfiable);
+        assert_eq!(parse_range(b"bytes=0-", 0), Unsatisfiable);
+        assert_eq!(
+            parse_range(b"bytes=99999999999999999999999-", 100),
+            Unsatisfiable
+        );
+        assert_eq!(parse_range(b"bytes=0-1,5-6", 100), Full);
+        assert_eq!(parse_range(b"items=0-1", 100), Full);
+        assert_eq!(parse_range(b"bytes=x-1", 100), Full);
+    }
+}

@@ -1,0 +1,208 @@
+//! `ota-server`: serves signed TUF metadata and images to devices, accepts
+//! publications atomically, and records device reports.
+//!
+//! [`Server::bind`] builds everything from a [`Config`] (the binary is a thin
+//! wrapper around it), so tests run the real server in-process on a random port.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod files;
+pub mod paths;
+pub mod storage;
+
+pub use config::Config;
+
+use crate::api::ApiError;
+use crate::auth::{AdminToken, TokenError};
+use crate::db::{Db, DbError};
+use crate::files::EtagCache;
+use crate::storage::{Storage, StorageError};
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post, put};
+use axum::Router;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Shared by every handler.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub storage: Arc<Storage>,
+    pub db: Db,
+    pub etags: Arc<EtagCache>,
+    pub max_upload_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A server bound to its address, ready to run.
+#[derive(Debug)]
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    router: Router,
+    db: Db,
+    local_addr: SocketAddr,
+}
+
+impl Server {
+    /// Prepares the data directory, database, admin token and listener.
+    pub async fn bind(config: &Config) -> Result<Server, StartError> {
+        ota_common::atomic::create_dir_all_durable(&config.data_dir).map_err(|source| {
+            StartError::DataDir {
+                path: config.data_dir.clone(),
+                source,
+            }
+        })?;
+        let storage = Arc::new(Storage::open(&config.data_dir)?);
+        match storage.clean_stale_staging(storage::STALE_STAGING_AGE) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("removed {n} abandoned publication(s)"),
+            Err(e) => tracing::warn!("cannot clean staging: {e}"),
+        }
+        let token =
+            AdminToken::load_or_create(config.admin_token_file.as_deref(), &config.data_dir)?;
+        let db = Db::open(&config.data_dir.join("ota.db")).await?;
+        let state = AppState {
+            storage,
+            db: db.clone(),
+            etags: Arc::new(EtagCache::default()),
+            max_upload_bytes: config.max_upload_bytes,
+        };
+        let router = router(state, token);
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        tracing::info!(data_dir = %config.data_dir.display(), "ota-server ready");
+        Ok(Server {
+            listener,
+            router,
+            db,
+            local_addr,
+        })
+    }
+
+    /// The address actually bound (the real port when asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` completes, then lets in-flight requests finish.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        let result = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        self.db.close().await;
+        result.map_err(StartError::Serve)
+    }
+}
+
+/// Every route of the server.
+pub fn router(state: AppState, token: AdminToken) -> Router {
+    let admin = Router::new()
+        .route(
+            "/admin/v1/publications",
+            post(api::admin::create_publication),
+        )
+        .route(
+            "/admin/v1/publications/{id}/targets/{*target}",
+            // Uploads are streamed to disk; their limit is max_upload_bytes.
+            put(api::admin::put_target).layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/admin/v1/publications/{id}/metadata/{file}",
+            put(api::admin::put_metadata)
+                .layer(DefaultBodyLimit::max(api::admin::MAX_METADATA_BYTES)),
+        )
+        .route(
+            "/admin/v1/publications/{id}/commit",
+            post(api::admin::commit),
+        )
+        .route("/admin/v1/devices", get(api::admin::list_devices))
+        .route(
+            "/admin/v1/devices/{id}/events",
+            get(api::admin::device_events),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            Arc::new(token),
+            auth::require_admin,
+        ));
+
+    Router::new()
+        .route("/metadata/{file}", get(api::repository::metadata))
+        .route("/targets/{*path}", get(api::repository::target))
+        .route(
+            "/api/v1/devices/{device_id}/reports",
+            post(api::devices::report)
+                .layer(DefaultBodyLimit::max(ota_common::wire::MAX_REPORT_BYTES)),
+        )
+        .merge(admin)
+        .fallback(no_such_endpoint)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+async fn no_such_endpoint(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no such endpoint: {method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method {method} not allowed on {}", uri.path()),
+    )
+}
+
+/// One log line per request; device polls at debug level so an idle fleet
+/// does not flood the log.
+async fn log_request(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    let ms = started.elapsed().as_millis() as u64;
+    if method == Method::GET || method == Method::HEAD {
+        tracing::debug!(%method, path, status, ms, "request");
+    } else {
+        tracing::info!(%method, path, status, ms, "request");
+    }
+    response
+}

@@ -1,0 +1,502 @@
+//! The repository on disk and publications into it.
+//!
+//! ```text
+//! <data>/repository/metadata/*            what devices fetch: N.root.json, V.role.json, timestamp.json
+//! <data>/repository/targets/<dir>/<hash>.<basename>   images under their consistent-snapshot names
+//! <data>/staging/<id>/blobs/<sha256>      uploaded images, named by content
+//! <data>/staging/<id>/staged/<h>.json     one StagedTarget per target name (h = sha256 of the name)
+//! <data>/staging/<id>/metadata/<file>     uploaded metadata
+//! ```
+//!
+//! Uploads are stored by content and described by a manifest written after
+//! the content is durable, so a commit only ever sees complete uploads. A
+//! commit checks every name for conflicts before it touches the repository,
+//! then makes files visible in an order that keeps what devices see
+//! consistent: images, then versioned metadata (new names, referenced by
+//! nothing yet), then `root.json`, then `timestamp.json` by an atomic rename.
+
+use crate::paths::{MetadataName, TargetPath};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use ota_common::atomic;
+use ota_common::wire::StagedTarget;
+use rand::RngCore;
+use sha2::{Digest, Sha256, Sha512};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::io::AsyncWriteExt;
+
+/// Staging directories untouched this long are abandoned publications.
+pub const STALE_STAGING_AGE: Duration = Duration::from_secs(24 * 60 * 60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("unknown publication {0:?}")]
+    UnknownPublication(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("upload exceeds the limit of {0} bytes")]
+    TooLarge(u64),
+    #[error("upload interrupted: {0}")]
+    Body(String),
+    #[error("{context}: {source}")]
+    Io { context: String, source: io::Error },
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> StorageError {
+    let context = context.into();
+    move |source| StorageError::Io { context, source }
+}
+
+/// The data directory's repository and staging areas.
+#[derive(Debug)]
+pub struct Storage {
+    metadata_dir: PathBuf,
+    targets_dir: PathBuf,
+    staging_dir: PathBuf,
+    /// One publication commits at a time: conflict checks and placement must
+    /// see a repository nobody else is changing.
+    commit_lock: tokio::sync::Mutex<()>,
+}
+
+impl Storage {
+    /// Creates the layout under `data_dir` if missing.
+    pub fn open(data_dir: &Path) -> Result<Storage, StorageError> {
+        let repo = data_dir.join("repository");
+        let storage = Storage {
+            metadata_dir: repo.join("metadata"),
+            targets_dir: repo.join("targets"),
+            staging_dir: data_dir.join("staging"),
+            commit_lock: tokio::sync::Mutex::new(()),
+        };
+        for dir in [
+            &storage.metadata_dir,
+            &storage.targets_dir,
+            &storage.staging_dir,
+        ] {
+            atomic::create_dir_all_durable(dir)
+                .map_err(io_err(format!("create {}", dir.display())))?;
+        }
+        Ok(storage)
+    }
+
+    pub fn metadata_path(&self, name: &str) -> PathBuf {
+        self.metadata_dir.join(name)
+    }
+
+    pub fn target_path(&self, path: &TargetPath) -> PathBuf {
+        self.targets_dir.join(path.as_str())
+    }
+
+    /// Removes staging directories of publications abandoned more than `max_age` ago.
+    pub fn clean_stale_staging(&self, max_age: Duration) -> Result<usize, StorageError> {
+        let now = SystemTime::now();
+        let mut removed = 0;
+        let entries = fs::read_dir(&self.staging_dir)
+            .map_err(io_err(format!("read {}", self.staging_dir.display())))?;
+        for entry in entries {
+            let entry = entry.map_err(io_err("read staging directory"))?;
+            let path = entry.path();
+            let newest = newest_mtime(&path);
+            let age = now.duration_since(newest).unwrap_or(Duration::ZERO);
+            if age > max_age {
+                match fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path)) {
+                    Ok(()) => {
+                        tracing::info!(path = %path.display(), "removed abandoned staging directory");
+                        removed += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), "cannot remove stale staging: {e}")
+                    }
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Opens a publication: a fresh random id and its staging directory.
+    pub fn create_publication(&self) -> Result<String, StorageError> {
+        let mut raw = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut raw);
+        let id = hex::encode(raw);
+        let dir = self.staging_dir.join(&id);
+        for sub in ["blobs", "staged", "metadata"] {
+            atomic::create_dir_all_durable(&dir.join(sub))
+                .map_err(io_err(format!("create {}", dir.display())))?;
+        }
+        Ok(id)
+    }
+
+    /// The staging directory of an open publication.
+    fn publication_dir(&self, id: &str) -> Result<PathBuf, StorageError> {
+        // Ids are ours (32 hex digits); anything else cannot name a directory.
+        if id.len() != 32 || !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(StorageError::UnknownPublication(id.to_owned()));
+        }
+        let dir = self.staging_dir.join(id);
+        if dir.is_dir() {
+            Ok(dir)
+        } else {
+            Err(StorageError::UnknownPublication(id.to_owned()))
+        }
+    }
+
+    /// Streams an image into the publication, hashing it on the way, and
+    /// refuses it as soon as it passes `limit` bytes.
+    pub async fn stage_target<S, E>(
+        &self,
+        id: &str,
+        target: &TargetPath,
+        mut body: S,
+        limit: u64,
+    ) -> Result<StagedTarget, StorageError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let dir = self.publication_dir(id)?;
+        let tmp = dir
+            .join("blobs")
+            .join(format!(".upload-{}", random_suffix()));
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .await
+            .map_err(|e| match e.kind() {
+                // The publication was committed or cleaned meanwhile.
+                io::ErrorKind::NotFound => StorageError::UnknownPublication(id.to_owned()),
+                _ => io_err(format!("create {}", tmp.display()))(e),
+            })?;
+        let result = async {
+            let mut sha256 = Sha256::new();
+            let mut sha512 = Sha512::new();
+            let mut length = 0u64;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| StorageError::Body(e.to_string()))?;
+                length = length.saturating_add(chunk.len() as u64);
+                if length > limit {
+                    return Err(StorageError::TooLarge(limit));
+                }
+                sha256.update(&chunk);
+                sha512.update(&chunk);
+                file.write_all(&chunk)
+                    .await
+                    .map_err(io_err(format!("write {}", tmp.display())))?;
+            }
+            file.sync_all()
+                .await
+                .map_err(io_err(format!("fsync {}", tmp.display())))?;
+            Ok(StagedTarget {
+                target: target.as_str().to_owned(),
+                length,
+                sha256: hex::encode(sha256.finalize()),
+                sha512: hex::encode(sha512.finalize()),
+            })
+        }
+        .await;
+        drop(file);
+        let staged = match result {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(e);
+            }
+        };
+
+        // Content first, then the manifest that points at it: a manifest
+        // always describes a complete, durable blob.
+        let blob = dir.join("blobs").join(&staged.sha256);
+        let manifest = dir.join("staged").join(format!(
+            "{}.json",
+            ota_common::hash::sha256_hex(staged.target.as_bytes())
+        ));
+        let json = serde_json::to_vec(&staged).map_err(|e| StorageError::Io {
+            context: "encode staged target".into(),
+            source: io::Error::other(e),
+        })?;
+        let tmp2 = tmp.clone();
+        blocking(move || {
+            atomic::rename_durable(&tmp2, &blob)
+                .map_err(io_err(format!("rename {}", tmp2.display())))?;
+            atomic::write_atomic(&manifest, &json)
+                .map_err(io_err(format!("write {}", manifest.display())))
+        })
+        .await
+        .inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })?;
+        Ok(staged)
+    }
+
+    /// Stores a validated metadata file in the publication.
+    pub async fn stage_metadata(
+        &self,
+        id: &str,
+        name: &str,
+        content: Bytes,
+    ) -> Result<(), StorageError> {
+        let path = self.publication_dir(id)?.join("metadata").join(name);
+        blocking(move || {
+            atomic::write_atomic(&path, &content)
+                .map_err(io_err(format!("write {}", path.display())))
+        })
+        .await
+    }
+
+    /// Makes a publication visible (see the module docs for the order) and
+    /// removes its staging directory. Returns the repository paths made
+    /// visible, in order. On a conflict nothing is changed.
+    pub async fn commit(self: &Arc<Self>, id: &str) -> Result<Vec<String>, StorageError> {
+        let _guard = self.commit_lock.lock().await;
+        let dir = self.publication_dir(id)?;
+        let this = Arc::clone(self);
+        let files = blocking(move || {
+            let plan = this.plan_commit(&dir)?;
+            let files = this.apply(&plan)?;
+            if let Err(e) = fs::remove_dir_all(&dir) {
+                tracing::warn!(path = %dir.display(), "cannot remove committed staging: {e}");
+            }
+            Ok(files)
+        })
+        .await?;
+        Ok(files)
+    }
+
+    /// Reads the publication and checks every destination name. Touches nothing.
+    fn plan_commit(&self, dir: &Path) -> Result<Vec<Placement>, StorageError> {
+        let mut conflicts = Vec::new();
+        let mut targets = Vec::new();
+        for staged in read_manifests(&dir.join("staged"))? {
+            let target =
+                TargetPath::parse_decoded(&staged.target).map_err(|e| StorageError::Io {
+                    context: "corrupt staging manifest".into(),
+                    source: io::Error::other(e),
+                })?;
+            let blob = dir.join("blobs").join(&staged.sha256);
+            let (sub, base) = target.split();
+            for hash in [&staged.sha256, &staged.sha512] {
+                let rel = if sub.is_empty() {
+                    format!("{hash}.{base}")
+                } else {
+                    format!("{sub}/{hash}.{base}")
+                };
+                let dst = self.targets_dir.join(&rel);
+                // Names are content-addressed, so an existing file of the
+                // right length is this very image, uploaded before.
+                match fs::metadata(&dst) {
+                    Ok(m) if m.is_file() && m.len() == staged.length => continue,
+                    Ok(_) => conflicts.push(format!("targets/{rel}")),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err(format!("stat {}", dst.display()))(e)),
+                }
+                targets.push(Placement {
+                    src: blob.clone(),
+                    dst,
+                    shown: format!("targets/{rel}"),
+                    replace: false,
+                });
+            }
+        }
+        targets.sort_by(|a, b| a.shown.cmp(&b.shown));
+
+        let mut versioned = Vec::new();
+        let mut root = None;
+        let mut timestamp = None;
+        let meta_dir = dir.join("metadata");
+        let entries =
+            fs::read_dir(&meta_dir).map_err(io_err(format!("read {}", meta_dir.display())))?;
+        for entry in entries {
+            let entry = entry.map_err(io_err("read staged metadata"))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            // Temporary files of an interrupted write_atomic start with '.'.
+            let Ok(kind) = MetadataName::parse(&name) else {
+                continue;
+            };
+            let src = entry.path();
+            let dst = self.metadata_dir.join(&name);
+            let placement = Placement {
+                src,
+                dst,
+                shown: format!("metadata/{name}"),
+                replace: !kind.is_immutable(),
+            };
+            match kind {
+                MetadataName::Versioned { version, role } => {
+                    match same_content(&placement.src, &placement.dst)? {
+                        Some(true) => continue,
+                        Some(false) => conflicts.push(placement.shown.clone()),
+                        None => {}
+                    }
+                    versioned.push((role_rank(&role), version, placement));
+                }
+                MetadataName::Root => root = Some(placement),
+                MetadataName::Timestamp => {
+                    check_timestamp_newer(&placement.src, &placement.dst, &mut conflicts)?;
+                    timestamp = Some(placement);
+                }
+            }
+        }
+        if !conflicts.is_empty() {
+            return Err(StorageError::Conflict(format!(
+                "already published with different content: {}",
+                conflicts.join(", ")
+            )));
+        }
+        // Root versions first (a client walks them in order), snapshot last.
+        versioned.sort_by(|a, b| (a.0, a.1, &a.2.shown).cmp(&(b.0, b.1, &b.2.shown)));
+
+        let mut plan = targets;
+        plan.extend(versioned.into_iter().map(|(_, _, p)| p));
+        plan.extend(root);
+        plan.extend(timestamp);
+        Ok(plan)
+    }
+
+    fn apply(&self, plan: &[Placement]) -> Result<Vec<String>, StorageError> {
+        let mut shown = Vec::with_capacity(plan.len());
+        for p in plan {
+            let parent = p.dst.parent().unwrap_or(&self.targets_dir);
+            atomic::create_dir_all_durable(parent)
+                .map_err(io_err(format!("create {}", parent.display())))?;
+            if p.replace {
+                // The one step that changes what devices see: atomic and durable.
+                atomic::rename_durable(&p.src, &p.dst)
+                    .map_err(io_err(format!("rename to {}", p.dst.display())))?;
+            } else {
+                // A hard link makes the complete, already fsynced file appear
+                // under its new name in one step; the staging name goes away
+                // with the staging directory.
+                match fs::hard_link(&p.src, &p.dst) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(io_err(format!("link {}", p.dst.display()))(e)),
+                }
+                atomic::fsync_dir(parent).map_err(io_err(format!("fsync {}", parent.display())))?;
+            }
+            shown.push(p.shown.clone());
+        }
+        Ok(shown)
+    }
+}
+
+/// One file to make visible.
+#[derive(Debug)]
+struct Placement {
+    src: PathBuf,
+    dst: PathBuf,
+    /// Repository-relative name, as reported to the publisher.
+    shown: String,
+    /// Mutable names (timestamp.json, root.json) are replaced by rename.
+    replace: bool,
+}
+
+fn role_rank(role: &str) -> u8 {
+    match role {
+        "root" => 0,
+        "snapshot" => 2,
+        _ => 1,
+    }
+}
+
+fn read_manifests(dir: &Path) -> Result<Vec<StagedTarget>, StorageError> {
+    let mut out = Vec::new();
+    let entries = fs::read_dir(dir).map_err(io_err(format!("read {}", dir.display())))?;
+    for entry in entries {
+        let entry = entry.map_err(io_err("read staged targets"))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || !name.ends_with(".json") {
+            continue;
+        }
+        let bytes = fs::read(entry.path()).map_err(io_err(format!("read {name}")))?;
+        let staged: StagedTarget =
+            serde_json::from_slice(&bytes).map_err(|e| StorageError::Io {
+                context: format!("corrupt staging manifest {name}"),
+                source: io::Error::other(e),
+            })?;
+        out.push(staged);
+    }
+    Ok(out)
+}
+
+/// `None` if `dst` does not exist, else whether both files hold the same bytes.
+fn same_content(src: &Path, dst: &Path) -> Result<Option<bool>, StorageError> {
+    match fs::read(dst) {
+        Ok(existing) => {
+            let new = fs::read(src).map_err(io_err(format!("read {}", src.display())))?;
+            Ok(Some(existing == new))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(format!("read {}", dst.display()))(e)),
+    }
+}
+
+/// A timestamp that does not move forward would make every device reject the
+/// repository as a rollback; refuse it here, with a clear word, instead.
+fn check_timestamp_newer(
+    src: &Path,
+    dst: &Path,
+    conflicts: &mut Vec<String>,
+) -> Result<(), StorageError> {
+    let current = match fs::read(dst) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(format!("read {}", dst.display()))(e)),
+    };
+    let new = fs::read(src).map_err(io_err(format!("read {}", src.display())))?;
+    if new == current {
+        return Ok(());
+    }
+    let version = |b: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(b)
+            .ok()
+            .and_then(|v| v.pointer("/signed/version").and_then(|v| v.as_u64()))
+    };
+    if let (Some(old), Some(new)) = (version(&current), version(&new)) {
+        if new <= old {
+            conflicts.push(format!(
+                "metadata/timestamp.json (version {new} is not newer than the published {old})"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The newest mtime of a staging directory and its direct subdirectories
+/// (uploads land in subdirectories, which does not touch the top one).
+fn newest_mtime(path: &Path) -> SystemTime {
+    let mtime = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut newest = mtime(path).unwrap_or(SystemTime::UNIX_EPOCH);
+    if let Ok(entries) = fs::read_dir(path) {
+        for entry in entries.flatten() {
+            if let Some(t) = mtime(&entry.path()) {
+                newest = newest.max(t);
+            }
+        }
+    }
+    newest
+}
+
+fn random_suffix() -> String {
+    let mut raw = [0u8; 8];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    hex::encode(raw)
+}
+
+/// Runs filesystem work (fsync, rename, directory walks) off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StorageError::Io {
+            context: "background file task".into(),
+            source: io::Error::other(e),
+        })?
+}
