@@ -87,14 +87,17 @@ pub async fn add(layout: &Layout, options: &AddOptions) -> Result<Added> {
         length: digests.length,
         hashes: Hashes {
             sha256: digests.sha256.to_vec().into(),
-            _extra: HashMap::from([("sha512".to_owned(), serde_json::Value::String(sha512.clone()))]),
+            _extra: HashMap::from([(
+                "sha512".to_owned(),
+                serde_json::Value::String(sha512.clone()),
+            )]),
         },
         custom,
         _extra: HashMap::new(),
     };
     let mut targets = state.targets.signed.clone();
-    let tname = TargetName::new(name.clone())
-        .map_err(RepoError::tough(format!("target name {name:?}")))?;
+    let tname =
+        TargetName::new(name.clone()).map_err(RepoError::tough(format!("target name {name:?}")))?;
     targets.targets.insert(tname, target);
     let plan = SignPlan {
         new_targets: Some(targets),
@@ -194,18 +197,20 @@ fn store_image(
             .open(&partial)
             .map_err(RepoError::io(&partial))?;
         let bar = crate::progress::bytes_bar(size, &format!("adding {name}"));
-        let digests = copy_and_digest(image, Some(&mut out), |n| bar.set_position(n)).map_err(
-            |source| RepoError::Image {
-                path: image_path.to_owned(),
-                source,
-            },
-        )?;
+        let digests =
+            copy_and_digest(image, Some(&mut out), |n| bar.set_position(n)).map_err(|source| {
+                RepoError::Image {
+                    path: image_path.to_owned(),
+                    source,
+                }
+            })?;
         bar.finish_and_clear();
         out.flush().map_err(RepoError::io(&partial))?;
         out.sync_all().map_err(RepoError::io(&partial))?;
         let by_sha256 = dest_dir.join(format!("{}.{base}", hex::encode(digests.sha256)));
         let by_sha512 = dest_dir.join(format!("{}.{base}", hex::encode(digests.sha512)));
-        ota_common::atomic::rename_durable(&partial, &by_sha256).map_err(RepoError::io(&by_sha256))?;
+        ota_common::atomic::rename_durable(&partial, &by_sha256)
+            .map_err(RepoError::io(&by_sha256))?;
         link_or_copy(&by_sha256, &by_sha512)?;
         Ok(digests)
     })();

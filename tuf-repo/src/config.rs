@@ -50,11 +50,14 @@ impl RepoConfig {
             }
             Err(e) => return Err(RepoError::Io { path, source: e }),
         };
-        let config: RepoConfig = serde_json::from_slice(&bytes).map_err(|source| RepoError::Json {
-            path: path.clone(),
-            source,
-        })?;
-        config.validate().map_err(|detail| RepoError::InvalidConfig { path, detail })?;
+        let config: RepoConfig =
+            serde_json::from_slice(&bytes).map_err(|source| RepoError::Json {
+                path: path.clone(),
+                source,
+            })?;
+        config
+            .validate()
+            .map_err(|detail| RepoError::InvalidConfig { path, detail })?;
         Ok(config)
     }
 
@@ -69,18 +72,26 @@ impl RepoConfig {
     }
 
     pub fn role(&self, role: Role) -> Result<&RoleConfig> {
-        self.roles.get(&role).ok_or_else(|| RepoError::InvalidConfig {
-            path: PathBuf::from(crate::layout::CONFIG_FILE),
-            detail: format!("no entry for role {role}"),
-        })
+        self.roles
+            .get(&role)
+            .ok_or_else(|| RepoError::InvalidConfig {
+                path: PathBuf::from(crate::layout::CONFIG_FILE),
+                detail: format!("no entry for role {role}"),
+            })
     }
 
     fn validate(&self) -> std::result::Result<(), String> {
         if self.format != FORMAT {
-            return Err(format!("format {} is not supported (expected {FORMAT})", self.format));
+            return Err(format!(
+                "format {} is not supported (expected {FORMAT})",
+                self.format
+            ));
         }
         for role in Role::ALL {
-            let rc = self.roles.get(&role).ok_or_else(|| format!("no entry for role {role}"))?;
+            let rc = self
+                .roles
+                .get(&role)
+                .ok_or_else(|| format!("no entry for role {role}"))?;
             if rc.keys.is_empty() {
                 return Err(format!("role {role} lists no key files"));
             }

@@ -18,7 +18,9 @@ use std::num::NonZeroU64;
 use std::path::Path;
 use tough::editor::signed::SignedRole;
 use tough::key_source::KeySource;
-use tough::schema::{Hashes, KeyHolder, Metafile, Role as TufRole, Root, Snapshot, Targets, Timestamp};
+use tough::schema::{
+    Hashes, KeyHolder, Metafile, Role as TufRole, Root, Snapshot, Targets, Timestamp,
+};
 
 pub const SPEC_VERSION: &str = "1.0.0";
 
@@ -34,7 +36,10 @@ pub fn role_keys(
     let role_config = config.role(role)?;
     let (listed, threshold) = match root.roles.get(&role.role_type()) {
         Some(rk) => (
-            rk.keyids.iter().map(|id| hex::encode(&**id)).collect::<BTreeSet<_>>(),
+            rk.keyids
+                .iter()
+                .map(|id| hex::encode(&**id))
+                .collect::<BTreeSet<_>>(),
             rk.threshold.get(),
         ),
         None => (BTreeSet::new(), role_config.threshold),
@@ -74,9 +79,14 @@ where
     T: TufRole + Serialize,
 {
     let name = T::TYPE.to_string();
-    let signed = SignedRole::new(role, &KeyHolder::Root(root.clone()), keys, &SystemRandom::new())
-        .await
-        .map_err(RepoError::tough(format!("signing {name} metadata")))?;
+    let signed = SignedRole::new(
+        role,
+        &KeyHolder::Root(root.clone()),
+        keys,
+        &SystemRandom::new(),
+    )
+    .await
+    .map_err(RepoError::tough(format!("signing {name} metadata")))?;
     Ok(signed)
 }
 
@@ -175,8 +185,10 @@ pub async fn sign_plan(
         root.version = next(root.version)?;
         root.expires = plan.expiry(Role::Root)?;
         let signed = sign(root.clone(), &root, keys_of(Role::Root)?).await?;
-        out.versioned
-            .push((format!("{}.root.json", root.version), signed.buffer().clone()));
+        out.versioned.push((
+            format!("{}.root.json", root.version),
+            signed.buffer().clone(),
+        ));
         out.root_copy = Some(signed.buffer().clone());
     }
 
@@ -195,26 +207,44 @@ pub async fn sign_plan(
         metafile(signed.buffer(), version)
     } else {
         let version = state.targets.signed.version;
-        metafile(&read_file(&metadata_dir.join(format!("{version}.targets.json")))?, version)
+        metafile(
+            &read_file(&metadata_dir.join(format!("{version}.targets.json")))?,
+            version,
+        )
     };
 
     let snapshot_meta = if plan.snapshot {
         let version = next(state.snapshot.signed.version)?;
-        let mut snapshot = Snapshot::new(SPEC_VERSION.to_owned(), version, plan.expiry(Role::Snapshot)?);
-        snapshot.meta.insert("targets.json".to_owned(), targets_meta);
+        let mut snapshot = Snapshot::new(
+            SPEC_VERSION.to_owned(),
+            version,
+            plan.expiry(Role::Snapshot)?,
+        );
+        snapshot
+            .meta
+            .insert("targets.json".to_owned(), targets_meta);
         let signed = sign(snapshot, &root, keys_of(Role::Snapshot)?).await?;
         out.versioned
             .push((format!("{version}.snapshot.json"), signed.buffer().clone()));
         metafile(signed.buffer(), version)
     } else {
         let version = state.snapshot.signed.version;
-        metafile(&read_file(&metadata_dir.join(format!("{version}.snapshot.json")))?, version)
+        metafile(
+            &read_file(&metadata_dir.join(format!("{version}.snapshot.json")))?,
+            version,
+        )
     };
 
     if plan.timestamp {
         let version = next(state.timestamp.signed.version)?;
-        let mut timestamp = Timestamp::new(SPEC_VERSION.to_owned(), version, plan.expiry(Role::Timestamp)?);
-        timestamp.meta.insert("snapshot.json".to_owned(), snapshot_meta);
+        let mut timestamp = Timestamp::new(
+            SPEC_VERSION.to_owned(),
+            version,
+            plan.expiry(Role::Timestamp)?,
+        );
+        timestamp
+            .meta
+            .insert("snapshot.json".to_owned(), snapshot_meta);
         let signed = sign(timestamp, &root, keys_of(Role::Timestamp)?).await?;
         out.timestamp = Some(signed.buffer().clone());
     }
@@ -260,7 +290,11 @@ pub fn write_metadata(layout: &Layout, files: &MetadataFiles) -> Result<()> {
 
 /// Fails if `role`'s current metadata has expired by `now`, naming the
 /// command that fixes it.
-pub fn ensure_not_expired(role: Role, expires: jiff::Timestamp, now: jiff::Timestamp) -> Result<()> {
+pub fn ensure_not_expired(
+    role: Role,
+    expires: jiff::Timestamp,
+    now: jiff::Timestamp,
+) -> Result<()> {
     if expires <= now {
         return Err(RepoError::ExpiredRole {
             role: role.to_string(),
@@ -272,7 +306,12 @@ pub fn ensure_not_expired(role: Role, expires: jiff::Timestamp, now: jiff::Times
 }
 
 /// Fails unless `expires` is after `now` (or `allow_expired`).
-pub fn ensure_future(role: Role, expires: jiff::Timestamp, now: jiff::Timestamp, allow_expired: bool) -> Result<()> {
+pub fn ensure_future(
+    role: Role,
+    expires: jiff::Timestamp,
+    now: jiff::Timestamp,
+    allow_expired: bool,
+) -> Result<()> {
     if expires <= now && !allow_expired {
         return Err(RepoError::ExpiryInPast {
             role: role.to_string(),

@@ -21,7 +21,9 @@ pub enum RepoError {
     InvalidArgument(String),
     #[error("repository {path} already exists and is not empty; refusing to initialise over it")]
     NotEmpty { path: PathBuf },
-    #[error("{path} is not an ota-repo repository (no repo.json); create one with `ota-repo init`")]
+    #[error(
+        "{path} is not an ota-repo repository (no repo.json); create one with `ota-repo init`"
+    )]
     NotARepository { path: PathBuf },
     #[error("invalid repository config {path}: {detail}")]
     InvalidConfig { path: PathBuf, detail: String },
@@ -56,7 +58,9 @@ pub enum RepoError {
     },
     #[error("target {name} is already in the repository")]
     TargetExists { name: String },
-    #[error("version {version} is already published for hardware id {hardware_id} (target {target})")]
+    #[error(
+        "version {version} is already published for hardware id {hardware_id} (target {target})"
+    )]
     VersionPublished {
         version: String,
         hardware_id: String,
@@ -75,8 +79,9 @@ pub enum RepoError {
     #[error("{context}: {source}")]
     Tough {
         context: String,
+        // Boxed: tough's error carries a backtrace and is large.
         #[source]
-        source: tough::error::Error,
+        source: Box<tough::error::Error>,
     },
     #[error("{0}")]
     Publish(String),
@@ -88,9 +93,14 @@ impl RepoError {
         move |source| RepoError::Io { path, source }
     }
 
-    pub(crate) fn tough(context: impl Into<String>) -> impl FnOnce(tough::error::Error) -> RepoError {
+    pub(crate) fn tough(
+        context: impl Into<String>,
+    ) -> impl FnOnce(tough::error::Error) -> RepoError {
         let context = context.into();
-        move |source| RepoError::Tough { context, source }
+        move |source| RepoError::Tough {
+            context,
+            source: Box::new(source),
+        }
     }
 }
 

@@ -53,11 +53,15 @@ impl FromStr for Expiry {
                 };
                 // Ten thousand years is well past anything meaningful and keeps
                 // the arithmetic far from overflow.
-                let secs = n.checked_mul(factor).filter(|v| *v <= 10_000 * 366 * 86_400);
+                let secs = n
+                    .checked_mul(factor)
+                    .filter(|v| *v <= 10_000 * 366 * 86_400);
                 return secs.map(Expiry::After).ok_or_else(invalid);
             }
         }
-        s.parse::<Timestamp>().map(Expiry::At).map_err(|_| invalid())
+        s.parse::<Timestamp>()
+            .map(Expiry::At)
+            .map_err(|_| invalid())
     }
 }
 
@@ -80,7 +84,10 @@ mod tests {
     fn parses_durations_and_instants() {
         assert_eq!("90s".parse::<Expiry>().expect("s"), Expiry::After(90));
         assert_eq!("12h".parse::<Expiry>().expect("h"), Expiry::After(43_200));
-        assert_eq!("30d".parse::<Expiry>().expect("d"), Expiry::After(2_592_000));
+        assert_eq!(
+            "30d".parse::<Expiry>().expect("d"),
+            Expiry::After(2_592_000)
+        );
         let at: Expiry = "2027-01-01T00:00:00Z".parse().expect("rfc3339");
         assert_eq!(at.to_string(), "2027-01-01T00:00:00Z");
         for bad in ["", "d", "-5d", "5y", "tomorrow", "99999999999999999d"] {

@@ -89,17 +89,29 @@ pub async fn init(layout: &Layout, options: &InitOptions) -> Result<RepoConfig> 
     let keys_of = |role: Role| sources.get(&role).map(Vec::as_slice).unwrap_or(&[]);
 
     let signed_root = editor::sign(root.clone(), &root, keys_of(Role::Root)).await?;
-    let mut targets = Targets::new(SPEC_VERSION.to_owned(), NonZeroU64::MIN, expires[&Role::Targets]);
+    let mut targets = Targets::new(
+        SPEC_VERSION.to_owned(),
+        NonZeroU64::MIN,
+        expires[&Role::Targets],
+    );
     // No delegations: an empty delegations object only adds surface for clients.
     targets.delegations = None;
     let signed_targets = editor::sign(targets, &root, keys_of(Role::Targets)).await?;
-    let mut snapshot = Snapshot::new(SPEC_VERSION.to_owned(), NonZeroU64::MIN, expires[&Role::Snapshot]);
+    let mut snapshot = Snapshot::new(
+        SPEC_VERSION.to_owned(),
+        NonZeroU64::MIN,
+        expires[&Role::Snapshot],
+    );
     snapshot.meta.insert(
         "targets.json".to_owned(),
         metafile(signed_targets.buffer(), NonZeroU64::MIN),
     );
     let signed_snapshot = editor::sign(snapshot, &root, keys_of(Role::Snapshot)).await?;
-    let mut timestamp = Timestamp::new(SPEC_VERSION.to_owned(), NonZeroU64::MIN, expires[&Role::Timestamp]);
+    let mut timestamp = Timestamp::new(
+        SPEC_VERSION.to_owned(),
+        NonZeroU64::MIN,
+        expires[&Role::Timestamp],
+    );
     timestamp.meta.insert(
         "snapshot.json".to_owned(),
         metafile(signed_snapshot.buffer(), NonZeroU64::MIN),
@@ -110,7 +122,10 @@ pub async fn init(layout: &Layout, options: &InitOptions) -> Result<RepoConfig> 
         versioned: vec![
             ("1.root.json".to_owned(), signed_root.buffer().clone()),
             ("1.targets.json".to_owned(), signed_targets.buffer().clone()),
-            ("1.snapshot.json".to_owned(), signed_snapshot.buffer().clone()),
+            (
+                "1.snapshot.json".to_owned(),
+                signed_snapshot.buffer().clone(),
+            ),
         ],
         root_copy: Some(signed_root.buffer().clone()),
         timestamp: Some(signed_timestamp.buffer().clone()),
@@ -125,7 +140,8 @@ pub async fn init(layout: &Layout, options: &InitOptions) -> Result<RepoConfig> 
 
 fn restrict_dir(dir: &std::path::Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(RepoError::io(dir))
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(RepoError::io(dir))
 }
 
 fn plan_config(options: &InitOptions) -> Result<RepoConfig> {

@@ -176,7 +176,8 @@ pub struct PemKeySource {
 impl KeySource for PemKeySource {
     async fn as_sign(
         &self,
-    ) -> std::result::Result<Box<dyn Sign>, Box<dyn std::error::Error + Send + Sync + 'static>> {
+    ) -> std::result::Result<Box<dyn Sign>, Box<dyn std::error::Error + Send + Sync + 'static>>
+    {
         Ok(load_signer(&self.path)?)
     }
 
@@ -213,7 +214,10 @@ mod tests {
     #[test]
     fn rejects_garbage_keys() {
         assert!(parse_signer(b"hello").is_err());
-        assert!(parse_signer(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").is_err());
+        assert!(
+            parse_signer(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+                .is_err()
+        );
         assert!(parse_signer(&[0xff, 0xfe]).is_err());
     }
 }

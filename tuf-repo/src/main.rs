@@ -11,10 +11,19 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "ota-repo", version, about = "Create, sign and publish the OTA TUF repository")]
+#[command(
+    name = "ota-repo",
+    version,
+    about = "Create, sign and publish the OTA TUF repository"
+)]
 struct Cli {
     /// Repository directory.
-    #[arg(long, global = true, env = "OTA_REPO_DIR", default_value = "./ota-repository")]
+    #[arg(
+        long,
+        global = true,
+        env = "OTA_REPO_DIR",
+        default_value = "./ota-repository"
+    )]
     repo: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -88,7 +97,11 @@ fn main() {
     }
 }
 
-fn role_map<T>(args: &[String], flag: &str, parse: impl Fn(&str) -> Result<T>) -> Result<BTreeMap<Role, T>> {
+fn role_map<T>(
+    args: &[String],
+    flag: &str,
+    parse: impl Fn(&str) -> Result<T>,
+) -> Result<BTreeMap<Role, T>> {
     let mut map = BTreeMap::new();
     for arg in args {
         let (role, value) = parse_role_pair(arg).with_context(|| format!("--{flag} {arg}"))?;
@@ -101,7 +114,8 @@ fn role_map<T>(args: &[String], flag: &str, parse: impl Fn(&str) -> Result<T>) -
 }
 
 fn parse_count(s: &str) -> Result<u64> {
-    s.parse().map_err(|_| anyhow::anyhow!("{s:?} is not a whole number"))
+    s.parse()
+        .map_err(|_| anyhow::anyhow!("{s:?} is not a whole number"))
 }
 
 fn parse_expiry(s: &str) -> Result<Expiry> {
@@ -206,7 +220,11 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 (None, Some(dir)) => {
                     let written = publish::publish_dir(&layout, &set, &dir)?;
-                    println!("published to {}: {} file(s) written", dir.display(), written.len());
+                    println!(
+                        "published to {}: {} file(s) written",
+                        dir.display(),
+                        written.len()
+                    );
                 }
                 (None, None) => bail!("pass --server URL or --dir DIR"),
             }

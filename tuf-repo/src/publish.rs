@@ -70,7 +70,9 @@ pub fn collect(layout: &Layout, state: &RepoState) -> Result<PublishSet> {
         };
         for rel in [&t.by_sha256, &t.by_sha512] {
             let path = layout.targets_dir().join(rel);
-            let len = std::fs::metadata(&path).map_err(RepoError::io(&path))?.len();
+            let len = std::fs::metadata(&path)
+                .map_err(RepoError::io(&path))?
+                .len();
             if len != t.length {
                 return Err(RepoError::Inconsistent(format!(
                     "{} has {len} bytes, the signed length of target {} is {}",
@@ -121,7 +123,9 @@ pub fn collect(layout: &Layout, state: &RepoState) -> Result<PublishSet> {
 
 fn read_metadata(layout: &Layout, name: &str) -> Result<Vec<u8>> {
     let path = layout.metadata_dir().join(name);
-    let len = std::fs::metadata(&path).map_err(RepoError::io(&path))?.len();
+    let len = std::fs::metadata(&path)
+        .map_err(RepoError::io(&path))?
+        .len();
     if len > MAX_METADATA_BYTES {
         return Err(RepoError::Inconsistent(format!(
             "{} is {len} bytes, over the {MAX_METADATA_BYTES}-byte limit for metadata",
@@ -141,7 +145,10 @@ pub fn publish_dir(layout: &Layout, set: &PublishSet, out: &Path) -> Result<Vec<
     for t in &set.targets {
         for rel in [&t.by_sha256, &t.by_sha512] {
             let dest = out.join("targets").join(rel);
-            if std::fs::metadata(&dest).map(|m| m.len() == t.length).unwrap_or(false) {
+            if std::fs::metadata(&dest)
+                .map(|m| m.len() == t.length)
+                .unwrap_or(false)
+            {
                 continue; // Content-addressed: same name and length, same image.
             }
             copy_verified(&layout.targets_dir().join(rel), &dest, t)?;
@@ -162,7 +169,12 @@ pub fn publish_dir(layout: &Layout, set: &PublishSet, out: &Path) -> Result<Vec<
                 )))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(RepoError::Io { path: dest, source: e }),
+            Err(e) => {
+                return Err(RepoError::Io {
+                    path: dest,
+                    source: e,
+                })
+            }
         }
         ota_common::atomic::write_atomic(&dest, &bytes).map_err(RepoError::io(&dest))?;
         written.push(format!("metadata/{name}"));
@@ -194,7 +206,10 @@ fn copy_verified(src: &Path, dest: &Path, t: &TargetFile) -> Result<()> {
         let d = copy_and_digest(input, Some(&mut output), |n| bar.set_position(n))
             .map_err(RepoError::io(src))?;
         bar.finish_and_clear();
-        if d.length != t.length || hex::encode(d.sha256) != t.sha256 || hex::encode(d.sha512) != t.sha512 {
+        if d.length != t.length
+            || hex::encode(d.sha256) != t.sha256
+            || hex::encode(d.sha512) != t.sha512
+        {
             return Err(RepoError::Inconsistent(format!(
                 "{} does not match the signed length and hashes of target {}",
                 src.display(),
@@ -229,7 +244,9 @@ impl AdminClient {
             )));
         }
         if token.is_empty() {
-            return Err(RepoError::InvalidArgument("the admin token is empty".to_owned()));
+            return Err(RepoError::InvalidArgument(
+                "the admin token is empty".to_owned(),
+            ));
         }
         // reqwest is built without a default crypto provider; a second
         // install (already installed) is harmless.
@@ -259,7 +276,11 @@ impl AdminClient {
         Ok(url)
     }
 
-    fn send(&self, what: &str, req: reqwest::blocking::RequestBuilder) -> Result<reqwest::blocking::Response> {
+    fn send(
+        &self,
+        what: &str,
+        req: reqwest::blocking::RequestBuilder,
+    ) -> Result<reqwest::blocking::Response> {
         let resp = req
             .bearer_auth(&self.token)
             .send()
@@ -275,17 +296,26 @@ impl AdminClient {
             Err(_) if body.trim().is_empty() => "(no error message)".to_owned(),
             Err(_) => body.trim().chars().take(500).collect(),
         };
-        Err(RepoError::Publish(format!("{what}: server answered {status}: {message}")))
+        Err(RepoError::Publish(format!(
+            "{what}: server answered {status}: {message}"
+        )))
     }
 
-    fn json<T: serde::de::DeserializeOwned>(what: &str, resp: reqwest::blocking::Response) -> Result<T> {
-        serde_json::from_reader(resp.take(MAX_ANSWER_BYTES))
-            .map_err(|e| RepoError::Publish(format!("{what}: unexpected answer from the server: {e}")))
+    fn json<T: serde::de::DeserializeOwned>(
+        what: &str,
+        resp: reqwest::blocking::Response,
+    ) -> Result<T> {
+        serde_json::from_reader(resp.take(MAX_ANSWER_BYTES)).map_err(|e| {
+            RepoError::Publish(format!("{what}: unexpected answer from the server: {e}"))
+        })
     }
 
     pub fn create_publication(&self) -> Result<String> {
         let what = "opening a publication (POST /admin/v1/publications)";
-        let resp = self.send(what, self.http.post(self.url(&["admin", "v1", "publications"])?))?;
+        let resp = self.send(
+            what,
+            self.http.post(self.url(&["admin", "v1", "publications"])?),
+        )?;
         let created: PublicationCreated = Self::json(what, resp)?;
         if !ota_common::wire::is_valid_id(&created.id) {
             return Err(RepoError::Publish(format!(
@@ -307,7 +337,10 @@ impl AdminClient {
     }
 
     pub fn upload_target(&self, id: &str, layout: &Layout, t: &TargetFile) -> Result<()> {
-        let what = format!("uploading target {} (PUT /admin/v1/publications/{id}/targets/{})", t.name, t.name);
+        let what = format!(
+            "uploading target {} (PUT /admin/v1/publications/{id}/targets/{})",
+            t.name, t.name
+        );
         let path = layout.targets_dir().join(&t.by_sha256);
         let file = File::open(&path).map_err(RepoError::io(&path))?;
         let bar = bytes_bar(t.length, &format!("uploading {}", t.name));
@@ -346,7 +379,8 @@ impl AdminClient {
         let what = format!("committing publication {id}");
         let resp = self.send(
             &what,
-            self.http.post(self.url(&["admin", "v1", "publications", id, "commit"])?),
+            self.http
+                .post(self.url(&["admin", "v1", "publications", id, "commit"])?),
         )?;
         Self::json(&what, resp)
     }
@@ -361,11 +395,19 @@ pub struct ServerPublished {
     pub committed: PublicationCommitted,
 }
 
-pub fn publish_server(layout: &Layout, set: &PublishSet, client: &AdminClient) -> Result<ServerPublished> {
+pub fn publish_server(
+    layout: &Layout,
+    set: &PublishSet,
+    client: &AdminClient,
+) -> Result<ServerPublished> {
     // Read the metadata before opening the publication so a local problem
     // leaves no half-filled publication behind.
     let mut metadata = Vec::new();
-    for name in set.metadata.iter().chain(std::iter::once(&"timestamp.json".to_owned())) {
+    for name in set
+        .metadata
+        .iter()
+        .chain(std::iter::once(&"timestamp.json".to_owned()))
+    {
         metadata.push((name.clone(), read_metadata(layout, name)?));
     }
     let id = client.create_publication()?;
@@ -395,8 +437,9 @@ pub fn publish_server(layout: &Layout, set: &PublishSet, client: &AdminClient) -
 /// The admin token from a file (trimmed) or, failing that, `OTA_ADMIN_TOKEN`.
 pub fn read_token(file: Option<&Path>, env: Option<String>) -> Result<String> {
     let token = match file {
-        Some(path) => std::fs::read_to_string(path)
-            .map_err(|e| RepoError::InvalidArgument(format!("token file {}: {e}", path.display())))?,
+        Some(path) => std::fs::read_to_string(path).map_err(|e| {
+            RepoError::InvalidArgument(format!("token file {}: {e}", path.display()))
+        })?,
         None => env.ok_or_else(|| {
             RepoError::InvalidArgument(
                 "no admin token: pass --token-file FILE or set OTA_ADMIN_TOKEN".to_owned(),
@@ -405,7 +448,9 @@ pub fn read_token(file: Option<&Path>, env: Option<String>) -> Result<String> {
     };
     let token = token.trim().to_owned();
     if token.is_empty() {
-        return Err(RepoError::InvalidArgument("the admin token is empty".to_owned()));
+        return Err(RepoError::InvalidArgument(
+            "the admin token is empty".to_owned(),
+        ));
     }
     if token.chars().any(|c| c.is_control() || c == ' ') {
         return Err(RepoError::InvalidArgument(

@@ -33,7 +33,11 @@ pub struct Resigned {
 
 /// The roles actually signed for a request, with their dependents.
 pub fn expand(roles: &[Role], expires: &BTreeMap<Role, Expiry>) -> BTreeSet<Role> {
-    let mut set: BTreeSet<Role> = roles.iter().copied().chain(expires.keys().copied()).collect();
+    let mut set: BTreeSet<Role> = roles
+        .iter()
+        .copied()
+        .chain(expires.keys().copied())
+        .collect();
     if set.is_empty() {
         set.insert(Role::Timestamp);
     }

@@ -54,6 +54,7 @@ pub fn dir_url(dir: &Path) -> Result<Url> {
             .map_err(RepoError::io("."))?
             .join(dir)
     };
-    Url::from_directory_path(&abs)
-        .map_err(|()| RepoError::InvalidArgument(format!("{} is not an absolute path", abs.display())))
+    Url::from_directory_path(&abs).map_err(|()| {
+        RepoError::InvalidArgument(format!("{} is not an absolute path", abs.display()))
+    })
 }

@@ -32,21 +32,50 @@ pub async fn status(layout: &Layout) -> Result<String> {
     let root = &state.root.signed;
     let rows = [
         (Role::Root, root.version.get(), root.expires),
-        (Role::Targets, state.targets.signed.version.get(), state.targets.signed.expires),
-        (Role::Snapshot, state.snapshot.signed.version.get(), state.snapshot.signed.expires),
-        (Role::Timestamp, state.timestamp.signed.version.get(), state.timestamp.signed.expires),
+        (
+            Role::Targets,
+            state.targets.signed.version.get(),
+            state.targets.signed.expires,
+        ),
+        (
+            Role::Snapshot,
+            state.snapshot.signed.version.get(),
+            state.snapshot.signed.expires,
+        ),
+        (
+            Role::Timestamp,
+            state.timestamp.signed.version.get(),
+            state.timestamp.signed.expires,
+        ),
     ];
     for (role, version, expires) in rows {
         let expired = if expires <= now { "  EXPIRED" } else { "" };
-        let policy = config.role(role).map(|r| r.expires.clone()).unwrap_or_default();
-        let _ = writeln!(out, "\n{role}: version {version}, expires {expires}{expired} (policy {policy})");
+        let policy = config
+            .role(role)
+            .map(|r| r.expires.clone())
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "\n{role}: version {version}, expires {expires}{expired} (policy {policy})"
+        );
         if let Some(rk) = root.roles.get(&role.role_type()) {
-            let _ = writeln!(out, "  threshold {} of {} key(s)", rk.threshold, rk.keyids.len());
+            let _ = writeln!(
+                out,
+                "  threshold {} of {} key(s)",
+                rk.threshold,
+                rk.keyids.len()
+            );
             for id in &rk.keyids {
                 let id_hex = hex::encode(&**id);
-                let kind = root.keys.get(id).map(keys::describe).unwrap_or_else(|| "?".to_owned());
+                let kind = root
+                    .keys
+                    .get(id)
+                    .map(keys::describe)
+                    .unwrap_or_else(|| "?".to_owned());
                 let location = match files.get(&id_hex) {
-                    Some(path) => format!("software key file (development only): {}", path.display()),
+                    Some(path) => {
+                        format!("software key file (development only): {}", path.display())
+                    }
                     None => "no key file in repo.json".to_owned(),
                 };
                 let _ = writeln!(out, "  key {id_hex} {kind}\n      {location}");
@@ -71,7 +100,12 @@ pub async fn status(layout: &Layout) -> Result<String> {
                 );
             }
             Err(_) => {
-                let _ = writeln!(out, "  {}  (no release fields)  {} bytes", name.raw(), target.length);
+                let _ = writeln!(
+                    out,
+                    "  {}  (no release fields)  {} bytes",
+                    name.raw(),
+                    target.length
+                );
             }
         }
     }

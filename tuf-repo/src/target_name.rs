@@ -18,7 +18,9 @@ pub fn validate(name: &str) -> Result<(String, String)> {
     }
     for segment in name.split('/') {
         if segment.is_empty() {
-            return Err(invalid("empty path segment (leading, trailing or double '/')"));
+            return Err(invalid(
+                "empty path segment (leading, trailing or double '/')",
+            ));
         }
         if segment.starts_with('.') {
             return Err(invalid("path segments may not start with '.'"));
@@ -27,7 +29,9 @@ pub fn validate(name: &str) -> Result<(String, String)> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+'))
         {
-            return Err(invalid("only letters, digits, '.', '_', '-', '+' and '/' are allowed"));
+            return Err(invalid(
+                "only letters, digits, '.', '_', '-', '+' and '/' are allowed",
+            ));
         }
     }
     Ok(match name.rsplit_once('/') {
@@ -48,12 +52,25 @@ mod tests {
 
     #[test]
     fn accepts_plain_paths_only() {
-        assert_eq!(validate("a.img").expect("ok"), (String::new(), "a.img".to_owned()));
+        assert_eq!(
+            validate("a.img").expect("ok"),
+            (String::new(), "a.img".to_owned())
+        );
         assert_eq!(
             validate("board-a/img-1.2.0+b1.bin").expect("ok"),
             ("board-a/".to_owned(), "img-1.2.0+b1.bin".to_owned())
         );
-        for bad in ["", "/abs", "a//b", "../x", "a/..", "a/.hidden", "sp ace", "a\\b", "x/"] {
+        for bad in [
+            "",
+            "/abs",
+            "a//b",
+            "../x",
+            "a/..",
+            "a/.hidden",
+            "sp ace",
+            "a\\b",
+            "x/",
+        ] {
             assert!(validate(bad).is_err(), "{bad:?} accepted");
         }
         assert_eq!(hashed_path("d/a.img", "ab").expect("ok"), "d/ab.a.img");
