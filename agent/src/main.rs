@@ -1,1 +1,143 @@
-fn main() {}
+//! `ota-agent`: the device daemon.
+//!
+//! ```text
+//! ota-agent [--config PATH] run [--once]   resume after boot, then poll forever (or once)
+//! ota-agent [--config PATH] health         post-boot stage only: health checks, commit or roll back
+//! ota-agent [--config PATH] status         print the persisted state as JSON
+//! ```
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use ota_agent::config::Config;
+use ota_agent::machine::{Machine, Polled};
+use ota_agent::report::HttpReporter;
+use ota_agent::source::open_tuf;
+use ota_agent::state::StateStore;
+use ota_agent::{bootloader, lock};
+use rand::Rng;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ota-agent",
+    version,
+    about = "OTA update agent: A/B updates verified with TUF"
+)]
+struct Cli {
+    /// Configuration file (TOML).
+    #[arg(long, env = "OTA_AGENT_CONFIG", default_value = "/etc/ota/agent.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Resume after boot (health checks, commit or roll back), then poll for updates.
+    Run {
+        /// Resume and poll once, then exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Only the post-boot stage: health checks, then commit or roll back.
+    Health,
+    /// Print the agent's persisted state as JSON.
+    Status,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ota-agent: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let config = Config::load(&cli.config)?;
+    match cli.command {
+        Command::Status => status(&config),
+        Command::Health => {
+            let _lock = lock::lock(&lock_path_ensured(&config)?, true)?;
+            let mut machine = build_machine(&config)?;
+            machine.resume_after_boot()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { once } => {
+            let _lock = lock::lock(&lock_path_ensured(&config)?, true)?;
+            let mut machine = build_machine(&config)?;
+            machine.resume_after_boot()?;
+            let mut tuf = open_tuf(&config)?;
+            loop {
+                let polled = machine.poll_once(&mut tuf);
+                if once {
+                    // A poll that ran (even one whose install failed and was reported) is
+                    // success; a poll that could not check for updates at all is not.
+                    polled?;
+                    return Ok(ExitCode::SUCCESS);
+                }
+                match polled {
+                    Ok(Polled::Busy) => {
+                        // An update is mid-flight (e.g. the reboot did not happen): resume it.
+                        if let Err(e) = machine.resume_after_boot() {
+                            tracing::error!(error = %format!("{e:#}"), "resuming failed");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "poll failed"),
+                }
+                let jitter = match config.poll_jitter_secs {
+                    0 => 0,
+                    j => rand::thread_rng().gen_range(0..=j),
+                };
+                let wait = config.poll_interval_secs.saturating_add(jitter);
+                tracing::debug!(wait_secs = wait, "sleeping until the next poll");
+                std::thread::sleep(Duration::from_secs(wait));
+            }
+        }
+    }
+}
+
+fn build_machine(config: &Config) -> Result<Machine> {
+    let bootloader = bootloader::from_config(&config.boot).context("bootloader")?;
+    let reporter = HttpReporter::new(
+        config.report_url()?,
+        Duration::from_secs(config.http_timeout_secs.min(10)),
+    )?;
+    Ok(Machine::new(
+        config.clone(),
+        bootloader,
+        Box::new(reporter),
+    )?)
+}
+
+fn status(config: &Config) -> Result<ExitCode> {
+    let store = StateStore::new(config.state_path());
+    let state = store
+        .load()
+        .with_context(|| format!("reading {}", store.path().display()))?;
+    match state {
+        Some(state) => println!("{}", serde_json::to_string_pretty(&state)?),
+        None => println!("null"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The lock file's path, creating state_dir first.
+fn lock_path_ensured(config: &Config) -> Result<PathBuf> {
+    ota_common::atomic::create_dir_all_durable(&config.state_dir)
+        .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
+    Ok(config.lock_path())
+}

@@ -1,0 +1,53 @@
+//! The bootloader interface: which slot boots next, and the try-once /
+//! mark-good / mark-bad operations an A/B update needs. One sibling module
+//! per backend; [`from_config`] chooses.
+
+pub mod sim;
+
+use crate::config::{BootBackend, BootConfig};
+use crate::slot::SlotId;
+use std::path::PathBuf;
+
+/// Why a bootloader operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("bootloader state {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bootloader state {path} is corrupt: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("bootloader configuration: {0}")]
+    Config(String),
+}
+
+pub type Result<T> = std::result::Result<T, BootError>;
+
+/// What the agent asks of a bootloader. Every operation is durable when it
+/// returns (a power cut afterwards keeps its effect) and idempotent (the
+/// state machine repeats it after an interruption).
+pub trait Bootloader: std::fmt::Debug {
+    /// The slot the bootloader will boot next.
+    fn primary(&self) -> Result<SlotId>;
+    /// Boot `slot` once at the next boot; if it does not come up and get
+    /// marked good, fall back to the other slot.
+    fn set_try_once(&mut self, slot: SlotId) -> Result<()>;
+    /// Make `slot` the permanent primary.
+    fn mark_good(&mut self, slot: SlotId) -> Result<()>;
+    /// Never boot `slot` again until it is re-armed.
+    fn mark_bad(&mut self, slot: SlotId) -> Result<()>;
+}
+
+/// The backend named by `[boot]`.
+pub fn from_config(config: &BootConfig) -> Result<Box<dyn Bootloader>> {
+    match config.backend {
+        BootBackend::Sim => {
+            let path = config.sim_state.clone().ok_or_else(|| {
+                BootError::Config("boot.sim_state is required with backend = \"sim\"".into())
+            })?;
+            Ok(Box::new(sim::SimBootloader::new(path)))
+        }
+    }
+}

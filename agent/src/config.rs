@@ -1,0 +1,441 @@
+//! The agent's TOML configuration (`/etc/ota/agent.toml` by default).
+//!
+//! Unknown keys are refused (a typo such as `pol_interval_secs` must not
+//! silently fall back to a default), and every validation error names the key
+//! that is wrong. See `agent/agent.example.toml` for an annotated example.
+
+use ota_common::wire::is_valid_id;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use url::Url;
+
+/// Where the device id comes from when `device_id` is not set.
+pub const MACHINE_ID_PATH: &str = "/etc/machine-id";
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {detail}")]
+    Invalid { key: String, detail: String },
+    #[error("device_id is not set and {path} could not be used: {detail}")]
+    MachineId { path: PathBuf, detail: String },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Base URL of the OTA server; metadata under `metadata/`, images under `targets/`.
+    pub server_url: Url,
+    /// The initial (factory) root.json, copied into the TUF metadata directory on first start.
+    pub trusted_root: PathBuf,
+    /// Agent state, TUF metadata and the lock file live here.
+    pub state_dir: PathBuf,
+    pub hardware_id: String,
+    /// Defaults to the content of /etc/machine-id (filled in by [`Config::load`]).
+    #[serde(default)]
+    pub device_id: Option<String>,
+    /// Version of the factory image, used for the booted slot while the state knows none.
+    pub initial_version: semver::Version,
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval_secs: u64,
+    /// A random 0..=jitter seconds is added to each interval so a fleet does not poll in step.
+    #[serde(default)]
+    pub poll_jitter_secs: u64,
+    #[serde(default = "default_reboot_command")]
+    pub reboot_command: Vec<String>,
+    /// How long to wait for the system to go down after the reboot command.
+    #[serde(default = "default_reboot_timeout")]
+    pub reboot_timeout_secs: u64,
+    /// Timeout of each HTTP request (metadata, report; an image stream's reads).
+    #[serde(default = "default_http_timeout")]
+    pub http_timeout_secs: u64,
+    pub slots: SlotsConfig,
+    pub boot: BootConfig,
+    #[serde(default)]
+    pub health_check: Vec<HealthCheckConfig>,
+}
+
+/// `[slots]`: the two A/B slots (files or block devices).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotsConfig {
+    pub a: PathBuf,
+    pub b: PathBuf,
+    /// Largest image a slot takes, in bytes. Block devices are also limited by their size.
+    #[serde(default)]
+    pub max_image_bytes: Option<u64>,
+}
+
+/// Which bootloader backend drives A/B selection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootBackend {
+    /// Simulated U-Boot-like bootloader whose state is a JSON file.
+    Sim,
+}
+
+/// `[boot]`: the bootloader backend and how the booted slot is detected.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootConfig {
+    pub backend: BootBackend,
+    /// State file of the simulated bootloader (required with `backend = "sim"`).
+    #[serde(default)]
+    pub sim_state: Option<PathBuf>,
+    #[serde(default = "default_cmdline_path")]
+    pub cmdline_path: PathBuf,
+    /// Kernel command-line parameter naming the booted slot (`ota.slot=A`).
+    #[serde(default = "default_slot_param")]
+    pub slot_param: String,
+    #[serde(default = "default_boot_id_path")]
+    pub boot_id_path: PathBuf,
+}
+
+/// `[[health_check]]`: a command that must exit 0 on a freshly booted slot.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    pub name: String,
+    pub command: Vec<String>,
+    #[serde(default = "default_health_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_poll_interval() -> u64 {
+    3600
+}
+fn default_reboot_command() -> Vec<String> {
+    vec!["systemctl".into(), "reboot".into()]
+}
+fn default_reboot_timeout() -> u64 {
+    300
+}
+fn default_http_timeout() -> u64 {
+    30
+}
+fn default_cmdline_path() -> PathBuf {
+    PathBuf::from("/proc/cmdline")
+}
+fn default_slot_param() -> String {
+    "ota.slot".into()
+}
+fn default_boot_id_path() -> PathBuf {
+    PathBuf::from("/proc/sys/kernel/random/boot_id")
+}
+fn default_health_timeout() -> u64 {
+    60
+}
+
+fn invalid(key: &str, detail: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        detail: detail.into(),
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates `path`, and fills in `device_id` from
+    /// /etc/machine-id when it is not set.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::parse(&text, path)?;
+        if config.device_id.is_none() {
+            config.device_id = Some(read_machine_id(Path::new(MACHINE_ID_PATH))?);
+        }
+        Ok(config)
+    }
+
+    /// Parses and validates TOML text; `origin` only names it in errors.
+    /// Leaves `device_id` as written (see [`Config::load`]).
+    pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            // toml's message names the key and shows the offending line.
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        match self.server_url.scheme() {
+            "http" | "https" => {}
+            other => {
+                return Err(invalid(
+                    "server_url",
+                    format!("scheme {other:?} is not http or https"),
+                ))
+            }
+        }
+        if self.server_url.cannot_be_a_base() || self.server_url.host().is_none() {
+            return Err(invalid("server_url", "must be an absolute URL with a host"));
+        }
+        if self.server_url.query().is_some() || self.server_url.fragment().is_some() {
+            return Err(invalid("server_url", "must not have a query or fragment"));
+        }
+        if !is_valid_id(&self.hardware_id) {
+            return Err(invalid(
+                "hardware_id",
+                "must be 1 to 128 characters of A-Z a-z 0-9 . _ : -",
+            ));
+        }
+        if let Some(id) = &self.device_id {
+            if !is_valid_id(id) {
+                return Err(invalid(
+                    "device_id",
+                    "must be 1 to 128 characters of A-Z a-z 0-9 . _ : -",
+                ));
+            }
+        }
+        if self.poll_interval_secs == 0 {
+            return Err(invalid("poll_interval_secs", "must be at least 1"));
+        }
+        if self.http_timeout_secs == 0 {
+            return Err(invalid("http_timeout_secs", "must be at least 1"));
+        }
+        if self.reboot_command.first().is_none_or(|p| p.is_empty()) {
+            return Err(invalid("reboot_command", "must name a program"));
+        }
+        if self.slots.a == self.slots.b {
+            return Err(invalid("slots.b", "must not be the same path as slots.a"));
+        }
+        if self.slots.a.as_os_str().is_empty() {
+            return Err(invalid("slots.a", "must not be empty"));
+        }
+        if self.slots.b.as_os_str().is_empty() {
+            return Err(invalid("slots.b", "must not be empty"));
+        }
+        if self.slots.max_image_bytes == Some(0) {
+            return Err(invalid("slots.max_image_bytes", "must be at least 1"));
+        }
+        match self.boot.backend {
+            BootBackend::Sim if self.boot.sim_state.is_none() => {
+                return Err(invalid(
+                    "boot.sim_state",
+                    "is required with backend = \"sim\"",
+                ));
+            }
+            BootBackend::Sim => {}
+        }
+        let param = &self.boot.slot_param;
+        if param.is_empty() || param.contains(['=', ' ', '\t', '\n']) {
+            return Err(invalid(
+                "boot.slot_param",
+                "must be a parameter name without '=' or spaces",
+            ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, check) in self.health_check.iter().enumerate() {
+            let key = |field: &str| format!("health_check[{i}].{field}");
+            if check.name.is_empty() || check.name.len() > 64 {
+                return Err(invalid(&key("name"), "must be 1 to 64 characters"));
+            }
+            if !names.insert(check.name.as_str()) {
+                return Err(invalid(
+                    &key("name"),
+                    format!("{:?} is used twice", check.name),
+                ));
+            }
+            if check.command.first().is_none_or(|p| p.is_empty()) {
+                return Err(invalid(&key("command"), "must name a program"));
+            }
+            if check.timeout_secs == 0 {
+                return Err(invalid(&key("timeout_secs"), "must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The device id (set, or read from /etc/machine-id by [`Config::load`]).
+    pub fn device_id(&self) -> &str {
+        self.device_id.as_deref().unwrap_or_default()
+    }
+
+    /// `{server_url}/metadata/`.
+    pub fn metadata_url(&self) -> Result<Url, ConfigError> {
+        self.server_join("metadata/")
+    }
+
+    /// `{server_url}/targets/`.
+    pub fn targets_url(&self) -> Result<Url, ConfigError> {
+        self.server_join("targets/")
+    }
+
+    /// `{server_url}/api/v1/devices/{device_id}/reports`.
+    pub fn report_url(&self) -> Result<Url, ConfigError> {
+        // device_id is validated to URL-safe characters.
+        self.server_join(&format!("api/v1/devices/{}/reports", self.device_id()))
+    }
+
+    fn server_join(&self, rel: &str) -> Result<Url, ConfigError> {
+        let mut base = self.server_url.clone();
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        base.join(rel)
+            .map_err(|e| invalid("server_url", format!("cannot join {rel:?}: {e}")))
+    }
+
+    /// Where the TUF client keeps trusted metadata.
+    pub fn tuf_dir(&self) -> PathBuf {
+        self.state_dir.join("tuf")
+    }
+
+    pub fn state_path(&self) -> PathBuf {
+        self.state_dir.join("state.json")
+    }
+
+    pub fn lock_path(&self) -> PathBuf {
+        self.state_dir.join("lock")
+    }
+}
+
+/// Reads and validates a machine-id file (32 lowercase hex digits on systemd systems).
+pub fn read_machine_id(path: &Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::MachineId {
+        path: path.to_owned(),
+        detail: e.to_string(),
+    })?;
+    let id = text.trim().to_owned();
+    if !is_valid_id(&id) {
+        return Err(ConfigError::MachineId {
+            path: path.to_owned(),
+            detail: "content is not a valid device id".into(),
+        });
+    }
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+server_url = "http://127.0.0.1:8080"
+trusted_root = "/etc/ota/root.json"
+state_dir = "/var/lib/ota"
+hardware_id = "board-a"
+device_id = "dev-1"
+initial_version = "1.0.0"
+[slots]
+a = "/dev/mmcblk0p2"
+b = "/dev/mmcblk0p3"
+[boot]
+backend = "sim"
+sim_state = "/tmp/boot.json"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(MINIMAL).expect("valid");
+        assert_eq!(c.poll_interval_secs, 3600);
+        assert_eq!(c.poll_jitter_secs, 0);
+        assert_eq!(c.reboot_command, ["systemctl", "reboot"]);
+        assert_eq!(c.boot.slot_param, "ota.slot");
+        assert_eq!(c.boot.cmdline_path, Path::new("/proc/cmdline"));
+        assert!(c.health_check.is_empty());
+        assert_eq!(
+            c.metadata_url().expect("url").as_str(),
+            "http://127.0.0.1:8080/metadata/"
+        );
+        assert_eq!(
+            c.targets_url().expect("url").as_str(),
+            "http://127.0.0.1:8080/targets/"
+        );
+        assert_eq!(
+            c.report_url().expect("url").as_str(),
+            "http://127.0.0.1:8080/api/v1/devices/dev-1/reports"
+        );
+    }
+
+    #[test]
+    fn server_url_with_path_keeps_its_path() {
+        let text = MINIMAL.replace("http://127.0.0.1:8080", "https://ota.example/fleet");
+        let c = parse(&text).expect("valid");
+        assert_eq!(
+            c.metadata_url().expect("url").as_str(),
+            "https://ota.example/fleet/metadata/"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let text = format!("pol_interval_secs = 5\n{MINIMAL}");
+        let err = parse(&text).expect_err("typo").to_string();
+        assert!(err.contains("pol_interval_secs"), "{err}");
+    }
+
+    #[test]
+    fn missing_keys_are_named() {
+        let text = MINIMAL.replace("hardware_id = \"board-a\"\n", "");
+        let err = parse(&text).expect_err("missing").to_string();
+        assert!(err.contains("hardware_id"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        let cases = [
+            (MINIMAL.replace("board-a", "board a"), "hardware_id"),
+            (
+                MINIMAL.replace("http://127.0.0.1:8080", "ftp://x"),
+                "server_url",
+            ),
+            (
+                MINIMAL.replace("/dev/mmcblk0p3", "/dev/mmcblk0p2"),
+                "slots.b",
+            ),
+            (
+                MINIMAL.replace("sim_state = \"/tmp/boot.json\"\n", ""),
+                "boot.sim_state",
+            ),
+            (
+                format!("{MINIMAL}[[health_check]]\nname = \"app\"\ncommand = []\n"),
+                "health_check[0].command",
+            ),
+            (MINIMAL.replace("\"1.0.0\"", "\"one\""), "initial_version"),
+        ];
+        for (text, key) in cases {
+            let err = parse(&text).expect_err(key).to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_annotated_example_is_valid() {
+        let text = include_str!("../agent.example.toml");
+        let c = parse(text).expect("agent.example.toml");
+        assert_eq!(c.health_check.len(), 2);
+        assert_eq!(c.poll_jitter_secs, 600);
+    }
+
+    #[test]
+    fn machine_id_is_trimmed_and_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("machine-id");
+        std::fs::write(&path, "0123456789abcdef0123456789abcdef\n").expect("write");
+        assert_eq!(
+            read_machine_id(&path).expect("id"),
+            "0123456789abcdef0123456789abcdef"
+        );
+        std::fs::write(&path, "../../etc\n").expect("write");
+        assert!(read_machine_id(&path).is_err());
+        assert!(read_machine_id(&dir.path().join("none")).is_err());
+    }
+}

@@ -1,0 +1,165 @@
+//! Health checks run on a freshly booted slot before it is committed.
+//!
+//! Each check is a command (argv, no shell) with a timeout. It runs in its own
+//! process group so that on timeout the whole group is killed, including
+//! anything a script started.
+
+use crate::config::HealthCheckConfig;
+use crate::slot::SlotId;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What the checks learn about the slot under test (passed as environment).
+#[derive(Debug, Clone)]
+pub struct CheckContext<'a> {
+    pub slot: SlotId,
+    pub slot_path: &'a Path,
+    pub version: &'a semver::Version,
+}
+
+/// Runs the checks in order; `Err(reason)` names the first that failed and how.
+pub fn run_checks(checks: &[HealthCheckConfig], ctx: &CheckContext<'_>) -> Result<(), String> {
+    for check in checks {
+        let started = Instant::now();
+        run_one(check, ctx)?;
+        tracing::info!(check = %check.name, elapsed_ms = started.elapsed().as_millis() as u64, "health check passed");
+    }
+    Ok(())
+}
+
+fn run_one(check: &HealthCheckConfig, ctx: &CheckContext<'_>) -> Result<(), String> {
+    let name = &check.name;
+    let (program, args) = check
+        .command
+        .split_first()
+        .ok_or_else(|| format!("health check '{name}' has an empty command"))?;
+    let mut child = Command::new(program)
+        .args(args)
+        .env("OTA_SLOT", ctx.slot.as_str())
+        .env("OTA_SLOT_PATH", ctx.slot_path)
+        .env("OTA_VERSION", ctx.version.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("health check '{name}' could not start {program:?}: {e}"))?;
+    let timeout = Duration::from_secs(check.timeout_secs);
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                return if status.success() {
+                    Ok(())
+                } else if let Some(code) = status.code() {
+                    Err(format!("health check '{name}' exited with status {code}"))
+                } else {
+                    Err(format!(
+                        "health check '{name}' was killed by signal {}",
+                        status.signal().unwrap_or(0)
+                    ))
+                };
+            }
+            Ok(None) => {}
+            Err(e) => return Err(format!("health check '{name}': waiting failed: {e}")),
+        }
+        if Instant::now() >= deadline {
+            kill_group(&mut child);
+            return Err(format!(
+                "health check '{name}' timed out after {}s",
+                check.timeout_secs
+            ));
+        }
+        std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+fn kill_group(child: &mut std::process::Child) {
+    use nix::sys::signal::{killpg, Signal};
+    use nix::unistd::Pid;
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // process_group(0) made the child the leader of a group with its own pid.
+        if let Err(e) = killpg(Pid::from_raw(pid), Signal::SIGKILL) {
+            tracing::warn!(error = %e, "killing the health check's process group failed");
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(name: &str, script: &str, timeout_secs: u64) -> HealthCheckConfig {
+        HealthCheckConfig {
+            name: name.into(),
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            timeout_secs,
+        }
+    }
+
+    fn ctx_run(checks: &[HealthCheckConfig]) -> Result<(), String> {
+        let version = semver::Version::new(2, 1, 0);
+        run_checks(
+            checks,
+            &CheckContext {
+                slot: SlotId::B,
+                slot_path: Path::new("/dev/slot-b"),
+                version: &version,
+            },
+        )
+    }
+
+    #[test]
+    fn passing_checks_see_the_slot_environment() {
+        let checks = [
+            check(
+                "env",
+                r#"test "$OTA_SLOT" = B && test "$OTA_SLOT_PATH" = /dev/slot-b && test "$OTA_VERSION" = 2.1.0"#,
+                5,
+            ),
+            check("true", "exit 0", 5),
+        ];
+        ctx_run(&checks).expect("pass");
+        ctx_run(&[]).expect("no checks pass");
+    }
+
+    #[test]
+    fn first_failure_is_named() {
+        let checks = [
+            check("ok", "exit 0", 5),
+            check("app", "exit 1", 5),
+            check("never", "exit 2", 5),
+        ];
+        assert_eq!(
+            ctx_run(&checks),
+            Err("health check 'app' exited with status 1".into())
+        );
+    }
+
+    #[test]
+    fn timeout_kills_the_check_and_its_children() {
+        let start = Instant::now();
+        let err = ctx_run(&[check("slow", "sleep 30; exit 0", 1)]).expect_err("timeout");
+        assert_eq!(err, "health check 'slow' timed out after 1s");
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn missing_program_is_a_failure() {
+        let c = HealthCheckConfig {
+            name: "gone".into(),
+            command: vec!["/nonexistent/check".into()],
+            timeout_secs: 5,
+        };
+        let err = ctx_run(&[c]).expect_err("missing");
+        assert!(
+            err.starts_with("health check 'gone' could not start"),
+            "{err}"
+        );
+    }
+}

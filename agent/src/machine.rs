@@ -1,0 +1,509 @@
+//! THE update state machine. Every transition is in this file.
+//!
+//! ```text
+//!            poll: newer release            stream + verify + read back OK
+//!   Idle ─────────────────────────▶ Downloading ───────────────────────▶ Installed
+//!    ▲  ▲  failed (active slot untouched) │                                  │ set_try_once(new)
+//!    │  └─────────────────────────────────┘                                  ▼
+//!    │                                                         Trying (reboot requested in boot X)
+//!    │     booted new slot, health checks pass: mark_good           │              │
+//!    ├──────────────────────────────────────────────────────────────┘              │ booted new slot,
+//!    │     booted previous slot in a new boot: mark_bad, reject                    │ checks fail
+//!    ├──────────────────────────── (new slot never came up) ◀──────────────────────┤
+//!    │                                                                              ▼
+//!    └──────────── booted previous slot: reject ◀──────────── RollingBack: mark_bad(new), reboot
+//! ```
+//!
+//! Safety of interruption: the state is persisted (atomically) *before*
+//! each step whose effect it must describe after a power cut:
+//! * `Downloading` before the first byte is written (the slot is untrusted
+//!   from then on; a restart goes back to `Idle` and the next poll starts over);
+//! * `Installed` before `set_try_once` (a restart re-arms, which is idempotent);
+//! * `Trying` with the current boot id before the reboot command (a restart in
+//!   the same boot just asks for the reboot again);
+//! * `RollingBack` before `mark_bad` (a restart in the bad slot marks it bad again);
+//! * `mark_good` before `Idle` on commit (a restart re-runs the checks and
+//!   marks good again).
+//!
+//! The booted slot is never written: `slot::SlotWriter::open` refuses it.
+
+use crate::booted::{self, BootedError};
+use crate::bootloader::{BootError, Bootloader};
+use crate::config::Config;
+use crate::health::{self, CheckContext};
+use crate::install::install_stream;
+use crate::report::{clamp_reason, ReportSink};
+use crate::slot::{SlotId, Slots};
+use crate::source::UpdateSource;
+use crate::state::{
+    AgentState, InstalledRelease, LastReport, Phase, StateError, StateStore, TargetRef,
+};
+use ota_common::tuf::{Target, TufError};
+use ota_common::wire::{DeviceReport, UpdateStatus};
+use std::time::Duration;
+use tracing::{error, info, warn};
+
+/// Why the machine could not go on. The persisted state still describes
+/// where it is, so the next start resumes from there.
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    #[error(transparent)]
+    Booted(#[from] BootedError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error("TUF: {0}")]
+    Tuf(#[from] TufError),
+    #[error("creating state_dir {path}: {source}")]
+    StateDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What resuming after a (re)start did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resumed {
+    /// Nothing was in progress (or an interrupted download was abandoned).
+    Idle,
+    /// The new slot passed its health checks and is now permanent.
+    Committed,
+    /// Back on the previous slot; the release is rejected.
+    RolledBack { reason: String },
+    /// A reboot was requested (and the system did not go down).
+    RebootRequested,
+}
+
+/// What one poll did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Polled {
+    /// An update is in progress; `resume_after_boot` handles it.
+    Busy,
+    /// No newer, compatible, non-rejected release.
+    UpToDate,
+    /// Installing failed before the bootloader was touched; the active slot runs on.
+    Failed { reason: String },
+    /// Installed, armed, reboot requested (and the system did not go down).
+    RebootRequested,
+}
+
+/// The agent's state machine over its state file, bootloader and slots.
+#[derive(Debug)]
+pub struct Machine {
+    config: Config,
+    slots: Slots,
+    bootloader: Box<dyn Bootloader>,
+    reporter: Box<dyn ReportSink>,
+    store: StateStore,
+    state: AgentState,
+    booted: SlotId,
+    boot_id: String,
+}
+
+impl Machine {
+    /// Reads the booted slot and boot id from the kernel and loads (or recovers) the state.
+    pub fn new(
+        config: Config,
+        bootloader: Box<dyn Bootloader>,
+        reporter: Box<dyn ReportSink>,
+    ) -> Result<Self, MachineError> {
+        let booted = booted::booted_slot(&config.boot.cmdline_path, &config.boot.slot_param)?;
+        let boot_id = booted::boot_id(&config.boot.boot_id_path)?;
+        ota_common::atomic::create_dir_all_durable(&config.state_dir).map_err(|source| {
+            MachineError::StateDir {
+                path: config.state_dir.clone(),
+                source,
+            }
+        })?;
+        let store = StateStore::new(config.state_path());
+        let state = store.load_or_recover(booted, &config.initial_version);
+        let slots = Slots::new(
+            config.slots.a.clone(),
+            config.slots.b.clone(),
+            config.slots.max_image_bytes,
+        );
+        info!(slot = %booted, %boot_id, phase = state.phase.name(),
+            version = %state.version_of(booted, &config.initial_version), "agent started");
+        Ok(Machine {
+            config,
+            slots,
+            bootloader,
+            reporter,
+            store,
+            state,
+            booted,
+            boot_id,
+        })
+    }
+
+    pub fn state(&self) -> &AgentState {
+        &self.state
+    }
+
+    pub fn booted(&self) -> SlotId {
+        self.booted
+    }
+
+    /// Version the booted slot runs.
+    pub fn running_version(&self) -> semver::Version {
+        self.state
+            .version_of(self.booted, &self.config.initial_version)
+    }
+
+    /// The post-boot stage: finishes whatever the persisted phase left open,
+    /// according to which slot booted and whether this is a new boot.
+    pub fn resume_after_boot(&mut self) -> Result<Resumed, MachineError> {
+        let booted = self.booted;
+        let new_boot = |recorded: &str| recorded != self.boot_id;
+        match self.state.phase.clone() {
+            Phase::Idle => {
+                // Like RAUC's mark-good at every boot: the running slot keeps its full try counter.
+                if let Err(e) = self.bootloader.mark_good(booted) {
+                    warn!(slot = %booted, error = %e, "could not refresh the booted slot's boot counter");
+                }
+                Ok(Resumed::Idle)
+            }
+
+            // An interrupted download leaves an untrusted slot; the next poll starts over.
+            Phase::Downloading { slot, target } => {
+                info!(%slot, target = %target.name, version = %target.version,
+                    "download was interrupted; abandoning it (the next poll starts over)");
+                self.enter(Phase::Idle)?;
+                Ok(Resumed::Idle)
+            }
+
+            // Written and verified, bootloader perhaps not armed yet: arm (idempotent) and reboot.
+            Phase::Installed { slot, target } if booted != slot => {
+                self.arm_and_reboot(slot, target)
+            }
+
+            // Reboot requested in this very boot: the agent restarted before the system went down.
+            Phase::Trying {
+                slot,
+                target,
+                boot_id,
+                ..
+            } if !new_boot(&boot_id) => {
+                info!(%slot, target = %target.name, version = %target.version,
+                    "reboot into the new slot was requested but has not happened; requesting it again");
+                self.reboot();
+                Ok(Resumed::RebootRequested)
+            }
+
+            // The new slot is running: check its health, then commit or roll back.
+            // (Installed on the new slot: armed, then a power cut before Trying was persisted.)
+            Phase::Installed { slot, target } => self.check_new_slot(slot, target),
+            Phase::Trying { slot, target, .. } if booted == slot => {
+                self.check_new_slot(slot, target)
+            }
+
+            // A new boot, but of the previous slot: the new one never came up (tries ran out).
+            Phase::Trying {
+                slot,
+                previous,
+                target,
+                ..
+            } => {
+                let reason = "new slot did not come up".to_owned();
+                warn!(%slot, %previous, target = %target.name, version = %target.version, %reason,
+                    "booted the previous slot instead of the new one");
+                self.bootloader.mark_bad(slot)?;
+                self.finish_rollback(target, reason)
+            }
+
+            // Back on the previous slot after a failed health check: done rolling back.
+            Phase::RollingBack {
+                slot,
+                target,
+                reason,
+                ..
+            } if booted != slot => self.finish_rollback(target, reason),
+
+            // Still (or again) on the bad slot: mark it bad again and reboot.
+            Phase::RollingBack {
+                slot,
+                target,
+                reason,
+                ..
+            } => {
+                warn!(%slot, target = %target.name, %reason, "still on the failed slot; marking it bad and rebooting");
+                self.mark_bad_best_effort(slot);
+                self.reboot();
+                Ok(Resumed::RebootRequested)
+            }
+        }
+    }
+
+    /// One poll: refresh TUF metadata, pick the newest compatible release
+    /// newer than the running one and not rejected, install it into the
+    /// inactive slot, arm the bootloader and reboot.
+    pub fn poll_once(&mut self, source: &mut dyn UpdateSource) -> Result<Polled, MachineError> {
+        if self.state.phase != Phase::Idle {
+            return Ok(Polled::Busy);
+        }
+        if let Err(e) = source.refresh() {
+            self.report(
+                UpdateStatus::Failed,
+                None,
+                Some(&format!("TUF refresh: {e}")),
+            );
+            return Err(e.into());
+        }
+        let targets = match source.targets() {
+            Ok(t) => t,
+            Err(e) => {
+                self.report(
+                    UpdateStatus::Failed,
+                    None,
+                    Some(&format!("TUF targets: {e}")),
+                );
+                return Err(e.into());
+            }
+        };
+        let Some((target, tref)) = self.choose(targets) else {
+            let last = self.state.last_report.as_ref().map(|r| r.status);
+            if last != Some(UpdateStatus::Idle) {
+                self.report(UpdateStatus::Idle, None, None);
+            }
+            info!(version = %self.running_version(), "up to date");
+            return Ok(Polled::UpToDate);
+        };
+
+        let slot = self.booted.other();
+        // The slot's old content is gone from the moment the first byte lands.
+        *self.state.slot_mut(slot) = None;
+        self.enter(Phase::Downloading {
+            slot,
+            target: tref.clone(),
+        })?;
+        self.report(UpdateStatus::Downloading, Some(&tref), None);
+
+        if let Err(reason) = self.download(source, &target, slot) {
+            error!(%slot, target = %tref.name, version = %tref.version, %reason, "install failed; the running slot is untouched");
+            self.enter(Phase::Idle)?;
+            self.report(UpdateStatus::Failed, Some(&tref), Some(&reason));
+            return Ok(Polled::Failed { reason });
+        }
+
+        self.enter(Phase::Installed {
+            slot,
+            target: tref.clone(),
+        })?;
+        self.report(UpdateStatus::Installed, Some(&tref), None);
+        match self.arm_and_reboot(slot, tref)? {
+            Resumed::RebootRequested => Ok(Polled::RebootRequested),
+            Resumed::RolledBack { reason } => Ok(Polled::Failed { reason }),
+            Resumed::Idle | Resumed::Committed => Ok(Polled::UpToDate),
+        }
+    }
+
+    /// The newest target for our hardware, newer than what runs, not rejected.
+    fn choose(&self, targets: Vec<Target>) -> Option<(Target, TargetRef)> {
+        let running = self.running_version();
+        let hardware_id = &self.config.hardware_id;
+        let mut best: Option<(Target, TargetRef)> = None;
+        for target in targets {
+            let release = match target.release() {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(target = %target.name, error = %e, "ignoring target without valid release fields");
+                    continue;
+                }
+            };
+            if !release.hardware_ids.iter().any(|h| h == hardware_id) || release.version <= running
+            {
+                continue;
+            }
+            let tref = TargetRef::new(&target, release.version);
+            if self.state.is_rejected(&tref) {
+                info!(target = %tref.name, version = %tref.version, "skipping release that failed on this device before");
+                continue;
+            }
+            // Highest version wins; equal versions: the greater name, so the choice is deterministic.
+            let better = best
+                .as_ref()
+                .is_none_or(|(_, b)| (&tref.version, &tref.name) > (&b.version, &b.name));
+            if better {
+                best = Some((target, tref));
+            }
+        }
+        best
+    }
+
+    /// Streams the target into `slot`; `Err` is the reason, in plain words.
+    fn download(
+        &self,
+        source: &dyn UpdateSource,
+        target: &Target,
+        slot: SlotId,
+    ) -> Result<(), String> {
+        let reader = source.open(target, 0).map_err(|e| e.to_string())?;
+        let length = target.length;
+        let mut next_log = length / 4;
+        info!(%slot, target = %target.name, length, "streaming image into the inactive slot");
+        install_stream(
+            reader,
+            length,
+            &target.digests,
+            self.slots.get(slot),
+            self.slots.get(self.booted),
+            |done| {
+                if done >= next_log && length > 0 {
+                    info!(%slot, done, length, percent = done * 100 / length, "download progress");
+                    next_log = next_log.saturating_add((length / 4).max(1));
+                }
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        info!(%slot, target = %target.name, "image written, read back and verified");
+        Ok(())
+    }
+
+    /// Installed → Trying: arm the bootloader, persist Trying with this boot's id, reboot.
+    fn arm_and_reboot(&mut self, slot: SlotId, target: TargetRef) -> Result<Resumed, MachineError> {
+        if let Err(e) = self.bootloader.set_try_once(slot) {
+            let reason = format!("arming the bootloader for slot {slot}: {e}");
+            error!(%slot, target = %target.name, %reason, "giving up on this install; the running slot is untouched");
+            self.mark_bad_best_effort(slot);
+            self.enter(Phase::Idle)?;
+            self.report(UpdateStatus::Failed, Some(&target), Some(&reason));
+            return Ok(Resumed::RolledBack { reason });
+        }
+        self.enter(Phase::Trying {
+            slot,
+            previous: self.booted,
+            target: target.clone(),
+            boot_id: self.boot_id.clone(),
+        })?;
+        self.report(UpdateStatus::Rebooting, Some(&target), None);
+        self.reboot();
+        Ok(Resumed::RebootRequested)
+    }
+
+    /// Trying/Installed on the new slot → health checks → Idle (commit) or RollingBack.
+    fn check_new_slot(&mut self, slot: SlotId, target: TargetRef) -> Result<Resumed, MachineError> {
+        info!(%slot, target = %target.name, version = %target.version, "booted the new slot; running health checks");
+        let slot_path = self.slots.get(slot).path.clone();
+        let ctx = CheckContext {
+            slot,
+            slot_path: &slot_path,
+            version: &target.version,
+        };
+        match health::run_checks(&self.config.health_check, &ctx) {
+            Ok(()) => {
+                self.bootloader.mark_good(slot)?;
+                *self.state.slot_mut(slot) = Some(InstalledRelease::from_target(&target));
+                self.enter(Phase::Idle)?;
+                info!(%slot, target = %target.name, version = %target.version, "update committed");
+                self.report(UpdateStatus::Committed, Some(&target), None);
+                Ok(Resumed::Committed)
+            }
+            Err(reason) => {
+                warn!(%slot, target = %target.name, version = %target.version, %reason, "health check failed; rolling back");
+                self.enter(Phase::RollingBack {
+                    slot,
+                    previous: slot.other(),
+                    target,
+                    reason,
+                    boot_id: self.boot_id.clone(),
+                })?;
+                // Even if marking fails, the try-once arming already makes the next boot fall back.
+                self.mark_bad_best_effort(slot);
+                self.reboot();
+                Ok(Resumed::RebootRequested)
+            }
+        }
+    }
+
+    /// Back on the previous slot: reject the release, Idle, report why.
+    fn finish_rollback(
+        &mut self,
+        target: TargetRef,
+        reason: String,
+    ) -> Result<Resumed, MachineError> {
+        self.state.reject(&target);
+        self.enter(Phase::Idle)?;
+        warn!(slot = %self.booted, target = %target.name, version = %target.version, %reason,
+            "rolled back; this release will not be installed again");
+        self.report(UpdateStatus::RolledBack, Some(&target), Some(&reason));
+        Ok(Resumed::RolledBack { reason })
+    }
+
+    fn mark_bad_best_effort(&mut self, slot: SlotId) {
+        if let Err(e) = self.bootloader.mark_bad(slot) {
+            error!(%slot, error = %e, "could not mark the slot bad");
+        }
+    }
+
+    /// Persists `phase` (atomically) and logs the transition.
+    fn enter(&mut self, phase: Phase) -> Result<(), StateError> {
+        let from = self.state.phase.name();
+        let to = phase.name();
+        let (slot, target, version) = match &phase {
+            Phase::Idle => (None, None, None),
+            Phase::Downloading { slot, target }
+            | Phase::Installed { slot, target }
+            | Phase::Trying { slot, target, .. }
+            | Phase::RollingBack { slot, target, .. } => (
+                Some(*slot),
+                Some(target.name.clone()),
+                Some(target.version.to_string()),
+            ),
+        };
+        self.state.phase = phase;
+        self.store.save(&self.state)?;
+        info!(from, to, slot = ?slot, target = ?target, version = ?version,
+            running = %self.running_version(), "state transition");
+        Ok(())
+    }
+
+    /// Best-effort report; remembered when delivered (for de-duplicating Idle).
+    fn report(&mut self, status: UpdateStatus, target: Option<&TargetRef>, reason: Option<&str>) {
+        let report = DeviceReport {
+            hardware_id: self.config.hardware_id.clone(),
+            installed_version: self.running_version().to_string(),
+            booted_slot: Some(self.booted.to_string()),
+            status,
+            target: target.map(|t| t.name.clone()),
+            target_version: target.map(|t| t.version.to_string()),
+            reason: reason.map(clamp_reason),
+        };
+        match self.reporter.send(&report) {
+            Ok(()) => {
+                self.state.last_report = Some(LastReport {
+                    status,
+                    target: report.target,
+                });
+                if let Err(e) = self.store.save(&self.state) {
+                    warn!(error = %e, "could not record the delivered report");
+                }
+            }
+            Err(e) => warn!(%status, error = %e, "report not delivered; carrying on"),
+        }
+    }
+
+    /// Runs the reboot command, then waits for the system to go down.
+    fn reboot(&mut self) {
+        let argv = &self.config.reboot_command;
+        info!(command = ?argv, "requesting reboot");
+        if let Some((program, args)) = argv.split_first() {
+            match std::process::Command::new(program).args(args).status() {
+                Ok(s) if s.success() => {}
+                Ok(s) => error!(command = ?argv, status = %s, "reboot command failed"),
+                Err(e) => error!(command = ?argv, error = %e, "reboot command could not run"),
+            }
+        }
+        let timeout = self.config.reboot_timeout_secs;
+        std::thread::sleep(Duration::from_secs(timeout));
+        error!(
+            timeout_secs = timeout,
+            "the system did not go down after the reboot command; carrying on"
+        );
+    }
+}
+
+#[cfg(test)]
+#[path = "machine_tests.rs"]
+mod tests;

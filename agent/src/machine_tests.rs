@@ -1,0 +1,486 @@
+//! The state machine's resume and poll rules, on real files: a simulated
+//! device (slots as files, the sim bootloader's environment, a kernel command
+//! line and boot id the "firmware" writes at each power-on), real health-check
+//! and reboot commands. Only the TUF repository is replaced, by verified
+//! targets held in memory.
+
+use super::*;
+use crate::bootloader::sim::{self, SimBootloader};
+use crate::report::MemoryReporter;
+use crate::state::tests::target_ref;
+use ota_common::tuf::{RefreshOutcome, Target};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const HW: &str = "board-a";
+
+/// A simulated device on temp files.
+struct Device {
+    dir: tempfile::TempDir,
+    boots: u32,
+    reporter: Arc<MemoryReporter>,
+}
+
+impl Device {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("a.img"), b"factory image 1.0.0").expect("slot a");
+        let d = Device {
+            dir,
+            boots: 0,
+            reporter: Arc::new(MemoryReporter::default()),
+        };
+        d.set_healthy(true);
+        d
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn config(&self) -> Config {
+        let p = |n: &str| self.path(n).display().to_string();
+        let text = format!(
+            r#"
+server_url = "http://127.0.0.1:9"
+trusted_root = "{root}"
+state_dir = "{state}"
+hardware_id = "{HW}"
+device_id = "dev-1"
+initial_version = "1.0.0"
+reboot_command = ["sh", "-c", "echo reboot >> '{reboots}'"]
+reboot_timeout_secs = 0
+[slots]
+a = "{a}"
+b = "{b}"
+[boot]
+backend = "sim"
+sim_state = "{sim}"
+cmdline_path = "{cmdline}"
+boot_id_path = "{boot_id}"
+[[health_check]]
+name = "app"
+command = ["sh", "-c", "test -e '{healthy}'"]
+timeout_secs = 5
+"#,
+            root = p("root.json"),
+            state = p("state"),
+            reboots = p("reboots"),
+            a = p("a.img"),
+            b = p("b.img"),
+            sim = p("boot.json"),
+            cmdline = p("cmdline"),
+            boot_id = p("boot_id"),
+            healthy = p("healthy"),
+        );
+        Config::parse(&text, Path::new("test.toml")).expect("config")
+    }
+
+    fn set_healthy(&self, healthy: bool) {
+        let path = self.path("healthy");
+        if healthy {
+            std::fs::write(path, b"").expect("healthy");
+        } else {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Power-on: the firmware picks a slot and boots a kernel with a new boot id.
+    fn power_on(&mut self) -> SlotId {
+        let slot = sim::firmware_boot(&self.path("boot.json")).expect("firmware");
+        self.boots += 1;
+        std::fs::write(
+            self.path("cmdline"),
+            format!("console=ttyS0 ota.slot={slot} quiet\n"),
+        )
+        .expect("cmdline");
+        std::fs::write(self.path("boot_id"), format!("boot-{}\n", self.boots)).expect("boot id");
+        slot
+    }
+
+    /// Starts the agent (as after a boot or a restart).
+    fn agent(&self) -> Machine {
+        let config = self.config();
+        let bl = SimBootloader::new(self.path("boot.json"));
+        Machine::new(config, Box::new(bl), Box::new(self.reporter.clone())).expect("machine")
+    }
+
+    fn reboots(&self) -> usize {
+        std::fs::read_to_string(self.path("reboots"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+
+    fn primary(&self) -> SlotId {
+        SimBootloader::new(self.path("boot.json"))
+            .primary()
+            .expect("primary")
+    }
+
+    fn statuses(&self) -> Vec<(UpdateStatus, Option<String>)> {
+        self.reporter
+            .taken()
+            .into_iter()
+            .map(|r| (r.status, r.reason))
+            .collect()
+    }
+
+    fn store(&self) -> StateStore {
+        std::fs::create_dir_all(self.path("state")).expect("state dir");
+        StateStore::new(self.path("state").join("state.json"))
+    }
+}
+
+/// Verified targets held in memory, served as the TUF client would.
+struct Repo {
+    targets: Vec<(Target, Vec<u8>)>,
+}
+
+fn release(name: &str, version: &str, hw: &[&str], data: &[u8]) -> (Target, Vec<u8>) {
+    let target = Target {
+        name: name.into(),
+        length: data.len() as u64,
+        digests: crate::slot::tests::digests_of(data),
+        custom: serde_json::json!({"version": version, "hardware_ids": hw}),
+    };
+    (target, data.to_vec())
+}
+
+impl Repo {
+    fn with(targets: Vec<(Target, Vec<u8>)>) -> Self {
+        Repo { targets }
+    }
+}
+
+impl UpdateSource for Repo {
+    fn refresh(&mut self) -> Result<RefreshOutcome, TufError> {
+        Ok(RefreshOutcome::Unchanged)
+    }
+    fn targets(&self) -> Result<Vec<Target>, TufError> {
+        Ok(self.targets.iter().map(|(t, _)| t.clone()).collect())
+    }
+    fn open(
+        &self,
+        target: &Target,
+        offset: u64,
+    ) -> Result<Box<dyn std::io::Read + Send>, TufError> {
+        let data = self
+            .targets
+            .iter()
+            .find(|(t, _)| t.name == target.name)
+            .map(|(_, d)| d.clone())
+            .unwrap_or_default();
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(data.len());
+        Ok(Box::new(std::io::Cursor::new(data[start..].to_vec())))
+    }
+}
+
+fn v2_repo() -> Repo {
+    Repo::with(vec![release(
+        "board-a/img-2.0.0",
+        "2.0.0",
+        &[HW],
+        &[0x42; 300_000],
+    )])
+}
+
+/// Boots A, polls a repository with 2.0.0: ends in Trying with a reboot requested.
+fn install_v2(dev: &mut Device) -> Machine {
+    assert_eq!(dev.power_on(), SlotId::A);
+    let mut m = dev.agent();
+    assert_eq!(m.resume_after_boot().expect("resume"), Resumed::Idle);
+    assert_eq!(
+        m.poll_once(&mut v2_repo()).expect("poll"),
+        Polled::RebootRequested
+    );
+    assert!(matches!(
+        m.state().phase,
+        Phase::Trying {
+            slot: SlotId::B,
+            previous: SlotId::A,
+            ..
+        }
+    ));
+    assert_eq!(dev.reboots(), 1);
+    assert_eq!(dev.primary(), SlotId::B);
+    m
+}
+
+#[test]
+fn update_commits_after_healthy_boot() {
+    let mut dev = Device::new();
+    install_v2(&mut dev);
+    assert_eq!(
+        std::fs::read(dev.path("b.img")).expect("b"),
+        vec![0x42; 300_000]
+    );
+    assert_eq!(
+        std::fs::read(dev.path("a.img")).expect("a"),
+        b"factory image 1.0.0"
+    );
+    assert_eq!(
+        dev.statuses().into_iter().map(|s| s.0).collect::<Vec<_>>(),
+        [
+            UpdateStatus::Downloading,
+            UpdateStatus::Installed,
+            UpdateStatus::Rebooting
+        ]
+    );
+
+    assert_eq!(dev.power_on(), SlotId::B);
+    let mut m = dev.agent();
+    assert_eq!(m.resume_after_boot().expect("resume"), Resumed::Committed);
+    assert_eq!(m.state().phase, Phase::Idle);
+    assert_eq!(m.running_version(), semver::Version::new(2, 0, 0));
+    assert_eq!(dev.statuses(), [(UpdateStatus::Committed, None)]);
+    // Committed is permanent: B boots from now on.
+    for _ in 0..4 {
+        assert_eq!(dev.power_on(), SlotId::B);
+        dev.agent().resume_after_boot().expect("resume");
+    }
+    // Nothing newer: one Idle report, then silence.
+    let mut m = dev.agent();
+    assert_eq!(m.poll_once(&mut v2_repo()).expect("poll"), Polled::UpToDate);
+    assert_eq!(m.poll_once(&mut v2_repo()).expect("poll"), Polled::UpToDate);
+    assert_eq!(dev.statuses(), [(UpdateStatus::Idle, None)]);
+}
+
+#[test]
+fn failed_health_check_rolls_back_and_rejects_the_release() {
+    let mut dev = Device::new();
+    install_v2(&mut dev);
+    dev.statuses();
+    dev.set_healthy(false);
+
+    assert_eq!(dev.power_on(), SlotId::B);
+    let mut m = dev.agent();
+    assert_eq!(
+        m.resume_after_boot().expect("resume"),
+        Resumed::RebootRequested
+    );
+    assert!(matches!(&m.state().phase, Phase::RollingBack { reason, .. }
+        if reason == "health check 'app' exited with status 1"));
+    assert_eq!(dev.primary(), SlotId::A);
+    assert_eq!(dev.reboots(), 2);
+
+    assert_eq!(dev.power_on(), SlotId::A);
+    let mut m = dev.agent();
+    let reason = "health check 'app' exited with status 1".to_owned();
+    assert_eq!(
+        m.resume_after_boot().expect("resume"),
+        Resumed::RolledBack {
+            reason: reason.clone()
+        }
+    );
+    assert_eq!(dev.statuses(), [(UpdateStatus::RolledBack, Some(reason))]);
+    assert_eq!(m.running_version(), semver::Version::new(1, 0, 0));
+    // The rejected release is not installed again.
+    assert_eq!(m.poll_once(&mut v2_repo()).expect("poll"), Polled::UpToDate);
+    assert_eq!(dev.reboots(), 2);
+}
+
+#[test]
+fn new_slot_that_never_comes_up_is_rolled_back() {
+    let mut dev = Device::new();
+    install_v2(&mut dev);
+    dev.statuses();
+    // B boots once, hangs before the agent runs, the watchdog resets: A again.
+    assert_eq!(dev.power_on(), SlotId::B);
+    assert_eq!(dev.power_on(), SlotId::A);
+    let mut m = dev.agent();
+    assert_eq!(
+        m.resume_after_boot().expect("resume"),
+        Resumed::RolledBack {
+            reason: "new slot did not come up".into()
+        }
+    );
+    assert_eq!(m.state().phase, Phase::Idle);
+    assert_eq!(m.state().rejected.len(), 1);
+    assert_eq!(dev.primary(), SlotId::A);
+    assert_eq!(
+        dev.statuses(),
+        [(
+            UpdateStatus::RolledBack,
+            Some("new slot did not come up".into())
+        )]
+    );
+}
+
+#[test]
+fn restart_before_the_reboot_happened_asks_again() {
+    let mut dev = Device::new();
+    install_v2(&mut dev);
+    // Same boot id: the agent restarted, the system never went down.
+    let mut m = dev.agent();
+    assert_eq!(
+        m.resume_after_boot().expect("resume"),
+        Resumed::RebootRequested
+    );
+    assert_eq!(dev.reboots(), 2);
+    assert!(matches!(m.state().phase, Phase::Trying { .. }));
+    assert_eq!(dev.primary(), SlotId::B);
+}
+
+#[test]
+fn interrupted_download_is_abandoned() {
+    let mut dev = Device::new();
+    dev.power_on();
+    let mut state = AgentState::fresh(SlotId::A, &semver::Version::new(1, 0, 0));
+    state.phase = Phase::Downloading {
+        slot: SlotId::B,
+        target: target_ref("img", "2.0.0", b"x"),
+    };
+    dev.store().save(&state).expect("save");
+    let mut m = dev.agent();
+    assert_eq!(m.resume_after_boot().expect("resume"), Resumed::Idle);
+    assert_eq!(m.state().phase, Phase::Idle);
+    assert_eq!(dev.primary(), SlotId::A);
+    assert_eq!(dev.reboots(), 0);
+    // The next poll starts over and completes.
+    assert_eq!(
+        m.poll_once(&mut v2_repo()).expect("poll"),
+        Polled::RebootRequested
+    );
+}
+
+#[test]
+fn installed_but_not_armed_is_rearmed() {
+    let mut dev = Device::new();
+    dev.power_on();
+    let data = vec![0x42; 300_000];
+    std::fs::write(dev.path("b.img"), &data).expect("b");
+    let mut state = AgentState::fresh(SlotId::A, &semver::Version::new(1, 0, 0));
+    state.phase = Phase::Installed {
+        slot: SlotId::B,
+        target: target_ref("img", "2.0.0", &data),
+    };
+    dev.store().save(&state).expect("save");
+    assert_eq!(dev.primary(), SlotId::A);
+    let mut m = dev.agent();
+    assert_eq!(
+        m.resume_after_boot().expect("resume"),
+        Resumed::RebootRequested
+    );
+    assert!(matches!(&m.state().phase, Phase::Trying { boot_id, .. } if boot_id == "boot-1"));
+    assert_eq!(dev.primary(), SlotId::B);
+    assert_eq!(dev.power_on(), SlotId::B);
+    assert_eq!(
+        dev.agent().resume_after_boot().expect("resume"),
+        Resumed::Committed
+    );
+}
+
+#[test]
+fn armed_then_power_cut_before_trying_was_saved_still_commits() {
+    let mut dev = Device::new();
+    dev.power_on();
+    let mut state = AgentState::fresh(SlotId::A, &semver::Version::new(1, 0, 0));
+    state.phase = Phase::Installed {
+        slot: SlotId::B,
+        target: target_ref("img", "2.0.0", b"x"),
+    };
+    dev.store().save(&state).expect("save");
+    SimBootloader::new(dev.path("boot.json"))
+        .set_try_once(SlotId::B)
+        .expect("arm");
+    assert_eq!(dev.power_on(), SlotId::B);
+    let mut m = dev.agent();
+    assert_eq!(m.resume_after_boot().expect("resume"), Resumed::Committed);
+    assert_eq!(m.running_version(), semver::Version::new(2, 0, 0));
+}
+
+#[test]
+fn rolling_back_on_the_bad_slot_marks_it_bad_again_and_reboots() {
+    let mut dev = Device::new();
+    install_v2(&mut dev);
+    dev.set_healthy(false);
+    assert_eq!(dev.power_on(), SlotId::B);
+    dev.agent().resume_after_boot().expect("resume");
+    // Power cut after RollingBack was saved but before mark_bad stuck: re-arm B by hand.
+    SimBootloader::new(dev.path("boot.json"))
+        .set_try_once(SlotId::B)
+        .expect("arm");
+    assert_eq!(dev.power_on(), SlotId::B);
+    let mut m = dev.agent();
+    assert_eq!(
+        m.resume_after_boot().expect("resume"),
+        Resumed::RebootRequested
+    );
+    assert_eq!(dev.primary(), SlotId::A);
+    assert_eq!(dev.power_on(), SlotId::A);
+    assert!(matches!(
+        dev.agent().resume_after_boot().expect("resume"),
+        Resumed::RolledBack { .. }
+    ));
+}
+
+#[test]
+fn failed_install_leaves_the_device_running_and_is_reported() {
+    let mut dev = Device::new();
+    dev.power_on();
+    let (target, mut data) = release("board-a/img-2.0.0", "2.0.0", &[HW], &[7; 10_000]);
+    data[5_000] ^= 1; // the server (or the network) serves tampered bytes
+    let mut repo = Repo::with(vec![(target, data)]);
+    let mut m = dev.agent();
+    let Polled::Failed { reason } = m.poll_once(&mut repo).expect("poll") else {
+        panic!("expected a failed install");
+    };
+    assert!(
+        reason.contains("sha256 mismatch") || reason.contains("sha512 mismatch"),
+        "{reason}"
+    );
+    assert_eq!(m.state().phase, Phase::Idle);
+    assert!(
+        m.state().rejected.is_empty(),
+        "a download failure is retried at the next poll"
+    );
+    assert_eq!(dev.primary(), SlotId::A);
+    assert_eq!(dev.reboots(), 0);
+    assert_eq!(
+        std::fs::read(dev.path("a.img")).expect("a"),
+        b"factory image 1.0.0"
+    );
+    let statuses = dev.statuses();
+    assert_eq!(statuses.len(), 2);
+    assert_eq!(statuses[1], (UpdateStatus::Failed, Some(reason)));
+}
+
+#[test]
+fn chooses_the_newest_compatible_release() {
+    let mut dev = Device::new();
+    dev.power_on();
+    let mut repo = Repo::with(vec![
+        release("old", "0.9.0", &[HW], b"old"),
+        release("same", "1.0.0", &[HW], b"same"),
+        release("other-board", "9.0.0", &["board-z"], b"other"),
+        release("v2", "2.0.0", &[HW], b"two"),
+        release("v3", "3.0.0-rc.1", &["board-z", HW], b"three"),
+    ]);
+    let mut m = dev.agent();
+    assert_eq!(
+        m.poll_once(&mut repo).expect("poll"),
+        Polled::RebootRequested
+    );
+    assert!(matches!(&m.state().phase, Phase::Trying { target, .. } if target.name == "v3"));
+    assert_eq!(std::fs::read(dev.path("b.img")).expect("b"), b"three");
+    // Busy until the reboot is handled.
+    assert_eq!(m.poll_once(&mut repo).expect("poll"), Polled::Busy);
+}
+
+#[test]
+fn corrupt_state_at_start_is_recovered() {
+    let mut dev = Device::new();
+    dev.power_on();
+    std::fs::create_dir_all(dev.path("state")).expect("dir");
+    std::fs::write(dev.path("state").join("state.json"), b"{\"phase\": ").expect("corrupt");
+    let mut m = dev.agent();
+    assert_eq!(m.resume_after_boot().expect("resume"), Resumed::Idle);
+    assert_eq!(m.running_version(), semver::Version::new(1, 0, 0));
+    assert_eq!(
+        m.poll_once(&mut v2_repo()).expect("poll"),
+        Polled::RebootRequested
+    );
+    assert!(dev.store().load().expect("load").is_some());
+}

@@ -1,0 +1,136 @@
+//! Status reports to the server (`POST {server_url}/api/v1/devices/{device_id}/reports`).
+//!
+//! Reports are best effort: a failed report is logged and the update goes
+//! on, because a device must never stop updating (or rolling back) because
+//! the reporting endpoint is down.
+
+use ota_common::wire::{DeviceReport, MAX_REASON_CHARS};
+use std::time::Duration;
+use url::Url;
+
+/// Why a report was not delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("building the HTTP client: {0}")]
+    Client(String),
+    #[error("POST {url}: {detail}")]
+    Send { url: String, detail: String },
+}
+
+/// Where reports go.
+pub trait ReportSink: std::fmt::Debug {
+    fn send(&self, report: &DeviceReport) -> Result<(), ReportError>;
+}
+
+/// Cuts a reason to what the server accepts, on a character boundary.
+pub fn clamp_reason(reason: &str) -> String {
+    reason.chars().take(MAX_REASON_CHARS).collect()
+}
+
+/// Reports over HTTP(S) with a short timeout.
+#[derive(Debug, Clone)]
+pub struct HttpReporter {
+    client: reqwest::blocking::Client,
+    url: Url,
+}
+
+impl HttpReporter {
+    pub fn new(url: Url, timeout: Duration) -> Result<Self, ReportError> {
+        crate::install_crypto_provider();
+        let client = reqwest::blocking::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .user_agent(crate::USER_AGENT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| ReportError::Client(e.to_string()))?;
+        Ok(HttpReporter { client, url })
+    }
+}
+
+impl ReportSink for HttpReporter {
+    fn send(&self, report: &DeviceReport) -> Result<(), ReportError> {
+        let err = |detail: String| ReportError::Send {
+            url: self.url.to_string(),
+            detail,
+        };
+        let response = self
+            .client
+            .post(self.url.clone())
+            .json(report)
+            .send()
+            .map_err(|e| err(e.to_string()))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        // The error body is the server's word on why; keep it short in the log.
+        let body: String = response
+            .text()
+            .unwrap_or_default()
+            .chars()
+            .take(200)
+            .collect();
+        Err(err(format!("HTTP {status}: {body}")))
+    }
+}
+
+/// Collects reports in memory (for tests and dry runs).
+#[derive(Debug, Default)]
+pub struct MemoryReporter {
+    pub reports: std::sync::Mutex<Vec<DeviceReport>>,
+}
+
+impl MemoryReporter {
+    pub fn taken(&self) -> Vec<DeviceReport> {
+        match self.reports.lock() {
+            Ok(mut r) => std::mem::take(&mut *r),
+            Err(p) => std::mem::take(&mut *p.into_inner()),
+        }
+    }
+}
+
+impl ReportSink for MemoryReporter {
+    fn send(&self, report: &DeviceReport) -> Result<(), ReportError> {
+        match self.reports.lock() {
+            Ok(mut r) => r.push(report.clone()),
+            Err(p) => p.into_inner().push(report.clone()),
+        }
+        Ok(())
+    }
+}
+
+impl<T: ReportSink + ?Sized> ReportSink for std::sync::Arc<T> {
+    fn send(&self, report: &DeviceReport) -> Result<(), ReportError> {
+        (**self).send(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_clamped_on_char_boundaries() {
+        let long = "é".repeat(MAX_REASON_CHARS + 10);
+        assert_eq!(clamp_reason(&long).chars().count(), MAX_REASON_CHARS);
+        assert_eq!(clamp_reason("short"), "short");
+    }
+
+    #[test]
+    fn unreachable_server_is_an_error_not_a_panic() {
+        // Port 9 on loopback: nothing listens, so the connection is refused at once.
+        let url = Url::parse("http://127.0.0.1:9/api/v1/devices/d/reports").expect("url");
+        let r = HttpReporter::new(url, Duration::from_secs(2)).expect("client");
+        let report = DeviceReport {
+            hardware_id: "hw".into(),
+            installed_version: "1.0.0".into(),
+            booted_slot: Some("A".into()),
+            status: ota_common::wire::UpdateStatus::Idle,
+            target: None,
+            target_version: None,
+            reason: None,
+        };
+        assert!(matches!(r.send(&report), Err(ReportError::Send { .. })));
+    }
+}

@@ -1,0 +1,459 @@
+//! The A/B slots: which is which, and the only code that opens a slot for
+//! writing. That code refuses the booted slot, so no caller can overwrite the
+//! running system by mistake.
+
+use ota_common::hash::{Digests, StreamVerifier, VerifyError};
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// Size of the buffer used to read a slot back.
+const READ_BACK_CHUNK: usize = 256 * 1024;
+
+/// One of the two slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum SlotId {
+    A,
+    B,
+}
+
+impl SlotId {
+    /// The other slot.
+    pub fn other(self) -> SlotId {
+        match self {
+            SlotId::A => SlotId::B,
+            SlotId::B => SlotId::A,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlotId::A => "A",
+            SlotId::B => "B",
+        }
+    }
+
+    /// Parses "A"/"B" (either case).
+    pub fn parse(s: &str) -> Option<SlotId> {
+        match s {
+            "A" | "a" => Some(SlotId::A),
+            "B" | "b" => Some(SlotId::B),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for SlotId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why writing or verifying a slot failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SlotError {
+    #[error("refusing to write slot {slot} ({path}): it is the booted slot")]
+    Booted { slot: SlotId, path: PathBuf },
+    #[error("refusing to write slot {slot} ({path}): it is the same file as the booted slot {booted} ({booted_path})")]
+    SameAsBooted {
+        slot: SlotId,
+        path: PathBuf,
+        booted: SlotId,
+        booted_path: PathBuf,
+    },
+    #[error(
+        "image of {length} bytes does not fit slot {slot} ({path}), which holds {capacity} bytes"
+    )]
+    TooLarge {
+        slot: SlotId,
+        path: PathBuf,
+        length: u64,
+        capacity: u64,
+    },
+    #[error("slot {slot} ({path}): {action}: {source}")]
+    Io {
+        slot: SlotId,
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("slot {slot} ({path}): read-back verification failed: {source}")]
+    ReadBack {
+        slot: SlotId,
+        path: PathBuf,
+        #[source]
+        source: VerifyError,
+    },
+}
+
+/// A slot: its id and the file or block device that holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    pub id: SlotId,
+    pub path: PathBuf,
+    /// Largest image accepted (configured); block devices are also limited by their size.
+    pub max_image_bytes: Option<u64>,
+}
+
+/// Both slots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slots {
+    pub a: Slot,
+    pub b: Slot,
+}
+
+impl Slots {
+    pub fn new(a: PathBuf, b: PathBuf, max_image_bytes: Option<u64>) -> Self {
+        Slots {
+            a: Slot {
+                id: SlotId::A,
+                path: a,
+                max_image_bytes,
+            },
+            b: Slot {
+                id: SlotId::B,
+                path: b,
+                max_image_bytes,
+            },
+        }
+    }
+
+    pub fn get(&self, id: SlotId) -> &Slot {
+        match id {
+            SlotId::A => &self.a,
+            SlotId::B => &self.b,
+        }
+    }
+}
+
+impl Slot {
+    fn io(&self, action: &'static str) -> impl FnOnce(io::Error) -> SlotError + '_ {
+        move |source| SlotError::Io {
+            slot: self.id,
+            path: self.path.clone(),
+            action,
+            source,
+        }
+    }
+}
+
+/// An inactive slot opened for writing an image of a known length.
+#[derive(Debug)]
+pub struct SlotWriter {
+    slot: Slot,
+    file: File,
+    length: u64,
+    written: u64,
+    is_regular_file: bool,
+}
+
+impl SlotWriter {
+    /// Opens `slot` to receive an image of `length` bytes, while `booted` runs.
+    ///
+    /// This is the only place a slot is opened for writing, so the check
+    /// against the booted slot lives here: by id, and by device and inode in
+    /// case both paths name the same file (a symlink or a misconfiguration).
+    pub fn open(slot: &Slot, booted: &Slot, length: u64) -> Result<SlotWriter, SlotError> {
+        if slot.id == booted.id || slot.path == booted.path {
+            return Err(SlotError::Booted {
+                slot: slot.id,
+                path: slot.path.clone(),
+            });
+        }
+        if let Some(max) = slot.max_image_bytes {
+            if length > max {
+                return Err(SlotError::TooLarge {
+                    slot: slot.id,
+                    path: slot.path.clone(),
+                    length,
+                    capacity: max,
+                });
+            }
+        }
+        // Opened without truncation: the file is compared with the booted
+        // slot first, and only then is a regular file emptied (its old
+        // content is untrusted from now on). Block devices are never created.
+        let is_block = is_block_device(&slot.path);
+        let file = OpenOptions::new()
+            .write(true)
+            .read(true)
+            .create(!is_block)
+            .truncate(false)
+            .open(&slot.path)
+            .map_err(slot.io("opening for writing"))?;
+        let meta = file.metadata().map_err(slot.io("stat"))?;
+        if let Ok(booted_meta) = std::fs::metadata(&booted.path) {
+            if booted_meta.dev() == meta.dev() && booted_meta.ino() == meta.ino() {
+                return Err(SlotError::SameAsBooted {
+                    slot: slot.id,
+                    path: slot.path.clone(),
+                    booted: booted.id,
+                    booted_path: booted.path.clone(),
+                });
+            }
+        }
+        if meta.file_type().is_file() {
+            file.set_len(0).map_err(slot.io("truncating"))?;
+        }
+        let mut writer = SlotWriter {
+            slot: slot.clone(),
+            file,
+            length,
+            written: 0,
+            is_regular_file: meta.file_type().is_file(),
+        };
+        if meta.file_type().is_block_device() {
+            let capacity = writer
+                .file
+                .seek(SeekFrom::End(0))
+                .map_err(slot.io("measuring the block device"))?;
+            writer
+                .file
+                .seek(SeekFrom::Start(0))
+                .map_err(slot.io("seek"))?;
+            if length > capacity {
+                return Err(SlotError::TooLarge {
+                    slot: slot.id,
+                    path: slot.path.clone(),
+                    length,
+                    capacity,
+                });
+            }
+        }
+        Ok(writer)
+    }
+
+    /// Writes the next chunk (already fed to the stream verifier by the caller).
+    pub fn write_chunk(&mut self, chunk: &[u8]) -> Result<(), SlotError> {
+        let next = self.written.saturating_add(chunk.len() as u64);
+        if next > self.length {
+            return Err(SlotError::TooLarge {
+                slot: self.slot.id,
+                path: self.slot.path.clone(),
+                length: next,
+                capacity: self.length,
+            });
+        }
+        let slot = &self.slot;
+        self.file.write_all(chunk).map_err(slot.io("writing"))?;
+        self.written = next;
+        Ok(())
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Makes the written bytes durable (fsync), trimming a file slot to the image length.
+    pub fn finish(mut self) -> Result<WrittenSlot, SlotError> {
+        let slot = &self.slot;
+        self.file.flush().map_err(slot.io("flushing"))?;
+        if self.is_regular_file {
+            self.file
+                .set_len(self.written)
+                .map_err(slot.io("truncating"))?;
+        }
+        self.file.sync_all().map_err(slot.io("fsync"))?;
+        Ok(WrittenSlot {
+            slot: self.slot,
+            file: self.file,
+            length: self.written,
+        })
+    }
+}
+
+/// A slot whose image is written and fsynced, awaiting read-back verification.
+#[derive(Debug)]
+pub struct WrittenSlot {
+    slot: Slot,
+    file: File,
+    length: u64,
+}
+
+impl WrittenSlot {
+    /// Reads the first `length` bytes back from storage and checks them
+    /// against the signed digests again, so a bad write (flash error, short
+    /// write, a bug) is caught before the bootloader is told to boot it.
+    pub fn verify_read_back(mut self, digests: &Digests) -> Result<(), SlotError> {
+        drop_page_cache(&self.file);
+        self.file
+            .seek(SeekFrom::Start(0))
+            .map_err(self.slot.io("seek"))?;
+        verify_prefix(&mut self.file, self.length, digests).map_err(|e| match e {
+            PrefixError::Io(source) => SlotError::Io {
+                slot: self.slot.id,
+                path: self.slot.path.clone(),
+                action: "reading back",
+                source,
+            },
+            PrefixError::Verify(source) => SlotError::ReadBack {
+                slot: self.slot.id,
+                path: self.slot.path.clone(),
+                source,
+            },
+        })
+    }
+}
+
+/// Asks the kernel to drop the cached pages of `file`, so the read-back sees
+/// what storage holds rather than what we just wrote into memory. Advisory:
+/// on failure the read-back still catches everything but media errors.
+fn drop_page_cache(file: &File) {
+    use std::os::fd::AsRawFd;
+    if let Err(e) = nix::fcntl::posix_fadvise(
+        file.as_raw_fd(),
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    ) {
+        tracing::debug!(error = %e, "posix_fadvise(DONTNEED) failed; read-back may hit the page cache");
+    }
+}
+
+enum PrefixError {
+    Io(io::Error),
+    Verify(VerifyError),
+}
+
+fn verify_prefix(
+    reader: &mut impl Read,
+    length: u64,
+    digests: &Digests,
+) -> Result<(), PrefixError> {
+    let mut verifier = StreamVerifier::new(digests.clone(), length).map_err(PrefixError::Verify)?;
+    let mut buf = vec![0u8; READ_BACK_CHUNK];
+    let mut remaining = length;
+    while remaining > 0 {
+        let want = usize::try_from(remaining)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let n = match reader.read(&mut buf[..want]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(PrefixError::Io(e)),
+        };
+        verifier.update(&buf[..n]).map_err(PrefixError::Verify)?;
+        remaining -= n as u64;
+    }
+    verifier.finish().map_err(PrefixError::Verify)
+}
+
+/// True when `path` exists and is a block device.
+pub fn is_block_device(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use sha2::{Digest, Sha256, Sha512};
+
+    pub(crate) fn digests_of(data: &[u8]) -> Digests {
+        Digests {
+            sha256: Some(Sha256::digest(data).into()),
+            sha512: Some(Sha512::digest(data).into()),
+        }
+    }
+
+    fn slots(dir: &Path, max: Option<u64>) -> Slots {
+        Slots::new(dir.join("a.img"), dir.join("b.img"), max)
+    }
+
+    fn write_image(slot: &Slot, booted: &Slot, data: &[u8]) -> Result<WrittenSlot, SlotError> {
+        let mut w = SlotWriter::open(slot, booted, data.len() as u64)?;
+        for chunk in data.chunks(64 * 1024) {
+            w.write_chunk(chunk)?;
+        }
+        w.finish()
+    }
+
+    #[test]
+    fn writes_and_verifies_the_inactive_slot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = slots(dir.path(), None);
+        // Old, longer content must not survive past the image length.
+        std::fs::write(&s.b.path, vec![9u8; 300_000]).expect("old");
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        write_image(&s.b, &s.a, &data)
+            .expect("write")
+            .verify_read_back(&digests_of(&data))
+            .expect("read back");
+        assert_eq!(std::fs::read(&s.b.path).expect("read"), data);
+    }
+
+    #[test]
+    fn never_opens_the_booted_slot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = slots(dir.path(), None);
+        std::fs::write(&s.a.path, b"running system").expect("write");
+        let err = SlotWriter::open(&s.a, &s.a, 3).expect_err("booted");
+        assert!(
+            matches!(
+                err,
+                SlotError::Booted {
+                    slot: SlotId::A,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&s.a.path).expect("read"), b"running system");
+    }
+
+    #[test]
+    fn never_opens_a_symlink_to_the_booted_slot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = slots(dir.path(), None);
+        std::fs::write(&s.a.path, b"running system").expect("write");
+        std::os::unix::fs::symlink(&s.a.path, &s.b.path).expect("symlink");
+        let err = SlotWriter::open(&s.b, &s.a, 3).expect_err("same file");
+        assert!(matches!(err, SlotError::SameAsBooted { .. }), "{err}");
+        // Not even truncated.
+        assert_eq!(std::fs::read(&s.a.path).expect("read"), b"running system");
+    }
+
+    #[test]
+    fn read_back_catches_a_corrupted_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = slots(dir.path(), None);
+        let data = vec![0x5au8; 100_000];
+        let written = write_image(&s.b, &s.a, &data).expect("write");
+        // Storage flips a byte between the write and the read-back.
+        let mut f = OpenOptions::new()
+            .write(true)
+            .open(&s.b.path)
+            .expect("open");
+        f.seek(SeekFrom::Start(77_777)).expect("seek");
+        f.write_all(&[0xa5]).expect("corrupt");
+        f.sync_all().expect("sync");
+        let err = written
+            .verify_read_back(&digests_of(&data))
+            .expect_err("corrupt");
+        assert!(matches!(err, SlotError::ReadBack { .. }), "{err}");
+    }
+
+    #[test]
+    fn image_larger_than_the_slot_is_refused_before_writing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = slots(dir.path(), Some(1000));
+        let err = SlotWriter::open(&s.b, &s.a, 1001).expect_err("too large");
+        assert!(
+            matches!(err, SlotError::TooLarge { capacity: 1000, .. }),
+            "{err}"
+        );
+        assert!(!s.b.path.exists());
+    }
+
+    #[test]
+    fn writing_past_the_announced_length_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = slots(dir.path(), None);
+        let mut w = SlotWriter::open(&s.b, &s.a, 4).expect("open");
+        w.write_chunk(b"abc").expect("fits");
+        assert!(w.write_chunk(b"de").is_err());
+    }
+}

@@ -1,0 +1,103 @@
+//! Where releases come from: verified TUF targets. The state machine sees
+//! only this trait, so it never touches unverified bytes or metadata.
+
+use crate::config::Config;
+use ota_common::tuf::http::HttpTransport;
+use ota_common::tuf::{ClientOptions, RefreshOutcome, Target, Transport, TufClient, TufError};
+use std::io::Read;
+use std::time::Duration;
+
+/// Verified releases and their byte streams.
+pub trait UpdateSource {
+    /// Brings trusted metadata up to date (TUF client workflow).
+    fn refresh(&mut self) -> Result<RefreshOutcome, TufError>;
+    /// Targets listed by the verified top-level targets metadata.
+    fn targets(&self) -> Result<Vec<Target>, TufError>;
+    /// The target's bytes from `offset`; the caller verifies them.
+    fn open(&self, target: &Target, offset: u64) -> Result<Box<dyn Read + Send>, TufError>;
+}
+
+impl<T: Transport> UpdateSource for TufClient<T> {
+    fn refresh(&mut self) -> Result<RefreshOutcome, TufError> {
+        TufClient::refresh(self)
+    }
+
+    fn targets(&self) -> Result<Vec<Target>, TufError> {
+        self.top_level_targets()
+    }
+
+    fn open(&self, target: &Target, offset: u64) -> Result<Box<dyn Read + Send>, TufError> {
+        self.open_target(target, offset)
+    }
+}
+
+/// Why the TUF client could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("reading trusted_root {path}: {source}")]
+    TrustedRoot {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("creating {path}: {source}")]
+    Dir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TUF client: {0}")]
+    Tuf(#[from] TufError),
+    #[error("HTTP transport: {0}")]
+    Transport(String),
+}
+
+/// Largest trusted root file read from disk.
+const MAX_ROOT_BYTES: u64 = 512 * 1024;
+
+/// Opens the TUF client over HTTP, initialising its metadata directory from
+/// `trusted_root` on first start (when the directory is missing or empty).
+pub fn open_tuf(config: &Config) -> Result<TufClient<HttpTransport>, SourceError> {
+    let dir = config.tuf_dir();
+    let empty = match std::fs::read_dir(&dir) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(source) => return Err(SourceError::Dir { path: dir, source }),
+    };
+    if empty {
+        ota_common::atomic::create_dir_all_durable(&dir).map_err(|source| SourceError::Dir {
+            path: dir.clone(),
+            source,
+        })?;
+        let root = read_capped(&config.trusted_root)?;
+        TufClient::<HttpTransport>::init(&dir, &root)?;
+        tracing::info!(root = %config.trusted_root.display(), dir = %dir.display(), "initialised TUF metadata from the trusted root");
+    }
+    crate::install_crypto_provider();
+    let transport = HttpTransport::new(
+        Duration::from_secs(config.http_timeout_secs),
+        crate::USER_AGENT,
+    )
+    .map_err(|e| SourceError::Transport(e.to_string()))?;
+    let options = ClientOptions::new(config.metadata_url()?, config.targets_url()?);
+    Ok(TufClient::open(&dir, options, transport)?)
+}
+
+fn read_capped(path: &std::path::Path) -> Result<Vec<u8>, SourceError> {
+    let err = |source| SourceError::TrustedRoot {
+        path: path.to_owned(),
+        source,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_ROOT_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(err)?;
+    if bytes.len() as u64 > MAX_ROOT_BYTES {
+        return Err(err(std::io::Error::other(format!(
+            "larger than {MAX_ROOT_BYTES} bytes"
+        ))));
+    }
+    Ok(bytes)
+}
