@@ -125,3 +125,135 @@ impl Transport for HttpTransport {
         Ok(Box::new(resp))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+
+    /// Serves one connection with `respond(request_head, stream)` on a thread.
+    fn serve_once(
+        respond: impl FnOnce(String, &mut std::net::TcpStream) + Send + 'static,
+    ) -> (Url, std::thread::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let handle = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let mut head = String::new();
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).expect("read") == 0 || line == "\r\n" {
+                    break;
+                }
+                head.push_str(&line);
+            }
+            respond(head, &mut stream);
+        });
+        let url =
+            Url::parse(&format!("http://127.0.0.1:{port}/metadata/timestamp.json")).expect("url");
+        (url, handle)
+    }
+
+    fn transport() -> HttpTransport {
+        HttpTransport::new(Duration::from_secs(5), "test").expect("transport")
+    }
+
+    #[test]
+    fn declared_length_over_the_limit_is_refused_before_reading() {
+        let (url, h) = serve_once(|_, s| {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\nabc");
+        });
+        let err = transport().fetch(&url, 100, None).expect_err("too large");
+        assert!(matches!(err, FetchError::TooLarge { limit: 100 }), "{err}");
+        h.join().expect("server");
+    }
+
+    #[test]
+    fn endless_body_is_cut_off_at_the_limit() {
+        let (url, h) = serve_once(|_, s| {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+            // Bounded "forever": stops when the client hangs up.
+            for _ in 0..10_000 {
+                if s.write_all(b"400\r\n")
+                    .and_then(|()| s.write_all(&[b'x'; 1024]))
+                    .and_then(|()| s.write_all(b"\r\n"))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let err = transport()
+            .fetch(&url, 50_000, None)
+            .expect_err("too large");
+        assert!(
+            matches!(err, FetchError::TooLarge { limit: 50_000 }),
+            "{err}"
+        );
+        h.join().expect("server");
+    }
+
+    #[test]
+    fn etag_and_not_modified() {
+        let (url, h) = serve_once(|head, s| {
+            assert!(
+                head.to_ascii_lowercase().contains("if-none-match: \"v1\""),
+                "{head}"
+            );
+            let _ = s.write_all(b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\n\r\n");
+        });
+        assert_eq!(
+            transport().fetch(&url, 100, Some("\"v1\"")).expect("fetch"),
+            Fetched::NotModified
+        );
+        h.join().expect("server");
+
+        let (url, h) = serve_once(|_, s| {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nETag: \"v2\"\r\nContent-Length: 2\r\n\r\n{}");
+        });
+        assert_eq!(
+            transport().fetch(&url, 100, None).expect("fetch"),
+            Fetched::Body {
+                bytes: b"{}".to_vec(),
+                etag: Some("\"v2\"".into())
+            }
+        );
+        h.join().expect("server");
+
+        let (url, h) = serve_once(|_, s| {
+            let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+        });
+        assert!(matches!(
+            transport().fetch(&url, 100, None),
+            Err(FetchError::NotFound)
+        ));
+        h.join().expect("server");
+    }
+
+    #[test]
+    fn ignored_range_request_is_an_error() {
+        let (url, h) = serve_once(|head, s| {
+            assert!(
+                head.to_ascii_lowercase().contains("range: bytes=5-"),
+                "{head}"
+            );
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789");
+        });
+        assert!(transport().fetch_stream(&url, 5).is_err());
+        h.join().expect("server");
+    }
+
+    #[test]
+    fn stalled_server_is_cut_off() {
+        let (url, h) = serve_once(|_, s| {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01");
+            std::thread::sleep(Duration::from_millis(1500));
+        });
+        let t = HttpTransport::new(Duration::from_millis(300), "test").expect("transport");
+        let err = t.fetch(&url, 100, None).expect_err("stalled");
+        assert!(matches!(err, FetchError::Transport(_)), "{err}");
+        h.join().expect("server");
+    }
+}

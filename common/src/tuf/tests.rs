@@ -25,7 +25,7 @@ enum Signer {
     Ec(EcdsaKeyPair),
     RsaSalt32(RsaKeyPair),
     /// RSA-PSS with the largest salt the modulus allows (as some signers do).
-    RsaMaxSalt(rsa::RsaPrivateKey),
+    RsaMaxSalt(Box<rsa::RsaPrivateKey>),
 }
 
 struct TestKey {
@@ -76,7 +76,7 @@ fn rsa_key(max_salt: bool) -> TestKey {
         "keyval": {"public": pem("PUBLIC KEY", spki.as_ref())}});
     let signer = if max_salt {
         let pkcs8: Pkcs8V1Der = kp.as_der().expect("pkcs8");
-        Signer::RsaMaxSalt(rsa::RsaPrivateKey::from_pkcs8_der(pkcs8.as_ref()).expect("rsa parse"))
+        Signer::RsaMaxSalt(Box::new(rsa::RsaPrivateKey::from_pkcs8_der(pkcs8.as_ref()).expect("rsa parse")))
     } else {
         Signer::RsaSalt32(kp)
     };
