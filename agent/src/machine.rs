@@ -442,19 +442,19 @@ impl Machine {
         let from = self.state.phase.name();
         let to = phase.name();
         let (slot, target, version) = match &phase {
-            Phase::Idle => (None, None, None),
+            Phase::Idle => ("-".to_owned(), "-".to_owned(), "-".to_owned()),
             Phase::Downloading { slot, target }
             | Phase::Installed { slot, target }
             | Phase::Trying { slot, target, .. }
             | Phase::RollingBack { slot, target, .. } => (
-                Some(*slot),
-                Some(target.name.clone()),
-                Some(target.version.to_string()),
+                slot.to_string(),
+                target.name.clone(),
+                target.version.to_string(),
             ),
         };
         self.state.phase = phase;
         self.store.save(&self.state)?;
-        info!(from, to, slot = ?slot, target = ?target, version = ?version,
+        info!(from, to, %slot, %target, %version,
             running = %self.running_version(), "state transition");
         Ok(())
     }

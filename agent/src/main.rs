@@ -59,7 +59,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ota-agent: error: {e:#}");
+            eprintln!("ota-agent: error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
@@ -92,11 +92,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     Ok(Polled::Busy) => {
                         // An update is mid-flight (e.g. the reboot did not happen): resume it.
                         if let Err(e) = machine.resume_after_boot() {
-                            tracing::error!(error = %format!("{e:#}"), "resuming failed");
+                            tracing::error!(error = %error_chain(&e.into()), "resuming failed");
                         }
                     }
                     Ok(_) => {}
-                    Err(e) => tracing::error!(error = %format!("{e:#}"), "poll failed"),
+                    Err(e) => tracing::error!(error = %error_chain(&e.into()), "poll failed"),
                 }
                 let jitter = match config.poll_jitter_secs {
                     0 => 0,
@@ -140,4 +140,21 @@ fn lock_path_ensured(config: &Config) -> Result<PathBuf> {
     ota_common::atomic::create_dir_all_durable(&config.state_dir)
         .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
     Ok(config.lock_path())
+}
+
+/// The error and its causes on one line, skipping causes whose text the
+/// message already includes (the library errors name their source inline).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
 }

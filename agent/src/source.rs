@@ -58,15 +58,13 @@ pub enum SourceError {
 const MAX_ROOT_BYTES: u64 = 512 * 1024;
 
 /// Opens the TUF client over HTTP, initialising its metadata directory from
-/// `trusted_root` on first start (when the directory is missing or empty).
+/// `trusted_root` on first start (when it holds no root.json yet).
 pub fn open_tuf(config: &Config) -> Result<TufClient<HttpTransport>, SourceError> {
     let dir = config.tuf_dir();
-    let empty = match std::fs::read_dir(&dir) {
-        Ok(mut entries) => entries.next().is_none(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
-        Err(source) => return Err(SourceError::Dir { path: dir, source }),
-    };
-    if empty {
+    // TufClient::init stores the root as DIR/root.json (atomically); once it
+    // is there, only roots the client verified may replace it.
+    let first_start = !dir.join("root.json").exists();
+    if first_start {
         ota_common::atomic::create_dir_all_durable(&dir).map_err(|source| SourceError::Dir {
             path: dir.clone(),
             source,
