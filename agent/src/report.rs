@@ -65,10 +65,15 @@ impl ReportSink for HttpReporter {
             return Ok(());
         }
         // The error body is the server's word on why; keep it short in the log.
-        let body: String = response
-            .text()
-            .unwrap_or_default()
+        // Untrusted text: read at most 4 KiB, log one short line without control characters.
+        let mut raw = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::Read::take(response, 4096), &mut raw);
+        let body: String = String::from_utf8_lossy(&raw)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
             .chars()
+            .filter(|c| !c.is_control())
             .take(200)
             .collect();
         Err(err(format!("HTTP {status}: {body}")))
