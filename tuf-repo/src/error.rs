@@ -47,7 +47,7 @@ pub enum RepoError {
         fix: String,
     },
     #[error(
-        "new {role} expiry {expires} is not in the future; pass --allow-expired to create expired metadata on purpose"
+        "new {role} expiry {expires} is not in the future (check the {role} expiry in repo.json or --expires; `ota-repo resign --allow-expired` creates expired metadata on purpose)"
     )]
     ExpiryInPast { role: String, expires: String },
     #[error("cannot read image {path}: {source}")]

@@ -1,0 +1,93 @@
+//! The `ota-repo` binary: argument parsing, exit codes and one-line errors.
+
+use std::process::{Command, Output};
+
+fn run(repo: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ota-repo"))
+        .arg("--repo")
+        .arg(repo)
+        .args(args)
+        .env_remove("OTA_ADMIN_TOKEN")
+        .output()
+        .expect("run ota-repo")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn init_add_resign_publish_status_from_the_command_line() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let repo = tmp.path().join("repo");
+    let img = tmp.path().join("fw.img");
+    std::fs::write(&img, vec![1u8; 5000]).expect("img");
+
+    let o = run(
+        &repo,
+        &["init", "--key-type", "ecdsa", "--expires", "timestamp=12h"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(
+        &repo,
+        &[
+            "add",
+            img.to_str().expect("utf8"),
+            "--version",
+            "1.0.0",
+            "--hardware-id",
+            "board-a",
+            "--notes",
+            "n",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&repo, &["resign", "--role", "snapshot"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        out.contains("signed snapshot version 3") && out.contains("signed timestamp version 3"),
+        "{out}"
+    );
+
+    let o = run(&repo, &["status"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        out.contains("software key file (development only)"),
+        "{out}"
+    );
+    assert!(out.contains("ecdsa/ecdsa-sha2-nistp256"), "{out}");
+    assert!(
+        out.contains("fw.img  version 1.0.0  hardware ids board-a"),
+        "{out}"
+    );
+
+    let www = tmp.path().join("www");
+    let o = run(&repo, &["publish", "--dir", www.to_str().expect("utf8")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(www.join("metadata/timestamp.json").exists());
+
+    // Errors: exit 1 and one line naming the problem.
+    let o = run(
+        &repo,
+        &[
+            "add",
+            img.to_str().expect("utf8"),
+            "--version",
+            "2",
+            "--hardware-id",
+            "x",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("invalid version \"2\""),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&repo, &["publish", "--server", "http://127.0.0.1:9/"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("OTA_ADMIN_TOKEN"), "{}", stderr(&o));
+    let o = run(&repo, &["init"]);
+    assert!(stderr(&o).contains("not empty"), "{}", stderr(&o));
+}
