@@ -1,6 +1,6 @@
 //! `ota-server`: see the crate documentation of `ota_server`.
 
-use anyhow::Context;
+use anyhow::anyhow;
 use clap::Parser;
 use ota_server::config::{Config, Overrides};
 use ota_server::Server;
@@ -24,7 +24,19 @@ struct Args {
     data_dir: Option<PathBuf>,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One readable line, not a debug dump. Every error here already
+            // carries its cause in its message, so the chain is not repeated.
+            eprintln!("ota-server: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let overrides = Overrides {
         listen: args.listen,
@@ -41,7 +53,7 @@ fn main() -> anyhow::Result<()> {
         _ => config.log_filter.clone(),
     };
     let filter =
-        EnvFilter::try_new(&filter).with_context(|| format!("invalid log filter {filter:?}"))?;
+        EnvFilter::try_new(&filter).map_err(|e| anyhow!("invalid log filter {filter:?}: {e}"))?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -50,7 +62,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?;
+        .map_err(|e| anyhow!("cannot start the async runtime: {e}"))?;
     runtime.block_on(serve(config))
 }
 
@@ -65,7 +77,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             server.local_addr()
         )
         .and_then(|()| out.flush())
-        .context("cannot write to stdout")?;
+        .map_err(|e| anyhow!("cannot write to stdout: {e}"))?;
     }
     server.run(shutdown_signal()).await?;
     tracing::info!("stopped");

@@ -79,12 +79,26 @@ impl TestServer {
     /// Sends a request line exactly as given (no client-side normalisation
     /// of `..` or percent escapes) and returns the status code.
     pub async fn raw_status(&self, method: &str, target: &str) -> u16 {
+        self.raw_request(method, target, "").await
+    }
+
+    /// Like [`Self::raw_status`], with the admin token and an empty body.
+    pub async fn raw_status_admin(&self, method: &str, target: &str) -> u16 {
+        let auth = format!(
+            "Authorization: Bearer {}\r\nContent-Length: 0\r\n",
+            self.token
+        );
+        self.raw_request(method, target, &auth).await
+    }
+
+    async fn raw_request(&self, method: &str, target: &str, extra_headers: &str) -> u16 {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = tokio::net::TcpStream::connect(self.addr)
             .await
             .expect("connect");
-        let request =
-            format!("{method} {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        let request = format!(
+            "{method} {target} HTTP/1.1\r\nHost: test\r\n{extra_headers}Connection: close\r\n\r\n"
+        );
         stream.write_all(request.as_bytes()).await.expect("send");
         let mut answer = Vec::new();
         let _ = stream.read_to_end(&mut answer).await;
