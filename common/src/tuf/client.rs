@@ -262,7 +262,7 @@ impl<T: Transport> TufClient<T> {
     }
 
     /// URL of the target's consistent-snapshot file: targets_base +
-    /// dir/<hash>.<basename> (sha256 if listed else sha512), or the plain
+    /// `dir/<hash>.<basename>` (sha256 if listed else sha512), or the plain
     /// path if consistent_snapshot is false.
     pub fn target_url(&self, target: &Target) -> Result<Url, TufError> {
         let segments = target_segments(&target.name)?;

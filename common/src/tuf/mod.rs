@@ -1,7 +1,75 @@
 //! The TUF client workflow, verification only (TUF specification 1.0.34,
 //! section 5 "Detailed client workflow").
 //!
-//! Being filled in; see the API below.
+//! # Why our own client and not `tough`
+//!
+//! Devices trust nothing but this code, so it follows section 5 to the
+//! letter and contains no signing code at all. `tough` (used by `ota-repo`
+//! to *build* repositories) is not linked into the agent: it carries signing
+//! code and deviates from the specification in ways that matter on a
+//! device: it accepts a timestamp of the same version, downloads all
+//! delegated metadata, rejects the whole repository when a delegated role
+//! lists a target outside its paths, fetches targets as
+//! `<sha256>.<full/path>` instead of `dir/<hash>.<basename>`, rejects
+//! sha512-only targets, stores re-serialized metadata instead of the bytes
+//! received, refuses to load when the clock went backwards, and rejects
+//! RSA-PSS signatures whose salt is not 32 bytes. This client is written over
+//! `serde_json` and `aws-lc-rs` (ed25519, ECDSA P-256/SHA-256 DER), `p256`
+//! (parsing PEM SubjectPublicKeyInfo) and `rsa` (key parsing and the raw
+//! public operation only; EMSA-PSS decoding with MGF1-SHA-256 is ours and
+//! accepts any salt length, like Go's `PSSSaltLengthAuto`).
+//!
+//! # What it checks
+//!
+//! * Root (5.3): versions N+1, N+2, ... one at a time (at most
+//!   `max_root_rotations`), each signed by a threshold of the old *and* the
+//!   new root keys, version exactly N+1, persisted at each step; a 404 ends
+//!   the walk, any other failure fails the refresh; the final root must not
+//!   be expired. If the timestamp or snapshot keys changed, the trusted
+//!   timestamp and snapshot are deleted (fast-forward attack recovery).
+//! * Timestamp (5.4): signatures, no version rollback, no rollback of the
+//!   snapshot version it lists, not expired. The **same version** as trusted
+//!   ends the refresh (`RefreshOutcome::Unchanged`) without fetching
+//!   snapshot or targets. The timestamp ETag is kept in `timestamp.etag` and
+//!   sent as `If-None-Match`, so an idle poll is one root probe plus one
+//!   (usually 304) timestamp request.
+//! * Snapshot (5.5) and targets (5.6, also delegated roles): length and every
+//!   listed hash against the referring metadata, signatures by the
+//!   delegating role's keys, version equal to the listed one, no role removed
+//!   or rolled back, not expired.
+//! * Target search (5.6.7): pre-order depth-first, visited roles skipped,
+//!   `terminating` honoured, at most `max_delegations` roles, `paths` (`*`
+//!   never matches `/`) and `path_hash_prefixes`; only the delegated metadata
+//!   needed is fetched. A role listing a target outside its paths simply does
+//!   not provide it.
+//! * Signatures: one per distinct key id counts; key ids are trusted as the
+//!   delegator lists them; keys of unknown types or schemes are ignored (they
+//!   never count) rather than fatal. Supported: ed25519, ecdsa /
+//!   ecdsa-sha2-nistp256, rsa / rsassa-pss-sha256 (2048 to 8192 bits). The
+//!   signed bytes are the OLPC canonical JSON of the parsed `signed` value,
+//!   unknown fields included. `_type` must match and `spec_version` must have
+//!   major version 1.
+//! * Sizes: every download is limited before bytes are kept (the signed
+//!   length when there is one, else [`Limits`]); targets are streamed in
+//!   64 KiB chunks, checked against length and every listed hash (sha256
+//!   and/or sha512) as they arrive, and renamed into place only once whole.
+//!
+//! # The metadata directory
+//!
+//! `root.json`, `timestamp.json`, `snapshot.json`, `targets.json` and one
+//! `<role>.json` per delegated role used (unsafe characters percent-encoded),
+//! each the exact bytes received, replaced atomically; plus two non-JSON
+//! files: `timestamp.etag` and `trusted-time`.
+//!
+//! # Time on devices without a real-time clock
+//!
+//! Each refresh takes one fixed start time: the system clock (read through
+//! std, so `faketime` works), or the time stored in `trusted-time` if that
+//! is later. After every successful refresh the time used is stored in
+//! `trusted-time` if it is newer. A device that boots with its clock at
+//! 1970 therefore still refuses metadata that expired before the last good
+//! refresh (no freeze attack by resetting the clock), while loading never
+//! fails because the clock went backwards: `open` never checks expiry.
 
 mod canonical;
 mod client;

@@ -76,7 +76,9 @@ fn rsa_key(max_salt: bool) -> TestKey {
         "keyval": {"public": pem("PUBLIC KEY", spki.as_ref())}});
     let signer = if max_salt {
         let pkcs8: Pkcs8V1Der = kp.as_der().expect("pkcs8");
-        Signer::RsaMaxSalt(Box::new(rsa::RsaPrivateKey::from_pkcs8_der(pkcs8.as_ref()).expect("rsa parse")))
+        Signer::RsaMaxSalt(Box::new(
+            rsa::RsaPrivateKey::from_pkcs8_der(pkcs8.as_ref()).expect("rsa parse"),
+        ))
     } else {
         Signer::RsaSalt32(kp)
     };
