@@ -12,7 +12,7 @@ use ota_common::hash::copy_and_digest;
 use ota_common::wire::{ErrorBody, PublicationCommitted, PublicationCreated, StagedTarget};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 use url::Url;
 
@@ -458,9 +458,4 @@ pub fn read_token(file: Option<&Path>, env: Option<String>) -> Result<String> {
         ));
     }
     Ok(token)
-}
-
-/// Where `publish --dir` writes.
-pub fn dir_paths(out: &Path) -> (PathBuf, PathBuf) {
-    (out.join("metadata"), out.join("targets"))
 }
