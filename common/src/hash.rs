@@ -193,10 +193,7 @@ mod tests {
         let data = b"abc";
         let mut v = StreamVerifier::new(digests_of(data), 3).expect("new");
         v.update(b"ab").expect("first");
-        assert_eq!(
-            v.update(b"cd"),
-            Err(VerifyError::TooLong { expected: 3 })
-        );
+        assert_eq!(v.update(b"cd"), Err(VerifyError::TooLong { expected: 3 }));
     }
 
     #[test]
@@ -208,7 +205,10 @@ mod tests {
 
         let mut v = StreamVerifier::new(digests_of(data), 3).expect("new");
         v.update(b"abd").expect("update");
-        assert!(matches!(v.finish(), Err(VerifyError::DigestMismatch { .. })));
+        assert!(matches!(
+            v.finish(),
+            Err(VerifyError::DigestMismatch { .. })
+        ));
     }
 
     #[test]
@@ -220,7 +220,10 @@ mod tests {
         v.update(data).expect("update");
         assert!(matches!(
             v.finish(),
-            Err(VerifyError::DigestMismatch { algorithm: "sha512", .. })
+            Err(VerifyError::DigestMismatch {
+                algorithm: "sha512",
+                ..
+            })
         ));
         assert_eq!(
             StreamVerifier::new(Digests::default(), 3).err(),

@@ -196,6 +196,9 @@ mod tests {
         )
         .expect("parse");
         assert_eq!(c.version, semver::Version::new(1, 2, 0));
-        assert!(serde_json::from_str::<ReleaseCustom>(r#"{"version":"one","hardware_ids":[]}"#).is_err());
+        assert!(
+            serde_json::from_str::<ReleaseCustom>(r#"{"version":"one","hardware_ids":[]}"#)
+                .is_err()
+        );
     }
 }

@@ -145,7 +145,9 @@ timeout_secs = 10
 
     /// The release written in the booted slot's image.
     pub fn running_release(&self) -> anyhow::Result<Option<String>> {
-        Ok(crate::image::release_in(&self.slot_path(self.booted_slot()?)))
+        Ok(crate::image::release_in(
+            &self.slot_path(self.booted_slot()?),
+        ))
     }
 
     fn spawn_agent(&self) -> anyhow::Result<Child> {

@@ -9,5 +9,6 @@ pub mod device;
 pub mod fixture;
 pub mod image;
 pub mod proxy;
+pub mod python;
 pub mod repo;
 pub mod server;

@@ -76,14 +76,16 @@ impl Server {
 
     /// The server's record of every device.
     pub fn devices(&self) -> anyhow::Result<Vec<ota_common::wire::DeviceRecord>> {
-        Ok(serde_json::from_value(self.admin_get("/admin/v1/devices")?)?)
+        Ok(serde_json::from_value(
+            self.admin_get("/admin/v1/devices")?,
+        )?)
     }
 
     /// Every report one device sent, oldest first.
     pub fn events(&self, device_id: &str) -> anyhow::Result<Vec<ota_common::wire::DeviceEvent>> {
-        Ok(serde_json::from_value(
-            self.admin_get(&format!("/admin/v1/devices/{device_id}/events"))?,
-        )?)
+        Ok(serde_json::from_value(self.admin_get(&format!(
+            "/admin/v1/devices/{device_id}/events"
+        ))?)?)
     }
 
     /// Where the server keeps the published repository, for tests that tamper with it.

@@ -30,7 +30,10 @@ fn update_installs_reboots_and_commits() {
     assert_eq!(boots[0].slot, SlotId::A);
     assert_eq!(boots[0].end, RunEnd::RebootRequested);
     assert_eq!(boots[1].slot, SlotId::B);
-    assert_eq!(dev.running_release().expect("release").as_deref(), Some("1.1.0"));
+    assert_eq!(
+        dev.running_release().expect("release").as_deref(),
+        Some("1.1.0")
+    );
     assert_eq!(
         std::fs::read(dev.slot_path(SlotId::B)).expect("slot B"),
         std::fs::read(&image).expect("image"),
@@ -70,8 +73,15 @@ fn failing_health_check_rolls_back_by_itself() {
     let boots = dev.run_until_settled(5).expect("settles");
     let slots: Vec<SlotId> = boots.iter().map(|b| b.slot).collect();
     assert_eq!(slots, vec![SlotId::A, SlotId::B, SlotId::A], "{boots:?}");
-    assert_eq!(dev.running_release().expect("release").as_deref(), Some("1.0.0"));
-    assert_eq!(dev.power_on().expect("power on"), SlotId::A, "bad slot stays out");
+    assert_eq!(
+        dev.running_release().expect("release").as_deref(),
+        Some("1.0.0")
+    );
+    assert_eq!(
+        dev.power_on().expect("power on"),
+        SlotId::A,
+        "bad slot stays out"
+    );
 
     let events = fx.server.events("dev-1").expect("events");
     let rollback = events
@@ -96,8 +106,7 @@ fn power_cut_during_download_keeps_old_slot_and_next_poll_completes() {
     fx.release("1.1.0", true, size, &[HARDWARE_ID])
         .expect("release");
     // 1 MiB/s through the proxy: the download takes about four seconds.
-    let proxy =
-        integration_tests::proxy::Proxy::start(&fx.server.url, 1024 * 1024).expect("proxy");
+    let proxy = integration_tests::proxy::Proxy::start(&fx.server.url, 1024 * 1024).expect("proxy");
     let dev = fx.device_at("dev-1", &proxy.url).expect("device");
 
     assert_eq!(dev.power_on().expect("boot"), SlotId::A);
@@ -111,14 +120,26 @@ fn power_cut_during_download_keeps_old_slot_and_next_poll_completes() {
         .expect("run");
     assert_eq!(end, RunEnd::PowerCut, "killed mid-download");
     let written = std::fs::metadata(&slot_b).expect("slot B").len();
-    assert!(written < size as u64, "download was cut short ({written} bytes)");
+    assert!(
+        written < size as u64,
+        "download was cut short ({written} bytes)"
+    );
 
     // Power comes back: the bootloader was never touched, so slot A boots.
-    proxy.rate.store(64 * 1024 * 1024, std::sync::atomic::Ordering::Relaxed);
+    proxy
+        .rate
+        .store(64 * 1024 * 1024, std::sync::atomic::Ordering::Relaxed);
     let boots = dev.run_until_settled(4).expect("settles");
-    assert_eq!(boots[0].slot, SlotId::A, "old slot boots after the power cut");
+    assert_eq!(
+        boots[0].slot,
+        SlotId::A,
+        "old slot boots after the power cut"
+    );
     assert_eq!(boots.last().expect("boot").slot, SlotId::B);
-    assert_eq!(dev.running_release().expect("release").as_deref(), Some("1.1.0"));
+    assert_eq!(
+        dev.running_release().expect("release").as_deref(),
+        Some("1.1.0")
+    );
 }
 
 #[test]
@@ -142,13 +163,21 @@ fn tampered_image_is_rejected_and_reported() {
     let end = dev
         .run_agent_until(Duration::from_secs(60), |_| false)
         .expect("run");
-    assert_ne!(end, RunEnd::RebootRequested, "no reboot into a tampered image");
+    assert_ne!(
+        end,
+        RunEnd::RebootRequested,
+        "no reboot into a tampered image"
+    );
     assert_eq!(
         std::fs::read(dev.slot_path(SlotId::A)).expect("slot A"),
         slot_a_before,
         "active slot untouched"
     );
-    assert_eq!(dev.power_on().expect("boot"), SlotId::A, "bootloader untouched");
+    assert_eq!(
+        dev.power_on().expect("boot"),
+        SlotId::A,
+        "bootloader untouched"
+    );
     let events = fx.server.events("dev-1").expect("events");
     let failed = events
         .iter()
@@ -180,9 +209,15 @@ fn tampered_metadata_is_rejected() {
         .run_agent_until(Duration::from_secs(60), |_| false)
         .expect("run");
     assert_ne!(end, RunEnd::RebootRequested);
-    assert_eq!(dev.running_release().expect("release").as_deref(), Some("1.0.0"));
+    assert_eq!(
+        dev.running_release().expect("release").as_deref(),
+        Some("1.0.0")
+    );
     assert!(
-        std::fs::metadata(dev.slot_path(SlotId::B)).expect("slot B").len() == 0,
+        std::fs::metadata(dev.slot_path(SlotId::B))
+            .expect("slot B")
+            .len()
+            == 0,
         "nothing written to the inactive slot"
     );
     let events = fx.server.events("dev-1").expect("events");
@@ -216,7 +251,10 @@ fn expired_metadata_is_rejected() {
         .run_agent_until(Duration::from_secs(60), |_| false)
         .expect("run");
     assert_ne!(end, RunEnd::RebootRequested);
-    assert_eq!(dev.running_release().expect("release").as_deref(), Some("1.0.0"));
+    assert_eq!(
+        dev.running_release().expect("release").as_deref(),
+        Some("1.0.0")
+    );
     let events = fx.server.events("dev-1").expect("events");
     assert!(
         events.iter().any(|e| e.status == UpdateStatus::Failed
@@ -235,8 +273,16 @@ fn incompatible_hardware_and_lower_versions_are_not_installed() {
     let dev = fx.device("dev-1").expect("device");
     let boots = dev.run_until_settled(2).expect("settles");
     assert_eq!(boots.len(), 1, "no reboot: {boots:?}");
-    assert_eq!(dev.running_release().expect("release").as_deref(), Some("1.0.0"));
-    assert!(std::fs::metadata(dev.slot_path(SlotId::B)).expect("slot B").len() == 0);
+    assert_eq!(
+        dev.running_release().expect("release").as_deref(),
+        Some("1.0.0")
+    );
+    assert!(
+        std::fs::metadata(dev.slot_path(SlotId::B))
+            .expect("slot B")
+            .len()
+            == 0
+    );
     let seen = statuses(&fx, "dev-1");
     assert!(!seen.contains(&UpdateStatus::Downloading), "{seen:?}");
 }

@@ -20,8 +20,13 @@ fn run() -> anyhow::Result<()> {
     let started = Instant::now();
     println!("== OTA demo: embedded defaults, one machine ==\n");
     let fx = Fixture::new().context("setting up repository and server")?;
-    println!("release engineer: created a TUF repository (root, targets, snapshot, timestamp keys)");
-    println!("server:           ota-server listening on {}", fx.server.url);
+    println!(
+        "release engineer: created a TUF repository (root, targets, snapshot, timestamp keys)"
+    );
+    println!(
+        "server:           ota-server listening on {}",
+        fx.server.url
+    );
 
     let devices: Vec<SimDevice> = (1..=DEVICES)
         .map(|i| fx.device(&format!("ward-{i}")))
@@ -35,7 +40,9 @@ fn run() -> anyhow::Result<()> {
     update_fleet(&fx, &devices)?;
 
     fx.release("1.2.0", false, 2 * 1024 * 1024, &[HARDWARE_ID])?;
-    println!("\nrelease engineer: signed and published 1.2.0 (its health check FAILS on the device)");
+    println!(
+        "\nrelease engineer: signed and published 1.2.0 (its health check FAILS on the device)"
+    );
     update_fleet(&fx, &devices)?;
 
     println!("\nserver's view of the fleet:");
@@ -69,7 +76,10 @@ fn update_fleet(fx: &Fixture, devices: &[SimDevice]) -> anyhow::Result<()> {
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("device thread panicked"))))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("device thread panicked")))
+            })
             .collect()
     });
     for (device, result) in devices.iter().zip(results) {
