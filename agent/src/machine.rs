@@ -119,6 +119,10 @@ impl Machine {
         })?;
         let store = StateStore::new(config.state_path());
         let state = store.load_or_recover(booted, &config.initial_version);
+        // A fresh or recovered state is written at once, so `status` shows what the agent assumes.
+        if !matches!(store.load(), Ok(Some(ref stored)) if *stored == state) {
+            store.save(&state)?;
+        }
         let slots = Slots::new(
             config.slots.a.clone(),
             config.slots.b.clone(),

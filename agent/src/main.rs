@@ -9,7 +9,7 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use ota_agent::config::Config;
-use ota_agent::machine::{Machine, Polled};
+use ota_agent::machine::{Machine, Polled, Resumed};
 use ota_agent::report::HttpReporter;
 use ota_agent::source::open_tuf;
 use ota_agent::state::StateStore;
@@ -72,8 +72,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Health => {
             let _lock = lock::lock(&lock_path_ensured(&config)?, true)?;
             let mut machine = build_machine(&config)?;
-            machine.resume_after_boot()?;
-            Ok(ExitCode::SUCCESS)
+            match machine.resume_after_boot()? {
+                // Health checks failed (or a reboot is pending) and the system is still up:
+                // fail the unit so boot-complete.target is not reached.
+                Resumed::RebootRequested => Ok(ExitCode::FAILURE),
+                Resumed::Idle | Resumed::Committed | Resumed::RolledBack { .. } => {
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
         }
         Command::Run { once } => {
             let _lock = lock::lock(&lock_path_ensured(&config)?, true)?;
