@@ -79,10 +79,26 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .and_then(|()| out.flush())
         .map_err(|e| anyhow!("cannot write to stdout: {e}"))?;
     }
-    server.run(shutdown_signal()).await?;
+    // After SIGTERM, in-flight requests (a device halfway through an image
+    // download) get a grace period, not forever: a supervisor's stop must stop.
+    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+    let run = server.run(async move {
+        shutdown_signal().await;
+        let _ = stopping_tx.send(true);
+    });
+    tokio::select! {
+        result = run => result?,
+        _ = async {
+            let _ = stopping.wait_for(|s| *s).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => tracing::warn!("requests still running after {SHUTDOWN_GRACE:?}; stopping anyway"),
+    }
     tracing::info!("stopped");
     Ok(())
 }
+
+/// How long in-flight requests may run on after a stop signal.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Completes on SIGTERM (systemd stop) or SIGINT (Ctrl-C).
 async fn shutdown_signal() {

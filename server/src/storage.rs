@@ -500,3 +500,52 @@ async fn blocking<T: Send + 'static>(
             source: io::Error::other(e),
         })?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn age(path: &Path, by: Duration) {
+        let when = SystemTime::now() - by;
+        fs::File::open(path)
+            .and_then(|f| f.set_modified(when))
+            .expect("set mtime");
+    }
+
+    #[test]
+    fn abandoned_staging_is_cleaned_and_fresh_staging_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(dir.path()).expect("open");
+        let old = storage.create_publication().expect("old");
+        let fresh = storage.create_publication().expect("fresh");
+        let old_dir = dir.path().join("staging").join(&old);
+        for sub in ["blobs", "staged", "metadata", ""] {
+            age(&old_dir.join(sub), Duration::from_secs(2 * 24 * 3600));
+        }
+        assert_eq!(
+            storage
+                .clean_stale_staging(STALE_STAGING_AGE)
+                .expect("clean"),
+            1
+        );
+        assert!(!old_dir.exists());
+        assert!(dir.path().join("staging").join(&fresh).exists());
+    }
+
+    #[test]
+    fn publication_ids_cannot_name_other_directories() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(dir.path()).expect("open");
+        for id in [
+            "..",
+            "../repository",
+            "",
+            "ABCDEF00000000000000000000000000",
+        ] {
+            assert!(matches!(
+                storage.publication_dir(id),
+                Err(StorageError::UnknownPublication(_))
+            ));
+        }
+    }
+}

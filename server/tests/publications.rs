@@ -326,6 +326,17 @@ async fn bad_metadata_is_refused_with_the_reason() {
         let msg = common::error_message(resp).await;
         assert!(msg.contains(needle), "{msg:?} should say {needle:?}");
     }
+    let resp = s
+        .admin(
+            Method::PUT,
+            &format!("/admin/v1/publications/{id}/metadata/timestamp.json"),
+        )
+        .body(vec![b' '; 16 * 1024 * 1024 + 1])
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(common::error_message(resp).await.contains("too large"));
     // Delegated roles are targets metadata.
     assert_eq!(
         put_metadata(&s, &id, "4.team-a.json", &doc("targets", 4))
