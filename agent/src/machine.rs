@@ -163,9 +163,19 @@ impl Machine {
         let new_boot = |recorded: &str| recorded != self.boot_id;
         match self.state.phase.clone() {
             Phase::Idle => {
-                // Like RAUC's mark-good at every boot: the running slot keeps its full try counter.
-                if let Err(e) = self.bootloader.mark_good(booted) {
-                    warn!(slot = %booted, error = %e, "could not refresh the booted slot's boot counter");
+                // The running slot is the good one. If the bootloader would boot the
+                // other one next (its try counter ran down over several boots, or it
+                // fell back on its own), make the running slot primary again. Only
+                // then: bootloader environments live on flash that wears.
+                match self.bootloader.primary() {
+                    Ok(primary) if primary == booted => {}
+                    Ok(primary) => {
+                        info!(slot = %booted, next = %primary, "bootloader would boot the other slot next; marking the running slot good");
+                        if let Err(e) = self.bootloader.mark_good(booted) {
+                            warn!(slot = %booted, error = %e, "could not mark the running slot good");
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "could not read the bootloader state"),
                 }
                 Ok(Resumed::Idle)
             }

@@ -484,3 +484,36 @@ fn corrupt_state_at_start_is_recovered() {
     );
     assert!(dev.store().load().expect("load").is_some());
 }
+
+#[test]
+fn idle_agent_keeps_the_running_slot_primary() {
+    let mut dev = Device::new();
+    install_v2(&mut dev);
+    assert_eq!(dev.power_on(), SlotId::B);
+    assert_eq!(
+        dev.agent().resume_after_boot().expect("resume"),
+        Resumed::Committed
+    );
+    // Three boots spend B's tries; the bootloader would now boot A next.
+    for _ in 0..3 {
+        assert_eq!(dev.power_on(), SlotId::B);
+    }
+    assert_eq!(dev.primary(), SlotId::A);
+    assert_eq!(
+        dev.agent().resume_after_boot().expect("resume"),
+        Resumed::Idle
+    );
+    assert_eq!(dev.primary(), SlotId::B);
+    // When the bootloader already agrees, its environment is not rewritten.
+    let before = std::fs::metadata(dev.path("boot.json"))
+        .expect("stat")
+        .modified()
+        .expect("mtime");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    dev.agent().resume_after_boot().expect("resume");
+    let after = std::fs::metadata(dev.path("boot.json"))
+        .expect("stat")
+        .modified()
+        .expect("mtime");
+    assert_eq!(before, after);
+}

@@ -9,7 +9,7 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use ota_agent::config::Config;
-use ota_agent::machine::{Machine, Polled, Resumed};
+use ota_agent::machine::{Machine, Resumed};
 use ota_agent::report::HttpReporter;
 use ota_agent::source::open_tuf;
 use ota_agent::state::StateStore;
@@ -82,28 +82,35 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Run { once } => {
-            let _lock = lock::lock(&lock_path_ensured(&config)?, true)?;
-            let mut machine = build_machine(&config)?;
-            machine.resume_after_boot()?;
-            let mut tuf = open_tuf(&config)?;
+            let lock_path = lock_path_ensured(&config)?;
+            let mut tuf = None;
+            let mut first = true;
             loop {
-                let polled = machine.poll_once(&mut tuf);
-                if once {
-                    // A poll that ran (even one whose install failed and was reported) is
-                    // success; a poll that could not check for updates at all is not.
-                    polled?;
-                    return Ok(ExitCode::SUCCESS);
+                // The lock is held for one cycle, not while sleeping, so `ota-agent health`
+                // (run by systemd at boot) never waits for a whole poll interval. The
+                // state is re-read each cycle for the same reason.
+                let cycle = (|| -> Result<()> {
+                    let _lock = lock::lock(&lock_path, true)?;
+                    let mut machine = build_machine(&config)?;
+                    // Finishes whatever the persisted phase left open (commit, rollback,
+                    // a reboot that did not happen); a no-op when idle.
+                    machine.resume_after_boot()?;
+                    let tuf = match &mut tuf {
+                        Some(t) => t,
+                        None => tuf.insert(open_tuf(&config)?),
+                    };
+                    machine.poll_once(tuf)?;
+                    Ok(())
+                })();
+                match cycle {
+                    // --once: a poll that ran (even one whose install failed and was
+                    // reported) is success; one that could not check for updates is not.
+                    Ok(()) if once => return Ok(ExitCode::SUCCESS),
+                    Err(e) if once || first && is_fatal(&e) => return Err(e),
+                    Ok(()) => {}
+                    Err(e) => tracing::error!(error = %error_chain(&e), "update cycle failed"),
                 }
-                match polled {
-                    Ok(Polled::Busy) => {
-                        // An update is mid-flight (e.g. the reboot did not happen): resume it.
-                        if let Err(e) = machine.resume_after_boot() {
-                            tracing::error!(error = %error_chain(&e.into()), "resuming failed");
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::error!(error = %error_chain(&e.into()), "poll failed"),
-                }
+                first = false;
                 let jitter = match config.poll_jitter_secs {
                     0 => 0,
                     j => rand::thread_rng().gen_range(0..=j),
@@ -114,6 +121,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
     }
+}
+
+/// Errors no retry can fix (bad setup): the daemon exits on them at its first
+/// cycle instead of logging them every interval. Network and TUF verification
+/// failures are retried.
+fn is_fatal(e: &anyhow::Error) -> bool {
+    use ota_agent::machine::MachineError;
+    use ota_agent::source::SourceError;
+    e.chain().any(|c| {
+        c.downcast_ref::<lock::LockError>().is_some()
+            || matches!(
+                c.downcast_ref::<MachineError>(),
+                Some(MachineError::Booted(_) | MachineError::StateDir { .. })
+            )
+            || matches!(
+                c.downcast_ref::<SourceError>(),
+                Some(
+                    SourceError::TrustedRoot { .. }
+                        | SourceError::Dir { .. }
+                        | SourceError::Config(_)
+                )
+            )
+    })
 }
 
 fn build_machine(config: &Config) -> Result<Machine> {
