@@ -17,13 +17,19 @@ Cases (the keys and layout the repository uses):
       which lists the target
   root-rotation: 1.root -> 2.root with every key replaced, 2.root signed by
       the old and new root keys
+  rotation-from-expired-root: the same, from a trusted 1.root that has expired
+  no-consistent-snapshot: plain file names (snapshot.json, rootfs-1.2.0.img)
+  snapshot-hashes: snapshot and timestamp give length and sha256 of the files
+  unicode: a target path with non-ASCII and a space, custom fields with
+      escapes, control characters, emoji, big integers (canonical JSON)
 
 Variants (each expected to be refused):
   image-flipped: one byte of the target file changed
   targets-modified: the role listing the target edited without re-signing
   timestamp-expired: timestamp re-signed with an expiry in the past
   signature-removed: the role listing the target (threshold 2) keeps one signature
-  root-new-keys-only (root-rotation only): 2.root signed by the new root key alone
+  signature-duplicated: that role's one valid signature, listed twice
+  root-new-keys-only (rotation cases only): 2.root signed by the new root key alone
 """
 
 from __future__ import annotations
@@ -58,6 +64,8 @@ from tuf.api.serialization.json import JSONSerializer
 from tuf.ngclient import FetcherInterface, Updater
 
 TARGET_NAME = "images/board-a/rootfs-1.2.0.img"
+# Non-ASCII and a space in the path: URLs must escape it, file names keep it.
+UNICODE_TARGET_NAME = "images/board-a/Grüße rootfs 1.2.0.img"
 DELEGATED_ROLE = "board-a"
 CASES = [
     "ed25519",
@@ -68,6 +76,10 @@ CASES = [
     "sha512-only",
     "delegated",
     "root-rotation",
+    "rotation-from-expired-root",
+    "no-consistent-snapshot",
+    "snapshot-hashes",
+    "unicode",
 ]
 
 
@@ -134,6 +146,9 @@ class RepoBuilder:
 
     def __init__(self, case: str, image: bytes) -> None:
         self.case = case
+        self.target_name = UNICODE_TARGET_NAME if case == "unicode" else TARGET_NAME
+        self.consistent = case != "no-consistent-snapshot"
+        self.serializer = JSONSerializer(compact=False)
         kind = key_kind(case)
         self.signers: dict[str, list[Signer]] = {
             "root": [new_signer(kind)],
@@ -150,15 +165,23 @@ class RepoBuilder:
         self.targets_threshold = 1 if self.delegated else 2
 
         self.roots: list[Metadata[Root]] = []
-        root = Root(expires=in_days(365), consistent_snapshot=True)
+        # A trusted root may be expired: only the newest root's expiry counts (spec 5.3.10).
+        root_expires = in_days(-1) if case == "rotation-from-expired-root" else in_days(365)
+        root = Root(expires=root_expires, consistent_snapshot=self.consistent)
         self._set_top_level_keys(root)
         self.roots.append(self._signed(root, self.signers["root"]))
 
         hash_algorithms = ["sha512"] if case == "sha512-only" else ["sha256", "sha512"]
-        self.target = TargetFile.from_data(TARGET_NAME, image, hash_algorithms)
+        self.target = TargetFile.from_data(self.target_name, image, hash_algorithms)
+        if case == "unicode":
+            # Canonical JSON escapes only quote and backslash; everything else is raw UTF-8.
+            self.target.unrecognized_fields["custom"] = {
+                "release_notes": 'Grüße "quoted" \\ back\nslash\t✓ 🚀',
+                "nested": {"b": [1, -2, 3000000000], "a": None, "Z": True},
+            }
         self.image = image
 
-        if case == "root-rotation":
+        if case in ("root-rotation", "rotation-from-expired-root"):
             self.rotate_root()
         self.sign_roles()
 
@@ -185,6 +208,7 @@ class RepoBuilder:
             self.signers[role] = [new_signer(kind) for _ in self.signers[role]]
         root = copy.deepcopy(self.roots[-1].signed)
         root.version += 1
+        root.expires = in_days(365)
         for role in ("root", "timestamp", "snapshot", "targets"):
             for keyid in list(root.roles[role].keyids):
                 root.revoke_key(keyid, role)
@@ -198,7 +222,7 @@ class RepoBuilder:
         self.role_docs: dict[str, Metadata] = {}
         if self.delegated:
             inner = Targets(version=1, expires=in_days(90))
-            inner.targets[TARGET_NAME] = self.target
+            inner.targets[self.target_name] = self.target
             keys = {s.public_key.keyid: s.public_key for s in self.signers[DELEGATED_ROLE]}
             targets.delegations = Delegations(
                 keys=keys,
@@ -214,44 +238,56 @@ class RepoBuilder:
             )
             self.role_docs[DELEGATED_ROLE] = self._signed(inner, self.signers[DELEGATED_ROLE])
         else:
-            targets.targets[TARGET_NAME] = self.target
+            targets.targets[self.target_name] = self.target
         self.role_docs["targets"] = self._signed(targets, self.signers["targets"])
 
         snapshot = Snapshot(version=1, expires=in_days(7))
         for role, md in self.role_docs.items():
-            snapshot.meta[f"{role}.json"] = MetaFile(version=md.signed.version)
+            snapshot.meta[f"{role}.json"] = self.meta_file(md)
         self.snapshot = self._signed(snapshot, self.signers["snapshot"])
         self.sign_timestamp(timestamp_expires or in_days(1))
 
     def sign_timestamp(self, expires: datetime) -> None:
         timestamp = Timestamp(
-            version=1, expires=expires, snapshot_meta=MetaFile(version=self.snapshot.signed.version)
+            version=1, expires=expires, snapshot_meta=self.meta_file(self.snapshot)
         )
         self.timestamp = self._signed(timestamp, self.signers["timestamp"])
+
+    def meta_file(self, md: Metadata) -> MetaFile:
+        """How snapshot and timestamp describe a file: its version, and in the
+        snapshot-hashes case also the length and sha256 of its exact bytes."""
+        if self.case == "snapshot-hashes":
+            return MetaFile.from_data(md.signed.version, md.to_bytes(self.serializer), ["sha256"])
+        return MetaFile(version=md.signed.version)
+
+    def meta_name(self, role: str, version: int) -> str:
+        return f"{version}.{role}.json" if self.consistent else f"{role}.json"
 
     def write(self, out: str) -> None:
         meta_dir = os.path.join(out, "metadata")
         os.makedirs(meta_dir)
-        serializer = JSONSerializer(compact=False)
+        serializer = self.serializer
         for root in self.roots:
             root.to_file(os.path.join(meta_dir, f"{root.signed.version}.root.json"), serializer)
         for role, md in self.role_docs.items():
-            md.to_file(os.path.join(meta_dir, f"{md.signed.version}.{role}.json"), serializer)
+            md.to_file(os.path.join(meta_dir, self.meta_name(role, md.signed.version)), serializer)
         self.snapshot.to_file(
-            os.path.join(meta_dir, f"{self.snapshot.signed.version}.snapshot.json"), serializer
+            os.path.join(meta_dir, self.meta_name("snapshot", self.snapshot.signed.version)),
+            serializer,
         )
         self.timestamp.to_file(os.path.join(meta_dir, "timestamp.json"), serializer)
         # Consistent target names: <hash>.<basename> for every listed hash.
-        target_dir = os.path.join(out, "targets", os.path.dirname(TARGET_NAME))
+        target_dir = os.path.join(out, "targets", os.path.dirname(self.target_name))
         os.makedirs(target_dir)
-        for digest in self.target.hashes.values():
-            name = f"{digest}.{os.path.basename(TARGET_NAME)}"
+        basename = os.path.basename(self.target_name)
+        names = [f"{d}.{basename}" for d in self.target.hashes.values()]
+        for name in names if self.consistent else [basename]:
             with open(os.path.join(target_dir, name), "wb") as f:
                 f.write(self.image)
 
     def holder_file(self, repo: str) -> str:
         md = self.role_docs[self.holder]
-        return os.path.join(repo, "metadata", f"{md.signed.version}.{self.holder}.json")
+        return os.path.join(repo, "metadata", self.meta_name(self.holder, md.signed.version))
 
 
 def edit_json(path: str, edit) -> None:  # noqa: ANN001
@@ -290,12 +326,20 @@ def build(case: str, out: str) -> dict:
     repo = variant("targets-modified")
 
     def add_custom(doc: dict) -> None:
-        doc["signed"]["targets"][TARGET_NAME]["custom"] = {"injected": "by an attacker"}
+        doc["signed"]["targets"][builder.target_name]["custom"] = {"injected": "by an attacker"}
 
     edit_json(builder.holder_file(repo), add_custom)
 
     repo = variant("signature-removed")
     edit_json(builder.holder_file(repo), lambda doc: doc["signatures"].pop())
+
+    # Threshold counts keys, not signatures: the one valid signature twice is still one.
+    repo = variant("signature-duplicated")
+
+    def duplicate_first(doc: dict) -> None:
+        doc["signatures"][1] = copy.deepcopy(doc["signatures"][0])
+
+    edit_json(builder.holder_file(repo), duplicate_first)
 
     repo = variant("timestamp-expired")
     builder.sign_timestamp(in_days(-1))
@@ -303,14 +347,14 @@ def build(case: str, out: str) -> dict:
         os.path.join(repo, "metadata", "timestamp.json"), JSONSerializer(compact=False)
     )
 
-    if case == "root-rotation":
+    if case in ("root-rotation", "rotation-from-expired-root"):
         repo = variant("root-new-keys-only")
         builder.root_new_keys_only.to_file(
             os.path.join(repo, "metadata", "2.root.json"), JSONSerializer(compact=False)
         )
 
     return {
-        "target_name": TARGET_NAME,
+        "target_name": builder.target_name,
         "expected": expected,
         "expected_sha256": hashlib.sha256(image).hexdigest(),
         "root": os.path.join(valid, "metadata", "1.root.json"),
@@ -331,7 +375,7 @@ class FileFetcher(FetcherInterface):
         return iter([data])
 
 
-def reference_verdict(repo: str, trusted_root: str, work: str) -> str | None:
+def reference_verdict(repo: str, trusted_root: str, target_name: str, work: str) -> str | None:
     """What python-tuf says of a repository: None if it downloads the target
     with the right bytes, else its refusal."""
     metadata_dir = os.path.join(work, "metadata")
@@ -350,7 +394,7 @@ def reference_verdict(repo: str, trusted_root: str, work: str) -> str | None:
             bootstrap=root,
         )
         updater.refresh()
-        info = updater.get_targetinfo(TARGET_NAME)
+        info = updater.get_targetinfo(target_name)
         if info is None:
             return "target not found"
         path = updater.download_target(info)
@@ -369,7 +413,9 @@ def self_check(manifest: dict, out: str) -> None:
     """python-tuf is the reference: if it does not accept `valid` and refuse
     every variant, the repository (not the client under test) is wrong."""
     for name, repo in manifest["repos"].items():
-        verdict = reference_verdict(repo, manifest["root"], os.path.join(out, "reference", name))
+        verdict = reference_verdict(
+            repo, manifest["root"], manifest["target_name"], os.path.join(out, "reference", name)
+        )
         if (verdict is None) != (name == "valid"):
             raise SystemExit(f"python-tuf itself gives {name!r} the verdict {verdict or 'accepted'}")
         manifest.setdefault("reference_verdicts", {})[name] = verdict or "accepted"

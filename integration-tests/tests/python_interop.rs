@@ -337,6 +337,10 @@ fn common_refusals(holder: &str, hash: &str) -> Vec<(&'static str, String)> {
             format!("{holder} metadata has 1 valid signature(s) of the 2 required"),
         ),
         (
+            "signature-duplicated",
+            format!("{holder} metadata has 1 valid signature(s) of the 2 required"),
+        ),
+        (
             "timestamp-expired",
             "timestamp metadata expired at".to_owned(),
         ),
@@ -390,12 +394,7 @@ fn python_repo_delegated_role() {
 /// and verify the rest with its keys, and refuse a 2.root the old root key did not sign.
 #[test]
 fn python_repo_root_rotation() {
-    let mut refusals = common_refusals("targets", "sha256");
-    refusals.push((
-        "root-new-keys-only",
-        "root metadata has 0 valid signature(s) of the 1 required".to_owned(),
-    ));
-    let run = our_client_reads_python_repo("root-rotation", &refusals);
+    let run = our_client_reads_python_repo("root-rotation", &rotation_refusals());
     // The rotation is persisted: the trusted root is now version 2.
     let root = read_json(&run.metadata_dir().join("root.json"));
     assert_eq!(
@@ -453,4 +452,58 @@ fn describe(out: &Output) -> String {
 
 fn assert_success(out: &Output, what: &str) {
     assert!(out.status.success(), "{what} failed: {}", describe(out));
+}
+
+fn rotation_refusals() -> Vec<(&'static str, String)> {
+    let mut refusals = common_refusals("targets", "sha256");
+    refusals.push((
+        "root-new-keys-only",
+        "root metadata has 0 valid signature(s) of the 1 required".to_owned(),
+    ));
+    refusals
+}
+
+/// The trusted 1.root has expired: only the newest root's expiry counts (spec 5.3.10).
+#[test]
+fn python_repo_rotation_from_expired_root() {
+    let run = our_client_reads_python_repo("rotation-from-expired-root", &rotation_refusals());
+    let root = read_json(&run.metadata_dir().join("root.json"));
+    assert_eq!(
+        root["signed"]["version"], 2,
+        "trusted root after the rotation"
+    );
+}
+
+/// consistent_snapshot false: snapshot.json, targets.json and the target by its plain name.
+#[test]
+fn python_repo_without_consistent_snapshots() {
+    our_client_reads_python_repo(
+        "no-consistent-snapshot",
+        &common_refusals("targets", "sha256"),
+    );
+}
+
+/// Snapshot and timestamp give the length and sha256 of the files they list:
+/// changed targets metadata is refused by those before any signature is checked.
+#[test]
+fn python_repo_with_snapshot_hashes() {
+    let mut refusals = common_refusals("targets", "sha256");
+    for (variant, reason) in &mut refusals {
+        *reason = match *variant {
+            // Longer than the length the snapshot signed: cut off while it arrives.
+            "targets-modified" => "1.targets.json: more than the limit of".to_owned(),
+            "signature-removed" => "targets metadata: length".to_owned(),
+            "signature-duplicated" => "targets metadata: sha256 mismatch".to_owned(),
+            _ => continue,
+        };
+    }
+    our_client_reads_python_repo("snapshot-hashes", &refusals);
+}
+
+/// A target path with non-ASCII and spaces, custom fields with escapes,
+/// control characters, emoji and big integers: canonical JSON must match
+/// securesystemslib's byte for byte or no signature verifies.
+#[test]
+fn python_repo_unicode_names_and_custom_fields() {
+    our_client_reads_python_repo("unicode", &common_refusals("targets", "sha256"));
 }
