@@ -147,13 +147,16 @@ fn tampered_image_is_rejected_and_reported() {
     let fx = Fixture::new().expect("fixture");
     fx.release("1.1.0", true, 128 * 1024, &[HARDWARE_ID])
         .expect("release");
-    // Flip one byte of every stored copy of the image on the server.
+    // Flip one byte of every stored copy of the image on the server. The
+    // copies are hard links of one file: replace each name with its own
+    // tampered file so no flip undoes another.
     let targets = fx.server.repository_dir().join("targets");
     for entry in std::fs::read_dir(&targets).expect("targets dir") {
         let path = entry.expect("entry").path();
         let mut bytes = std::fs::read(&path).expect("read");
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
+        std::fs::remove_file(&path).expect("unlink");
         std::fs::write(&path, bytes).expect("tamper");
     }
     let dev = fx.device("dev-1").expect("device");
