@@ -320,9 +320,9 @@ impl<T: Transport> TufClient<T> {
         let stream = self
             .transport
             .fetch_stream(&url, offset)
-            .map_err(|source| TufError::Fetch {
+            .map_err(|error| TufError::Fetch {
                 url: url.to_string(),
-                source,
+                error,
             })?;
         Ok(Box::new(stream.take(target.length - offset + 1)))
     }
@@ -351,9 +351,9 @@ impl<T: Transport> TufClient<T> {
     }
 
     fn download_into(&self, target: &Target, tmp: &Path) -> Result<(), TufError> {
-        let verify_err = |source| TufError::TargetVerify {
+        let verify_err = |error| TufError::TargetVerify {
             target: target.name.clone(),
-            source,
+            error,
         };
         let mut verifier =
             StreamVerifier::new(target.digests.clone(), target.length).map_err(verify_err)?;
@@ -371,7 +371,7 @@ impl<T: Transport> TufClient<T> {
                             .target_url(target)
                             .map(|u| u.to_string())
                             .unwrap_or_default(),
-                        source: FetchError::Transport(e.to_string()),
+                        error: FetchError::Transport(e.to_string()),
                     })
                 }
             };
@@ -771,10 +771,10 @@ fn not_loaded(role: &str) -> TufError {
     }
 }
 
-fn fetch_err(url: &Url, source: FetchError) -> TufError {
+fn fetch_err(url: &Url, error: FetchError) -> TufError {
     TufError::Fetch {
         url: url.to_string(),
-        source,
+        error,
     }
 }
 

@@ -171,12 +171,11 @@ impl Target {
 /// was refused so the one-line message is enough to diagnose it.
 #[derive(Debug, thiserror::Error)]
 pub enum TufError {
-    #[error("fetching {url}: {source}")]
-    Fetch {
-        url: String,
-        #[source]
-        source: FetchError,
-    },
+    // The cause is part of the message (one line says it all, in reports and
+    // logs), so it is deliberately not also exposed as `source()`: error
+    // chains would print it twice.
+    #[error("fetching {url}: {error}")]
+    Fetch { url: String, error: FetchError },
     #[error("{role} metadata expired at {expires}")]
     Expired { role: String, expires: String },
     #[error("rollback attack on {role}: trusted version {trusted}, offered version {new}")]
@@ -234,22 +233,14 @@ pub enum TufError {
     NoTrustedRoot { path: String },
     #[error("no trusted {role} metadata: refresh first")]
     NotLoaded { role: String },
-    #[error("target {target}: {source}")]
-    TargetVerify {
-        target: String,
-        #[source]
-        source: VerifyError,
-    },
+    #[error("target {target}: {error}")]
+    TargetVerify { target: String, error: VerifyError },
     #[error("target {target} has invalid release fields: {detail}")]
     InvalidRelease { target: String, detail: String },
     #[error("invalid target name {name:?}: {detail}")]
     InvalidTargetName { name: String, detail: String },
     #[error("URL for {what}: {detail}")]
     Url { what: String, detail: String },
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
 }

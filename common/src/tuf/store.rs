@@ -90,10 +90,10 @@ impl Store {
     }
 }
 
-pub(crate) fn io_err(path: &Path, source: io::Error) -> TufError {
+pub(crate) fn io_err(path: &Path, error: io::Error) -> TufError {
     TufError::Io {
         path: path.display().to_string(),
-        source,
+        error,
     }
 }
 

@@ -713,7 +713,7 @@ fn endless_data_is_cut_off() {
         matches!(
             err,
             TufError::TargetVerify {
-                source: crate::hash::VerifyError::TooLong { .. },
+                error: crate::hash::VerifyError::TooLong { .. },
                 ..
             }
         ),
@@ -731,7 +731,7 @@ fn endless_data_is_cut_off() {
         matches!(
             err,
             TufError::Fetch {
-                source: FetchError::TooLarge { limit: 100 },
+                error: FetchError::TooLarge { limit: 100 },
                 ..
             }
         ),
@@ -752,7 +752,7 @@ fn snapshot_longer_than_signed_length_is_too_large() {
         matches!(
             err,
             TufError::Fetch {
-                source: FetchError::TooLarge { .. },
+                error: FetchError::TooLarge { .. },
                 ..
             }
         ),

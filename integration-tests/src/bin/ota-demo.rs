@@ -5,6 +5,7 @@
 use anyhow::Context;
 use integration_tests::device::{Boot, RunEnd, SimDevice};
 use integration_tests::fixture::{Fixture, HARDWARE_ID};
+use ota_common::wire::UpdateStatus;
 use std::time::Instant;
 
 const DEVICES: usize = 4;
@@ -47,13 +48,26 @@ fn run() -> anyhow::Result<()> {
 
     println!("\nserver's view of the fleet:");
     for d in fx.server.devices()? {
+        let last_update = fx
+            .server
+            .events(&d.device_id)?
+            .into_iter()
+            .rev()
+            .find(|e| e.status != UpdateStatus::Idle)
+            .map(|e| {
+                format!(
+                    "{} {}{}",
+                    e.status,
+                    e.target_version.unwrap_or_default(),
+                    e.reason.map(|r| format!(" ({r})")).unwrap_or_default()
+                )
+            })
+            .unwrap_or_else(|| "none".into());
         println!(
-            "  {:<8} running {:<6} slot {}  last status {:<12} {}",
+            "  {:<8} running {:<6} from slot {}  last update: {last_update}",
             d.device_id,
             d.installed_version,
             d.booted_slot.as_deref().unwrap_or("?"),
-            d.status.to_string(),
-            d.reason.map(|r| format!("({r})")).unwrap_or_default()
         );
     }
     println!(
@@ -69,6 +83,10 @@ fn run() -> anyhow::Result<()> {
 }
 
 fn update_fleet(fx: &Fixture, devices: &[SimDevice]) -> anyhow::Result<()> {
+    let seen_before: Vec<usize> = devices
+        .iter()
+        .map(|d| fx.server.events(&d.id).map(|e| e.len()).unwrap_or(0))
+        .collect();
     let results: Vec<anyhow::Result<Vec<Boot>>> = std::thread::scope(|s| {
         let handles: Vec<_> = devices
             .iter()
@@ -82,26 +100,41 @@ fn update_fleet(fx: &Fixture, devices: &[SimDevice]) -> anyhow::Result<()> {
             })
             .collect()
     });
-    for (device, result) in devices.iter().zip(results) {
+    for ((device, result), before) in devices.iter().zip(results).zip(seen_before) {
         let boots = result.with_context(|| format!("device {}", device.id))?;
-        println!("  {}: {}", device.id, story(&boots));
-        let _ = fx;
+        println!("  {}: {}", device.id, boot_story(&boots));
+        let events = fx.server.events(&device.id)?;
+        let reported: Vec<String> = events
+            .iter()
+            .skip(before)
+            .filter(|e| e.status != UpdateStatus::Idle)
+            .map(|e| match &e.reason {
+                Some(reason) => format!("{} ({reason})", e.status),
+                None => e.status.to_string(),
+            })
+            .collect();
+        println!(
+            "  {:>w$}  reported: {}",
+            "",
+            reported.join(" -> "),
+            w = device.id.len()
+        );
     }
     Ok(())
 }
 
-/// One line per device: which slot booted with which release, and why it rebooted.
-fn story(boots: &[Boot]) -> String {
+/// Which slot booted with which release, and how each boot ended.
+fn boot_story(boots: &[Boot]) -> String {
     boots
         .iter()
         .map(|b| {
             let what = match b.end {
-                RunEnd::RebootRequested => "-> reboot",
-                RunEnd::PowerCut => "-> power cut",
-                RunEnd::Exited(_) => "-> settled",
+                RunEnd::RebootRequested => "reboot",
+                RunEnd::PowerCut => "power cut",
+                RunEnd::Exited(_) => "settled",
             };
             format!(
-                "boot slot {} ({}) {what}",
+                "slot {} ({}) -> {what}",
                 b.slot,
                 b.release.as_deref().unwrap_or("empty")
             )
