@@ -317,13 +317,13 @@ impl<T: Transport> TufClient<T> {
             });
         }
         let url = self.target_url(target)?;
-        let stream = self
-            .transport
-            .fetch_stream(&url, offset)
-            .map_err(|error| TufError::Fetch {
-                url: url.to_string(),
-                error,
-            })?;
+        let stream =
+            self.transport
+                .fetch_stream(&url, offset)
+                .map_err(|error| TufError::Fetch {
+                    url: url.to_string(),
+                    error,
+                })?;
         Ok(Box::new(stream.take(target.length - offset + 1)))
     }
 
