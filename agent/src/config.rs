@@ -62,6 +62,57 @@ pub struct Config {
     pub boot: BootConfig,
     #[serde(default)]
     pub health_check: Vec<HealthCheckConfig>,
+    #[serde(default)]
+    pub download: DownloadConfig,
+    #[serde(default)]
+    pub watchdog: WatchdogConfig,
+}
+
+/// `[download]`: retries and durable checkpoints of the image download.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DownloadConfig {
+    /// Network failures tolerated in a row within one poll, each followed by
+    /// a Range request from where the stream broke off.
+    pub retries: u32,
+    /// First wait before a retry; doubles at each failure in a row (with jitter).
+    pub retry_initial_ms: u64,
+    /// Longest wait between two tries.
+    pub retry_max_ms: u64,
+    /// The slot is fsynced and the offset saved in state.json after every
+    /// this many bytes, so a restart resumes there instead of at byte 0.
+    pub checkpoint_bytes: u64,
+}
+
+impl Default for DownloadConfig {
+    fn default() -> Self {
+        DownloadConfig {
+            retries: 5,
+            retry_initial_ms: 1000,
+            retry_max_ms: 30_000,
+            checkpoint_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[watchdog]`: the optional hardware watchdog (the systemd watchdog needs no
+/// configuration: it is on when systemd sets `WATCHDOG_USEC`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchdogConfig {
+    /// Watchdog device such as `/dev/watchdog`; off when absent.
+    pub device: Option<PathBuf>,
+    /// Hardware timeout to program; the agent pets it at half of that.
+    pub timeout_secs: u32,
+}
+
+impl Default for WatchdogConfig {
+    fn default() -> Self {
+        WatchdogConfig {
+            device: None,
+            timeout_secs: 60,
+        }
+    }
 }
 
 /// `[slots]`: the two A/B slots (files or block devices).
@@ -73,6 +124,13 @@ pub struct SlotsConfig {
     /// Largest image a slot takes, in bytes. Block devices are also limited by their size.
     #[serde(default)]
     pub max_image_bytes: Option<u64>,
+    /// Partition UUID of slot A, to recognise `root=PARTUUID=...` on the
+    /// kernel command line when the slot parameter is absent.
+    #[serde(default)]
+    pub a_partuuid: Option<String>,
+    /// Partition UUID of slot B (see `a_partuuid`).
+    #[serde(default)]
+    pub b_partuuid: Option<String>,
 }
 
 /// Which bootloader backend drives A/B selection.
@@ -216,6 +274,48 @@ impl Config {
         }
         if self.slots.b.as_os_str().is_empty() {
             return Err(invalid("slots.b", "must not be empty"));
+        }
+        for (key, uuid) in [
+            ("slots.a_partuuid", &self.slots.a_partuuid),
+            ("slots.b_partuuid", &self.slots.b_partuuid),
+        ] {
+            if let Some(uuid) = uuid {
+                let ok = !uuid.is_empty()
+                    && uuid.len() <= 64
+                    && uuid.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+                if !ok {
+                    return Err(invalid(key, "must be a partition UUID (hex digits and -)"));
+                }
+            }
+        }
+        if self.slots.a_partuuid.is_some()
+            && self.slots.a_partuuid.as_deref().map(str::to_ascii_lowercase)
+                == self.slots.b_partuuid.as_deref().map(str::to_ascii_lowercase)
+        {
+            return Err(invalid("slots.b_partuuid", "must differ from slots.a_partuuid"));
+        }
+        if self.download.retry_initial_ms == 0 {
+            return Err(invalid("download.retry_initial_ms", "must be at least 1"));
+        }
+        if self.download.retry_max_ms < self.download.retry_initial_ms {
+            return Err(invalid(
+                "download.retry_max_ms",
+                "must be at least download.retry_initial_ms",
+            ));
+        }
+        if self.download.retries > 100 {
+            return Err(invalid("download.retries", "must be at most 100"));
+        }
+        if self.download.checkpoint_bytes == 0 {
+            return Err(invalid("download.checkpoint_bytes", "must be at least 1"));
+        }
+        if let Some(device) = &self.watchdog.device {
+            if device.as_os_str().is_empty() {
+                return Err(invalid("watchdog.device", "must not be empty"));
+            }
+            if !(2..=3600).contains(&self.watchdog.timeout_secs) {
+                return Err(invalid("watchdog.timeout_secs", "must be between 2 and 3600"));
+            }
         }
         if self.slots.max_image_bytes == Some(0) {
             return Err(invalid("slots.max_image_bytes", "must be at least 1"));

@@ -6,6 +6,7 @@
 //! One module per concern:
 //! * [`config`]: the TOML configuration.
 //! * [`slot`]: A/B slots and the only code that writes one (never the booted one).
+//! * [`blockdev`]: block-device size, mount and holder checks, buffer-cache flush.
 //! * [`bootloader`]: the bootloader trait and its backends ([`bootloader::sim`]).
 //! * [`booted`]: which slot runs, which boot this is.
 //! * [`state`]: the persisted state.
@@ -16,6 +17,7 @@
 //! * [`source`]: verified releases from the TUF client.
 //! * [`lock`]: one agent process at a time.
 
+pub mod blockdev;
 pub mod booted;
 pub mod bootloader;
 pub mod config;

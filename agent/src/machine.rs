@@ -181,7 +181,7 @@ impl Machine {
             }
 
             // An interrupted download leaves an untrusted slot; the next poll starts over.
-            Phase::Downloading { slot, target } => {
+            Phase::Downloading { slot, target, .. } => {
                 info!(%slot, target = %target.name, version = %target.version,
                     "download was interrupted; abandoning it (the next poll starts over)");
                 self.enter(Phase::Idle)?;
@@ -291,6 +291,7 @@ impl Machine {
         self.enter(Phase::Downloading {
             slot,
             target: tref.clone(),
+            checkpoint: 0,
         })?;
         self.report(UpdateStatus::Downloading, Some(&tref), None);
 
@@ -457,7 +458,7 @@ impl Machine {
         let to = phase.name();
         let (slot, target, version) = match &phase {
             Phase::Idle => ("-".to_owned(), "-".to_owned(), "-".to_owned()),
-            Phase::Downloading { slot, target }
+            Phase::Downloading { slot, target, .. }
             | Phase::Installed { slot, target }
             | Phase::Trying { slot, target, .. }
             | Phase::RollingBack { slot, target, .. } => (

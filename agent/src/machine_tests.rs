@@ -331,6 +331,7 @@ fn interrupted_download_is_abandoned() {
     state.phase = Phase::Downloading {
         slot: SlotId::B,
         target: target_ref("img", "2.0.0", b"x"),
+        checkpoint: 0,
     };
     dev.store().save(&state).expect("save");
     let mut m = dev.agent();

@@ -6,7 +6,7 @@ use ota_common::hash::{Digests, StreamVerifier, VerifyError};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// Size of the buffer used to read a slot back.
@@ -71,6 +71,12 @@ pub enum SlotError {
         path: PathBuf,
         length: u64,
         capacity: u64,
+    },
+    #[error("refusing to write slot {slot} ({path}): {detail}")]
+    InUse {
+        slot: SlotId,
+        path: PathBuf,
+        detail: String,
     },
     #[error("slot {slot} ({path}): {action}: {source}")]
     Io {
@@ -148,15 +154,33 @@ pub struct SlotWriter {
     length: u64,
     written: u64,
     is_regular_file: bool,
+    is_block: bool,
 }
 
 impl SlotWriter {
     /// Opens `slot` to receive an image of `length` bytes, while `booted` runs.
+    pub fn open(slot: &Slot, booted: &Slot, length: u64) -> Result<SlotWriter, SlotError> {
+        Self::open_at(slot, booted, length, 0)
+    }
+
+    /// Opens `slot` to receive an image of `length` bytes, keeping its first
+    /// `resume_from` bytes (an interrupted download's durable checkpoint;
+    /// the caller re-hashes them with [`SlotWriter::rehash_prefix`]). When a
+    /// file slot is shorter than that, the write starts over at byte 0:
+    /// [`SlotWriter::written`] tells where it really starts.
     ///
     /// This is the only place a slot is opened for writing, so the check
     /// against the booted slot lives here: by id, and by device and inode in
     /// case both paths name the same file (a symlink or a misconfiguration).
-    pub fn open(slot: &Slot, booted: &Slot, length: u64) -> Result<SlotWriter, SlotError> {
+    /// A block device must not be mounted (nor any of its partitions), is
+    /// opened exclusively (O_EXCL: the kernel refuses to mount it meanwhile)
+    /// and must be large enough: all checked before the first byte is written.
+    pub fn open_at(
+        slot: &Slot,
+        booted: &Slot,
+        length: u64,
+        resume_from: u64,
+    ) -> Result<SlotWriter, SlotError> {
         if slot.id == booted.id || slot.path == booted.path {
             return Err(SlotError::Booted {
                 slot: slot.id,
@@ -177,16 +201,45 @@ impl SlotWriter {
         // slot first, and only then is a regular file emptied (its old
         // content is untrusted from now on). Block devices are never created.
         let is_block = is_block_device(&slot.path);
-        let file = OpenOptions::new()
+        if is_block {
+            let in_use = crate::blockdev::in_use(&slot.path)
+                .map_err(slot.io("checking whether the block device is in use"))?;
+            if let Some(in_use) = in_use {
+                return Err(SlotError::InUse {
+                    slot: slot.id,
+                    path: slot.path.clone(),
+                    detail: in_use.to_string(),
+                });
+            }
+        }
+        let mut options = OpenOptions::new();
+        options
             .write(true)
             .read(true)
             .create(!is_block)
-            .truncate(false)
-            .open(&slot.path)
-            .map_err(slot.io("opening for writing"))?;
+            .truncate(false);
+        if is_block {
+            options.custom_flags(nix::fcntl::OFlag::O_EXCL.bits());
+        }
+        let file = options.open(&slot.path).map_err(|source| {
+            if is_block && source.raw_os_error() == Some(nix::errno::Errno::EBUSY as i32) {
+                SlotError::InUse {
+                    slot: slot.id,
+                    path: slot.path.clone(),
+                    detail: "the kernel reports the block device busy (mounted or claimed)".into(),
+                }
+            } else {
+                (slot.io("opening for writing"))(source)
+            }
+        })?;
         let meta = file.metadata().map_err(slot.io("stat"))?;
         if let Ok(booted_meta) = std::fs::metadata(&booted.path) {
-            if booted_meta.dev() == meta.dev() && booted_meta.ino() == meta.ino() {
+            let same = if meta.file_type().is_block_device() {
+                booted_meta.rdev() == meta.rdev()
+            } else {
+                booted_meta.dev() == meta.dev() && booted_meta.ino() == meta.ino()
+            };
+            if same {
                 return Err(SlotError::SameAsBooted {
                     slot: slot.id,
                     path: slot.path.clone(),
@@ -195,25 +248,32 @@ impl SlotWriter {
                 });
             }
         }
+        let mut start = resume_from.min(length);
         if meta.file_type().is_file() {
-            file.set_len(0).map_err(slot.io("truncating"))?;
+            if meta.len() < start {
+                tracing::warn!(slot = %slot.id, path = %slot.path.display(), checkpoint = start, size = meta.len(),
+                    "slot is shorter than the download checkpoint; starting over");
+                start = 0;
+            }
+            // Bytes past the checkpoint were never made durable: drop them.
+            file.set_len(start).map_err(slot.io("truncating"))?;
         }
         let mut writer = SlotWriter {
             slot: slot.clone(),
             file,
             length,
-            written: 0,
+            written: start,
             is_regular_file: meta.file_type().is_file(),
+            is_block: meta.file_type().is_block_device(),
         };
-        if meta.file_type().is_block_device() {
-            let capacity = writer
-                .file
-                .seek(SeekFrom::End(0))
-                .map_err(slot.io("measuring the block device"))?;
-            writer
-                .file
-                .seek(SeekFrom::Start(0))
-                .map_err(slot.io("seek"))?;
+        if writer.is_block {
+            let capacity = match crate::blockdev::size(&writer.file) {
+                Ok(size) => size,
+                Err(_) => writer
+                    .file
+                    .seek(SeekFrom::End(0))
+                    .map_err(slot.io("measuring the block device"))?,
+            };
             if length > capacity {
                 return Err(SlotError::TooLarge {
                     slot: slot.id,
@@ -223,7 +283,55 @@ impl SlotWriter {
                 });
             }
         }
+        writer
+            .file
+            .seek(SeekFrom::Start(start))
+            .map_err(slot.io("seek"))?;
         Ok(writer)
+    }
+
+    /// Feeds the bytes already in the slot (0..[`SlotWriter::written`]) to
+    /// `verifier`: one pass, one buffer, so a resumed download is verified as
+    /// a whole as if it had streamed in one go.
+    pub fn rehash_prefix(&self, verifier: &mut StreamVerifier) -> Result<(), SlotError> {
+        use std::os::unix::fs::FileExt;
+        let slot = &self.slot;
+        let mut buf = vec![0u8; READ_BACK_CHUNK];
+        let mut offset = 0u64;
+        while offset < self.written {
+            let want = usize::try_from(self.written - offset)
+                .unwrap_or(usize::MAX)
+                .min(buf.len());
+            let n = match self.file.read_at(&mut buf[..want], offset) {
+                Ok(0) => {
+                    return Err(SlotError::Io {
+                        slot: slot.id,
+                        path: slot.path.clone(),
+                        action: "re-reading the downloaded part",
+                        source: io::Error::from(io::ErrorKind::UnexpectedEof),
+                    })
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err((slot.io("re-reading the downloaded part"))(e)),
+            };
+            verifier
+                .update(&buf[..n])
+                .map_err(|source| SlotError::ReadBack {
+                    slot: slot.id,
+                    path: slot.path.clone(),
+                    source,
+                })?;
+            offset += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Makes everything written so far durable (for a download checkpoint).
+    pub fn sync(&mut self) -> Result<(), SlotError> {
+        let slot = &self.slot;
+        self.file.flush().map_err(slot.io("flushing"))?;
+        self.file.sync_data().map_err(slot.io("fsync"))
     }
 
     /// Writes the next chunk (already fed to the stream verifier by the caller).
@@ -261,6 +369,7 @@ impl SlotWriter {
             slot: self.slot,
             file: self.file,
             length: self.written,
+            is_block: self.is_block,
         })
     }
 }
@@ -271,6 +380,7 @@ pub struct WrittenSlot {
     slot: Slot,
     file: File,
     length: u64,
+    is_block: bool,
 }
 
 impl WrittenSlot {
@@ -278,7 +388,7 @@ impl WrittenSlot {
     /// against the signed digests again, so a bad write (flash error, short
     /// write, a bug) is caught before the bootloader is told to boot it.
     pub fn verify_read_back(mut self, digests: &Digests) -> Result<(), SlotError> {
-        drop_page_cache(&self.file);
+        drop_page_cache(&self.file, self.is_block);
         self.file
             .seek(SeekFrom::Start(0))
             .map_err(self.slot.io("seek"))?;
@@ -299,10 +409,16 @@ impl WrittenSlot {
 }
 
 /// Asks the kernel to drop the cached pages of `file`, so the read-back sees
-/// what storage holds rather than what we just wrote into memory. Advisory:
-/// on failure the read-back still catches everything but media errors.
-fn drop_page_cache(file: &File) {
+/// what storage holds rather than what we just wrote into memory: the block
+/// device's buffer cache (BLKFLSBUF) and the pages of the file. Advisory: on
+/// failure the read-back still catches everything but media errors.
+fn drop_page_cache(file: &File, is_block: bool) {
     use std::os::fd::AsRawFd;
+    if is_block {
+        if let Err(e) = crate::blockdev::flush_buffers(file) {
+            tracing::debug!(error = %e, "BLKFLSBUF failed; read-back may hit the buffer cache");
+        }
+    }
     if let Err(e) = nix::fcntl::posix_fadvise(
         file.as_raw_fd(),
         0,

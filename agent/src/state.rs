@@ -99,7 +99,15 @@ pub enum Phase {
     /// Nothing in progress.
     Idle,
     /// Streaming `target` into `slot`; the slot's content is untrusted.
-    Downloading { slot: SlotId, target: TargetRef },
+    /// Its first `checkpoint` bytes were written and fsynced before this
+    /// state was saved, so a restart resumes there (after re-hashing them).
+    Downloading {
+        slot: SlotId,
+        target: TargetRef,
+        /// Durable offset; absent in files written before resumption existed.
+        #[serde(default)]
+        checkpoint: u64,
+    },
     /// `target` written into `slot` and verified; the bootloader not yet armed.
     Installed { slot: SlotId, target: TargetRef },
     /// Bootloader armed to try `slot` once; reboot requested during boot `boot_id` of `previous`.
@@ -222,7 +230,18 @@ impl AgentState {
         };
         match &self.phase {
             Phase::Idle => {}
-            Phase::Downloading { target, .. } | Phase::Installed { target, .. } => check(target)?,
+            Phase::Downloading {
+                target, checkpoint, ..
+            } => {
+                check(target)?;
+                if *checkpoint > target.length {
+                    return Err(format!(
+                        "download checkpoint {checkpoint} is past the length {} of target {}",
+                        target.length, target.name
+                    ));
+                }
+            }
+            Phase::Installed { target, .. } => check(target)?,
             Phase::Trying {
                 slot,
                 previous,
@@ -362,6 +381,7 @@ pub(crate) mod tests {
             Phase::Downloading {
                 slot: SlotId::B,
                 target: t.clone(),
+                checkpoint: 3,
             },
             Phase::Installed {
                 slot: SlotId::B,
