@@ -3,6 +3,7 @@
 
 use crate::error::{RepoError, Result};
 use crate::expiry::Expiry;
+use crate::key_ref::KeyRef;
 use crate::keys::KeyType;
 use crate::layout::Layout;
 use crate::role::Role;
@@ -20,13 +21,18 @@ pub struct RepoConfig {
     /// Type of the keys `init` generated.
     pub key_type: KeyType,
     pub roles: BTreeMap<Role, RoleConfig>,
+    /// Operator name for the audit log when env OTA_OPERATOR is not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoleConfig {
-    /// Key files, relative to the repository directory (or absolute).
-    pub keys: Vec<PathBuf>,
+    /// Where the keys live: key files (relative to the repository
+    /// directory, or absolute) or PKCS#11 URIs (without PIN). A key listed
+    /// in root but kept offline (on another machine) need not be here.
+    pub keys: Vec<KeyRef>,
     pub threshold: u64,
     /// Expiry policy: a lifetime such as `30d` or an RFC 3339 instant.
     pub expires: String,
@@ -92,15 +98,8 @@ impl RepoConfig {
                 .roles
                 .get(&role)
                 .ok_or_else(|| format!("no entry for role {role}"))?;
-            if rc.keys.is_empty() {
-                return Err(format!("role {role} lists no key files"));
-            }
-            if rc.threshold == 0 || rc.threshold > rc.keys.len() as u64 {
-                return Err(format!(
-                    "role {role} has threshold {} with {} key file(s)",
-                    rc.threshold,
-                    rc.keys.len()
-                ));
+            if rc.threshold == 0 {
+                return Err(format!("role {role} has threshold 0"));
             }
             rc.expiry().map_err(|e| format!("role {role}: {e}"))?;
         }

@@ -5,9 +5,10 @@
 //! timestamp leaves `N.targets.json` and `N.snapshot.json` byte-for-byte
 //! untouched: consistent-snapshot files never change once written.
 
+use crate::audit::{self, AuditLog, Event};
 use crate::config::RepoConfig;
 use crate::error::{RepoError, Result};
-use crate::keys::{self, PemKeySource};
+use crate::key_ref::LoadedKey;
 use crate::layout::Layout;
 use crate::role::Role;
 use crate::state::RepoState;
@@ -16,23 +17,22 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::num::NonZeroU64;
 use std::path::Path;
-use tough::editor::signed::SignedRole;
-use tough::key_source::KeySource;
+use tough::schema::key::Key;
 use tough::schema::{
-    Hashes, KeyHolder, Metafile, Role as TufRole, Root, Snapshot, Targets, Timestamp,
+    Hashes, Metafile, Role as TufRole, Root, Signature, Signed, Snapshot, Targets, Timestamp,
 };
 
 pub const SPEC_VERSION: &str = "1.0.0";
 
-/// The key sources of `role` that load and that root lists for that role,
-/// after checking they reach `threshold`. Fails before anything is signed,
-/// naming every key file that could not be used.
+/// The keys of `role` that open and that root lists for that role, after
+/// checking they reach `threshold`. Fails before anything is signed,
+/// naming every key that could not be used.
 pub fn role_keys(
     layout: &Layout,
     config: &RepoConfig,
     role: Role,
     root: &Root,
-) -> Result<Vec<Box<dyn KeySource>>> {
+) -> Result<Vec<LoadedKey>> {
     let role_config = config.role(role)?;
     let (listed, threshold) = match root.roles.get(&role.role_type()) {
         Some(rk) => (
@@ -44,25 +44,28 @@ pub fn role_keys(
         ),
         None => (BTreeSet::new(), role_config.threshold),
     };
-    let mut usable: Vec<Box<dyn KeySource>> = Vec::new();
+    let mut usable: Vec<LoadedKey> = Vec::new();
     let mut problems = Vec::new();
-    for rel in &role_config.keys {
-        let path = layout.resolve(rel);
-        match keys::public_key(&path).and_then(|k| keys::key_id(&k)) {
-            Ok(id) if listed.contains(&id) => usable.push(Box::new(PemKeySource { path })),
-            Ok(id) => problems.push(format!(
-                "{}: key {id} is not a {role} key in root metadata",
-                path.display()
+    for key_ref in &role_config.keys {
+        match key_ref.open(Some(layout)) {
+            Ok(k) if usable.iter().any(|u| u.key_id == k.key_id) => {}
+            Ok(k) if listed.contains(&k.key_id) => usable.push(k),
+            Ok(k) => problems.push(format!(
+                "{}: key {} is not a {role} key in root metadata (revoked or never added)",
+                k.location, k.key_id
             )),
             Err(e) => problems.push(e.to_string()),
         }
     }
     if (usable.len() as u64) < threshold {
-        let details = if problems.is_empty() {
+        let mut details = if problems.is_empty() {
             String::new()
         } else {
             format!(": {}", problems.join("; "))
         };
+        if role == Role::Root {
+            details.push_str(" (root keys kept offline sign through `ota-repo ceremony export`, `ota-repo sign`, `ota-repo ceremony merge`)");
+        }
         return Err(RepoError::ThresholdUnreachable {
             role: role.to_string(),
             threshold,
@@ -73,21 +76,134 @@ pub fn role_keys(
     Ok(usable)
 }
 
-/// Signs one role with the given keys under `root`.
-pub async fn sign<T>(role: T, root: &Root, keys: &[Box<dyn KeySource>]) -> Result<SignedRole<T>>
+/// The audit log of a repository, with its operator.
+pub fn audit_log(layout: &Layout, config: &RepoConfig) -> AuditLog {
+    AuditLog::new(layout.root(), audit::operator(config.operator.as_deref()))
+}
+
+/// Signs the canonical form of `role` with each key, recording every
+/// signature in the audit log before it is returned.
+pub async fn signatures<T>(role: &T, keys: &[LoadedKey], log: &AuditLog) -> Result<Vec<Signature>>
 where
     T: TufRole + Serialize,
 {
     let name = T::TYPE.to_string();
-    let signed = SignedRole::new(
-        role,
-        &KeyHolder::Root(root.clone()),
-        keys,
-        &SystemRandom::new(),
-    )
-    .await
-    .map_err(RepoError::tough(format!("signing {name} metadata")))?;
-    Ok(signed)
+    let data = role
+        .canonical_form()
+        .map_err(|e| RepoError::Inconsistent(format!("serializing {name} metadata: {e}")))?;
+    let rng = SystemRandom::new();
+    let mut out = Vec::new();
+    for key in keys {
+        let sig = key.signer.sign(&data, &rng).await.map_err(|e| {
+            RepoError::InvalidArgument(format!("signing {name} with {}: {e}", key.location))
+        })?;
+        let keyid = hex::decode(&key.key_id)
+            .map_err(|e| RepoError::Inconsistent(format!("key id {}: {e}", key.key_id)))?;
+        log.record(&Event {
+            action: "sign",
+            role: &name,
+            version: role.version().get(),
+            signed_bytes: &data,
+            keyid: &key.key_id,
+            key_location: &key.location,
+        })?;
+        out.push(Signature {
+            keyid: keyid.into(),
+            sig: sig.into(),
+        });
+    }
+    Ok(out)
+}
+
+/// The file bytes of signed metadata (pretty JSON and a newline, as tough writes).
+pub fn signed_bytes<T: Serialize>(signed: &Signed<T>) -> Result<Vec<u8>> {
+    let mut buf = serde_json::to_vec_pretty(signed)
+        .map_err(|e| RepoError::Inconsistent(format!("serializing signed metadata: {e}")))?;
+    buf.push(b'\n');
+    Ok(buf)
+}
+
+/// Signs one role with the given keys (which must all be keys of the role
+/// in `root`), refusing to produce metadata below the role's threshold.
+pub async fn sign<T>(
+    role: T,
+    root: &Root,
+    keys: &[LoadedKey],
+    log: &AuditLog,
+) -> Result<SignedMeta<T>>
+where
+    T: TufRole + Serialize,
+{
+    let name = T::TYPE.to_string();
+    let threshold = root
+        .roles
+        .get(&T::TYPE)
+        .map(|rk| rk.threshold.get())
+        .ok_or_else(|| RepoError::Inconsistent(format!("root lists no {name} role")))?;
+    if (keys.len() as u64) < threshold {
+        return Err(RepoError::ThresholdUnreachable {
+            role: name,
+            threshold,
+            available: keys.len(),
+            details: String::new(),
+        });
+    }
+    let signatures = signatures(&role, keys, log).await?;
+    let signed = Signed {
+        signed: role,
+        signatures,
+    };
+    let bytes = signed_bytes(&signed)?;
+    Ok(SignedMeta { signed, bytes })
+}
+
+/// Signed metadata and its file bytes.
+#[derive(Debug)]
+pub struct SignedMeta<T> {
+    pub signed: Signed<T>,
+    pub bytes: Vec<u8>,
+}
+
+impl<T> SignedMeta<T> {
+    pub fn buffer(&self) -> &Vec<u8> {
+        &self.bytes
+    }
+}
+
+/// Whether `sig` is a valid signature of `msg` by `key` (the same checks
+/// as tough's and our device client's verification).
+pub fn verify_signature(key: &Key, msg: &[u8], sig: &[u8]) -> bool {
+    use aws_lc_rs::signature::{UnparsedPublicKey, VerificationAlgorithm};
+    use tough::schema::key::{EcdsaScheme, Ed25519Scheme, RsaScheme};
+    let (alg, public): (&'static dyn VerificationAlgorithm, &[u8]) = match key {
+        Key::Ecdsa {
+            scheme: EcdsaScheme::EcdsaSha2Nistp256,
+            keyval,
+            ..
+        }
+        | Key::EcdsaOld {
+            scheme: EcdsaScheme::EcdsaSha2Nistp256,
+            keyval,
+            ..
+        } => (
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
+            &keyval.public,
+        ),
+        Key::Ed25519 {
+            scheme: Ed25519Scheme::Ed25519,
+            keyval,
+            ..
+        } => (&aws_lc_rs::signature::ED25519, &keyval.public),
+        Key::Rsa {
+            scheme: RsaScheme::RsassaPssSha256,
+            keyval,
+            ..
+        } => (
+            &aws_lc_rs::signature::RSA_PSS_2048_8192_SHA256,
+            &keyval.public,
+        ),
+    };
+    UnparsedPublicKey::new(alg, public).verify(msg, sig).is_ok()
 }
 
 /// Version, length and sha256 of a serialized metadata file, as listed by
@@ -175,7 +291,8 @@ pub async fn sign_plan(
     for role in plan.roles() {
         keys.insert(role, role_keys(layout, config, role, &state.root.signed)?);
     }
-    let keys_of = |role: Role| -> Result<&Vec<Box<dyn KeySource>>> {
+    let log = audit_log(layout, config);
+    let keys_of = |role: Role| -> Result<&Vec<LoadedKey>> {
         keys.get(&role)
             .ok_or_else(|| RepoError::Inconsistent(format!("no keys loaded for {role}")))
     };
@@ -184,7 +301,7 @@ pub async fn sign_plan(
     if plan.root {
         root.version = next(root.version)?;
         root.expires = plan.expiry(Role::Root)?;
-        let signed = sign(root.clone(), &root, keys_of(Role::Root)?).await?;
+        let signed = sign(root.clone(), &root, keys_of(Role::Root)?, &log).await?;
         out.versioned.push((
             format!("{}.root.json", root.version),
             signed.buffer().clone(),
@@ -201,7 +318,7 @@ pub async fn sign_plan(
         targets.version = next(state.targets.signed.version)?;
         targets.expires = plan.expiry(Role::Targets)?;
         let version = targets.version;
-        let signed = sign(targets, &root, keys_of(Role::Targets)?).await?;
+        let signed = sign(targets, &root, keys_of(Role::Targets)?, &log).await?;
         out.versioned
             .push((format!("{version}.targets.json"), signed.buffer().clone()));
         metafile(signed.buffer(), version)
@@ -223,7 +340,7 @@ pub async fn sign_plan(
         snapshot
             .meta
             .insert("targets.json".to_owned(), targets_meta);
-        let signed = sign(snapshot, &root, keys_of(Role::Snapshot)?).await?;
+        let signed = sign(snapshot, &root, keys_of(Role::Snapshot)?, &log).await?;
         out.versioned
             .push((format!("{version}.snapshot.json"), signed.buffer().clone()));
         metafile(signed.buffer(), version)
@@ -245,7 +362,7 @@ pub async fn sign_plan(
         timestamp
             .meta
             .insert("snapshot.json".to_owned(), snapshot_meta);
-        let signed = sign(timestamp, &root, keys_of(Role::Timestamp)?).await?;
+        let signed = sign(timestamp, &root, keys_of(Role::Timestamp)?, &log).await?;
         out.timestamp = Some(signed.buffer().clone());
     }
     Ok(out)

@@ -85,6 +85,12 @@ pub enum RepoError {
     },
     #[error("{0}")]
     Publish(String),
+    #[error("{key}: {detail}")]
+    Pkcs11 { key: String, detail: String },
+    #[error("audit log: {0}")]
+    Audit(String),
+    #[error("ceremony: {0}")]
+    Ceremony(String),
 }
 
 impl RepoError {

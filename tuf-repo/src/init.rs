@@ -5,13 +5,14 @@ use crate::config::{RepoConfig, RoleConfig, FORMAT};
 use crate::editor::{self, metafile, MetadataFiles, SPEC_VERSION};
 use crate::error::{RepoError, Result};
 use crate::expiry::Expiry;
-use crate::keys::{self, KeyType, PemKeySource};
+use crate::key_ref::{KeyRef, LoadedKey};
+use crate::keys::{self, KeyType};
 use crate::layout::Layout;
+use crate::pkcs11::Pkcs11Uri;
 use crate::role::Role;
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU64;
 use std::path::PathBuf;
-use tough::key_source::KeySource;
 use tough::schema::{RoleKeys, Root, Snapshot, Targets, Timestamp};
 
 /// Most keys per role `init` will generate (a guard against typos such as `root=100`).
@@ -23,6 +24,12 @@ pub struct InitOptions {
     pub keys: BTreeMap<Role, u64>,
     pub thresholds: BTreeMap<Role, u64>,
     pub expires: BTreeMap<Role, Expiry>,
+    /// Generate every key in this token (a `pkcs11:` URI naming the token
+    /// and module, without object) instead of in key files.
+    pub key_store: Option<Pkcs11Uri>,
+    /// Explicit token keys per role (generated at these URIs); a role given
+    /// here has exactly these keys.
+    pub key_uris: BTreeMap<Role, Vec<Pkcs11Uri>>,
 }
 
 /// Creates the repository; refuses a non-empty existing directory.
@@ -57,25 +64,30 @@ pub async fn init(layout: &Layout, options: &InitOptions) -> Result<RepoConfig> 
         roles: HashMap::new(),
         _extra: HashMap::new(),
     };
-    let mut sources: BTreeMap<Role, Vec<Box<dyn KeySource>>> = BTreeMap::new();
+    let mut sources: BTreeMap<Role, Vec<LoadedKey>> = BTreeMap::new();
     for role in Role::ALL {
         let rc = config.role(role)?;
         let mut keyids = Vec::new();
-        for rel in &rc.keys {
-            let path = layout.resolve(rel);
-            let pem = keys::generate_pem(config.key_type)?;
-            ota_common::atomic::write_atomic_with_mode(&path, pem.as_bytes(), 0o600)
-                .map_err(RepoError::io(&path))?;
-            let public = keys::public_key(&path)?;
+        for key_ref in &rc.keys {
+            match key_ref {
+                KeyRef::File(rel) => {
+                    let path = layout.resolve(rel);
+                    let pem = keys::generate_pem(config.key_type)?;
+                    ota_common::atomic::write_atomic_with_mode(&path, pem.as_bytes(), 0o600)
+                        .map_err(RepoError::io(&path))?;
+                }
+                KeyRef::Pkcs11(uri) => {
+                    uri.generate(config.key_type)?;
+                }
+            }
+            let loaded = key_ref.open(Some(layout))?;
+            let public = loaded.signer.tuf_key();
             let id = public
                 .key_id()
                 .map_err(|e| RepoError::Inconsistent(format!("computing a key id: {e}")))?;
             root.keys.insert(id.clone(), public);
             keyids.push(id);
-            sources
-                .entry(role)
-                .or_default()
-                .push(Box::new(PemKeySource { path }));
+            sources.entry(role).or_default().push(loaded);
         }
         root.roles.insert(
             role.role_type(),
@@ -86,9 +98,10 @@ pub async fn init(layout: &Layout, options: &InitOptions) -> Result<RepoConfig> 
             },
         );
     }
+    let log = editor::audit_log(layout, &config);
     let keys_of = |role: Role| sources.get(&role).map(Vec::as_slice).unwrap_or(&[]);
 
-    let signed_root = editor::sign(root.clone(), &root, keys_of(Role::Root)).await?;
+    let signed_root = editor::sign(root.clone(), &root, keys_of(Role::Root), &log).await?;
     let mut targets = Targets::new(
         SPEC_VERSION.to_owned(),
         NonZeroU64::MIN,
@@ -96,7 +109,7 @@ pub async fn init(layout: &Layout, options: &InitOptions) -> Result<RepoConfig> 
     );
     // No delegations: an empty delegations object only adds surface for clients.
     targets.delegations = None;
-    let signed_targets = editor::sign(targets, &root, keys_of(Role::Targets)).await?;
+    let signed_targets = editor::sign(targets, &root, keys_of(Role::Targets), &log).await?;
     let mut snapshot = Snapshot::new(
         SPEC_VERSION.to_owned(),
         NonZeroU64::MIN,
@@ -106,7 +119,7 @@ pub async fn init(layout: &Layout, options: &InitOptions) -> Result<RepoConfig> 
         "targets.json".to_owned(),
         metafile(signed_targets.buffer(), NonZeroU64::MIN),
     );
-    let signed_snapshot = editor::sign(snapshot, &root, keys_of(Role::Snapshot)).await?;
+    let signed_snapshot = editor::sign(snapshot, &root, keys_of(Role::Snapshot), &log).await?;
     let mut timestamp = Timestamp::new(
         SPEC_VERSION.to_owned(),
         NonZeroU64::MIN,
@@ -116,7 +129,7 @@ pub async fn init(layout: &Layout, options: &InitOptions) -> Result<RepoConfig> 
         "snapshot.json".to_owned(),
         metafile(signed_snapshot.buffer(), NonZeroU64::MIN),
     );
-    let signed_timestamp = editor::sign(timestamp, &root, keys_of(Role::Timestamp)).await?;
+    let signed_timestamp = editor::sign(timestamp, &root, keys_of(Role::Timestamp), &log).await?;
 
     let files = MetadataFiles {
         versioned: vec![
@@ -147,7 +160,11 @@ fn restrict_dir(dir: &std::path::Path) -> Result<()> {
 fn plan_config(options: &InitOptions) -> Result<RepoConfig> {
     let mut roles = BTreeMap::new();
     for role in Role::ALL {
-        let n = options.keys.get(&role).copied().unwrap_or(1);
+        let explicit = options.key_uris.get(&role);
+        let n = match explicit {
+            Some(uris) => uris.len() as u64,
+            None => options.keys.get(&role).copied().unwrap_or(1),
+        };
         if n == 0 || n > MAX_KEYS_PER_ROLE {
             return Err(RepoError::InvalidArgument(format!(
                 "--keys {role}={n}: a role needs 1 to {MAX_KEYS_PER_ROLE} keys"
@@ -164,9 +181,29 @@ fn plan_config(options: &InitOptions) -> Result<RepoConfig> {
             .get(&role)
             .map(ToString::to_string)
             .unwrap_or_else(|| role.default_expiry().to_owned());
-        let keys = (1..=n)
-            .map(|i| PathBuf::from(crate::layout::KEYS_DIR).join(format!("{role}-{i}.pem")))
-            .collect();
+        let keys = match (explicit, &options.key_store) {
+            (Some(uris), _) => uris.iter().cloned().map(KeyRef::Pkcs11).collect(),
+            (None, Some(store)) => (1..=n)
+                .map(|i| {
+                    let mut uri = store.clone();
+                    uri.object = Some(format!("{role}-{i}"));
+                    // A fresh random id, so a re-run never confuses keys.
+                    let mut id = [0u8; 8];
+                    aws_lc_rs::rand::fill(&mut id).map_err(|_| RepoError::KeyGeneration {
+                        key_type: "random id",
+                    })?;
+                    uri.id = Some(id.to_vec());
+                    Ok(KeyRef::Pkcs11(uri))
+                })
+                .collect::<Result<Vec<_>>>()?,
+            (None, None) => (1..=n)
+                .map(|i| {
+                    KeyRef::File(
+                        PathBuf::from(crate::layout::KEYS_DIR).join(format!("{role}-{i}.pem")),
+                    )
+                })
+                .collect(),
+        };
         roles.insert(
             role,
             RoleConfig {
@@ -180,5 +217,6 @@ fn plan_config(options: &InitOptions) -> Result<RepoConfig> {
         format: FORMAT,
         key_type: options.key_type,
         roles,
+        operator: None,
     })
 }

@@ -5,23 +5,31 @@
 //!
 //! Repository layout (everything below `--repo DIR`):
 //! * `repo.json`: the [`config::RepoConfig`] (key files, thresholds, expiry policy per role).
-//! * `keys/<role>-<n>.pem`: PKCS#8 private keys, mode 0600 (development only: software keys).
+//! * `keys/<role>-<n>.pem`: PKCS#8 private keys, mode 0600 (development only: software keys);
+//!   production keys live in a PKCS#11 token and repo.json holds their `pkcs11:` URIs.
+//! * `audit.jsonl` + `audit.head`: the hash-chained log of every signature made.
+//! * `ceremony/<role>.json`: an unsigned role waiting for offline signatures.
 //! * `metadata/`: `N.root.json` (+ `root.json`, a copy of the newest), `N.targets.json`,
 //!   `N.snapshot.json`, `timestamp.json` (consistent snapshots).
 //! * `targets/[dir/]<sha256>.<basename>` and `targets/[dir/]<sha512>.<basename>`: the images.
 
 pub mod add;
+pub mod audit;
+pub mod ceremony;
 pub mod config;
 pub mod editor;
 pub mod error;
 pub mod expiry;
 pub mod init;
+pub mod key_ref;
 pub mod keys;
 pub mod layout;
+pub mod pkcs11;
 pub mod progress;
 pub mod publish;
 pub mod resign;
 pub mod role;
+pub mod rotate;
 pub mod state;
 pub mod status;
 pub mod target_name;

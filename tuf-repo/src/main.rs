@@ -2,11 +2,14 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use ota_repo::config::RepoConfig;
 use ota_repo::expiry::Expiry;
+use ota_repo::key_ref::KeyRef;
 use ota_repo::keys::KeyType;
 use ota_repo::layout::Layout;
+use ota_repo::pkcs11::Pkcs11Uri;
 use ota_repo::role::{parse_role_pair, Role};
-use ota_repo::{add, init, publish, resign, state::RepoState, status};
+use ota_repo::{add, ceremony, init, publish, resign, rotate, state::RepoState, status};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -44,6 +47,63 @@ enum Command {
         /// Expiry policy, ROLE=WHEN (30d, 12h, 90s or RFC 3339).
         #[arg(long = "expires", value_name = "ROLE=WHEN")]
         expires: Vec<String>,
+        /// Generate every key inside this PKCS#11 token instead of in key
+        /// files: pkcs11:token=LABEL?module-path=/path/module.so (PIN from
+        /// pin-source=file:PATH in the URI or env OTA_PKCS11_PIN).
+        #[arg(long, value_name = "PKCS11_URI")]
+        key_store: Option<String>,
+        /// Generate this role's key in the token at this URI (repeat for
+        /// several keys): ROLE=pkcs11:token=...;object=...?module-path=...
+        #[arg(long = "key-uri", value_name = "ROLE=PKCS11_URI")]
+        key_uris: Vec<String>,
+    },
+    /// Generate one signing key (for offline keys and rotation) and print its key id.
+    Keygen {
+        #[arg(long, default_value = "ed25519", value_parser = ["ed25519", "ecdsa", "rsa"])]
+        key_type: String,
+        /// Software key file to create (mode 0600; development only).
+        #[arg(long, conflicts_with = "key_uri", required_unless_present = "key_uri")]
+        out: Option<PathBuf>,
+        /// Generate inside a PKCS#11 token, non-extractable.
+        #[arg(long)]
+        key_uri: Option<String>,
+    },
+    /// Sign a ceremony payload with one key, writing a detached signature.
+    Sign {
+        #[arg(long)]
+        payload: PathBuf,
+        #[arg(long, conflicts_with = "key_uri", required_unless_present = "key_uri")]
+        key: Option<PathBuf>,
+        #[arg(long)]
+        key_uri: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// M-of-N signing of root with offline keys.
+    Ceremony {
+        #[command(subcommand)]
+        action: CeremonyAction,
+    },
+    /// Change a role's keys or threshold: new root signed by old and new root keys.
+    Rotate {
+        #[arg(long, value_parser = ["root", "targets", "snapshot", "timestamp"])]
+        role: String,
+        /// Key to add: a key file or a pkcs11: URI (repeatable).
+        #[arg(long = "add-key", value_name = "FILE|PKCS11_URI")]
+        add_keys: Vec<String>,
+        /// Key id to remove (revoke) (repeatable).
+        #[arg(long = "remove-key", value_name = "KEYID")]
+        remove_keys: Vec<String>,
+        #[arg(long)]
+        threshold: Option<u64>,
+        /// Expiry of the new root (default: the root policy in repo.json).
+        #[arg(long, value_name = "WHEN")]
+        expires: Option<String>,
+    },
+    /// The signing audit log.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
     },
     /// Add an image as a target and sign new targets, snapshot and timestamp.
     Add {
@@ -79,8 +139,39 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
-    /// Show roles, keys, expiry dates and targets.
-    Status,
+    /// Show roles, keys, expiry dates and targets; exit 2 if anything
+    /// expires within --warn-within.
+    Status {
+        #[arg(long, value_name = "DURATION", default_value = status::DEFAULT_WARN_WITHIN)]
+        warn_within: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CeremonyAction {
+    /// Write the unsigned root (the pending rotation, or the next version) for signers.
+    Export {
+        #[arg(long, value_parser = ["root"])]
+        role: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// Expiry of a new root version (default: the root policy).
+        #[arg(long, value_name = "WHEN")]
+        expires: Option<String>,
+    },
+    /// Verify detached signatures and write the signed root when thresholds are met.
+    Merge {
+        #[arg(long, value_parser = ["root"])]
+        role: String,
+        #[arg(required = true)]
+        signatures: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditAction {
+    /// Check the hash chain of audit.jsonl.
+    Verify,
 }
 
 fn main() {
@@ -154,21 +245,165 @@ fn run(cli: Cli) -> Result<()> {
             keys,
             thresholds,
             expires,
+            key_store,
+            key_uris,
         } => {
+            let mut uris: BTreeMap<Role, Vec<Pkcs11Uri>> = BTreeMap::new();
+            for arg in &key_uris {
+                let (role, value) =
+                    parse_role_pair(arg).with_context(|| format!("--key-uri {arg}"))?;
+                uris.entry(role).or_default().push(value.parse()?);
+            }
             let options = init::InitOptions {
                 key_type: key_type.parse::<KeyType>()?,
                 keys: role_map(&keys, "keys", parse_count)?,
                 thresholds: role_map(&thresholds, "threshold", parse_count)?,
                 expires: role_map(&expires, "expires", parse_expiry)?,
+                key_store: key_store
+                    .as_deref()
+                    .map(Pkcs11Uri::parse_token)
+                    .transpose()?,
+                key_uris: uris,
             };
             let config = runtime()?.block_on(init::init(&layout, &options))?;
             println!(
-                "initialised {} ({} keys, consistent snapshots); key files are in {} (mode 0600, development only)",
+                "initialised {} ({} keys, consistent snapshots)",
                 layout.root().display(),
                 config.key_type,
-                layout.keys_dir().display()
             );
+            for role in Role::ALL {
+                for k in &config.role(role)?.keys {
+                    println!("  {role}: {}", k.describe(Some(&layout)));
+                }
+            }
         }
+        Command::Keygen {
+            key_type,
+            out,
+            key_uri,
+        } => {
+            let key_type = key_type.parse::<KeyType>()?;
+            let key = match (out, key_uri) {
+                (Some(path), _) => {
+                    let pem = ota_repo::keys::generate_pem(key_type)?;
+                    ota_common::atomic::write_atomic_with_mode(&path, pem.as_bytes(), 0o600)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    KeyRef::File(path)
+                }
+                (None, Some(uri)) => {
+                    let uri: Pkcs11Uri = uri.parse()?;
+                    uri.generate(key_type)?;
+                    KeyRef::Pkcs11(uri)
+                }
+                (None, None) => bail!("pass --out FILE or --key-uri URI"),
+            };
+            let id = ota_repo::keys::key_id(&key.public_key(None)?)?;
+            println!("{id} {}", key.describe(None));
+        }
+        Command::Sign {
+            payload,
+            key,
+            key_uri,
+            out,
+        } => {
+            let key = match (key, key_uri) {
+                (Some(path), _) => KeyRef::File(path),
+                (None, Some(uri)) => KeyRef::Pkcs11(uri.parse()?),
+                (None, None) => bail!("pass --key FILE or --key-uri URI"),
+            };
+            // The signing machine may keep a repository (and its audit log) or not.
+            let log = RepoConfig::load(&layout)
+                .ok()
+                .map(|c| ota_repo::editor::audit_log(&layout, &c));
+            let sig = ceremony::sign_payload(&payload, &key, &out, log.as_ref())?;
+            println!(
+                "signed {} version {} (payload sha256 {}) with key {}; signature in {}",
+                sig.role,
+                sig.version,
+                sig.payload_sha256,
+                sig.keyid,
+                out.display()
+            );
+            if log.is_none() {
+                eprintln!("ota-repo: note: no repository at --repo, so this signature is recorded in the audit log only when merged");
+            }
+        }
+        Command::Ceremony { action } => match action {
+            CeremonyAction::Export { role, out, expires } => {
+                let expires = expires.as_deref().map(parse_expiry).transpose()?;
+                let p =
+                    runtime()?.block_on(ceremony::export(&layout, role.parse()?, expires, &out))?;
+                println!(
+                    "exported {} version {} to {} (sha256 {}); needs: {}",
+                    p.role,
+                    p.version,
+                    out.display(),
+                    p.sha256,
+                    p.requirements
+                        .iter()
+                        .map(|r| format!("{} of the {}", r.threshold, r.what))
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                );
+            }
+            CeremonyAction::Merge { role, signatures } => {
+                let m =
+                    runtime()?.block_on(ceremony::merge(&layout, role.parse()?, &signatures))?;
+                println!(
+                    "signed root version {} with {} key(s): {}",
+                    m.version,
+                    m.counted.len(),
+                    m.counted.join(", ")
+                );
+            }
+        },
+        Command::Rotate {
+            role,
+            add_keys,
+            remove_keys,
+            threshold,
+            expires,
+        } => {
+            let options = rotate::RotateOptions {
+                role: role.parse()?,
+                add_keys: add_keys
+                    .iter()
+                    .map(|k| k.parse::<KeyRef>())
+                    .collect::<Result<_, _>>()?,
+                remove_keys,
+                threshold,
+                expires: expires.as_deref().map(parse_expiry).transpose()?,
+            };
+            match runtime()?.block_on(rotate::rotate(&layout, &options))? {
+                rotate::Rotated::Signed {
+                    root_version,
+                    resigned,
+                } => {
+                    println!("signed root version {root_version}");
+                    for (r, v) in resigned {
+                        println!("signed {r} version {v}");
+                    }
+                }
+                rotate::Rotated::Staged {
+                    root_version,
+                    pending,
+                    needs,
+                } => {
+                    println!(
+                        "root version {root_version} staged in {}: the root keys are offline; it needs {}. Run `ota-repo ceremony export --role root --out FILE`, have key holders run `ota-repo sign`, then `ota-repo ceremony merge --role root SIG...`",
+                        pending.display(),
+                        needs.join(" and ")
+                    );
+                }
+            }
+        }
+        Command::Audit { action } => match action {
+            AuditAction::Verify => {
+                let config = RepoConfig::load(&layout)?;
+                let n = ota_repo::editor::audit_log(&layout, &config).verify()?;
+                println!("audit log intact: {n} entries");
+            }
+        },
         Command::Add {
             image,
             version,
@@ -246,8 +481,22 @@ fn run(cli: Cli) -> Result<()> {
                 (None, None) => bail!("pass --server URL or --dir DIR"),
             }
         }
-        Command::Status => {
-            print!("{}", runtime()?.block_on(status::status(&layout))?);
+        Command::Status { warn_within } => {
+            let secs = match parse_expiry(&warn_within)? {
+                Expiry::After(secs) => secs,
+                Expiry::At(_) => {
+                    bail!("--warn-within {warn_within}: expected a duration such as 14d")
+                }
+            };
+            let report = runtime()?.block_on(status::status(&layout, secs))?;
+            print!("{}", report.text);
+            if !report.warnings.is_empty() {
+                for w in &report.warnings {
+                    eprintln!("ota-repo: warning: {w} (within {warn_within})");
+                }
+                // Distinct from errors (1) so scripts can alert on it.
+                std::process::exit(2);
+            }
         }
     }
     Ok(())
