@@ -1,9 +1,11 @@
 //! Server settings: defaults, an optional TOML file, environment variables and
 //! command-line flags, in increasing order of precedence (CLI > env > file > defaults).
 
+use crate::db::DatabaseUrl;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Default listen address: loopback only, so a server started without any
 /// configuration is not reachable from the network by accident.
@@ -12,6 +14,22 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 8 * 1024 * 1024 * 1024;
 /// Default tracing filter when neither `RUST_LOG` nor the config file sets one.
 pub const DEFAULT_LOG_FILTER: &str = "info";
+/// A client must send a complete request head within this time (slowloris).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A connection on which no byte moves for this long, while no request is
+/// being handled, is closed (idle keep-alive, stalled downloads and uploads).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Connections served at once; more wait in the kernel's accept queue. Each
+/// takes a file descriptor (two while an image is served), so this stays
+/// well under the usual 1024 soft limit unless raised together with it.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 400;
+
+/// PEM files of the TLS certificate chain and its private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
 
 /// Everything the server needs to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +41,13 @@ pub struct Config {
     pub max_upload_bytes: u64,
     /// `RUST_LOG`-style filter from the config file (the binary lets `RUST_LOG` override it).
     pub log_filter: String,
+    /// `None`: SQLite at `<data_dir>/ota.db`.
+    pub database_url: Option<DatabaseUrl>,
+    /// `None`: plain HTTP.
+    pub tls: Option<TlsFiles>,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
 }
 
 impl Config {
@@ -34,7 +59,19 @@ impl Config {
             admin_token_file: None,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             log_filter: DEFAULT_LOG_FILTER.to_owned(),
+            database_url: None,
+            tls: None,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
+    }
+
+    /// The database to use: the configured one, else SQLite under `data_dir`.
+    pub fn database(&self) -> DatabaseUrl {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| DatabaseUrl::default_for(&self.data_dir))
     }
 
     /// Merges the layers. `env` looks up an environment variable (a closure so
@@ -82,6 +119,48 @@ impl Config {
             ));
         }
 
+        let database_url = cli
+            .database_url
+            .clone()
+            .or_else(|| env_nonempty("OTA_SERVER_DATABASE_URL"))
+            .or(file_cfg.database_url)
+            .map(|text| DatabaseUrl::parse(&text).map_err(|e| ConfigError::Invalid(e.to_string())))
+            .transpose()?;
+
+        let tls = match (file_cfg.tls_cert, file_cfg.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "tls_cert and tls_key must be given together".to_owned(),
+                ))
+            }
+        };
+
+        let seconds = |name: &str, value: Option<u64>, default: Duration| match value {
+            None => Ok(default),
+            Some(0) => Err(ConfigError::Invalid(format!(
+                "{name} must be at least 1 second"
+            ))),
+            Some(s) => Ok(Duration::from_secs(s)),
+        };
+        let header_read_timeout = seconds(
+            "header_read_timeout_secs",
+            file_cfg.header_read_timeout_secs,
+            DEFAULT_HEADER_READ_TIMEOUT,
+        )?;
+        let idle_timeout = seconds(
+            "idle_timeout_secs",
+            file_cfg.idle_timeout_secs,
+            DEFAULT_IDLE_TIMEOUT,
+        )?;
+        let max_connections = file_cfg.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "max_connections must be greater than 0".to_owned(),
+            ));
+        }
+
         Ok(Config {
             listen,
             data_dir,
@@ -90,6 +169,11 @@ impl Config {
             log_filter: file_cfg
                 .log
                 .unwrap_or_else(|| DEFAULT_LOG_FILTER.to_owned()),
+            database_url,
+            tls,
+            header_read_timeout,
+            idle_timeout,
+            max_connections,
         })
     }
 }
@@ -100,6 +184,7 @@ pub struct Overrides {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub admin_token_file: Option<PathBuf>,
+    pub database_url: Option<String>,
 }
 
 /// `$STATE_DIRECTORY` (set by systemd's `StateDirectory=`; it may list several
@@ -121,6 +206,12 @@ struct FileConfig {
     admin_token_file: Option<PathBuf>,
     max_upload_bytes: Option<u64>,
     log: Option<String>,
+    database_url: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    header_read_timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    max_connections: Option<usize>,
 }
 
 impl FileConfig {
@@ -171,6 +262,55 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("./ota-server-data"));
         assert_eq!(c.max_upload_bytes, DEFAULT_MAX_UPLOAD_BYTES);
         assert_eq!(c.admin_token_file, None);
+        assert_eq!(c.database_url, None);
+        assert_eq!(
+            c.database(),
+            DatabaseUrl::Sqlite(PathBuf::from("./ota-server-data/ota.db"))
+        );
+        assert_eq!(c.tls, None);
+        assert_eq!(c.header_read_timeout, DEFAULT_HEADER_READ_TIMEOUT);
+        assert_eq!(c.max_connections, DEFAULT_MAX_CONNECTIONS);
+    }
+
+    #[test]
+    fn fleet_settings_from_file_and_env() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("server.toml");
+        std::fs::write(
+            &file,
+            "database_url = \"sqlite:///file.db\"\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\n\
+             header_read_timeout_secs = 5\nidle_timeout_secs = 60\nmax_connections = 10\n",
+        )
+        .expect("write");
+        let env = env_of(&[("OTA_SERVER_DATABASE_URL", "postgres://ota@db/ota")]);
+        let c = Config::resolve(Some(&file), &Overrides::default(), env).expect("config");
+        assert_eq!(
+            c.database_url,
+            Some(DatabaseUrl::Postgres("postgres://ota@db/ota".into()))
+        );
+        assert_eq!(
+            c.tls,
+            Some(TlsFiles {
+                cert: "/c.pem".into(),
+                key: "/k.pem".into()
+            })
+        );
+        assert_eq!(c.header_read_timeout, Duration::from_secs(5));
+        assert_eq!(c.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.max_connections, 10);
+
+        for (text, needle) in [
+            ("tls_cert = \"/c.pem\"\n", "tls_key"),
+            ("idle_timeout_secs = 0\n", "idle_timeout_secs"),
+            ("max_connections = 0\n", "max_connections"),
+            ("database_url = \"mysql://x/y\"\n", "database_url"),
+        ] {
+            std::fs::write(&file, text).expect("write");
+            let err = Config::resolve(Some(&file), &Overrides::default(), env_of(&[]))
+                .expect_err(text)
+                .to_string();
+            assert!(err.contains(needle), "{err}");
+        }
     }
 
     #[test]

@@ -9,8 +9,11 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod files;
+pub mod http;
+pub mod metrics;
 pub mod paths;
 pub mod storage;
+pub mod tls;
 
 pub use config::Config;
 
@@ -18,13 +21,17 @@ use crate::api::ApiError;
 use crate::auth::{AdminToken, TokenError};
 use crate::db::{Db, DbError};
 use crate::files::EtagCache;
+use crate::metrics::Metrics;
 use crate::storage::{Storage, StorageError};
-use axum::extract::{DefaultBodyLimit, Request};
+use crate::tls::{CertStore, TlsError};
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post, put};
 use axum::Router;
+use http_body_util::BodyExt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,6 +45,7 @@ pub struct AppState {
     pub db: Db,
     pub etags: Arc<EtagCache>,
     pub max_upload_bytes: u64,
+    pub metrics: Arc<Metrics>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,13 +61,13 @@ pub enum StartError {
     Db(#[from] DbError),
     #[error(transparent)]
     Token(#[from] TokenError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("server failed: {0}")]
-    Serve(std::io::Error),
 }
 
 /// A server bound to its address, ready to run.
@@ -69,6 +77,9 @@ pub struct Server {
     router: Router,
     db: Db,
     local_addr: SocketAddr,
+    limits: http::Limits,
+    tls: Option<Arc<CertStore>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Server {
@@ -88,12 +99,18 @@ impl Server {
         }
         let token =
             AdminToken::load_or_create(config.admin_token_file.as_deref(), &config.data_dir)?;
-        let db = Db::open(&config.data_dir.join("ota.db")).await?;
+        // Before the database: a bad certificate path should not first
+        // create or migrate anything.
+        let tls = config.tls.as_ref().map(CertStore::load).transpose()?;
+        let database = config.database();
+        let db = Db::open(&database).await?;
+        let metrics = Arc::new(Metrics::default());
         let state = AppState {
             storage,
             db: db.clone(),
             etags: Arc::new(EtagCache::default()),
             max_upload_bytes: config.max_upload_bytes,
+            metrics: Arc::clone(&metrics),
         };
         let router = router(state, token);
         let listener = tokio::net::TcpListener::bind(config.listen)
@@ -106,13 +123,39 @@ impl Server {
             addr: config.listen,
             source,
         })?;
-        tracing::info!(data_dir = %config.data_dir.display(), "ota-server ready");
+        tracing::info!(
+            data_dir = %config.data_dir.display(),
+            database = %database,
+            tls = tls.is_some(),
+            "ota-server ready"
+        );
         Ok(Server {
             listener,
             router,
             db,
             local_addr,
+            limits: http::Limits {
+                header_read_timeout: config.header_read_timeout,
+                idle_timeout: config.idle_timeout,
+                max_connections: config.max_connections,
+            },
+            tls,
+            metrics,
         })
+    }
+
+    /// `https` with TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The certificate store, to reload it on demand (SIGHUP); `None` without TLS.
+    pub fn tls(&self) -> Option<Arc<CertStore>> {
+        self.tls.clone()
     }
 
     /// The address actually bound (the real port when asked for port 0).
@@ -125,11 +168,24 @@ impl Server {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartError> {
-        let result = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let acceptor = match &self.tls {
+            Some(store) => {
+                tls::spawn_reload_poller(store);
+                Some(tokio_rustls::TlsAcceptor::from(store.server_config()?))
+            }
+            None => None,
+        };
+        http::serve(
+            self.listener,
+            self.router,
+            acceptor,
+            self.limits,
+            self.metrics,
+            shutdown,
+        )
+        .await;
         self.db.close().await;
-        result.map_err(StartError::Serve)
+        Ok(())
     }
 }
 
@@ -165,6 +221,9 @@ pub fn router(state: AppState, token: AdminToken) -> Router {
         ));
 
     Router::new()
+        .route("/healthz", get(api::health::healthz))
+        .route("/readyz", get(api::health::readyz))
+        .route("/metrics", get(api::health::metrics))
         .route("/metadata/{file}", get(api::repository::metadata))
         .route("/targets/{*path}", get(api::repository::target))
         .route(
@@ -175,7 +234,10 @@ pub fn router(state: AppState, token: AdminToken) -> Router {
         .merge(admin)
         .fallback(no_such_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn(log_request))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state.metrics),
+            log_request,
+        ))
         .with_state(state)
 }
 
@@ -190,14 +252,34 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
     )
 }
 
-/// One log line per request; device polls at debug level so an idle fleet
-/// does not flood the log.
-async fn log_request(request: Request, next: Next) -> Response {
+/// One log line and one count per request; device polls are logged at
+/// debug level so an idle fleet does not flood the log.
+async fn log_request(
+    axum::extract::State(metrics): axum::extract::State<Arc<Metrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    // The route template, not the path: a bounded set of label values.
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |m| m.as_str())
+        .to_owned();
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16();
+    metrics.request(&route, status);
+    let counter = Arc::clone(&metrics);
+    let response = response.map(|body| {
+        Body::new(body.map_frame(move |frame| {
+            if let Some(data) = frame.data_ref() {
+                counter.body_bytes_sent(data.len() as u64);
+            }
+            frame
+        }))
+    });
     let ms = started.elapsed().as_millis() as u64;
     if method == Method::GET || method == Method::HEAD {
         tracing::debug!(%method, path, status, ms, "request");

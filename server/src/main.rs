@@ -13,7 +13,9 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(name = "ota-server", version)]
 struct Args {
-    /// TOML config file (keys: listen, data_dir, admin_token_file, max_upload_bytes, log).
+    /// TOML config file (keys: listen, data_dir, admin_token_file, max_upload_bytes, log,
+    /// database_url, tls_cert, tls_key, header_read_timeout_secs, idle_timeout_secs,
+    /// max_connections).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Address to listen on, IP:PORT [env: OTA_SERVER_LISTEN] [default: 127.0.0.1:8080].
@@ -22,6 +24,10 @@ struct Args {
     /// Data directory [env: OTA_SERVER_DATA_DIR] [default: $STATE_DIRECTORY or ./ota-server-data].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// sqlite://PATH or postgres://USER@HOST/DB [env: OTA_SERVER_DATABASE_URL]
+    /// [default: sqlite://DATA_DIR/ota.db].
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -42,6 +48,7 @@ fn run() -> anyhow::Result<()> {
         listen: args.listen,
         data_dir: args.data_dir,
         admin_token_file: None,
+        database_url: args.database_url,
     };
     let config = Config::resolve(args.config.as_deref(), &overrides, |k| {
         std::env::var(k).ok()
@@ -73,7 +80,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         writeln!(
             out,
-            "ota-server listening on http://{}",
+            "ota-server listening on {}://{}",
+            server.scheme(),
             server.local_addr()
         )
         .and_then(|()| out.flush())
@@ -81,6 +89,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     // After SIGTERM, in-flight requests (a device halfway through an image
     // download) get a grace period, not forever: a supervisor's stop must stop.
+    if let Some(store) = server.tls() {
+        tokio::spawn(reload_on_sighup(store));
+    }
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
     let run = server.run(async move {
         shutdown_signal().await;
@@ -99,6 +110,27 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
 /// How long in-flight requests may run on after a stop signal.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Reloads the TLS certificate on each SIGHUP (the files are also watched;
+/// this is for operators and certbot hooks that want it now).
+async fn reload_on_sighup(store: std::sync::Arc<ota_server::tls::CertStore>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!("cannot watch SIGHUP ({e}); certificates reload on file change only");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        let store = std::sync::Arc::clone(&store);
+        match tokio::task::spawn_blocking(move || store.reload()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("{e}; still serving the previous certificate"),
+            Err(e) => tracing::warn!("TLS reload task: {e}"),
+        }
+    }
+}
 
 /// Completes on SIGTERM (systemd stop) or SIGINT (Ctrl-C).
 async fn shutdown_signal() {

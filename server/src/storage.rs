@@ -83,6 +83,14 @@ impl Storage {
         Ok(storage)
     }
 
+    /// Whether the repository can be served: both directories listable.
+    pub fn check_readable(&self) -> Result<(), StorageError> {
+        for dir in [&self.metadata_dir, &self.targets_dir] {
+            fs::read_dir(dir).map_err(io_err(format!("read {}", dir.display())))?;
+        }
+        Ok(())
+    }
+
     pub fn metadata_path(&self, name: &str) -> PathBuf {
         self.metadata_dir.join(name)
     }
@@ -251,7 +259,23 @@ impl Storage {
     /// removes its staging directory. Returns the repository paths made
     /// visible, in order. On a conflict nothing is changed.
     pub async fn commit(self: &Arc<Self>, id: &str) -> Result<Vec<String>, StorageError> {
-        let _guard = self.commit_lock.lock().await;
+        let guard = self.lock_commits().await;
+        self.commit_locked(&guard, id).await
+    }
+
+    /// Waits for this instance's other commits. Callers that must also take
+    /// a lock shared between instances take it after this one, so waiting
+    /// requests of one instance queue here and not on database connections.
+    pub async fn lock_commits(&self) -> CommitGuard<'_> {
+        CommitGuard(self.commit_lock.lock().await)
+    }
+
+    /// [`Self::commit`] for a caller already holding [`Self::lock_commits`].
+    pub async fn commit_locked(
+        self: &Arc<Self>,
+        _guard: &CommitGuard<'_>,
+        id: &str,
+    ) -> Result<Vec<String>, StorageError> {
         let dir = self.publication_dir(id)?;
         let this = Arc::clone(self);
         let files = blocking(move || {
@@ -384,6 +408,10 @@ impl Storage {
         Ok(shown)
     }
 }
+
+/// Proof that the caller holds the commit lock of this instance.
+#[derive(Debug)]
+pub struct CommitGuard<'a>(#[allow(dead_code)] tokio::sync::MutexGuard<'a, ()>);
 
 /// One file to make visible.
 #[derive(Debug)]

@@ -1,16 +1,16 @@
-//! Device reports and the admin views of them.
+//! Device reports and the admin views of them, on SQLite and on PostgreSQL.
 
 mod common;
 
+use common::Backend;
 use ota_common::wire::{
     DeviceEvent, DeviceRecord, UpdateStatus, MAX_REASON_CHARS, MAX_REPORT_BYTES,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reports_are_recorded_and_listed() {
-    let s = common::start().await;
+async fn reports_are_recorded_and_listed(backend: Backend) {
+    let s = common::start_on(backend).await;
     let report = |body: serde_json::Value| {
         s.client
             .post(s.url("/api/v1/devices/dev-01/reports"))
@@ -98,9 +98,8 @@ async fn reports_are_recorded_and_listed() {
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalid_reports_are_refused() {
-    let s = common::start().await;
+async fn invalid_reports_are_refused(backend: Backend) {
+    let s = common::start_on(backend).await;
     let post = |device: &str, body: String| {
         s.client
             .post(s.url(&format!("/api/v1/devices/{device}/reports")))
@@ -165,9 +164,8 @@ async fn invalid_reports_are_refused() {
     assert!(devices.is_empty(), "nothing recorded from refused reports");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn admin_endpoints_require_the_token() {
-    let s = common::start().await;
+async fn admin_endpoints_require_the_token(backend: Backend) {
+    let s = common::start_on(backend).await;
     for (method, path) in [
         (Method::GET, "/admin/v1/devices"),
         (Method::GET, "/admin/v1/devices/dev/events"),
@@ -217,3 +215,63 @@ async fn admin_endpoints_require_the_token() {
         .expect("send");
     assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
 }
+
+/// Concurrent reports of one device (on PostgreSQL they may come through
+/// different instances) all land, each with its own place in the history.
+async fn concurrent_reports_of_one_device_all_land(backend: Backend) {
+    let s = common::start_on(backend).await;
+    let versions: Vec<String> = (0..16).map(|i| format!("1.0.{i}")).collect();
+    let posts = versions.iter().map(|v| {
+        s.client
+            .post(s.url("/api/v1/devices/dev-race/reports"))
+            .json(&json!({"hardware_id": "hw", "installed_version": v, "status": "idle"}))
+            .send()
+    });
+    for resp in futures_util::future::join_all(posts).await {
+        assert_eq!(resp.expect("post").status(), StatusCode::NO_CONTENT);
+    }
+    let events: Vec<DeviceEvent> = s
+        .admin(Method::GET, "/admin/v1/devices/dev-race/events")
+        .send()
+        .await
+        .expect("events")
+        .json()
+        .await
+        .expect("json");
+    let mut seen: Vec<String> = events.into_iter().map(|e| e.installed_version).collect();
+    seen.sort();
+    let mut expected = versions.clone();
+    expected.sort();
+    assert_eq!(seen, expected);
+}
+
+/// Every test above, once per database.
+macro_rules! on_each_backend {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+on_each_backend!(
+    reports_are_recorded_and_listed,
+    invalid_reports_are_refused,
+    admin_endpoints_require_the_token,
+    concurrent_reports_of_one_device_all_land,
+);

@@ -445,3 +445,43 @@ async fn a_polling_device_never_sees_a_mix() {
     let seen = poller.await.expect("poller");
     assert!(seen.contains(&4) || seen.len() >= 2, "poller saw {seen:?}");
 }
+
+/// On PostgreSQL, commits of every instance sharing the database take turns
+/// on an advisory lock: while another holder has it, a commit waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_waits_for_the_shared_publication_lock() {
+    let s = common::start_on(common::Backend::Postgres).await;
+    let url = &s.pg.as_ref().expect("postgres").url;
+    // Stands in for a second instance committing.
+    let other = ota_server::db::Db::open(&ota_server::db::DatabaseUrl::parse(url).expect("url"))
+        .await
+        .expect("second pool");
+    let id = open(&s).await;
+    let resp = put_metadata(&s, &id, "timestamp.json", &doc("timestamp", 1)).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+
+    let held = other.lock_publications().await.expect("lock");
+    let commit = s
+        .admin(Method::POST, &format!("/admin/v1/publications/{id}/commit"))
+        .send();
+    let mut commit = tokio::spawn(commit);
+    let early = tokio::time::timeout(std::time::Duration::from_millis(500), &mut commit).await;
+    assert!(early.is_err(), "commit must wait for the lock holder");
+    assert!(!s
+        .data_dir
+        .join("repository/metadata/timestamp.json")
+        .exists());
+
+    held.release().await;
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(10), commit)
+        .await
+        .expect("commit proceeds once the lock is released")
+        .expect("task")
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(s
+        .data_dir
+        .join("repository/metadata/timestamp.json")
+        .exists());
+    other.close().await;
+}

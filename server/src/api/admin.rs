@@ -136,11 +136,23 @@ pub async fn commit(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<PublicationCommitted>, ApiError> {
     let Path(id) = id.map_err(path_rejection)?;
-    let files = state.storage.commit(&id).await.inspect_err(|e| {
+    // This instance's lock first, then the one shared through PostgreSQL
+    // with the other instances (a no-op on SQLite).
+    let local = state.storage.lock_commits().await;
+    let shared = state
+        .db
+        .lock_publications()
+        .await
+        .map_err(|e| ApiError::internal("lock publications", e))?;
+    let result = state.storage.commit_locked(&local, &id).await;
+    shared.release().await;
+    drop(local);
+    let files = result.inspect_err(|e| {
         if let StorageError::Conflict(msg) = e {
             tracing::warn!(publication = %id, "commit refused: {msg}");
         }
     })?;
+    state.metrics.publication_committed();
     tracing::info!(publication = %id, files = files.len(), "publication committed");
     Ok(Json(PublicationCommitted { id, files }))
 }

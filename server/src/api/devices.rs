@@ -39,6 +39,7 @@ pub async fn report(
         .record_report(&device_id, &report, &at)
         .await
         .map_err(|e| ApiError::internal("record device report", e))?;
+    state.metrics.device_report(report.status.as_str());
     tracing::debug!(device_id, status = %report.status, "device report");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod devices;
+pub mod health;
 pub mod repository;
 
 use axum::http::StatusCode;

@@ -1,6 +1,9 @@
 //! Runs the real server in-process on 127.0.0.1:0 for the integration tests.
 #![allow(dead_code)]
 
+pub mod postgres;
+
+use ota_server::db::DatabaseUrl;
 use ota_server::{Config, Server};
 use std::path::PathBuf;
 use tokio::sync::oneshot;
@@ -11,8 +14,17 @@ pub struct TestServer {
     pub token: String,
     pub data_dir: PathBuf,
     pub client: reqwest::Client,
+    /// The PostgreSQL database when running on [`Backend::Postgres`].
+    pub pg: Option<postgres::PgTestDb>,
     _dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
+}
+
+/// The database a test server runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
 }
 
 impl Drop for TestServer {
@@ -33,10 +45,26 @@ pub async fn start() -> TestServer {
 }
 
 pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+    start_on_with(Backend::Sqlite, adjust).await
+}
+
+pub async fn start_on(backend: Backend) -> TestServer {
+    start_on_with(backend, |_| {}).await
+}
+
+pub async fn start_on_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> TestServer {
     install_crypto();
     let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = dir.path().join("data");
     let mut config = Config::new("127.0.0.1:0".parse().expect("addr"), data_dir.clone());
+    let pg = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => {
+            let db = postgres::PgTestDb::create().await;
+            config.database_url = Some(DatabaseUrl::parse(&db.url).expect("test database url"));
+            Some(db)
+        }
+    };
     adjust(&mut config);
     let server = Server::bind(&config).await.expect("server starts");
     let addr = server.local_addr();
@@ -53,6 +81,7 @@ pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
         token,
         data_dir,
         client: reqwest::Client::new(),
+        pg,
         _dir: dir,
         stop: Some(stop),
     }

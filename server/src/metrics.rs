@@ -1,0 +1,181 @@
+//! Prometheus metrics, counted with atomics and written in the text
+//! exposition format by hand (a few counters do not justify a metrics stack).
+//!
+//! Label values come from a closed set (route templates, not raw paths;
+//! status codes; report statuses), so a client cannot grow the label space.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::RwLock;
+
+/// Every counter the server exports.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// (route template, status) → requests.
+    requests: RwLock<BTreeMap<(String, u16), AtomicU64>>,
+    body_bytes_sent: AtomicU64,
+    /// Reported status → reports recorded.
+    device_reports: RwLock<BTreeMap<String, AtomicU64>>,
+    publications_committed: AtomicU64,
+    connections_open: AtomicU64,
+    connections_total: AtomicU64,
+}
+
+/// Adds one to the counter under `key`, creating it on first use. The write
+/// lock is taken only the first time a key is seen.
+fn bump<K: Ord + Clone>(map: &RwLock<BTreeMap<K, AtomicU64>>, key: &K) {
+    if let Ok(read) = map.read() {
+        if let Some(counter) = read.get(key) {
+            counter.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    }
+    if let Ok(mut write) = map.write() {
+        write
+            .entry(key.clone())
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Metrics {
+    pub fn request(&self, route: &str, status: u16) {
+        bump(&self.requests, &(route.to_owned(), status));
+    }
+
+    pub fn body_bytes_sent(&self, n: u64) {
+        self.body_bytes_sent.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn device_report(&self, status: &str) {
+        bump(&self.device_reports, &status.to_owned());
+    }
+
+    pub fn publication_committed(&self) {
+        self.publications_committed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+        self.connections_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The text exposition format, version 0.0.4.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        header(
+            &mut out,
+            "ota_http_requests_total",
+            "counter",
+            "HTTP requests answered, by route template and status",
+        );
+        if let Ok(map) = self.requests.read() {
+            for ((route, status), n) in map.iter() {
+                let _ = writeln!(
+                    out,
+                    "ota_http_requests_total{{route=\"{}\",status=\"{status}\"}} {}",
+                    escape(route),
+                    load(n)
+                );
+            }
+        }
+        single(
+            &mut out,
+            "ota_http_response_body_bytes_total",
+            "counter",
+            "Response body bytes sent (metadata and images)",
+            load(&self.body_bytes_sent),
+        );
+        header(
+            &mut out,
+            "ota_device_reports_total",
+            "counter",
+            "Device reports recorded, by reported status",
+        );
+        if let Ok(map) = self.device_reports.read() {
+            for (status, n) in map.iter() {
+                let _ = writeln!(
+                    out,
+                    "ota_device_reports_total{{status=\"{}\"}} {}",
+                    escape(status),
+                    load(n)
+                );
+            }
+        }
+        single(
+            &mut out,
+            "ota_publications_committed_total",
+            "counter",
+            "Publications committed by this instance",
+            load(&self.publications_committed),
+        );
+        single(
+            &mut out,
+            "ota_http_connections_open",
+            "gauge",
+            "Client connections open now",
+            load(&self.connections_open),
+        );
+        single(
+            &mut out,
+            "ota_http_connections_total",
+            "counter",
+            "Client connections accepted",
+            load(&self.connections_total),
+        );
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    header(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+/// Label value escaping of the exposition format.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_with_labels() {
+        let m = Metrics::default();
+        m.request("/metadata/{file}", 200);
+        m.request("/metadata/{file}", 200);
+        m.request("/targets/{*path}", 404);
+        m.body_bytes_sent(10);
+        m.device_report("idle");
+        m.publication_committed();
+        m.connection_opened();
+        let text = m.render();
+        assert!(
+            text.contains("ota_http_requests_total{route=\"/metadata/{file}\",status=\"200\"} 2\n")
+        );
+        assert!(
+            text.contains("ota_http_requests_total{route=\"/targets/{*path}\",status=\"404\"} 1\n")
+        );
+        assert!(text.contains("ota_http_response_body_bytes_total 10\n"));
+        assert!(text.contains("ota_device_reports_total{status=\"idle\"} 1\n"));
+        assert!(text.contains("ota_publications_committed_total 1\n"));
+        assert!(text.contains("ota_http_connections_open 1\n"));
+        assert!(text.contains("# TYPE ota_http_requests_total counter\n"));
+        assert_eq!(escape("a\"b\\c\n"), "a\\\"b\\\\c\\n");
+    }
+}
