@@ -57,14 +57,13 @@ const ENV_SIZE: usize = 0x2000;
 /// A U-Boot environment in plain files under a temp dir.
 struct UBootEnv {
     dir: tempfile::TempDir,
-    redundant: bool,
 }
 
 impl UBootEnv {
     /// Makes the environment with `mkenvimage` from `vars` (`name=value` lines).
     fn new(redundant: bool, vars: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let env = UBootEnv { dir, redundant };
+        let env = UBootEnv { dir };
         let input = env.path("vars.txt");
         std::fs::write(&input, vars).expect("vars");
         let size = format!("{ENV_SIZE:#x}");
@@ -439,4 +438,63 @@ fn grub_trait_semantics_over_a_real_block() {
     std::fs::write(&file, vec![b'#'; 2048]).expect("write");
     let err = bl.primary().expect_err("size").to_string();
     assert!(err.contains("not 1024"), "{err}");
+}
+
+// ---- the shipped boot scripts ----
+
+fn repo_file(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+}
+
+#[test]
+fn shipped_grub_cfg_parses_and_uses_the_backends_variables() {
+    let cfg = repo_file("boot/grub/grub.cfg");
+    run_ok(
+        "grub-script-check",
+        "grub-common",
+        &[cfg.to_str().expect("path")],
+    );
+    let text = std::fs::read_to_string(&cfg).expect("grub.cfg");
+    for needle in [
+        "load_env ORDER A_OK A_TRY B_OK B_TRY",
+        "save_env ORDER A_OK A_TRY B_OK B_TRY",
+        "ota.slot=A",
+        "ota.slot=B",
+    ] {
+        assert!(text.contains(needle), "grub.cfg lacks {needle:?}");
+    }
+}
+
+#[test]
+fn shipped_boot_cmd_packs_and_uses_the_backends_variables() {
+    let cmd = repo_file("boot/uboot/boot.cmd");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let scr = dir.path().join("boot.scr");
+    run_ok(
+        "mkimage",
+        "u-boot-tools",
+        &[
+            "-A",
+            "arm64",
+            "-T",
+            "script",
+            "-C",
+            "none",
+            "-n",
+            "OTA A/B",
+            "-d",
+            cmd.to_str().expect("path"),
+            scr.to_str().expect("path"),
+        ],
+    );
+    let text = std::fs::read_to_string(&cmd).expect("boot.cmd");
+    for needle in [
+        "BOOT_ORDER",
+        "BOOT_A_LEFT",
+        "BOOT_B_LEFT",
+        "saveenv",
+        "ota.slot=${ota_slot}",
+    ] {
+        assert!(text.contains(needle), "boot.cmd lacks {needle:?}");
+    }
 }
