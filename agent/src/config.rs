@@ -289,10 +289,21 @@ impl Config {
             }
         }
         if self.slots.a_partuuid.is_some()
-            && self.slots.a_partuuid.as_deref().map(str::to_ascii_lowercase)
-                == self.slots.b_partuuid.as_deref().map(str::to_ascii_lowercase)
+            && self
+                .slots
+                .a_partuuid
+                .as_deref()
+                .map(str::to_ascii_lowercase)
+                == self
+                    .slots
+                    .b_partuuid
+                    .as_deref()
+                    .map(str::to_ascii_lowercase)
         {
-            return Err(invalid("slots.b_partuuid", "must differ from slots.a_partuuid"));
+            return Err(invalid(
+                "slots.b_partuuid",
+                "must differ from slots.a_partuuid",
+            ));
         }
         if self.download.retry_initial_ms == 0 {
             return Err(invalid("download.retry_initial_ms", "must be at least 1"));
@@ -314,7 +325,10 @@ impl Config {
                 return Err(invalid("watchdog.device", "must not be empty"));
             }
             if !(2..=3600).contains(&self.watchdog.timeout_secs) {
-                return Err(invalid("watchdog.timeout_secs", "must be between 2 and 3600"));
+                return Err(invalid(
+                    "watchdog.timeout_secs",
+                    "must be between 2 and 3600",
+                ));
             }
         }
         if self.slots.max_image_bytes == Some(0) {

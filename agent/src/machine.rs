@@ -17,7 +17,13 @@
 //! Safety of interruption: the state is persisted (atomically) *before*
 //! each step whose effect it must describe after a power cut:
 //! * `Downloading` before the first byte is written (the slot is untrusted
-//!   from then on; a restart goes back to `Idle` and the next poll starts over);
+//!   from then on), and again with a new `checkpoint` each time the slot has
+//!   been fsynced up to it; a restart leaves it to the next poll, which
+//!   resumes at the checkpoint (re-hashing the bytes before it) when the same
+//!   release is still the one to install, else starts over. A network failure
+//!   within a poll is retried with a Range request from the last written byte;
+//!   when retries run out the phase stays `Downloading` for the next poll. A
+//!   verification or slot failure goes back to `Idle` (start over);
 //! * `Installed` before `set_try_once` (a restart re-arms, which is idempotent);
 //! * `Trying` with the current boot id before the reboot command (a restart in
 //!   the same boot just asks for the reboot again);
@@ -31,7 +37,7 @@ use crate::booted::{self, BootedError};
 use crate::bootloader::{BootError, Bootloader};
 use crate::config::Config;
 use crate::health::{self, CheckContext};
-use crate::install::install_stream;
+use crate::install::{self, Download, InstallError, InstallHooks, RetryPolicy};
 use crate::report::{clamp_reason, ReportSink};
 use crate::slot::{SlotId, Slots};
 use crate::source::UpdateSource;
@@ -40,8 +46,49 @@ use crate::state::{
 };
 use ota_common::tuf::{Target, TufError};
 use ota_common::wire::{DeviceReport, UpdateStatus};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
+
+/// A liveness signal the machine gives while it works (every image chunk,
+/// during retry waits and the reboot wait): the daemon feeds its watchdogs
+/// from it, so they are fed only while the loop itself makes progress.
+#[derive(Default)]
+pub struct Heartbeat(Option<Box<dyn FnMut() + Send>>);
+
+impl Heartbeat {
+    pub fn new(beat: impl FnMut() + Send + 'static) -> Self {
+        Heartbeat(Some(Box::new(beat)))
+    }
+
+    pub fn beat(&mut self) {
+        if let Some(f) = self.0.as_mut() {
+            f()
+        }
+    }
+
+    /// Sleeps `duration`, beating at least every second meanwhile.
+    pub fn sleep(&mut self, duration: Duration) {
+        let end = Instant::now() + duration;
+        loop {
+            self.beat();
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            std::thread::sleep(left.min(Duration::from_secs(1)));
+        }
+    }
+}
+
+impl std::fmt::Debug for Heartbeat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Heartbeat(set)"
+        } else {
+            "Heartbeat(none)"
+        })
+    }
+}
 
 /// Why the machine could not go on. The persisted state still describes
 /// where it is, so the next start resumes from there.
@@ -100,6 +147,7 @@ pub struct Machine {
     state: AgentState,
     booted: SlotId,
     boot_id: String,
+    heartbeat: Heartbeat,
 }
 
 impl Machine {
@@ -139,7 +187,13 @@ impl Machine {
             state,
             booted,
             boot_id,
+            heartbeat: Heartbeat::default(),
         })
+    }
+
+    /// Sets the liveness signal (see [`Heartbeat`]).
+    pub fn set_heartbeat(&mut self, heartbeat: Heartbeat) {
+        self.heartbeat = heartbeat;
     }
 
     pub fn state(&self) -> &AgentState {
@@ -180,11 +234,21 @@ impl Machine {
                 Ok(Resumed::Idle)
             }
 
-            // An interrupted download leaves an untrusted slot; the next poll starts over.
-            Phase::Downloading { slot, target, .. } => {
-                info!(%slot, target = %target.name, version = %target.version,
-                    "download was interrupted; abandoning it (the next poll starts over)");
-                self.enter(Phase::Idle)?;
+            // An interrupted download: the next poll resumes it from its durable
+            // checkpoint if the same release is still the one to install. Unless
+            // the slot being written is somehow the one that booted.
+            Phase::Downloading {
+                slot,
+                target,
+                checkpoint,
+            } => {
+                if slot == booted {
+                    warn!(%slot, target = %target.name, "booted the slot an interrupted download was writing; abandoning the download");
+                    self.enter(Phase::Idle)?;
+                } else {
+                    info!(%slot, target = %target.name, version = %target.version, checkpoint,
+                        "download was interrupted; the next poll resumes it");
+                }
                 Ok(Resumed::Idle)
             }
 
@@ -254,9 +318,18 @@ impl Machine {
     /// newer than the running one and not rejected, install it into the
     /// inactive slot, arm the bootloader and reboot.
     pub fn poll_once(&mut self, source: &mut dyn UpdateSource) -> Result<Polled, MachineError> {
-        if self.state.phase != Phase::Idle {
-            return Ok(Polled::Busy);
-        }
+        // An interrupted download is resumed by the poll; any other phase is
+        // the post-boot stage's business.
+        let interrupted = match &self.state.phase {
+            Phase::Idle => None,
+            Phase::Downloading {
+                slot,
+                target,
+                checkpoint,
+            } => Some((*slot, target.clone(), *checkpoint)),
+            _ => return Ok(Polled::Busy),
+        };
+        self.heartbeat.beat();
         if let Err(e) = source.refresh() {
             self.report(
                 UpdateStatus::Failed,
@@ -277,6 +350,10 @@ impl Machine {
             }
         };
         let Some((target, tref)) = self.choose(targets) else {
+            if let Some((slot, old, _)) = interrupted {
+                info!(%slot, target = %old.name, "the interrupted download's release is no longer offered; abandoning it");
+                self.enter(Phase::Idle)?;
+            }
             let last = self.state.last_report.as_ref().map(|r| r.status);
             if last != Some(UpdateStatus::Idle) {
                 self.report(UpdateStatus::Idle, None, None);
@@ -286,18 +363,42 @@ impl Machine {
         };
 
         let slot = self.booted.other();
-        // The slot's old content is gone from the moment the first byte lands.
-        *self.state.slot_mut(slot) = None;
-        self.enter(Phase::Downloading {
-            slot,
-            target: tref.clone(),
-            checkpoint: 0,
-        })?;
+        // Resume only the very same release (name, length and digests) into the same slot.
+        let resume_from = match interrupted {
+            Some((s, old, checkpoint))
+                if s == slot && old.same_release(&tref) && old.length == tref.length =>
+            {
+                checkpoint
+            }
+            Some((_, old, _)) => {
+                info!(target = %old.name, new_target = %tref.name,
+                    "another release replaces the interrupted download; starting over");
+                0
+            }
+            None => 0,
+        };
+        if resume_from == 0 {
+            // The slot's old content is gone from the moment the first byte lands.
+            *self.state.slot_mut(slot) = None;
+            self.enter(Phase::Downloading {
+                slot,
+                target: tref.clone(),
+                checkpoint: 0,
+            })?;
+        }
         self.report(UpdateStatus::Downloading, Some(&tref), None);
 
-        if let Err(reason) = self.download(source, &target, slot) {
-            error!(%slot, target = %tref.name, version = %tref.version, %reason, "install failed; the running slot is untouched");
-            self.enter(Phase::Idle)?;
+        if let Err(e) = self.download(&*source, &target, slot, resume_from) {
+            let reason = e.to_string();
+            if e.keeps_checkpoint() {
+                // The bytes up to the checkpoint are good: stay in Downloading so
+                // the next poll (or a restart) resumes there.
+                error!(%slot, target = %tref.name, version = %tref.version, %reason,
+                    "download failed; the next poll resumes it; the running slot is untouched");
+            } else {
+                error!(%slot, target = %tref.name, version = %tref.version, %reason, "install failed; the running slot is untouched");
+                self.enter(Phase::Idle)?;
+            }
             self.report(UpdateStatus::Failed, Some(&tref), Some(&reason));
             return Ok(Polled::Failed { reason });
         }
@@ -347,31 +448,40 @@ impl Machine {
         best
     }
 
-    /// Streams the target into `slot`; `Err` is the reason, in plain words.
+    /// Streams the target into `slot`, from the durable checkpoint `resume_from`.
     fn download(
-        &self,
+        &mut self,
         source: &dyn UpdateSource,
         target: &Target,
         slot: SlotId,
-    ) -> Result<(), String> {
-        let reader = source.open(target, 0).map_err(|e| e.to_string())?;
+        resume_from: u64,
+    ) -> Result<(), InstallError> {
         let length = target.length;
-        let mut next_log = length / 4;
-        info!(%slot, target = %target.name, length, "streaming image into the inactive slot");
-        install_stream(
-            reader,
+        info!(%slot, target = %target.name, length, resume_from, "streaming image into the inactive slot");
+        let dl = &self.config.download;
+        let job = Download {
             length,
-            &target.digests,
-            self.slots.get(slot),
-            self.slots.get(self.booted),
-            |done| {
-                if done >= next_log && length > 0 {
-                    info!(%slot, done, length, percent = done * 100 / length, "download progress");
-                    next_log = next_log.saturating_add((length / 4).max(1));
-                }
+            digests: &target.digests,
+            slot: self.slots.get(slot),
+            booted: self.slots.get(self.booted),
+            resume_from,
+            checkpoint_every: dl.checkpoint_bytes,
+            retry: RetryPolicy {
+                retries: dl.retries,
+                initial: Duration::from_millis(dl.retry_initial_ms),
+                max: Duration::from_millis(dl.retry_max_ms),
             },
-        )
-        .map_err(|e| e.to_string())?;
+        };
+        let mut hooks = MachineHooks {
+            source,
+            target,
+            store: &self.store,
+            state: &mut self.state,
+            heartbeat: &mut self.heartbeat,
+            slot,
+            next_log: length / 4,
+        };
+        install::install(&job, &mut hooks)?;
         info!(%slot, target = %target.name, "image written, read back and verified");
         Ok(())
     }
@@ -511,11 +621,60 @@ impl Machine {
             }
         }
         let timeout = self.config.reboot_timeout_secs;
-        std::thread::sleep(Duration::from_secs(timeout));
+        // Still alive while waiting: the watchdogs must not fire before the reboot does.
+        self.heartbeat.sleep(Duration::from_secs(timeout));
         error!(
             timeout_secs = timeout,
             "the system did not go down after the reboot command; carrying on"
         );
+    }
+}
+
+/// The install's view of the machine: the image stream, the checkpoint in
+/// state.json, progress logs and the heartbeat.
+struct MachineHooks<'a> {
+    source: &'a dyn UpdateSource,
+    target: &'a Target,
+    store: &'a StateStore,
+    state: &'a mut AgentState,
+    heartbeat: &'a mut Heartbeat,
+    slot: SlotId,
+    next_log: u64,
+}
+
+impl InstallHooks<'static> for MachineHooks<'_> {
+    fn open(&mut self, offset: u64) -> Result<Box<dyn std::io::Read + Send>, TufError> {
+        self.heartbeat.beat();
+        if offset > 0 {
+            info!(slot = %self.slot, target = %self.target.name, offset, "requesting the rest of the image (Range)");
+        }
+        self.source.open(self.target, offset)
+    }
+
+    fn progress(&mut self, done: u64) {
+        self.heartbeat.beat();
+        let length = self.target.length;
+        if done >= self.next_log && length > 0 {
+            info!(slot = %self.slot, done, length, percent = done * 100 / length, "download progress");
+            self.next_log = self.next_log.saturating_add((length / 4).max(1));
+        }
+    }
+
+    fn checkpoint(&mut self, durable: u64) -> Result<(), String> {
+        let Phase::Downloading { checkpoint, .. } = &mut self.state.phase else {
+            return Err(format!(
+                "phase is {}, not downloading",
+                self.state.phase.name()
+            ));
+        };
+        *checkpoint = durable;
+        self.store.save(self.state).map_err(|e| e.to_string())?;
+        tracing::debug!(slot = %self.slot, checkpoint = durable, "download checkpoint saved");
+        Ok(())
+    }
+
+    fn wait(&mut self, delay: Duration) {
+        self.heartbeat.sleep(delay);
     }
 }
 

@@ -50,6 +50,11 @@ device_id = "dev-1"
 initial_version = "1.0.0"
 reboot_command = ["sh", "-c", "echo reboot >> '{reboots}'"]
 reboot_timeout_secs = 0
+[download]
+retries = 3
+retry_initial_ms = 1
+retry_max_ms = 5
+checkpoint_bytes = 65536
 [slots]
 a = "{a}"
 b = "{b}"
@@ -324,7 +329,7 @@ fn restart_before_the_reboot_happened_asks_again() {
 }
 
 #[test]
-fn interrupted_download_is_abandoned() {
+fn interrupted_download_of_another_release_starts_over() {
     let mut dev = Device::new();
     dev.power_on();
     let mut state = AgentState::fresh(SlotId::A, &semver::Version::new(1, 0, 0));
@@ -336,10 +341,11 @@ fn interrupted_download_is_abandoned() {
     dev.store().save(&state).expect("save");
     let mut m = dev.agent();
     assert_eq!(m.resume_after_boot().expect("resume"), Resumed::Idle);
-    assert_eq!(m.state().phase, Phase::Idle);
+    // Left to the poll, which resumes only the same release.
+    assert!(matches!(m.state().phase, Phase::Downloading { .. }));
     assert_eq!(dev.primary(), SlotId::A);
     assert_eq!(dev.reboots(), 0);
-    // The next poll starts over and completes.
+    // The repository offers another release: the poll starts over and completes.
     assert_eq!(
         m.poll_once(&mut v2_repo()).expect("poll"),
         Polled::RebootRequested
@@ -517,4 +523,187 @@ fn idle_agent_keeps_the_running_slot_primary() {
         .modified()
         .expect("mtime");
     assert_eq!(before, after);
+}
+
+/// A repository whose image streams break off: each `open` serves at most
+/// `cuts[i]` bytes (then a connection-reset error), later opens serve to the end.
+struct Flaky {
+    repo: Repo,
+    cuts: std::cell::RefCell<Vec<usize>>,
+    opened_at: std::cell::RefCell<Vec<u64>>,
+}
+
+impl Flaky {
+    fn new(repo: Repo, cuts: &[usize]) -> Self {
+        Flaky {
+            repo,
+            cuts: std::cell::RefCell::new(cuts.iter().rev().copied().collect()),
+            opened_at: std::cell::RefCell::new(Vec::new()),
+        }
+    }
+}
+
+/// Serves `limit` bytes of `inner`, then fails like a dropped connection.
+struct CutAfter {
+    inner: Box<dyn std::io::Read + Send>,
+    limit: usize,
+}
+
+impl std::io::Read for CutAfter {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.limit == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "connection reset by peer",
+            ));
+        }
+        let want = buf.len().min(self.limit);
+        let n = self.inner.read(&mut buf[..want])?;
+        self.limit -= n;
+        Ok(n)
+    }
+}
+
+impl UpdateSource for Flaky {
+    fn refresh(&mut self) -> Result<RefreshOutcome, TufError> {
+        self.repo.refresh()
+    }
+    fn targets(&self) -> Result<Vec<Target>, TufError> {
+        self.repo.targets()
+    }
+    fn open(
+        &self,
+        target: &Target,
+        offset: u64,
+    ) -> Result<Box<dyn std::io::Read + Send>, TufError> {
+        self.opened_at.borrow_mut().push(offset);
+        let inner = self.repo.open(target, offset)?;
+        Ok(match self.cuts.borrow_mut().pop() {
+            Some(limit) => Box::new(CutAfter { inner, limit }),
+            None => inner,
+        })
+    }
+}
+
+fn image(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+#[test]
+fn broken_stream_is_resumed_with_a_range_request_in_the_same_poll() {
+    let mut dev = Device::new();
+    dev.power_on();
+    let data = image(1_000_000);
+    let repo = Repo::with(vec![release("img-2", "2.0.0", &[HW], &data)]);
+    // The connection drops after 300 000 bytes (mid-chunk).
+    let mut flaky = Flaky::new(repo, &[300_000]);
+    let mut m = dev.agent();
+    assert_eq!(
+        m.poll_once(&mut flaky).expect("poll"),
+        Polled::RebootRequested
+    );
+    // One resumed request, from the last byte written (a chunk boundary: the
+    // broken chunk's bytes were dropped, never written unverified).
+    let opened = flaky.opened_at.borrow().clone();
+    assert_eq!(opened, [0, crate::install::CHUNK as u64], "{opened:?}");
+    assert_eq!(std::fs::read(dev.path("b.img")).expect("b"), data);
+    assert!(!dev
+        .statuses()
+        .iter()
+        .any(|(s, _)| *s == UpdateStatus::Failed));
+}
+
+#[test]
+fn download_interrupted_across_restarts_resumes_from_the_checkpoint() {
+    let mut dev = Device::new();
+    dev.power_on();
+    let data = image(1_000_000);
+    let repo = || Repo::with(vec![release("img-2", "2.0.0", &[HW], &data)]);
+    // Every try breaks off after 600 000 bytes: retries run out, the poll fails.
+    let mut flaky = Flaky::new(repo(), &[600_000, 0, 0, 0]);
+    let mut m = dev.agent();
+    let Polled::Failed { reason } = m.poll_once(&mut flaky).expect("poll") else {
+        panic!("expected a failed download");
+    };
+    assert!(reason.contains("connection reset"), "{reason}");
+    let Phase::Downloading { checkpoint, .. } = m.state().phase.clone() else {
+        panic!("stays in downloading: {:?}", m.state().phase);
+    };
+    // Checkpoints every 64 KiB, at chunk ends: the last one before the break.
+    assert_eq!(checkpoint, 2 * crate::install::CHUNK as u64);
+    drop(m);
+
+    // The agent restarts (same boot): the post-boot stage leaves the download
+    // to the poll, which re-hashes the slot's first bytes and fetches the rest.
+    let mut m = dev.agent();
+    assert_eq!(m.resume_after_boot().expect("resume"), Resumed::Idle);
+    assert!(matches!(m.state().phase, Phase::Downloading { .. }));
+    let mut good = Flaky::new(repo(), &[]);
+    assert_eq!(
+        m.poll_once(&mut good).expect("poll"),
+        Polled::RebootRequested
+    );
+    assert_eq!(*good.opened_at.borrow(), [checkpoint]);
+    assert_eq!(std::fs::read(dev.path("b.img")).expect("b"), data);
+}
+
+#[test]
+fn corrupted_bytes_before_the_checkpoint_fail_the_install_and_the_next_poll_starts_over() {
+    let mut dev = Device::new();
+    dev.power_on();
+    let data = image(700_000);
+    let repo = || Repo::with(vec![release("img-2", "2.0.0", &[HW], &data)]);
+    let mut m = dev.agent();
+    let mut flaky = Flaky::new(repo(), &[600_000, 0, 0, 0]);
+    assert!(matches!(
+        m.poll_once(&mut flaky).expect("poll"),
+        Polled::Failed { .. }
+    ));
+    // The medium flips a byte the checkpoint vouched for.
+    let mut b = std::fs::read(dev.path("b.img")).expect("b");
+    b[1000] ^= 0xff;
+    std::fs::write(dev.path("b.img"), &b).expect("corrupt");
+    let mut good = Flaky::new(repo(), &[]);
+    let Polled::Failed { reason } = m.poll_once(&mut good).expect("poll") else {
+        panic!("the corrupted prefix must be caught");
+    };
+    assert!(reason.contains("mismatch"), "{reason}");
+    assert_eq!(m.state().phase, Phase::Idle);
+    let mut good = Flaky::new(repo(), &[]);
+    assert_eq!(
+        m.poll_once(&mut good).expect("poll"),
+        Polled::RebootRequested
+    );
+    assert_eq!(*good.opened_at.borrow(), [0]);
+    assert_eq!(std::fs::read(dev.path("b.img")).expect("b"), data);
+}
+
+#[test]
+fn a_newer_release_replaces_an_interrupted_download() {
+    let mut dev = Device::new();
+    dev.power_on();
+    let old = image(500_000);
+    let mut flaky = Flaky::new(
+        Repo::with(vec![release("img-2", "2.0.0", &[HW], &old)]),
+        &[400_000, 0, 0, 0],
+    );
+    let mut m = dev.agent();
+    assert!(matches!(
+        m.poll_once(&mut flaky).expect("poll"),
+        Polled::Failed { .. }
+    ));
+    let new = vec![9u8; 300_000];
+    let mut repo = Flaky::new(
+        Repo::with(vec![
+            release("img-2", "2.0.0", &[HW], &old),
+            release("img-3", "3.0.0", &[HW], &new),
+        ]),
+        &[],
+    );
+    assert_eq!(
+        m.poll_once(&mut repo).expect("poll"),
+        Polled::RebootRequested
+    );
+    assert_eq!(*repo.opened_at.borrow(), [0]);
+    assert_eq!(std::fs::read(dev.path("b.img")).expect("b"), new);
 }
