@@ -101,7 +101,8 @@ impl SlotVars {
             .clone()
             .find(|s| ok(*s) && !tried(*s))
             .or_else(|| order.clone().find(|s| ok(*s)))
-            .unwrap_or(self.order[0])
+            .or_else(|| self.order.first().copied())
+            .unwrap_or(SlotId::A)
     }
 }
 

@@ -170,7 +170,8 @@ impl SlotVars {
             .iter()
             .copied()
             .find(|s| self.left(*s) > 0)
-            .unwrap_or(self.order[0])
+            .or_else(|| self.order.first().copied())
+            .unwrap_or(SlotId::A)
     }
 }
 
