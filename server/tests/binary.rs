@@ -13,6 +13,7 @@ fn command(dir: &std::path::Path) -> Command {
         .env_remove("OTA_SERVER_LISTEN")
         .env_remove("OTA_SERVER_DATA_DIR")
         .env_remove("OTA_SERVER_ADMIN_TOKEN_FILE")
+        .env_remove("OTA_SERVER_DATABASE_URL")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -132,4 +133,56 @@ impl Drop for KillOnDrop {
             let _ = child.wait();
         }
     }
+}
+
+#[test]
+fn tls_and_database_from_config_and_sighup_reloads_instead_of_killing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("rcgen");
+    std::fs::write(dir.path().join("cert.pem"), generated.cert.pem()).expect("cert");
+    std::fs::write(
+        dir.path().join("key.pem"),
+        generated.key_pair.serialize_pem(),
+    )
+    .expect("key");
+    let db = dir.path().join("elsewhere.db");
+    let config = dir.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n\
+             database_url = \"sqlite://{}\"\n",
+            db.display()
+        ),
+    )
+    .expect("write");
+    let mut guard = KillOnDrop(Some(
+        command(dir.path())
+            .arg("--config")
+            .arg(&config)
+            .spawn()
+            .expect("spawn ota-server"),
+    ));
+    let child = guard.0.as_mut().expect("child");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("read listening line");
+    assert!(
+        line.starts_with("ota-server listening on https://127.0.0.1:"),
+        "{line:?}"
+    );
+    assert!(db.exists(), "the configured database is used");
+    assert!(!dir.path().join("ota-server-data/ota.db").exists());
+
+    let status = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "SIGHUP must reload, not stop"
+    );
 }
