@@ -53,7 +53,7 @@ fn init_add_resign_publish_status_from_the_command_line() {
     let o = run(&repo, &["status"]);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(
-        out.contains("software key file (development only)"),
+        out.contains("software key file ") && out.contains("root-1.pem (development only)"),
         "{out}"
     );
     assert!(out.contains("ecdsa/ecdsa-sha2-nistp256"), "{out}");
