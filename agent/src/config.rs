@@ -139,6 +139,10 @@ pub struct SlotsConfig {
 pub enum BootBackend {
     /// Simulated U-Boot-like bootloader whose state is a JSON file.
     Sim,
+    /// U-Boot environment located by an fw_env.config (RAUC's BOOT_ORDER/BOOT_x_LEFT).
+    UBoot,
+    /// GRUB environment block (RAUC's ORDER/x_OK/x_TRY).
+    Grub,
 }
 
 /// `[boot]`: the bootloader backend and how the booted slot is detected.
@@ -156,6 +160,19 @@ pub struct BootConfig {
     pub slot_param: String,
     #[serde(default = "default_boot_id_path")]
     pub boot_id_path: PathBuf,
+    /// fw_env.config naming the U-Boot environment (backend = "uboot").
+    #[serde(default = "default_fw_env_config")]
+    pub fw_env_config: PathBuf,
+    /// GRUB environment block (backend = "grub").
+    #[serde(default = "default_grubenv")]
+    pub grubenv: PathBuf,
+}
+
+fn default_fw_env_config() -> PathBuf {
+    PathBuf::from("/etc/fw_env.config")
+}
+fn default_grubenv() -> PathBuf {
+    PathBuf::from("/boot/grub/grubenv")
 }
 
 /// `[[health_check]]`: a command that must exit 0 on a freshly booted slot.
@@ -341,7 +358,7 @@ impl Config {
                     "is required with backend = \"sim\"",
                 ));
             }
-            BootBackend::Sim => {}
+            BootBackend::Sim | BootBackend::UBoot | BootBackend::Grub => {}
         }
         let param = &self.boot.slot_param;
         if param.is_empty() || param.contains(['=', ' ', '\t', '\n']) {

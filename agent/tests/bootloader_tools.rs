@@ -3,22 +3,8 @@
 //! and `grub-editenv` (grub-common). A missing tool fails the test and names
 //! the Debian package to install.
 
-// Until `agent/src/bootloader/mod.rs` declares these modules, compile them
-// here against the library's trait and slot types. (Once declared, this
-// still works; switch to `use ota_agent::bootloader::{uboot, ...}` then.)
-#[allow(dead_code)]
-#[path = "../src/bootloader/grub.rs"]
-mod grub;
-#[allow(dead_code)]
-#[path = "../src/bootloader/grub_env.rs"]
-mod grub_env;
-#[allow(dead_code)]
-#[path = "../src/bootloader/uboot.rs"]
-mod uboot;
-#[allow(dead_code)]
-#[path = "../src/bootloader/uboot_env.rs"]
-mod uboot_env;
-use ota_agent::bootloader::{BootError, Bootloader, Result};
+use ota_agent::bootloader::{grub, grub_env, uboot, uboot_env};
+use ota_agent::bootloader::{BootError, Bootloader};
 use ota_agent::slot;
 
 use grub::GrubBootloader;

@@ -2,7 +2,11 @@
 //! mark-good / mark-bad operations an A/B update needs. One sibling module
 //! per backend; [`from_config`] chooses.
 
+pub mod grub;
+pub mod grub_env;
 pub mod sim;
+pub mod uboot;
+pub mod uboot_env;
 
 use crate::config::{BootBackend, BootConfig};
 use crate::slot::SlotId;
@@ -49,5 +53,9 @@ pub fn from_config(config: &BootConfig) -> Result<Box<dyn Bootloader>> {
             })?;
             Ok(Box::new(sim::SimBootloader::new(path)))
         }
+        BootBackend::UBoot => Ok(Box::new(uboot::UBootBootloader::new(
+            &config.fw_env_config,
+        )?)),
+        BootBackend::Grub => Ok(Box::new(grub::GrubBootloader::new(config.grubenv.clone()))),
     }
 }
