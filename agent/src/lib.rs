@@ -16,6 +16,7 @@
 //! * [`report`]: status reports to the server.
 //! * [`source`]: verified releases from the TUF client.
 //! * [`lock`]: one agent process at a time.
+//! * [`sd_notify`], [`watchdog`]: systemd readiness and watchdog, hardware watchdog.
 
 pub mod blockdev;
 pub mod booted;
@@ -26,9 +27,11 @@ pub mod install;
 pub mod lock;
 pub mod machine;
 pub mod report;
+pub mod sd_notify;
 pub mod slot;
 pub mod source;
 pub mod state;
+pub mod watchdog;
 
 /// User-Agent of every HTTP request the agent makes.
 pub const USER_AGENT: &str = concat!("ota-agent/", env!("CARGO_PKG_VERSION"));

@@ -1,7 +1,8 @@
 //! `ota-agent`: the device daemon.
 //!
 //! ```text
-//! ota-agent [--config PATH] run [--once]   resume after boot, then poll forever (or once)
+//! ota-agent [--config PATH] run [--once]   resume after boot, then poll forever (or once);
+//!                                          a systemd Type=notify service: READY=1, WATCHDOG=1
 //! ota-agent [--config PATH] health         post-boot stage only: health checks, commit or roll back
 //! ota-agent [--config PATH] status         print the persisted state as JSON
 //! ```
@@ -9,14 +10,16 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use ota_agent::config::Config;
-use ota_agent::machine::{Machine, Resumed};
+use ota_agent::machine::{Heartbeat, Machine, Resumed};
 use ota_agent::report::HttpReporter;
 use ota_agent::source::open_tuf;
 use ota_agent::state::StateStore;
+use ota_agent::watchdog::Watchdogs;
 use ota_agent::{bootloader, lock};
 use rand::Rng;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 #[derive(Debug, Parser)]
@@ -83,15 +86,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Run { once } => {
             let lock_path = lock_path_ensured(&config)?;
+            let watchdogs = Arc::new(Mutex::new(
+                Watchdogs::from_env(&config.watchdog).context("watchdog")?,
+            ));
+            let feed = {
+                let watchdogs = watchdogs.clone();
+                move || {
+                    if let Ok(mut w) = watchdogs.lock() {
+                        w.feed();
+                    }
+                }
+            };
+            if let Ok(w) = watchdogs.lock() {
+                w.ready();
+            }
             let mut tuf = None;
             let mut first = true;
             loop {
+                // Fed from the loop only: a hung cycle stops the pings.
+                feed();
                 // The lock is held for one cycle, not while sleeping, so `ota-agent health`
                 // (run by systemd at boot) never waits for a whole poll interval. The
                 // state is re-read each cycle for the same reason.
                 let cycle = (|| -> Result<()> {
                     let _lock = lock::lock(&lock_path, true)?;
                     let mut machine = build_machine(&config)?;
+                    machine.set_heartbeat(Heartbeat::new(feed.clone()));
                     // Finishes whatever the persisted phase left open (commit, rollback,
                     // a reboot that did not happen); a no-op when idle.
                     machine.resume_after_boot()?;
@@ -117,7 +137,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 };
                 let wait = config.poll_interval_secs.saturating_add(jitter);
                 tracing::debug!(wait_secs = wait, "sleeping until the next poll");
-                std::thread::sleep(Duration::from_secs(wait));
+                match watchdogs.lock() {
+                    Ok(mut w) => w.sleep(Duration::from_secs(wait)),
+                    Err(_) => std::thread::sleep(Duration::from_secs(wait)),
+                }
             }
         }
     }
