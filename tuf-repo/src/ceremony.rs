@@ -454,19 +454,48 @@ pub async fn merge(layout: &Layout, role: Role, sig_files: &[PathBuf]) -> Result
             key_location: &format!("offline key, detached signature file {file}"),
         })?;
     }
+    let new_root = payload.root()?;
     let signed = Signed {
-        signed: payload.root()?,
+        signed: new_root.clone(),
         signatures,
     };
     let file_bytes = editor::signed_bytes(&signed)?;
-    editor::write_metadata(
-        layout,
-        &MetadataFiles {
-            versioned: vec![(format!("{}.root.json", payload.version), file_bytes.clone())],
-            root_copy: Some(file_bytes),
-            timestamp: None,
-        },
-    )?;
+    // Roles whose keys or threshold changed must be re-signed under the new
+    // root in the same step, or the repository would hold metadata the new
+    // root no longer accepts (and could not even be loaded to fix it).
+    let changed: Vec<Role> = [Role::Targets, Role::Snapshot, Role::Timestamp]
+        .into_iter()
+        .filter(|r| {
+            state.root.signed.roles.get(&r.role_type()) != new_root.roles.get(&r.role_type())
+        })
+        .collect();
+    let mut files = if changed.is_empty() {
+        MetadataFiles::default()
+    } else {
+        let roles = crate::resign::expand(&changed, &BTreeMap::new());
+        let now = jiff::Timestamp::now();
+        let mut expires = BTreeMap::new();
+        for role in &roles {
+            expires.insert(*role, config.role(*role)?.expiry()?.resolve(now)?);
+        }
+        let mut new_state = state.clone();
+        new_state.root = signed.clone();
+        let plan = editor::SignPlan {
+            root: false,
+            new_targets: None,
+            resign_targets: roles.contains(&Role::Targets),
+            snapshot: roles.contains(&Role::Snapshot),
+            timestamp: roles.contains(&Role::Timestamp),
+            expires,
+        };
+        editor::sign_plan(layout, &config, &new_state, plan).await?
+    };
+    files.versioned.insert(
+        0,
+        (format!("{}.root.json", payload.version), file_bytes.clone()),
+    );
+    files.root_copy = Some(file_bytes);
+    editor::write_metadata(layout, &files)?;
     // The repository must load with the new root (tough checks both thresholds).
     RepoState::load(layout).await?;
     std::fs::remove_file(&pending).map_err(RepoError::io(&pending))?;
