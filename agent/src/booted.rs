@@ -19,6 +19,12 @@ pub enum BootedError {
     },
     #[error("{path} has no {param}= (or {RAUC_SLOT_PARAM}=) parameter: the bootloader must pass the booted slot (A or B) on the kernel command line")]
     Missing { path: PathBuf, param: String },
+    #[error("{path} has no {param}= (or {RAUC_SLOT_PARAM}=) parameter, and root={root} is neither slot (compared with slots.a/b and slots.a_partuuid/b_partuuid)")]
+    RootUnknown {
+        path: PathBuf,
+        param: String,
+        root: String,
+    },
     #[error("{path}: {param}={value:?} is not A or B")]
     BadValue {
         path: PathBuf,
@@ -57,6 +63,88 @@ pub fn booted_slot(cmdline_path: &Path, param: &str) -> Result<SlotId, BootedErr
             value,
         },
     })
+}
+
+/// The slots as the kernel may name them in `root=`.
+#[derive(Debug, Clone, Copy)]
+pub struct SlotRoots<'a> {
+    pub a: &'a Path,
+    pub b: &'a Path,
+    pub a_partuuid: Option<&'a str>,
+    pub b_partuuid: Option<&'a str>,
+}
+
+/// The booted slot: from `param=A|B` (or `rauc.slot=`) as [`booted_slot`];
+/// when neither is on the command line, from `root=PARTUUID=...` (matched
+/// against the configured partition UUIDs, or through
+/// /dev/disk/by-partuuid/) or `root=/dev/...` (matched against the slot
+/// paths, by name or by device number).
+pub fn booted_slot_with_root(
+    cmdline_path: &Path,
+    param: &str,
+    roots: &SlotRoots<'_>,
+) -> Result<SlotId, BootedError> {
+    match booted_slot(cmdline_path, param) {
+        Err(BootedError::Missing { path, param }) => {
+            let cmdline = read_capped(cmdline_path)?;
+            let Some(root) = last_param(&cmdline, "root") else {
+                return Err(BootedError::Missing { path, param });
+            };
+            slot_of_root(root, roots, Path::new("/dev/disk/by-partuuid")).ok_or_else(|| {
+                BootedError::RootUnknown {
+                    path,
+                    param,
+                    root: root.chars().take(128).collect(),
+                }
+            })
+        }
+        other => other,
+    }
+}
+
+fn last_param<'c>(cmdline: &'c str, name: &str) -> Option<&'c str> {
+    cmdline
+        .split_whitespace()
+        .rev()
+        .filter_map(|tok| tok.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"'))
+}
+
+fn slot_of_root(root: &str, roots: &SlotRoots<'_>, by_partuuid: &Path) -> Option<SlotId> {
+    let candidates = [
+        (SlotId::A, roots.a, roots.a_partuuid),
+        (SlotId::B, roots.b, roots.b_partuuid),
+    ];
+    let device = if let Some(uuid) = root
+        .strip_prefix("PARTUUID=")
+        .or_else(|| root.strip_prefix("partuuid="))
+    {
+        // A configured UUID decides; otherwise udev's by-partuuid link names the device.
+        if let Some((id, ..)) = candidates
+            .iter()
+            .find(|(_, _, u)| u.is_some_and(|u| u.eq_ignore_ascii_case(uuid)))
+        {
+            return Some(*id);
+        }
+        if uuid.contains('/') || uuid.is_empty() {
+            return None; // PARTNROFF= and friends: not resolved here.
+        }
+        by_partuuid.join(uuid.to_ascii_lowercase())
+    } else if root.starts_with('/') {
+        PathBuf::from(root)
+    } else {
+        return None;
+    };
+    if let Some((id, ..)) = candidates.iter().find(|(_, p, _)| *p == device) {
+        return Some(*id);
+    }
+    use std::os::unix::fs::MetadataExt;
+    let rdev = std::fs::metadata(&device).ok()?.rdev();
+    candidates
+        .iter()
+        .find(|(_, p, _)| std::fs::metadata(p).is_ok_and(|m| m.rdev() != 0 && m.rdev() == rdev))
+        .map(|(id, ..)| *id)
 }
 
 enum ParseError {
@@ -137,6 +225,63 @@ mod tests {
         assert!(err.contains("\"C\" is not A or B"), "{err}");
         let err = booted_slot(Path::new("/nonexistent/cmdline"), "ota.slot").expect_err("none");
         assert!(matches!(err, BootedError::Read { .. }));
+    }
+
+    #[test]
+    fn falls_back_to_root_by_partuuid_or_device_path() {
+        let roots = SlotRoots {
+            a: Path::new("/dev/mmcblk0p2"),
+            b: Path::new("/dev/mmcblk0p3"),
+            a_partuuid: Some("6C3B1A2E-02"),
+            b_partuuid: Some("6c3b1a2e-03"),
+        };
+        let (_d, p) = cmdline("console=ttyS0 root=PARTUUID=6c3b1a2e-02 rootwait\n");
+        assert_eq!(
+            booted_slot_with_root(&p, "ota.slot", &roots).expect("slot"),
+            SlotId::A
+        );
+        let (_d, p) = cmdline("root=/dev/mmcblk0p3 ro\n");
+        assert_eq!(
+            booted_slot_with_root(&p, "ota.slot", &roots).expect("slot"),
+            SlotId::B
+        );
+        // The slot parameter wins over root=.
+        let (_d, p) = cmdline("root=/dev/mmcblk0p3 ota.slot=A\n");
+        assert_eq!(
+            booted_slot_with_root(&p, "ota.slot", &roots).expect("slot"),
+            SlotId::A
+        );
+        let (_d, p) = cmdline("root=/dev/sda1\n");
+        let err = booted_slot_with_root(&p, "ota.slot", &roots)
+            .expect_err("unknown root")
+            .to_string();
+        assert!(err.contains("root=/dev/sda1 is neither slot"), "{err}");
+        let (_d, p) = cmdline("quiet\n");
+        assert!(matches!(
+            booted_slot_with_root(&p, "ota.slot", &roots),
+            Err(BootedError::Missing { .. })
+        ));
+    }
+
+    #[test]
+    fn partuuid_without_configured_uuids_resolves_through_by_partuuid_links() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let by_partuuid = dir.path().join("by-partuuid");
+        std::fs::create_dir(&by_partuuid).expect("dir");
+        // udev's links point at the device nodes; the null device stands in for a partition.
+        std::os::unix::fs::symlink("/dev/null", by_partuuid.join("abcd-02")).expect("link");
+        let roots = SlotRoots {
+            a: Path::new("/dev/zero"),
+            b: Path::new("/dev/null"),
+            a_partuuid: None,
+            b_partuuid: None,
+        };
+        assert_eq!(
+            slot_of_root("PARTUUID=ABCD-02", &roots, &by_partuuid),
+            Some(SlotId::B)
+        );
+        assert_eq!(slot_of_root("PARTUUID=abcd-09", &roots, &by_partuuid), None);
+        assert_eq!(slot_of_root("LABEL=rootfs", &roots, &by_partuuid), None);
     }
 
     #[test]

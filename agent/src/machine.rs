@@ -157,7 +157,17 @@ impl Machine {
         bootloader: Box<dyn Bootloader>,
         reporter: Box<dyn ReportSink>,
     ) -> Result<Self, MachineError> {
-        let booted = booted::booted_slot(&config.boot.cmdline_path, &config.boot.slot_param)?;
+        let roots = booted::SlotRoots {
+            a: &config.slots.a,
+            b: &config.slots.b,
+            a_partuuid: config.slots.a_partuuid.as_deref(),
+            b_partuuid: config.slots.b_partuuid.as_deref(),
+        };
+        let booted = booted::booted_slot_with_root(
+            &config.boot.cmdline_path,
+            &config.boot.slot_param,
+            &roots,
+        )?;
         let boot_id = booted::boot_id(&config.boot.boot_id_path)?;
         ota_common::atomic::create_dir_all_durable(&config.state_dir).map_err(|source| {
             MachineError::StateDir {
