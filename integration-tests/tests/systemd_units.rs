@@ -36,5 +36,8 @@ fn unit_files_verify_cleanly() {
         );
         checked += 1;
     }
-    assert!(checked >= 3, "expected the agent, health-check and server units");
+    assert!(
+        checked >= 3,
+        "expected the agent, health-check and server units"
+    );
 }
