@@ -75,6 +75,11 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // Headers and body go out in separate writes; with Nagle on, the body
+        // waits for the client's delayed ACK (~40 ms per response).
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY on {peer}: {e}");
+        }
         let activity = Arc::new(Activity::new());
         let io = Tracked {
             inner: stream,
