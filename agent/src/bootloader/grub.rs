@@ -38,10 +38,6 @@ fn try_var(slot: SlotId) -> &'static str {
     }
 }
 
-fn order_value(first: SlotId) -> String {
-    format!("{first} {}", first.other())
-}
-
 /// The GRUB bootloader, reading and writing the environment block on every call.
 #[derive(Debug, Clone)]
 pub struct GrubBootloader {
@@ -60,25 +56,7 @@ impl SlotVars {
     /// Reads the variables with grub.cfg's defaults for unset ones; values
     /// that grub.cfg and this backend never write are an error.
     pub fn from_env(env: &GrubEnv) -> std::result::Result<Self, String> {
-        let order_text = match env.get(ORDER) {
-            None | Some(b"") => "A B".to_owned(),
-            Some(v) => std::str::from_utf8(v)
-                .map_err(|_| format!("{ORDER} is not text"))?
-                .to_owned(),
-        };
-        let order = order_text
-            .split_ascii_whitespace()
-            .map(|t| match t {
-                "A" => Ok(SlotId::A),
-                "B" => Ok(SlotId::B),
-                other => Err(format!(
-                    "{ORDER} {order_text:?} names unknown slot {other:?}"
-                )),
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        if order.is_empty() {
-            return Err(format!("{ORDER} names no slot"));
-        }
+        let order = super::parse_order(ORDER, env.get(ORDER))?;
         let flag = |name: &str, default: bool| match env.get(name) {
             None | Some(b"") => Ok(default),
             Some(b"1") => Ok(true),
@@ -176,7 +154,7 @@ impl Bootloader for GrubBootloader {
 
     fn set_try_once(&mut self, slot: SlotId) -> Result<()> {
         self.modify(|env| {
-            env.set(ORDER, &order_value(slot))?;
+            env.set(ORDER, &super::order_value(slot))?;
             env.set(ok_var(slot), "1")?;
             env.set(try_var(slot), "0")?;
             // The fallback is the running slot: make sure grub.cfg picks it
@@ -189,7 +167,7 @@ impl Bootloader for GrubBootloader {
 
     fn mark_good(&mut self, slot: SlotId) -> Result<()> {
         self.modify(|env| {
-            env.set(ORDER, &order_value(slot))?;
+            env.set(ORDER, &super::order_value(slot))?;
             env.set(ok_var(slot), "1")?;
             env.set(try_var(slot), "0")?;
             Ok(())
@@ -199,7 +177,7 @@ impl Bootloader for GrubBootloader {
     fn mark_bad(&mut self, slot: SlotId) -> Result<()> {
         self.modify(|env| {
             env.set(ok_var(slot), "0")?;
-            env.set(ORDER, &order_value(slot.other()))?;
+            env.set(ORDER, &super::order_value(slot.other()))?;
             Ok(())
         })
     }

@@ -44,6 +44,36 @@ pub trait Bootloader: std::fmt::Debug {
     fn mark_bad(&mut self, slot: SlotId) -> Result<()>;
 }
 
+/// Parses a boot-order variable (`"A B"`) as the boot scripts read it: unset
+/// or empty means `"A B"`; anything but known slot names is an error naming
+/// the variable, since no script of ours could have written it.
+pub(crate) fn parse_order(
+    var: &str,
+    value: Option<&[u8]>,
+) -> std::result::Result<Vec<SlotId>, String> {
+    let text = match value {
+        None | Some(b"") => "A B",
+        Some(v) => std::str::from_utf8(v).map_err(|_| format!("{var} is not text"))?,
+    };
+    let order = text
+        .split_ascii_whitespace()
+        .map(|t| match t {
+            "A" => Ok(SlotId::A),
+            "B" => Ok(SlotId::B),
+            other => Err(format!("{var} {text:?} names unknown slot {other:?}")),
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    if order.is_empty() {
+        return Err(format!("{var} names no slot"));
+    }
+    Ok(order)
+}
+
+/// The boot-order value that boots `first`, falling back to the other slot.
+pub(crate) fn order_value(first: SlotId) -> String {
+    format!("{first} {}", first.other())
+}
+
 /// The backend named by `[boot]`.
 pub fn from_config(config: &BootConfig) -> Result<Box<dyn Bootloader>> {
     match config.backend {

@@ -36,10 +36,6 @@ fn left_var(slot: SlotId) -> &'static str {
     }
 }
 
-fn order_value(first: SlotId) -> String {
-    format!("{first} {}", first.other())
-}
-
 /// The U-Boot bootloader, reading and writing the environment on every call
 /// (the boot script changes it between boots).
 #[derive(Debug, Clone)]
@@ -127,25 +123,7 @@ impl SlotVars {
     /// Reads the variables as the boot script does, with its defaults for
     /// unset ones; values the script could not have written are an error.
     pub fn from_env(env: &EnvVars) -> std::result::Result<Self, String> {
-        let order_text = match env.get(ORDER) {
-            None | Some(b"") => "A B".to_owned(),
-            Some(v) => std::str::from_utf8(v)
-                .map_err(|_| format!("{ORDER} is not text"))?
-                .to_owned(),
-        };
-        let order = order_text
-            .split_ascii_whitespace()
-            .map(|t| match t {
-                "A" => Ok(SlotId::A),
-                "B" => Ok(SlotId::B),
-                other => Err(format!(
-                    "{ORDER} {order_text:?} names unknown slot {other:?}"
-                )),
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        if order.is_empty() {
-            return Err(format!("{ORDER} names no slot"));
-        }
+        let order = super::parse_order(ORDER, env.get(ORDER))?;
         let mut left = [DEFAULT_TRIES; 2];
         for (i, slot) in [SlotId::A, SlotId::B].into_iter().enumerate() {
             let name = left_var(slot);
@@ -184,7 +162,7 @@ impl Bootloader for UBootBootloader {
 
     fn set_try_once(&mut self, slot: SlotId) -> Result<()> {
         self.modify(|env| {
-            env.set(ORDER, &order_value(slot))?;
+            env.set(ORDER, &super::order_value(slot))?;
             env.set(left_var(slot), "1")?;
             // The fallback is the running slot: it must have tries left, or
             // after a failed try the script's reset-both would boot `slot` again.
@@ -204,7 +182,7 @@ impl Bootloader for UBootBootloader {
 
     fn mark_good(&mut self, slot: SlotId) -> Result<()> {
         self.modify(|env| {
-            env.set(ORDER, &order_value(slot))?;
+            env.set(ORDER, &super::order_value(slot))?;
             env.set(left_var(slot), &DEFAULT_TRIES.to_string())?;
             env.set("upgrade_available", "0")?;
             env.set("bootcount", "0")?;
@@ -215,7 +193,7 @@ impl Bootloader for UBootBootloader {
     fn mark_bad(&mut self, slot: SlotId) -> Result<()> {
         self.modify(|env| {
             env.set(left_var(slot), "0")?;
-            env.set(ORDER, &order_value(slot.other()))?;
+            env.set(ORDER, &super::order_value(slot.other()))?;
             // The trial is over: stop U-Boot counting boots towards altbootcmd.
             env.set("upgrade_available", "0")?;
             env.set("bootcount", "0")?;
