@@ -19,6 +19,7 @@ pub mod ceremony;
 pub mod config;
 pub mod editor;
 pub mod error;
+pub mod evidence;
 pub mod expiry;
 pub mod init;
 pub mod key_ref;

@@ -9,7 +9,7 @@ use ota_repo::keys::KeyType;
 use ota_repo::layout::Layout;
 use ota_repo::pkcs11::Pkcs11Uri;
 use ota_repo::role::{parse_role_pair, Role};
-use ota_repo::{add, ceremony, init, publish, resign, rotate, state::RepoState, status};
+use ota_repo::{add, ceremony, evidence, init, publish, resign, rotate, state::RepoState, status};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -138,6 +138,28 @@ enum Command {
         token_file: Option<PathBuf>,
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+    /// Write IEC 81001-5-1 evidence for a release (files and hashes,
+    /// signatures, key protection read back from tokens, audit log, an
+    /// independent verification of the published repository) as
+    /// evidence-VERSION.md and evidence-VERSION.json. Exit 3 when a check
+    /// failed (the evidence is still written), 1 on error.
+    Evidence {
+        /// The release version (targets with this custom version).
+        #[arg(long)]
+        release: String,
+        /// Directory the two files are written into.
+        #[arg(long)]
+        out: PathBuf,
+        /// The root devices ship with (default: metadata/1.root.json).
+        #[arg(long, value_name = "FILE")]
+        trusted_root: Option<PathBuf>,
+        /// Verify this `publish --dir` directory instead of the repository.
+        #[arg(long, value_name = "DIR", conflicts_with = "published_url")]
+        published_dir: Option<PathBuf>,
+        /// Verify this server (URL/metadata/, URL/targets/) over HTTP(S).
+        #[arg(long, value_name = "URL")]
+        published_url: Option<url::Url>,
     },
     /// Show roles, keys, expiry dates and targets; exit 2 if anything
     /// expires within --warn-within.
@@ -480,6 +502,45 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 (None, None) => bail!("pass --server URL or --dir DIR"),
             }
+        }
+        Command::Evidence {
+            release,
+            out,
+            trusted_root,
+            published_dir,
+            published_url,
+        } => {
+            // Load on a runtime that is gone before the blocking HTTP client runs.
+            let state = runtime()?.block_on(RepoState::load(&layout))?;
+            let options = evidence::EvidenceOptions {
+                release,
+                trusted_root,
+                published: match (published_dir, published_url) {
+                    (Some(dir), _) => evidence::Published::Dir(dir),
+                    (None, Some(url)) => evidence::Published::Url(url),
+                    (None, None) => evidence::Published::Repository,
+                },
+            };
+            let ev = evidence::build(&layout, &state, &options)?;
+            let (md, json) = ev.write(&out)?;
+            println!(
+                "evidence for release {}: {} file(s); written to {} and {}",
+                ev.release,
+                ev.files.len(),
+                md.display(),
+                json.display()
+            );
+            for w in &ev.warnings {
+                eprintln!("ota-repo: warning: {w}");
+            }
+            if !ev.passed {
+                for f in &ev.failures {
+                    eprintln!("ota-repo: FAILED: {f}");
+                }
+                // Distinct from errors (1): the evidence exists and records the failure.
+                std::process::exit(3);
+            }
+            println!("all checks passed");
         }
         Command::Status { warn_within } => {
             let secs = match parse_expiry(&warn_within)? {

@@ -514,6 +514,107 @@ impl Pkcs11Uri {
     }
 }
 
+/// How a private key is protected, as the token itself reports it (read
+/// back with C_GetAttributeValue, not what we asked for at generation), for
+/// the IEC 81001-5-1 §5.8.4 evidence. An attribute the token does not
+/// report is `None`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KeyProtection {
+    pub token_label: String,
+    pub token_manufacturer: String,
+    pub token_model: String,
+    pub token_serial: String,
+    /// CKA_SENSITIVE: the key value is never revealed in plaintext.
+    pub sensitive: Option<bool>,
+    /// CKA_ALWAYS_SENSITIVE: it has been sensitive since it was created.
+    pub always_sensitive: Option<bool>,
+    /// CKA_EXTRACTABLE: it may be exported (wrapped).
+    pub extractable: Option<bool>,
+    /// CKA_NEVER_EXTRACTABLE: it has never been exportable.
+    pub never_extractable: Option<bool>,
+    /// CKA_LOCAL: generated inside the token (not imported).
+    pub local: Option<bool>,
+    /// CKA_PRIVATE: a login (PIN) is needed to use it.
+    pub private: Option<bool>,
+    /// CKA_SIGN, CKA_DECRYPT, CKA_UNWRAP, CKA_DERIVE: what it may be used for.
+    pub sign: Option<bool>,
+    pub decrypt: Option<bool>,
+    pub unwrap: Option<bool>,
+    pub derive: Option<bool>,
+    /// CKA_ALLOWED_MECHANISMS, when the token supports the attribute.
+    pub allowed_mechanisms: Option<Vec<String>>,
+}
+
+impl Pkcs11Uri {
+    /// Reads the private key's protection attributes back from the token
+    /// (needs the PIN: the private key object is only visible after login).
+    pub fn key_protection(&self) -> Result<KeyProtection> {
+        let ctx = context(&self.module_path).map_err(|e| self.error(e))?;
+        let slot = self.find_slot(&ctx)?;
+        let info = ctx
+            .get_token_info(slot)
+            .map_err(self.ck("reading token info"))?;
+        let session = self.session()?;
+        let private = self.find_one(&session, ObjectClass::PRIVATE_KEY, "private key")?;
+        let mut p = KeyProtection {
+            token_label: info.label().trim_end().to_owned(),
+            token_manufacturer: info.manufacturer_id().trim_end().to_owned(),
+            token_model: info.model().trim_end().to_owned(),
+            token_serial: info.serial_number().trim_end().to_owned(),
+            sensitive: None,
+            always_sensitive: None,
+            extractable: None,
+            never_extractable: None,
+            local: None,
+            private: None,
+            sign: None,
+            decrypt: None,
+            unwrap: None,
+            derive: None,
+            allowed_mechanisms: None,
+        };
+        // Unavailable attributes are skipped by get_attributes, so a token
+        // without CKA_ALLOWED_MECHANISMS still reports the others.
+        let attrs = session
+            .get_attributes(
+                private,
+                &[
+                    AttributeType::Sensitive,
+                    AttributeType::AlwaysSensitive,
+                    AttributeType::Extractable,
+                    AttributeType::NeverExtractable,
+                    AttributeType::Local,
+                    AttributeType::Private,
+                    AttributeType::Sign,
+                    AttributeType::Decrypt,
+                    AttributeType::Unwrap,
+                    AttributeType::Derive,
+                    AttributeType::AllowedMechanisms,
+                ],
+            )
+            .map_err(self.ck("reading the private key's attributes"))?;
+        for a in attrs {
+            match a {
+                Attribute::Sensitive(v) => p.sensitive = Some(v),
+                Attribute::AlwaysSensitive(v) => p.always_sensitive = Some(v),
+                Attribute::Extractable(v) => p.extractable = Some(v),
+                Attribute::NeverExtractable(v) => p.never_extractable = Some(v),
+                Attribute::Local(v) => p.local = Some(v),
+                Attribute::Private(v) => p.private = Some(v),
+                Attribute::Sign(v) => p.sign = Some(v),
+                Attribute::Decrypt(v) => p.decrypt = Some(v),
+                Attribute::Unwrap(v) => p.unwrap = Some(v),
+                Attribute::Derive(v) => p.derive = Some(v),
+                Attribute::AllowedMechanisms(m) => {
+                    p.allowed_mechanisms = Some(m.iter().map(|m| m.to_string()).collect())
+                }
+                _ => {}
+            }
+        }
+        Ok(p)
+    }
+}
+
 /// The content of a DER OCTET STRING of `len` bytes, or the bytes
 /// themselves when a module returns the raw value (some do).
 fn unwrap_octet_string(der: &[u8], len: usize) -> Option<Vec<u8>> {
