@@ -3,6 +3,10 @@
 //! Each check is a command (argv, no shell) with a timeout. It runs in its own
 //! process group so that on timeout the whole group is killed, including
 //! anything a script started.
+//!
+//! While a check runs, the caller's heartbeat is fed (the child is polled
+//! with short sleeps): a slow but live check must not let the systemd
+//! watchdog (`WatchdogSec=`) kill the agent in the middle of a commit.
 
 use crate::config::HealthCheckConfig;
 use crate::slot::SlotId;
@@ -21,15 +25,32 @@ pub struct CheckContext<'a> {
 
 /// Runs the checks in order; `Err(reason)` names the first that failed and how.
 pub fn run_checks(checks: &[HealthCheckConfig], ctx: &CheckContext<'_>) -> Result<(), String> {
+    run_checks_with_heartbeat(checks, ctx, &mut || {})
+}
+
+/// [`run_checks`], calling `beat` at least every [`BEAT_EVERY`] while a check runs.
+pub fn run_checks_with_heartbeat(
+    checks: &[HealthCheckConfig],
+    ctx: &CheckContext<'_>,
+    beat: &mut dyn FnMut(),
+) -> Result<(), String> {
     for check in checks {
         let started = Instant::now();
-        run_one(check, ctx)?;
+        beat();
+        run_one(check, ctx, beat)?;
         tracing::info!(check = %check.name, elapsed_ms = started.elapsed().as_millis() as u64, "health check passed");
     }
     Ok(())
 }
 
-fn run_one(check: &HealthCheckConfig, ctx: &CheckContext<'_>) -> Result<(), String> {
+/// Longest pause between two polls of a running check (and two heartbeats).
+pub const BEAT_EVERY: Duration = Duration::from_millis(100);
+
+fn run_one(
+    check: &HealthCheckConfig,
+    ctx: &CheckContext<'_>,
+    beat: &mut dyn FnMut(),
+) -> Result<(), String> {
     let name = &check.name;
     let (program, args) = check
         .command
@@ -65,6 +86,9 @@ fn run_one(check: &HealthCheckConfig, ctx: &CheckContext<'_>) -> Result<(), Stri
             Ok(None) => {}
             Err(e) => return Err(format!("health check '{name}': waiting failed: {e}")),
         }
+        // Still running: the agent is alive and waiting, not hung.
+        beat();
+        crate::crashpoint::hit(crate::crashpoint::HEALTH_CHECK_RUNNING);
         if Instant::now() >= deadline {
             kill_group(&mut child);
             return Err(format!(
@@ -73,7 +97,7 @@ fn run_one(check: &HealthCheckConfig, ctx: &CheckContext<'_>) -> Result<(), Stri
             ));
         }
         std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
-        pause = (pause * 2).min(Duration::from_millis(100));
+        pause = (pause * 2).min(BEAT_EVERY);
     }
 }
 
@@ -147,6 +171,32 @@ mod tests {
         let err = ctx_run(&[check("slow", "sleep 30; exit 0", 1)]).expect_err("timeout");
         assert_eq!(err, "health check 'slow' timed out after 1s");
         assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_long_check_keeps_the_heartbeat_going() {
+        let version = semver::Version::new(2, 1, 0);
+        let ctx = CheckContext {
+            slot: SlotId::B,
+            slot_path: Path::new("/dev/slot-b"),
+            version: &version,
+        };
+        let mut beats: Vec<Instant> = Vec::new();
+        let started = Instant::now();
+        run_checks_with_heartbeat(&[check("slow", "sleep 0.7", 5)], &ctx, &mut || {
+            beats.push(Instant::now())
+        })
+        .expect("pass");
+        let end = Instant::now();
+        assert!(beats.len() >= 5, "{} beats", beats.len());
+        // No gap between beats (or before the first, or after the last) longer
+        // than the poll interval plus scheduling slack.
+        let mut last = started;
+        for t in beats.iter().copied().chain([end]) {
+            let gap = t.duration_since(last);
+            assert!(gap < BEAT_EVERY * 3, "gap of {gap:?} without a heartbeat");
+            last = t;
+        }
     }
 
     #[test]

@@ -226,6 +226,7 @@ pub fn install<'r>(
         // Verified first: bytes beyond the signed length never reach the slot.
         verifier.update(chunk)?;
         writer.write_chunk(chunk)?;
+        crate::crashpoint::hit(crate::crashpoint::DOWNLOAD_CHUNK_WRITTEN);
         hooks.progress(verifier.len());
         if writer.written() - last_checkpoint >= job.checkpoint_every
             && writer.written() < job.length
@@ -240,7 +241,9 @@ pub fn install<'r>(
         }
     }
     verifier.finish()?;
-    writer.finish()?.verify_read_back(job.digests)?;
+    let written = writer.finish()?;
+    crate::crashpoint::hit(crate::crashpoint::INSTALL_BEFORE_READ_BACK);
+    written.verify_read_back(job.digests)?;
     Ok(())
 }
 

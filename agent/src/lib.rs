@@ -16,12 +16,14 @@
 //! * [`report`]: status reports to the server.
 //! * [`source`]: verified releases from the TUF client.
 //! * [`lock`]: one agent process at a time.
+//! * [`verify`]: re-hash the slots against the trusted signed metadata (`ota-agent verify`).
 //! * [`sd_notify`], [`watchdog`]: systemd readiness and watchdog, hardware watchdog.
 
 pub mod blockdev;
 pub mod booted;
 pub mod bootloader;
 pub mod config;
+pub mod crashpoint;
 pub mod health;
 pub mod install;
 pub mod lock;
@@ -31,6 +33,7 @@ pub mod sd_notify;
 pub mod slot;
 pub mod source;
 pub mod state;
+pub mod verify;
 pub mod watchdog;
 
 /// User-Agent of every HTTP request the agent makes.

@@ -36,6 +36,7 @@
 use crate::booted::{self, BootedError};
 use crate::bootloader::{BootError, Bootloader};
 use crate::config::Config;
+use crate::crashpoint::{self as crash, hit};
 use crate::health::{self, CheckContext};
 use crate::install::{self, Download, InstallError, InstallHooks, RetryPolicy};
 use crate::report::{clamp_reason, ReportSink};
@@ -176,16 +177,25 @@ impl Machine {
             }
         })?;
         let store = StateStore::new(config.state_path());
-        let state = store.load_or_recover(booted, &config.initial_version);
-        // A fresh or recovered state is written at once, so `status` shows what the agent assumes.
-        if !matches!(store.load(), Ok(Some(ref stored)) if *stored == state) {
-            store.save(&state)?;
-        }
         let slots = Slots::new(
             config.slots.a.clone(),
             config.slots.b.clone(),
             config.slots.max_image_bytes,
         );
+        let state = match store.load() {
+            Ok(Some(state)) => state,
+            Ok(None) => {
+                let state = recover_state(&config, &*bootloader, &slots, booted, None);
+                // Written at once, so `status` shows what the agent assumes.
+                store.save(&state)?;
+                state
+            }
+            Err(e) => {
+                let state = recover_state(&config, &*bootloader, &slots, booted, Some(&e));
+                store.save(&state)?;
+                state
+            }
+        };
         info!(slot = %booted, %boot_id, phase = state.phase.name(),
             version = %state.version_of(booted, &config.initial_version), "agent started");
         Ok(Machine {
@@ -297,7 +307,9 @@ impl Machine {
                 let reason = "new slot did not come up".to_owned();
                 warn!(%slot, %previous, target = %target.name, version = %target.version, %reason,
                     "booted the previous slot instead of the new one");
+                hit(crash::TRIAL_LOST_BEFORE_MARK_BAD);
                 self.bootloader.mark_bad(slot)?;
+                hit(crash::TRIAL_LOST_AFTER_MARK_BAD);
                 self.finish_rollback(target, reason)
             }
 
@@ -388,6 +400,7 @@ impl Machine {
             None => 0,
         };
         if resume_from == 0 {
+            hit(crash::DOWNLOAD_BEFORE_PERSIST);
             // The slot's old content is gone from the moment the first byte lands.
             *self.state.slot_mut(slot) = None;
             self.enter(Phase::Downloading {
@@ -395,6 +408,7 @@ impl Machine {
                 target: tref.clone(),
                 checkpoint: 0,
             })?;
+            hit(crash::DOWNLOAD_PERSISTED);
         }
         self.report(UpdateStatus::Downloading, Some(&tref), None);
 
@@ -413,10 +427,12 @@ impl Machine {
             return Ok(Polled::Failed { reason });
         }
 
+        hit(crash::INSTALL_VERIFIED);
         self.enter(Phase::Installed {
             slot,
             target: tref.clone(),
         })?;
+        hit(crash::INSTALLED_PERSISTED);
         self.report(UpdateStatus::Installed, Some(&tref), None);
         match self.arm_and_reboot(slot, tref)? {
             Resumed::RebootRequested => Ok(Polled::RebootRequested),
@@ -506,12 +522,14 @@ impl Machine {
             self.report(UpdateStatus::Failed, Some(&target), Some(&reason));
             return Ok(Resumed::RolledBack { reason });
         }
+        hit(crash::ARM_AFTER_SET_TRY_ONCE);
         self.enter(Phase::Trying {
             slot,
             previous: self.booted,
             target: target.clone(),
             boot_id: self.boot_id.clone(),
         })?;
+        hit(crash::ARM_TRYING_PERSISTED);
         self.report(UpdateStatus::Rebooting, Some(&target), None);
         self.reboot();
         Ok(Resumed::RebootRequested)
@@ -526,17 +544,27 @@ impl Machine {
             slot_path: &slot_path,
             version: &target.version,
         };
-        match health::run_checks(&self.config.health_check, &ctx) {
+        // The heartbeat goes on while a check runs: a slow check is not a hung agent.
+        let heartbeat = &mut self.heartbeat;
+        let checks =
+            health::run_checks_with_heartbeat(&self.config.health_check, &ctx, &mut || {
+                heartbeat.beat()
+            });
+        match checks {
             Ok(()) => {
+                hit(crash::COMMIT_CHECKS_PASSED);
                 self.bootloader.mark_good(slot)?;
+                hit(crash::COMMIT_AFTER_MARK_GOOD);
                 *self.state.slot_mut(slot) = Some(InstalledRelease::from_target(&target));
                 self.enter(Phase::Idle)?;
+                hit(crash::COMMIT_IDLE_PERSISTED);
                 info!(%slot, target = %target.name, version = %target.version, "update committed");
                 self.report(UpdateStatus::Committed, Some(&target), None);
                 Ok(Resumed::Committed)
             }
             Err(reason) => {
                 warn!(%slot, target = %target.name, version = %target.version, %reason, "health check failed; rolling back");
+                hit(crash::ROLLBACK_CHECKS_FAILED);
                 self.enter(Phase::RollingBack {
                     slot,
                     previous: slot.other(),
@@ -544,8 +572,10 @@ impl Machine {
                     reason,
                     boot_id: self.boot_id.clone(),
                 })?;
+                hit(crash::ROLLBACK_PERSISTED);
                 // Even if marking fails, the try-once arming already makes the next boot fall back.
                 self.mark_bad_best_effort(slot);
+                hit(crash::ROLLBACK_AFTER_MARK_BAD);
                 self.reboot();
                 Ok(Resumed::RebootRequested)
             }
@@ -559,7 +589,9 @@ impl Machine {
         reason: String,
     ) -> Result<Resumed, MachineError> {
         self.state.reject(&target);
+        hit(crash::ROLLBACK_BEFORE_IDLE);
         self.enter(Phase::Idle)?;
+        hit(crash::ROLLBACK_IDLE_PERSISTED);
         warn!(slot = %self.booted, target = %target.name, version = %target.version, %reason,
             "rolled back; this release will not be installed again");
         self.report(UpdateStatus::RolledBack, Some(&target), Some(&reason));
@@ -623,6 +655,7 @@ impl Machine {
     fn reboot(&mut self) {
         let argv = &self.config.reboot_command;
         info!(command = ?argv, "requesting reboot");
+        hit(crash::REBOOT_BEFORE_COMMAND);
         if let Some((program, args)) = argv.split_first() {
             match std::process::Command::new(program).args(args).status() {
                 Ok(s) if s.success() => {}
@@ -630,6 +663,7 @@ impl Machine {
                 Err(e) => error!(command = ?argv, error = %e, "reboot command could not run"),
             }
         }
+        hit(crash::REBOOT_AFTER_COMMAND);
         let timeout = self.config.reboot_timeout_secs;
         // Still alive while waiting: the watchdogs must not fire before the reboot does.
         self.heartbeat.sleep(Duration::from_secs(timeout));
@@ -638,6 +672,106 @@ impl Machine {
             "the system did not go down after the reboot command; carrying on"
         );
     }
+}
+
+/// Rebuilds a missing (`why` = None) or unusable state.json from what
+/// survives it: the bootloader's view (does it still consider the booted
+/// slot on trial?) and the trusted TUF metadata on disk (which signed release
+/// does the booted slot hold?). The rejected list and reports are lost; the
+/// worst that costs is trying a bad release once more.
+///
+/// * booted slot holds a signed release and the bootloader would boot the
+///   other slot next: the slot is on trial (or failed it). Resume as
+///   `Trying` in an unknown boot, so the health checks decide: commit, or
+///   roll back. Never mark an unchecked slot good.
+/// * otherwise `Idle`, the booted slot running the release it holds (or
+///   `initial_version` when it matches none: the factory image).
+fn recover_state(
+    config: &Config,
+    bootloader: &dyn Bootloader,
+    slots: &Slots,
+    booted: SlotId,
+    why: Option<&StateError>,
+) -> AgentState {
+    let mut state = AgentState::fresh(booted, &config.initial_version);
+    let candidates = trusted_releases(config);
+    let slot_path = &slots.get(booted).path;
+    let release = match crate::state::identify_release(slot_path, &candidates) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(slot = %booted, path = %slot_path.display(), error = %e, "could not read the booted slot to identify its release");
+            None
+        }
+    };
+    if let Some(t) = &release {
+        *state.slot_mut(booted) = Some(InstalledRelease::from_target(t));
+    }
+    let primary = bootloader.primary();
+    let why = match why {
+        None => "missing".to_owned(),
+        Some(e) => format!("unusable ({e})"),
+    };
+    match (release, primary) {
+        (Some(target), Ok(primary)) if primary != booted => {
+            warn!(state = %why, slot = %booted, next = %primary, target = %target.name, version = %target.version,
+                "agent state recovered from the bootloader's view and trusted metadata: the booted slot holds a signed release the bootloader does not boot next, so it is on trial; its health checks decide");
+            state.phase = Phase::Trying {
+                slot: booted,
+                previous: booted.other(),
+                target,
+                boot_id: String::new(),
+            };
+        }
+        (release, primary) => {
+            let version = state.version_of(booted, &config.initial_version);
+            let primary = primary
+                .map(|p| p.to_string())
+                .unwrap_or_else(|e| e.to_string());
+            let msg = "agent state recovered from the bootloader's view and trusted metadata: idle";
+            match (why.as_str(), &release) {
+                // A device's very first start: nothing was lost.
+                ("missing", None) => {
+                    info!(state = %why, slot = %booted, next = %primary, %version, "{msg}")
+                }
+                _ => warn!(state = %why, slot = %booted, next = %primary, %version,
+                    target = release.as_ref().map_or("-", |t| t.name.as_str()), "{msg}"),
+            }
+        }
+    }
+    state
+}
+
+/// Releases for this device in the trusted top-level targets metadata on
+/// disk (verified on load; no network). Empty when there is none yet.
+fn trusted_releases(config: &Config) -> Vec<TargetRef> {
+    let options = match (config.metadata_url(), config.targets_url()) {
+        (Ok(m), Ok(t)) => ota_common::tuf::ClientOptions::new(m, t),
+        _ => return Vec::new(),
+    };
+    let targets = ota_common::tuf::TufClient::open(
+        &config.tuf_dir(),
+        options,
+        ota_common::tuf::FileTransport,
+    )
+    .and_then(|c| c.top_level_targets());
+    let targets = match targets {
+        Ok(t) => t,
+        Err(e) => {
+            info!(error = %e, "no trusted targets metadata to identify the slots' releases with");
+            return Vec::new();
+        }
+    };
+    targets
+        .iter()
+        .filter_map(|t| {
+            let release = t.release().ok()?;
+            release
+                .hardware_ids
+                .iter()
+                .any(|h| *h == config.hardware_id)
+                .then(|| TargetRef::new(t, release.version))
+        })
+        .collect()
 }
 
 /// The install's view of the machine: the image stream, the checkpoint in
@@ -679,6 +813,7 @@ impl InstallHooks<'static> for MachineHooks<'_> {
         };
         *checkpoint = durable;
         self.store.save(self.state).map_err(|e| e.to_string())?;
+        hit(crash::DOWNLOAD_CHECKPOINT_SAVED);
         tracing::debug!(slot = %self.slot, checkpoint = durable, "download checkpoint saved");
         Ok(())
     }

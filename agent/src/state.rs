@@ -352,6 +352,51 @@ impl StateStore {
     }
 }
 
+/// Which of `candidates` (releases from trusted metadata) the slot at
+/// `slot_path` holds: the longest whose first `length` bytes have its sha256.
+/// One pass over the slot, one buffer, however many candidates: a hasher is
+/// snapshotted at each candidate's length. Used to rebuild a lost state.
+pub fn identify_release(
+    slot_path: &Path,
+    candidates: &[TargetRef],
+) -> std::io::Result<Option<TargetRef>> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut wanted: Vec<(&TargetRef, [u8; 32])> = candidates
+        .iter()
+        .filter_map(|t| t.digests().sha256.map(|d| (t, d)))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(None);
+    }
+    wanted.sort_by_key(|(t, _)| t.length);
+    let mut file = std::fs::File::open(slot_path)?;
+    let mut hasher = Sha256::new();
+    let mut done: u64 = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    // The longest match wins: a shorter image can be a prefix of a longer
+    // one, and a slot on a block device always has bytes after its image.
+    let mut found = None;
+    for (target, digest) in wanted {
+        while done < target.length {
+            let want = usize::try_from(target.length - done)
+                .unwrap_or(usize::MAX)
+                .min(buf.len());
+            let n = file.read(&mut buf[..want])?;
+            if n == 0 {
+                // The slot is shorter than this (and every longer) candidate.
+                return Ok(found);
+            }
+            hasher.update(&buf[..n]);
+            done += n as u64;
+        }
+        if hasher.clone().finalize()[..] == digest[..] {
+            found = Some(target.clone());
+        }
+    }
+    Ok(found)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -437,6 +482,31 @@ pub(crate) mod tests {
             let s = store.load_or_recover(SlotId::A, &v("1.0.0"));
             assert_eq!(s, AgentState::fresh(SlotId::A, &v("1.0.0")));
         }
+    }
+
+    #[test]
+    fn identifies_the_release_a_slot_holds_in_one_pass() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let slot = dir.path().join("slot");
+        let one = vec![1u8; 100_000];
+        let mut two = one.clone();
+        two.extend_from_slice(&[2u8; 50_000]);
+        let short = target_ref("short", "1.0.0", &one[..10]);
+        let t1 = target_ref("one", "1.1.0", &one);
+        let t2 = target_ref("two", "1.2.0", &two);
+        // A block device is larger than the image: trailing bytes are ignored.
+        let mut on_disk = two.clone();
+        on_disk.extend_from_slice(&[9u8; 4096]);
+        std::fs::write(&slot, &on_disk).expect("write");
+        let found = identify_release(&slot, &[t1.clone(), t2.clone(), short.clone()]);
+        assert_eq!(found.expect("read"), Some(t2.clone()));
+        std::fs::write(&slot, &one).expect("write");
+        assert_eq!(
+            identify_release(&slot, &[t2.clone(), t1.clone()]).expect("read"),
+            Some(t1)
+        );
+        std::fs::write(&slot, b"half-written").expect("write");
+        assert_eq!(identify_release(&slot, &[t2, short]).expect("read"), None);
     }
 
     #[test]
