@@ -1,11 +1,12 @@
-//! A simulated device: two file-backed slots, the simulated bootloader
-//! (`ota_agent::bootloader::sim`), a kernel command line file and a boot id
-//! file, and the real `ota-agent` binary. "Rebooting" kills the agent (as a
+//! A simulated device: two file-backed slots, a bootloader (the simulated
+//! one, `ota_agent::bootloader::sim`, or a U-Boot or GRUB environment with
+//! the boot scripts' logic in [`crate::firmware`]), a kernel command line
+//! file and a boot id file, and the real `ota-agent` binary. "Rebooting" kills the agent (as a
 //! power cut or `systemctl reboot` would), lets the simulated firmware pick a
 //! slot, and starts the agent again in it.
 
+use crate::firmware::{Backend, Firmware};
 use anyhow::{bail, Context};
-use ota_agent::bootloader::sim;
 use ota_agent::slot::SlotId;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,6 +17,20 @@ pub struct SimDevice {
     pub id: String,
     pub hardware_id: String,
     pub dir: PathBuf,
+    /// The bootloader it was provisioned with.
+    pub backend: Backend,
+}
+
+/// How a run of the agent armed with a crash point ended
+/// (see [`SimDevice::run_agent_with_crash_point`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashRunEnd {
+    /// The agent aborted (SIGABRT) and its log names the point.
+    Crashed,
+    /// It asked for a reboot and did not crash within the grace period; the harness cut its power.
+    RebootRequested,
+    /// It exited on its own (the point was not on its path in this boot).
+    Exited(i32),
 }
 
 /// How one run of the agent ended.
@@ -49,6 +64,31 @@ impl SimDevice {
         factory_image: &Path,
         factory_version: &str,
     ) -> anyhow::Result<SimDevice> {
+        Self::provision_with_backend(
+            dir,
+            id,
+            hardware_id,
+            server_url,
+            root,
+            factory_image,
+            factory_version,
+            Backend::Sim,
+        )
+    }
+
+    /// [`SimDevice::provision`] with the bootloader `backend` (its factory
+    /// environment created, and the matching `[boot]` configuration).
+    #[allow(clippy::too_many_arguments)]
+    pub fn provision_with_backend(
+        dir: &Path,
+        id: &str,
+        hardware_id: &str,
+        server_url: &str,
+        root: &Path,
+        factory_image: &Path,
+        factory_version: &str,
+        backend: Backend,
+    ) -> anyhow::Result<SimDevice> {
         std::fs::create_dir_all(dir.join("state"))?;
         std::fs::copy(factory_image, dir.join("slot-a.img")).context("writing slot A")?;
         std::fs::write(dir.join("slot-b.img"), b"")?;
@@ -57,13 +97,19 @@ impl SimDevice {
             id: id.to_owned(),
             hardware_id: hardware_id.to_owned(),
             dir: dir.to_path_buf(),
+            backend,
         };
         device.write_config(server_url, factory_version)?;
         Ok(device)
     }
 
+    fn firmware(&self) -> Firmware {
+        Firmware::new(self.backend, &self.dir)
+    }
+
     fn write_config(&self, server_url: &str, factory_version: &str) -> anyhow::Result<()> {
         let d = |name: &str| self.dir.join(name).to_string_lossy().into_owned();
+        let boot_keys = self.firmware().provision()?;
         let config = format!(
             r#"# Simulated device {id}
 server_url = "{server_url}"
@@ -82,9 +128,7 @@ a = "{slot_a}"
 b = "{slot_b}"
 
 [boot]
-backend = "sim"
-sim_state = "{bootloader}"
-cmdline_path = "{cmdline}"
+{boot_keys}cmdline_path = "{cmdline}"
 boot_id_path = "{boot_id}"
 
 [[health_check]]
@@ -99,7 +143,6 @@ timeout_secs = 10
             reboot_flag = d("reboot-requested"),
             slot_a = d("slot-a.img"),
             slot_b = d("slot-b.img"),
-            bootloader = d("bootloader.json"),
             cmdline = d("cmdline"),
             boot_id = d("boot_id"),
         );
@@ -121,8 +164,7 @@ timeout_secs = 10
     /// Power-on: the simulated firmware picks a slot (consuming a try), and
     /// the kernel command line and boot id say so to the agent.
     pub fn power_on(&self) -> anyhow::Result<SlotId> {
-        let slot = sim::firmware_boot(&self.dir.join("bootloader.json"))
-            .map_err(|e| anyhow::anyhow!("simulated firmware: {e}"))?;
+        let slot = self.firmware().boot()?;
         std::fs::write(
             self.dir.join("cmdline"),
             format!("console=ttyS0 root=/dev/vda ota.slot={slot} quiet\n"),
@@ -151,6 +193,10 @@ timeout_secs = 10
     }
 
     fn spawn_agent(&self) -> anyhow::Result<Child> {
+        self.spawn_agent_with_env(&[])
+    }
+
+    fn spawn_agent_with_env(&self, env: &[(&str, &str)]) -> anyhow::Result<Child> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -161,6 +207,7 @@ timeout_secs = 10
             .arg("run")
             .arg("--once")
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -226,6 +273,66 @@ timeout_secs = 10
             }
         }
         bail!("device {} did not settle within {max_boots} boots", self.id)
+    }
+
+    /// Runs the agent once with `OTA_AGENT_CRASH_AT=point` until it aborts
+    /// there, exits, or asks for a reboot. After a reboot request the agent
+    /// gets `grace` to reach a point that lies after the reboot command
+    /// (a real system takes a moment to go down, too). A crash counts only
+    /// if the process died of SIGABRT and its log (this run's part) names `point`.
+    pub fn run_agent_with_crash_point(
+        &self,
+        point: &str,
+        grace: Duration,
+        timeout: Duration,
+    ) -> anyhow::Result<CrashRunEnd> {
+        use std::os::unix::process::ExitStatusExt;
+        let log_path = self.dir.join("agent.log");
+        let log_start = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
+        let mut child = self.spawn_agent_with_env(&[(ota_agent::crashpoint::ENV_VAR, point)])?;
+        let flag = self.dir.join("reboot-requested");
+        let deadline = Instant::now() + timeout;
+        let mut reboot_deadline: Option<Instant> = None;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                if status.signal() == Some(nix::libc::SIGABRT) {
+                    let log = std::fs::read(&log_path).unwrap_or_default();
+                    let this_run =
+                        String::from_utf8_lossy(log.get(log_start as usize..).unwrap_or_default());
+                    let marker = ota_agent::crashpoint::marker(point);
+                    if !this_run.lines().any(|l| l.contains(&marker)) {
+                        bail!(
+                            "device {}: agent aborted but its log does not say {marker:?}:\n{}",
+                            self.id,
+                            self.log_tail()
+                        );
+                    }
+                    return Ok(CrashRunEnd::Crashed);
+                }
+                return Ok(CrashRunEnd::Exited(status.code().unwrap_or(-1)));
+            }
+            let now = Instant::now();
+            if reboot_deadline.is_none() && flag.exists() {
+                reboot_deadline = Some(now + grace);
+            }
+            if reboot_deadline.is_some_and(|d| now >= d) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Ok(CrashRunEnd::RebootRequested);
+            }
+            if now > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("device {}: agent still running after {timeout:?}", self.id);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// The agent's view of this device's bootloader (its configured backend).
+    pub fn bootloader(&self) -> anyhow::Result<Box<dyn ota_agent::bootloader::Bootloader>> {
+        let config = ota_agent::config::Config::load(&self.config_path())?;
+        Ok(ota_agent::bootloader::from_config(&config.boot)?)
     }
 
     /// `ota-agent status`: the agent's persisted state as JSON.

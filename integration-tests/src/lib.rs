@@ -6,6 +6,7 @@
 
 pub mod bins;
 pub mod device;
+pub mod firmware;
 pub mod fixture;
 pub mod image;
 pub mod proxy;
