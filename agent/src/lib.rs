@@ -16,6 +16,7 @@
 //! * [`report`]: status reports to the server.
 //! * [`source`]: verified releases from the TUF client.
 //! * [`lock`]: one agent process at a time.
+//! * [`verify`]: re-hash the slots against the trusted signed metadata (`ota-agent verify`).
 //! * [`sd_notify`], [`watchdog`]: systemd readiness and watchdog, hardware watchdog.
 
 pub mod blockdev;
@@ -32,6 +33,7 @@ pub mod sd_notify;
 pub mod slot;
 pub mod source;
 pub mod state;
+pub mod verify;
 pub mod watchdog;
 
 /// User-Agent of every HTTP request the agent makes.

@@ -5,6 +5,9 @@
 //!                                          a systemd Type=notify service: READY=1, WATCHDOG=1
 //! ota-agent [--config PATH] health         post-boot stage only: health checks, commit or roll back
 //! ota-agent [--config PATH] status         print the persisted state as JSON
+//! ota-agent [--config PATH] verify [--json] [--refresh]
+//!                                          re-hash each slot against the trusted signed
+//!                                          metadata; exit 0 none modified, 1 modified, 2 error
 //! ```
 
 use anyhow::{Context, Result};
@@ -48,6 +51,17 @@ enum Command {
     Health,
     /// Print the agent's persisted state as JSON.
     Status,
+    /// Re-hash each slot and check it against the signed release the state
+    /// says it holds: verified, modified, unknown image or empty per slot.
+    /// Exit 0 when no slot is modified, 1 when one is, 2 on a read error.
+    Verify {
+        /// Print a JSON array, one object per slot.
+        #[arg(long)]
+        json: bool,
+        /// Refresh the trusted metadata from the server first (else no network).
+        #[arg(long)]
+        refresh: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -59,11 +73,16 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
+    // `verify` documents its own code for errors (2: 1 means a modified slot).
+    let error_code = match cli.command {
+        Command::Verify { .. } => ExitCode::from(ota_agent::verify::exit::ERROR),
+        _ => ExitCode::FAILURE,
+    };
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("ota-agent: error: {}", error_chain(&e));
-            ExitCode::FAILURE
+            error_code
         }
     }
 }
@@ -72,6 +91,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let config = Config::load(&cli.config)?;
     match cli.command {
         Command::Status => status(&config),
+        Command::Verify { json, refresh } => verify(&config, json, refresh),
         Command::Health => {
             let _lock = lock::lock(&lock_path_ensured(&config)?, true)?;
             let mut machine = build_machine(&config)?;
@@ -192,6 +212,32 @@ fn status(config: &Config) -> Result<ExitCode> {
         None => println!("null"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ota-agent verify`: read-only (no lock: state.json is replaced
+/// atomically, and the slots are only read).
+fn verify(config: &Config, json: bool, refresh: bool) -> Result<ExitCode> {
+    use ota_agent::verify;
+    let (targets, note) = if refresh {
+        let mut tuf = open_tuf(config)?;
+        tuf.refresh().context("refreshing the trusted metadata")?;
+        verify::targets_of(&tuf, &config.tuf_dir())?
+    } else {
+        verify::trusted_targets(config)?
+    };
+    let state = verify::load_state(config)?;
+    let slots = ota_agent::slot::Slots::new(
+        config.slots.a.clone(),
+        config.slots.b.clone(),
+        config.slots.max_image_bytes,
+    );
+    let reports = verify::verify_slots(&slots, state.as_ref(), &targets);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        print!("{}", verify::render_text(&reports, &note));
+    }
+    Ok(ExitCode::from(verify::exit_code(&reports)))
 }
 
 /// The lock file's path, creating state_dir first.
