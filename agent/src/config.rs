@@ -143,6 +143,11 @@ pub enum BootBackend {
     UBoot,
     /// GRUB environment block (RAUC's ORDER/x_OK/x_TRY).
     Grub,
+    /// systemd-boot / Boot Loader Specification entries with boot counting.
+    #[serde(rename = "systemd-boot")]
+    SystemdBoot,
+    /// A device maker's program speaking RAUC's custom bootloader interface.
+    Custom,
 }
 
 /// `[boot]`: the bootloader backend and how the booted slot is detected.
@@ -166,6 +171,52 @@ pub struct BootConfig {
     /// GRUB environment block (backend = "grub").
     #[serde(default = "default_grubenv")]
     pub grubenv: PathBuf,
+    /// Boot Loader Specification entries directory (backend = "systemd-boot");
+    /// unset: the first of [`ESP_ENTRIES_DIRS`] that exists.
+    #[serde(default)]
+    pub esp_entries_dir: Option<PathBuf>,
+    /// systemd-boot's loader.conf, whose `default` line the backend writes;
+    /// unset: `loader.conf` beside the entries directory.
+    #[serde(default)]
+    pub loader_conf: Option<PathBuf>,
+    /// Entry base names (file `<name>.conf`, `<name>+L-D.conf`) of each slot.
+    #[serde(default = "default_entry_a")]
+    pub entry_a: String,
+    #[serde(default = "default_entry_b")]
+    pub entry_b: String,
+    /// The custom bootloader program and its leading arguments (backend = "custom").
+    #[serde(default = "default_custom_command")]
+    pub custom_command: Vec<String>,
+    /// The custom program is killed after this long.
+    #[serde(default = "default_custom_timeout")]
+    pub custom_timeout_secs: u64,
+}
+
+/// Where the ESP's `loader/entries` usually is, in the order tried.
+pub const ESP_ENTRIES_DIRS: [&str; 2] = ["/boot/efi/loader/entries", "/efi/loader/entries"];
+
+fn default_entry_a() -> String {
+    "ota-a".into()
+}
+fn default_entry_b() -> String {
+    "ota-b".into()
+}
+fn default_custom_command() -> Vec<String> {
+    vec!["/usr/lib/ota/bootloader-custom".into()]
+}
+fn default_custom_timeout() -> u64 {
+    30
+}
+
+/// A Boot Loader Specification entry base name the systemd-boot backend can
+/// own: no `+` (it starts the boot counter), no path or glob characters.
+fn valid_entry_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn default_fw_env_config() -> PathBuf {
@@ -358,6 +409,39 @@ impl Config {
                     "is required with backend = \"sim\"",
                 ));
             }
+            BootBackend::SystemdBoot => {
+                for (key, name) in [
+                    ("boot.entry_a", &self.boot.entry_a),
+                    ("boot.entry_b", &self.boot.entry_b),
+                ] {
+                    if !valid_entry_name(name) {
+                        return Err(invalid(
+                            key,
+                            "must be 1 to 128 characters of A-Z a-z 0-9 . _ - (no '+', not starting with '.')",
+                        ));
+                    }
+                }
+                // systemd-boot folds entry ids to lower case.
+                if self.boot.entry_a.eq_ignore_ascii_case(&self.boot.entry_b) {
+                    return Err(invalid("boot.entry_b", "must differ from boot.entry_a"));
+                }
+            }
+            BootBackend::Custom => {
+                if self
+                    .boot
+                    .custom_command
+                    .first()
+                    .is_none_or(|p| p.is_empty())
+                {
+                    return Err(invalid("boot.custom_command", "must name a program"));
+                }
+                if !(1..=3600).contains(&self.boot.custom_timeout_secs) {
+                    return Err(invalid(
+                        "boot.custom_timeout_secs",
+                        "must be between 1 and 3600",
+                    ));
+                }
+            }
             BootBackend::Sim | BootBackend::UBoot | BootBackend::Grub => {}
         }
         let param = &self.boot.slot_param;
@@ -541,11 +625,56 @@ sim_state = "/tmp/boot.json"
                 "health_check[0].command",
             ),
             (MINIMAL.replace("\"1.0.0\"", "\"one\""), "initial_version"),
+            (
+                MINIMAL.replace(
+                    "backend = \"sim\"",
+                    "backend = \"systemd-boot\"\nentry_a = \"ota+a\"",
+                ),
+                "boot.entry_a",
+            ),
+            (
+                MINIMAL.replace(
+                    "backend = \"sim\"",
+                    "backend = \"systemd-boot\"\nentry_b = \"OTA-A\"\nentry_a = \"ota-a\"",
+                ),
+                "boot.entry_b",
+            ),
+            (
+                MINIMAL.replace(
+                    "backend = \"sim\"",
+                    "backend = \"custom\"\ncustom_command = []",
+                ),
+                "boot.custom_command",
+            ),
+            (
+                MINIMAL.replace(
+                    "backend = \"sim\"",
+                    "backend = \"custom\"\ncustom_timeout_secs = 0",
+                ),
+                "boot.custom_timeout_secs",
+            ),
         ];
         for (text, key) in cases {
             let err = parse(&text).expect_err(key).to_string();
             assert!(err.contains(key), "{key}: {err}");
         }
+    }
+
+    #[test]
+    fn systemd_boot_and_custom_backends_get_defaults() {
+        let c = parse(&MINIMAL.replace("backend = \"sim\"", "backend = \"systemd-boot\""))
+            .expect("systemd-boot");
+        assert_eq!(c.boot.backend, BootBackend::SystemdBoot);
+        assert_eq!(
+            (c.boot.entry_a.as_str(), c.boot.entry_b.as_str()),
+            ("ota-a", "ota-b")
+        );
+        assert!(c.boot.esp_entries_dir.is_none() && c.boot.loader_conf.is_none());
+        let c =
+            parse(&MINIMAL.replace("backend = \"sim\"", "backend = \"custom\"")).expect("custom");
+        assert_eq!(c.boot.backend, BootBackend::Custom);
+        assert_eq!(c.boot.custom_command, ["/usr/lib/ota/bootloader-custom"]);
+        assert_eq!(c.boot.custom_timeout_secs, 30);
     }
 
     #[test]

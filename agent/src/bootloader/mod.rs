@@ -2,9 +2,11 @@
 //! mark-good / mark-bad operations an A/B update needs. One sibling module
 //! per backend; [`from_config`] chooses.
 
+pub mod custom;
 pub mod grub;
 pub mod grub_env;
 pub mod sim;
+pub mod systemd_boot;
 pub mod uboot;
 pub mod uboot_env;
 
@@ -87,5 +89,20 @@ pub fn from_config(config: &BootConfig) -> Result<Box<dyn Bootloader>> {
             &config.fw_env_config,
         )?)),
         BootBackend::Grub => Ok(Box::new(grub::GrubBootloader::new(config.grubenv.clone()))),
+        BootBackend::SystemdBoot => {
+            let dir = systemd_boot::SystemdBootBootloader::entries_dir_from(
+                config.esp_entries_dir.as_deref(),
+            )?;
+            Ok(Box::new(systemd_boot::SystemdBootBootloader::new(
+                dir,
+                config.loader_conf.clone(),
+                &config.entry_a,
+                &config.entry_b,
+            )?))
+        }
+        BootBackend::Custom => Ok(Box::new(custom::CustomBootloader::new(
+            config.custom_command.clone(),
+            std::time::Duration::from_secs(config.custom_timeout_secs),
+        )?)),
     }
 }
