@@ -2,6 +2,7 @@
 //! command-line flags, in increasing order of precedence (CLI > env > file > defaults).
 
 use crate::db::DatabaseUrl;
+use crate::storage::ObjectStoreConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -48,6 +49,9 @@ pub struct Config {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// `[object_store]`: the repository in an S3-compatible bucket; `None`:
+    /// under `<data_dir>/repository`.
+    pub object_store: Option<ObjectStoreConfig>,
 }
 
 impl Config {
@@ -64,6 +68,7 @@ impl Config {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            object_store: None,
         }
     }
 
@@ -161,7 +166,14 @@ impl Config {
             ));
         }
 
+        let object_store = file_cfg
+            .object_store
+            .map(|o| o.resolve(&env_nonempty))
+            .transpose()
+            .map_err(|e| ConfigError::Invalid(format!("[object_store]: {e}")))?;
+
         Ok(Config {
+            object_store,
             listen,
             data_dir,
             admin_token_file,
@@ -212,6 +224,39 @@ struct FileConfig {
     header_read_timeout_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
     max_connections: Option<usize>,
+    object_store: Option<ObjectStoreFile>,
+}
+
+/// `[object_store]` in the TOML file. The credentials, region and endpoint
+/// may come from the usual `AWS_*` variables instead (env beats file, as for
+/// every other setting).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ObjectStoreFile {
+    url: String,
+    endpoint: Option<String>,
+    region: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    #[serde(default)]
+    allow_http: bool,
+}
+
+impl ObjectStoreFile {
+    fn resolve(self, env: &impl Fn(&str) -> Option<String>) -> Result<ObjectStoreConfig, String> {
+        let config = ObjectStoreConfig {
+            url: self.url,
+            endpoint: env("AWS_ENDPOINT_URL").or(self.endpoint),
+            region: env("AWS_REGION")
+                .or_else(|| env("AWS_DEFAULT_REGION"))
+                .or(self.region),
+            access_key_id: env("AWS_ACCESS_KEY_ID").or(self.access_key_id),
+            secret_access_key: env("AWS_SECRET_ACCESS_KEY").or(self.secret_access_key),
+            allow_http: self.allow_http,
+        };
+        config.validate()?;
+        Ok(config)
+    }
 }
 
 impl FileConfig {

@@ -1,8 +1,14 @@
 //! Static file answers for the repository: conditional requests (ETag,
 //! Last-Modified, 304), byte ranges (206/416), HEAD, and bodies streamed from
 //! disk in 64 KiB chunks so memory stays constant whatever the file size.
+//!
+//! [`serve_repository`] answers from wherever the repository is kept: the
+//! local directories (the fast path above), or an object store, where a HEAD
+//! describes the object and a ranged GET is streamed through as it arrives.
 
 use crate::api::ApiError;
+use crate::paths::TargetPath;
+use crate::storage::{ObjectRepository, Storage};
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -39,6 +45,16 @@ pub enum EtagKind {
 #[derive(Debug, Default)]
 pub struct EtagCache {
     entries: RwLock<HashMap<PathBuf, (FileId, String)>>,
+    /// Object store: key -> (the store's ETag, size, our content-hash ETag),
+    /// so an idle poll costs one HEAD and no body transfer.
+    objects: RwLock<HashMap<String, (ObjectId, String)>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ObjectId {
+    store_etag: Option<String>,
+    size: u64,
+    modified: SystemTime,
 }
 
 /// Bounds the cache: metadata versions accumulate over the years.
@@ -76,6 +92,25 @@ impl EtagCache {
                 map.clear();
             }
             map.insert(path.to_owned(), (id, etag));
+        }
+    }
+
+    fn get_object(&self, key: &str, id: &ObjectId) -> Option<String> {
+        let map = self.objects.read().ok()?;
+        match map.get(key) {
+            // Without a store ETag the size and time alone could miss a
+            // same-second, same-size replacement: never trust the cache then.
+            Some((cached, etag)) if cached == id && id.store_etag.is_some() => Some(etag.clone()),
+            _ => None,
+        }
+    }
+
+    fn put_object(&self, key: &str, id: ObjectId, etag: String) {
+        if let Ok(mut map) = self.objects.write() {
+            if map.len() >= ETAG_CACHE_MAX {
+                map.clear();
+            }
+            map.insert(key.to_owned(), (id, etag));
         }
     }
 }
@@ -144,23 +179,74 @@ async fn serve_file_inner(
         },
     };
     let modified = meta.modified().unwrap_or(UNIX_EPOCH);
+    let described = Described {
+        etag,
+        modified,
+        size,
+        what,
+        cache_control: opts.cache_control,
+        json: is_json(path.to_str().unwrap_or_default()),
+    };
+    let (status, base, start, len) = match answer(method, headers, &described) {
+        Answer::Done(response) => return Ok(response),
+        Answer::Send {
+            status,
+            headers,
+            start,
+            len,
+        } => (status, headers, start, len),
+    };
+    file.seek(SeekFrom::Start(start))
+        .await
+        .map_err(|e| ApiError::internal(&format!("seek {}", path.display()), e))?;
+    let stream = ReaderStream::with_capacity(file.take(len), CHUNK);
+    Ok((status, base, Body::from_stream(stream)).into_response())
+}
 
+/// What the conditional and range logic needs to know about a file.
+#[derive(Debug)]
+struct Described<'a> {
+    etag: String,
+    modified: SystemTime,
+    size: u64,
+    /// Names the file in a 416.
+    what: &'a str,
+    cache_control: &'static str,
+    json: bool,
+}
+
+/// The answer decided from the request's headers alone.
+#[derive(Debug)]
+enum Answer {
+    /// 304, 416, or the headers of a HEAD.
+    Done(Response),
+    /// Send `len` bytes from `start` with these headers.
+    Send {
+        status: StatusCode,
+        headers: HeaderMap,
+        start: u64,
+        len: u64,
+    },
+}
+
+fn answer(method: &Method, headers: &HeaderMap, d: &Described<'_>) -> Answer {
+    let size = d.size;
     let mut base = HeaderMap::new();
-    insert(&mut base, header::ETAG, &etag);
+    insert(&mut base, header::ETAG, &d.etag);
     insert(
         &mut base,
         header::LAST_MODIFIED,
-        &httpdate::fmt_http_date(modified),
+        &httpdate::fmt_http_date(d.modified),
     );
-    insert(&mut base, header::CACHE_CONTROL, opts.cache_control);
+    insert(&mut base, header::CACHE_CONTROL, d.cache_control);
     base.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
 
-    if not_modified(headers, &etag, modified) {
-        return Ok((StatusCode::NOT_MODIFIED, base).into_response());
+    if not_modified(headers, &d.etag, d.modified) {
+        return Answer::Done((StatusCode::NOT_MODIFIED, base).into_response());
     }
 
     let range = match headers.get(header::RANGE) {
-        Some(v) if if_range_allows(headers, &etag) => parse_range(v.as_bytes(), size),
+        Some(v) if if_range_allows(headers, &d.etag) => parse_range(v.as_bytes(), size),
         _ => RangeRequest::Full,
     };
     let (status, start, len) = match range {
@@ -177,24 +263,211 @@ async fn serve_file_inner(
             insert(&mut base, header::CONTENT_RANGE, &format!("bytes */{size}"));
             let mut resp = ApiError::new(
                 StatusCode::RANGE_NOT_SATISFIABLE,
-                format!("requested range not satisfiable for {what} of {size} bytes"),
+                format!(
+                    "requested range not satisfiable for {} of {size} bytes",
+                    d.what
+                ),
             )
             .into_response();
             resp.headers_mut().extend(base);
-            return Ok(resp);
+            return Answer::Done(resp);
         }
     };
     base.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    content_type(&mut base, path);
-
+    base.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(if d.json {
+            "application/json"
+        } else {
+            "application/octet-stream"
+        }),
+    );
     if method == Method::HEAD {
-        return Ok((status, base, Body::empty()).into_response());
+        return Answer::Done((status, base, Body::empty()).into_response());
     }
-    file.seek(SeekFrom::Start(start))
-        .await
-        .map_err(|e| ApiError::internal(&format!("seek {}", path.display()), e))?;
-    let stream = ReaderStream::with_capacity(file.take(len), CHUNK);
-    Ok((status, base, Body::from_stream(stream)).into_response())
+    Answer::Send {
+        status,
+        headers: base,
+        start,
+        len,
+    }
+}
+
+/// A file of the repository, by its public name.
+#[derive(Debug, Clone, Copy)]
+pub enum RepoFile<'a> {
+    /// `metadata/{name}` (name already validated).
+    Metadata(&'a str),
+    Target(&'a TargetPath),
+}
+
+/// Answers `GET`/`HEAD` for a repository file from wherever the repository
+/// is kept. Metadata gets content-hash ETags, images identity ETags.
+pub async fn serve_repository(
+    storage: &Storage,
+    file: RepoFile<'_>,
+    what: &str,
+    method: &Method,
+    headers: &HeaderMap,
+    opts: ServeOptions<'_>,
+) -> Response {
+    let Some(objects) = storage.objects() else {
+        let path = match file {
+            RepoFile::Metadata(name) => storage.metadata_path(name),
+            RepoFile::Target(target) => storage.target_path(target),
+        };
+        return serve_file(&path, what, method, headers, opts).await;
+    };
+    let result = match file {
+        RepoFile::Metadata(name) => {
+            let rel = format!("metadata/{name}");
+            serve_small_object(objects, &rel, what, method, headers, opts).await
+        }
+        RepoFile::Target(target) => {
+            let rel = format!("targets/{}", target.as_str());
+            serve_large_object(objects, &rel, what, method, headers, opts).await
+        }
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+fn object_modified(meta: &object_store::ObjectMeta) -> SystemTime {
+    SystemTime::from(meta.last_modified)
+}
+
+/// Metadata from the bucket: the ETag is the SHA-256 of the content, as for
+/// local files, cached per (key, store ETag, size, time); a 304 costs one
+/// HEAD. A body is read whole (metadata is small and bounded) and the ETag
+/// recomputed from the very bytes sent.
+async fn serve_small_object(
+    objects: &ObjectRepository,
+    rel: &str,
+    what: &str,
+    method: &Method,
+    headers: &HeaderMap,
+    opts: ServeOptions<'_>,
+) -> Result<Response, ApiError> {
+    let storage_err = |e| ApiError::internal(&format!("object {rel}"), e);
+    let not_found = || ApiError::not_found(format!("{what} not found"));
+    let json = is_json(rel);
+    let Some(meta) = objects.head(rel).await.map_err(storage_err)? else {
+        return Err(not_found());
+    };
+    let id = ObjectId {
+        store_etag: meta.e_tag.clone(),
+        size: meta.size,
+        modified: object_modified(&meta),
+    };
+    if let Some(etag) = opts.etag_cache.and_then(|c| c.get_object(rel, &id)) {
+        let described = Described {
+            etag,
+            modified: id.modified,
+            size: id.size,
+            what,
+            cache_control: opts.cache_control,
+            json,
+        };
+        if let Answer::Done(response) = answer(method, headers, &described) {
+            return Ok(response);
+        }
+    }
+    let Some((meta, bytes)) = objects.get_small(rel).await.map_err(storage_err)? else {
+        return Err(not_found());
+    };
+    let etag = format!("\"{}\"", hex::encode(Sha256::digest(&bytes)));
+    let id = ObjectId {
+        store_etag: meta.e_tag.clone(),
+        size: bytes.len() as u64,
+        modified: object_modified(&meta),
+    };
+    if let Some(cache) = opts.etag_cache {
+        cache.put_object(rel, id.clone(), etag.clone());
+    }
+    let described = Described {
+        etag,
+        modified: id.modified,
+        size: id.size,
+        what,
+        cache_control: opts.cache_control,
+        json,
+    };
+    match answer(method, headers, &described) {
+        Answer::Done(response) => Ok(response),
+        Answer::Send {
+            status,
+            headers,
+            start,
+            len,
+        } => {
+            // start + len <= size = bytes.len() (checked by parse_range).
+            let body = bytes.slice(start as usize..(start + len) as usize);
+            Ok((status, headers, Body::from(body)).into_response())
+        }
+    }
+}
+
+/// Images from the bucket: described by a HEAD, the requested range streamed
+/// from a ranged GET pinned to the same object version.
+async fn serve_large_object(
+    objects: &ObjectRepository,
+    rel: &str,
+    what: &str,
+    method: &Method,
+    headers: &HeaderMap,
+    opts: ServeOptions<'_>,
+) -> Result<Response, ApiError> {
+    let storage_err = |e| ApiError::internal(&format!("object {rel}"), e);
+    let Some(meta) = objects.head(rel).await.map_err(storage_err)? else {
+        return Err(ApiError::not_found(format!("{what} not found")));
+    };
+    let modified = object_modified(&meta);
+    let etag = identity_etag(meta.e_tag.as_deref(), meta.size, modified);
+    let described = Described {
+        etag,
+        modified,
+        size: meta.size,
+        what,
+        cache_control: opts.cache_control,
+        json: is_json(rel),
+    };
+    match answer(method, headers, &described) {
+        Answer::Done(response) => Ok(response),
+        Answer::Send {
+            status,
+            headers,
+            start,
+            len,
+        } => {
+            if len == 0 {
+                return Ok((status, headers, Body::empty()).into_response());
+            }
+            let stream = objects
+                .get_range(rel, meta.e_tag.clone(), start..start + len)
+                .await
+                .map_err(storage_err)?;
+            Ok((status, headers, Body::from_stream(stream)).into_response())
+        }
+    }
+}
+
+/// A strong ETag for an object from the store's own ETag (restricted to
+/// characters safe in a header), size and time.
+fn identity_etag(store_etag: Option<&str>, size: u64, modified: SystemTime) -> String {
+    let tag: String = store_etag
+        .unwrap_or_default()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(128)
+        .collect();
+    let secs = modified
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs();
+    format!("\"{tag}-{size:x}-{secs:x}\"")
+}
+
+fn is_json(name: &str) -> bool {
+    name.ends_with(".json")
 }
 
 fn is_not_found(e: &std::io::Error) -> bool {
@@ -208,15 +481,6 @@ fn insert(headers: &mut HeaderMap, name: header::HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         headers.insert(name, v);
     }
-}
-
-fn content_type(headers: &mut HeaderMap, path: &Path) {
-    let ct = if path.extension().is_some_and(|e| e == "json") {
-        "application/json"
-    } else {
-        "application/octet-stream"
-    };
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
 }
 
 async fn hash_etag(file: &mut tokio::fs::File) -> std::io::Result<String> {

@@ -91,7 +91,7 @@ impl Server {
                 source,
             }
         })?;
-        let storage = Arc::new(Storage::open(&config.data_dir)?);
+        let storage = Arc::new(Storage::open_with(&config.data_dir, config.object_store.as_ref())?);
         match storage.clean_stale_staging(storage::STALE_STAGING_AGE) {
             Ok(0) => {}
             Ok(n) => tracing::info!("removed {n} abandoned publication(s)"),

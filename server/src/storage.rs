@@ -14,6 +14,13 @@
 //! then makes files visible in an order that keeps what devices see
 //! consistent: images, then versioned metadata (new names, referenced by
 //! nothing yet), then `root.json`, then `timestamp.json` by an atomic rename.
+//!
+//! The repository itself may instead live in an S3-compatible bucket
+//! ([`object`]); staging stays on the local disk either way.
+
+pub mod object;
+
+pub use object::{ObjectRepository, ObjectStoreConfig};
 
 use crate::paths::{MetadataName, TargetPath};
 use bytes::Bytes;
@@ -28,6 +35,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::io::AsyncWriteExt;
+
+/// Read buffer when copying a staged image (64 KiB: constant memory).
+const UPLOAD_COPY_BUFFER: usize = 64 * 1024;
 
 /// Staging directories untouched this long are abandoned publications.
 pub const STALE_STAGING_AGE: Duration = Duration::from_secs(24 * 60 * 60);
@@ -60,31 +70,76 @@ pub struct Storage {
     /// One publication commits at a time: conflict checks and placement must
     /// see a repository nobody else is changing.
     commit_lock: tokio::sync::Mutex<()>,
+    /// `Some`: the repository is in a bucket and the two directories above
+    /// are unused.
+    objects: Option<ObjectRepository>,
 }
 
 impl Storage {
-    /// Creates the layout under `data_dir` if missing.
+    /// Creates the layout under `data_dir` if missing (repository on the local disk).
     pub fn open(data_dir: &Path) -> Result<Storage, StorageError> {
+        Storage::open_with(data_dir, None)
+    }
+
+    /// Like [`Self::open`]; with `object_store`, the repository is kept in
+    /// that bucket and only staging stays under `data_dir`.
+    pub fn open_with(
+        data_dir: &Path,
+        object_store: Option<&ObjectStoreConfig>,
+    ) -> Result<Storage, StorageError> {
         let repo = data_dir.join("repository");
+        let objects = object_store.map(ObjectRepository::open).transpose()?;
         let storage = Storage {
             metadata_dir: repo.join("metadata"),
             targets_dir: repo.join("targets"),
             staging_dir: data_dir.join("staging"),
             commit_lock: tokio::sync::Mutex::new(()),
+            objects,
         };
-        for dir in [
-            &storage.metadata_dir,
-            &storage.targets_dir,
-            &storage.staging_dir,
-        ] {
+        let mut dirs = vec![&storage.staging_dir];
+        if storage.objects.is_none() {
+            dirs.extend([&storage.metadata_dir, &storage.targets_dir]);
+        }
+        for dir in dirs {
             atomic::create_dir_all_durable(dir)
                 .map_err(io_err(format!("create {}", dir.display())))?;
         }
         Ok(storage)
     }
 
-    /// Whether the repository can be served: both directories listable.
+    /// The bucket, when the repository is kept in an object store.
+    pub fn objects(&self) -> Option<&ObjectRepository> {
+        self.objects.as_ref()
+    }
+
+    /// Whether the repository can be served: both directories listable, or
+    /// the bucket answering.
+    pub async fn check_ready(&self) -> Result<(), StorageError> {
+        match &self.objects {
+            Some(objects) => objects.check_readable().await,
+            None => {
+                let dirs = [self.metadata_dir.clone(), self.targets_dir.clone()];
+                blocking(move || {
+                    for dir in &dirs {
+                        fs::read_dir(dir).map_err(io_err(format!("read {}", dir.display())))?;
+                    }
+                    Ok(())
+                })
+                .await
+            }
+        }
+    }
+
+    /// [`Self::check_ready`] for a blocking thread of the Tokio runtime
+    /// (`spawn_blocking`), where waiting on the bucket is allowed.
     pub fn check_readable(&self) -> Result<(), StorageError> {
+        if let Some(objects) = &self.objects {
+            let handle = tokio::runtime::Handle::try_current().map_err(|e| StorageError::Io {
+                context: "check the object store outside the runtime".into(),
+                source: io::Error::other(e),
+            })?;
+            return handle.block_on(objects.check_readable());
+        }
         for dir in [&self.metadata_dir, &self.targets_dir] {
             fs::read_dir(dir).map_err(io_err(format!("read {}", dir.display())))?;
         }
@@ -97,6 +152,21 @@ impl Storage {
 
     pub fn target_path(&self, path: &TargetPath) -> PathBuf {
         self.targets_dir.join(path.as_str())
+    }
+
+    /// A published metadata file's bytes, from the directory or the bucket;
+    /// `None` if there is none of that name.
+    pub async fn read_metadata(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        if let Some(objects) = &self.objects {
+            let found = objects.get_small(&format!("metadata/{name}")).await?;
+            return Ok(found.map(|(_, bytes)| bytes.to_vec()));
+        }
+        let path = self.metadata_path(name);
+        match tokio::fs::read(&path).await {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(format!("read {}", path.display()))(e)),
+        }
     }
 
     /// Removes staging directories of publications abandoned more than `max_age` ago.
@@ -277,6 +347,19 @@ impl Storage {
         id: &str,
     ) -> Result<Vec<String>, StorageError> {
         let dir = self.publication_dir(id)?;
+        if let Some(objects) = &self.objects {
+            let files = objects.commit(&dir).await?;
+            let staging = dir.clone();
+            if let Err(e) = blocking(move || {
+                fs::remove_dir_all(&staging)
+                    .map_err(io_err(format!("remove {}", staging.display())))
+            })
+            .await
+            {
+                tracing::warn!("cannot remove committed staging: {e}");
+            }
+            return Ok(files);
+        }
         let this = Arc::clone(self);
         let files = blocking(move || {
             let plan = this.plan_commit(&dir)?;
@@ -478,22 +561,44 @@ fn check_timestamp_newer(
         Err(e) => return Err(io_err(format!("read {}", dst.display()))(e)),
     };
     let new = fs::read(src).map_err(io_err(format!("read {}", src.display())))?;
+    conflicts.extend(timestamp_conflict(&current, &new));
+    Ok(())
+}
+
+/// The conflict of replacing the published timestamp `current` by `new`, if any.
+fn timestamp_conflict(current: &[u8], new: &[u8]) -> Option<String> {
     if new == current {
-        return Ok(());
+        return None;
     }
     let version = |b: &[u8]| {
         serde_json::from_slice::<serde_json::Value>(b)
             .ok()
             .and_then(|v| v.pointer("/signed/version").and_then(|v| v.as_u64()))
     };
-    if let (Some(old), Some(new)) = (version(&current), version(&new)) {
-        if new <= old {
-            conflicts.push(format!(
-                "metadata/timestamp.json (version {new} is not newer than the published {old})"
-            ));
-        }
+    match (version(current), version(new)) {
+        (Some(old), Some(new)) if new <= old => Some(format!(
+            "metadata/timestamp.json (version {new} is not newer than the published {old})"
+        )),
+        _ => None,
     }
-    Ok(())
+}
+
+/// The staged metadata files: (name, kind, path), skipping temporary files.
+fn staged_metadata(dir: &Path) -> Result<Vec<(String, MetadataName, PathBuf)>, StorageError> {
+    let mut out = Vec::new();
+    let entries = fs::read_dir(dir).map_err(io_err(format!("read {}", dir.display())))?;
+    for entry in entries {
+        let entry = entry.map_err(io_err("read staged metadata"))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        // Temporary files of an interrupted write_atomic start with '.'.
+        let Ok(kind) = MetadataName::parse(&name) else {
+            continue;
+        };
+        out.push((name, kind, entry.path()));
+    }
+    Ok(out)
 }
 
 /// The newest mtime of a staging directory and its direct subdirectories

@@ -2,7 +2,7 @@
 //! `GET|HEAD /targets/{path..}`, the endpoints every device polls.
 
 use crate::api::{path_rejection, ApiError};
-use crate::files::{self, EtagKind, ServeOptions};
+use crate::files::{self, EtagKind, RepoFile, ServeOptions};
 use crate::paths::{MetadataName, TargetPath};
 use crate::AppState;
 use axum::extract::rejection::PathRejection;
@@ -29,9 +29,9 @@ pub async fn metadata(
     } else {
         files::NO_CACHE
     };
-    let path = state.storage.metadata_path(&name);
-    files::serve_file(
-        &path,
+    files::serve_repository(
+        &state.storage,
+        RepoFile::Metadata(&name),
         &format!("metadata file {name}"),
         &method,
         &headers,
@@ -60,9 +60,9 @@ pub async fn target(
         Ok(t) => t,
         Err(msg) => return ApiError::bad_request(msg).into_response(),
     };
-    let file = state.storage.target_path(&target);
-    files::serve_file(
-        &file,
+    files::serve_repository(
+        &state.storage,
+        RepoFile::Target(&target),
         &format!("target {}", target.as_str()),
         &method,
         &headers,
