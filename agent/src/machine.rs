@@ -314,12 +314,17 @@ impl Machine {
             }
 
             // Back on the previous slot after a failed health check: done rolling back.
+            // mark_bad again (idempotent): a power cut may have come before it, and
+            // some firmware (GRUB, once every slot is tried) would boot the bad slot next.
             Phase::RollingBack {
                 slot,
                 target,
                 reason,
                 ..
-            } if booted != slot => self.finish_rollback(target, reason),
+            } if booted != slot => {
+                self.mark_bad_best_effort(slot);
+                self.finish_rollback(target, reason)
+            }
 
             // Still (or again) on the bad slot: mark it bad again and reboot.
             Phase::RollingBack {
