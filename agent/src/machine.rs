@@ -772,8 +772,7 @@ fn trusted_releases(config: &Config) -> Vec<TargetRef> {
             let release = t.release().ok()?;
             release
                 .hardware_ids
-                .iter()
-                .any(|h| *h == config.hardware_id)
+                .contains(&config.hardware_id)
                 .then(|| TargetRef::new(t, release.version))
         })
         .collect()
