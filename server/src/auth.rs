@@ -1,7 +1,21 @@
-//! Who may call what: the admin bearer token, and the seam where device
-//! authentication will go.
+//! Who may call what.
+//!
+//! * Admin API: `Authorization: Bearer <token>`. The bootstrap token
+//!   (`<data_dir>/admin-token` or `admin_token_file`) holds every role; tokens
+//!   made with `ota-server token create --role R` hold one [`Role`]. Missing
+//!   or unknown/revoked token: 401; a token without the role: 403.
+//! * Device reports ([`DeviceAuth`]): anyone (`none`, the default), a
+//!   per-device bearer token (`token`), or a client certificate whose subject
+//!   CN is the device id (`mtls`). A device may write only its own status
+//!   (403 otherwise).
+//!
+//! Only SHA-256 digests of tokens are kept (in memory and in the database).
+//! Stored tokens are found by their digest (an index lookup: its timing can
+//! only tell an attacker about the digest of what *they* sent, never about a
+//! stored secret), then compared again in constant time.
 
 use crate::api::ApiError;
+use crate::db::Db;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
@@ -93,9 +107,124 @@ impl AdminToken {
     }
 }
 
-/// Middleware for every `/admin/v1` route: `Authorization: Bearer <token>` or 401.
-pub async fn require_admin(
-    State(token): State<Arc<AdminToken>>,
+/// What an admin token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Publications (`ota-repo publish`).
+    Publisher,
+    /// Rollouts (reserved; none exist yet). Also sees the fleet.
+    Operator,
+    /// Fleet status: device listings and events.
+    Viewer,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Publisher, Role::Operator, Role::Viewer];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Publisher => "publisher",
+            Role::Operator => "operator",
+            Role::Viewer => "viewer",
+        }
+    }
+
+    /// Whether a token of this role may call an endpoint needing `needed`.
+    pub fn grants(self, needed: Role) -> bool {
+        self == needed || (self == Role::Operator && needed == Role::Viewer)
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Role, String> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown role {s:?} (expected publisher, operator or viewer)"))
+    }
+}
+
+/// How devices prove who they are when they report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceAuth {
+    /// Anyone may report as any device (development, demos, closed networks).
+    #[default]
+    None,
+    /// `Authorization: Bearer <token>` from `ota-server device add ID`.
+    Token,
+    /// A TLS client certificate signed by `device_ca`; its subject CN is the device id.
+    Mtls,
+}
+
+/// A device identity proven by the connection (a verified client
+/// certificate), put into each request's extensions by `crate::http`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerDevice {
+    /// The certificate's subject CN, `None` if it has none usable as an id.
+    pub device_id: Option<String>,
+}
+
+/// The device id a client certificate carries: its subject CN, which must
+/// be a single valid device id (several CNs would be ambiguous: none).
+pub fn device_id_from_cert(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let mut names = cert.subject().iter_common_name();
+    let cn = names.next()?.as_str().ok()?;
+    if names.next().is_some() || !ota_common::wire::is_valid_id(cn) {
+        return None;
+    }
+    Some(cn.to_owned())
+}
+
+/// A new random secret: 32 bytes from the OS, hex.
+pub fn new_secret() -> String {
+    let mut raw = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    hex::encode(raw)
+}
+
+/// The SHA-256 (hex) under which a token is stored.
+pub fn token_hash(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.trim().as_bytes()))
+}
+
+/// Equality of two byte strings in time independent of where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// The admin API's credentials: the bootstrap token and the token table.
+#[derive(Debug)]
+pub struct AdminAuth {
+    pub bootstrap: AdminToken,
+    pub db: Db,
+}
+
+/// Middleware state: the credentials and the role one group of routes needs.
+#[derive(Debug, Clone)]
+pub struct RequireRole {
+    pub auth: Arc<AdminAuth>,
+    pub role: Role,
+}
+
+/// Middleware for every `/admin/v1` route: a bearer token holding the role
+/// the route needs; 401 without a valid token, 403 with the wrong role.
+pub async fn require_role(
+    State(need): State<RequireRole>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
@@ -105,10 +234,33 @@ pub async fn require_admin(
             "admin endpoints require an Authorization: Bearer <token> header",
         )
     })?;
-    if !token.matches(presented) {
+    if need.auth.bootstrap.matches(presented) {
+        return Ok(next.run(request).await);
+    }
+    let digest = token_hash(presented);
+    let found = need
+        .auth
+        .db
+        .admin_token_by_hash(&digest)
+        .await
+        .map_err(|e| ApiError::internal("look up admin token", e))?
+        .filter(|t| constant_time_eq(t.sha256.as_bytes(), digest.as_bytes()))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid admin token (unknown or revoked)",
+            )
+        })?;
+    let role: Role = found.role.parse().map_err(|e: String| {
+        ApiError::internal("admin token role", format!("token {}: {e}", found.name))
+    })?;
+    if !role.grants(need.role) {
         return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid admin token",
+            StatusCode::FORBIDDEN,
+            format!(
+                "admin token {:?} has role {role}; this endpoint needs role {}",
+                found.name, need.role
+            ),
         ));
     }
     Ok(next.run(request).await)
@@ -123,10 +275,49 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Device authentication seam: decides whether the caller may report as
-/// `device_id`. Every device is accepted until device credentials (mTLS or
-/// per-device tokens) arrive; that check goes here, and only here.
-pub fn authorize_device(_headers: &HeaderMap, _device_id: &str) -> Result<(), ApiError> {
+/// Decides whether the caller may report as `device_id` under `mode`: the
+/// one place device credentials are checked.
+pub async fn authorize_device(
+    mode: DeviceAuth,
+    db: &Db,
+    headers: &HeaderMap,
+    peer: Option<&PeerDevice>,
+    device_id: &str,
+) -> Result<(), ApiError> {
+    let proven = match mode {
+        DeviceAuth::None => return Ok(()),
+        DeviceAuth::Token => {
+            let presented = bearer(headers).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "device reports require an Authorization: Bearer <device token> header",
+                )
+            })?;
+            let digest = token_hash(presented);
+            let (owner, _) = db
+                .device_by_token_hash(&digest)
+                .await
+                .map_err(|e| ApiError::internal("look up device token", e))?
+                .filter(|(_, stored)| constant_time_eq(stored.as_bytes(), digest.as_bytes()))
+                .ok_or_else(|| {
+                    ApiError::new(StatusCode::UNAUTHORIZED, "invalid or revoked device token")
+                })?;
+            owner
+        }
+        DeviceAuth::Mtls => peer.and_then(|p| p.device_id.clone()).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "device reports require a TLS client certificate (subject CN = device id) \
+                     signed by the device CA",
+            )
+        })?,
+    };
+    if proven != device_id {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("credentials of device {proven:?} cannot report for device {device_id:?}"),
+        ));
+    }
     Ok(())
 }
 

@@ -1,7 +1,9 @@
 //! Server settings: defaults, an optional TOML file, environment variables and
 //! command-line flags, in increasing order of precedence (CLI > env > file > defaults).
 
+use crate::auth::DeviceAuth;
 use crate::db::DatabaseUrl;
+use crate::resign::{OnlineSigning, OnlineSigningFile};
 use crate::storage::ObjectStoreConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -52,6 +54,12 @@ pub struct Config {
     /// `[object_store]`: the repository in an S3-compatible bucket; `None`:
     /// under `<data_dir>/repository`.
     pub object_store: Option<ObjectStoreConfig>,
+    /// How devices authenticate their reports (default: not at all).
+    pub device_auth: DeviceAuth,
+    /// PEM CA certificate(s) signing device client certificates (`mtls`).
+    pub device_ca: Option<PathBuf>,
+    /// Re-signing `timestamp.json` with an online key; `None`: never.
+    pub online_signing: Option<OnlineSigning>,
 }
 
 impl Config {
@@ -69,6 +77,9 @@ impl Config {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             object_store: None,
+            device_auth: DeviceAuth::None,
+            device_ca: None,
+            online_signing: None,
         }
     }
 
@@ -166,6 +177,27 @@ impl Config {
             ));
         }
 
+        let device_auth = file_cfg.device_auth.unwrap_or_default();
+        match (device_auth, &file_cfg.device_ca, &tls) {
+            (DeviceAuth::Mtls, Some(_), Some(_)) => {}
+            (DeviceAuth::Mtls, _, _) => {
+                return Err(ConfigError::Invalid(
+                    "device_auth = \"mtls\" needs tls_cert, tls_key and device_ca".to_owned(),
+                ))
+            }
+            (_, Some(_), _) => {
+                return Err(ConfigError::Invalid(
+                    "device_ca is only used with device_auth = \"mtls\"".to_owned(),
+                ))
+            }
+            _ => {}
+        }
+        let online_signing = file_cfg
+            .online_signing
+            .map(OnlineSigningFile::resolve)
+            .transpose()
+            .map_err(|e| ConfigError::Invalid(format!("[online_signing]: {e}")))?;
+
         let object_store = file_cfg
             .object_store
             .map(|o| o.resolve(&env_nonempty))
@@ -186,6 +218,9 @@ impl Config {
             header_read_timeout,
             idle_timeout,
             max_connections,
+            device_auth,
+            device_ca: file_cfg.device_ca,
+            online_signing,
         })
     }
 }
@@ -225,6 +260,9 @@ struct FileConfig {
     idle_timeout_secs: Option<u64>,
     max_connections: Option<usize>,
     object_store: Option<ObjectStoreFile>,
+    device_auth: Option<DeviceAuth>,
+    device_ca: Option<PathBuf>,
+    online_signing: Option<OnlineSigningFile>,
 }
 
 /// `[object_store]` in the TOML file. The credentials, region and endpoint

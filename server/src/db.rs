@@ -349,6 +349,213 @@ impl Db {
     }
 }
 
+/// An admin token as listed (never the secret, never its hash).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AdminTokenInfo {
+    pub name: String,
+    pub role: String,
+    pub created_at: String,
+    pub revoked: bool,
+}
+
+/// A live admin token found by the hash of what a client presented.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminTokenMatch {
+    pub name: String,
+    pub role: String,
+    pub sha256: String,
+}
+
+/// What became of a report that carried a sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportOutcome {
+    Recorded,
+    /// Not newer than `last`, the highest accepted: nothing was recorded.
+    Replayed {
+        last: i64,
+    },
+}
+
+/// Credentials (admin and device tokens) and the report replay guard; see
+/// `migrations/0002_credentials.sql` and `crate::auth`.
+impl Db {
+    /// Stores a new admin token; `false` if the name is taken.
+    pub async fn create_admin_token(
+        &self,
+        id: &str,
+        name: &str,
+        role: &str,
+        sha256: &str,
+        at: &str,
+    ) -> Result<bool, DbError> {
+        with_pool!(self, p => {
+            let done = sqlx::query(
+                "INSERT INTO admin_tokens (id, name, role, sha256, created_at, revoked) \
+                 VALUES ($1, $2, $3, $4, $5, 0) ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(id)
+            .bind(name)
+            .bind(role)
+            .bind(sha256)
+            .bind(at)
+            .execute(p)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    /// Every admin token, by name.
+    pub async fn admin_tokens(&self) -> Result<Vec<AdminTokenInfo>, DbError> {
+        with_pool!(self, p => {
+            let rows = sqlx::query(
+                "SELECT name, role, created_at, revoked FROM admin_tokens ORDER BY name",
+            )
+            .fetch_all(p)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(AdminTokenInfo {
+                        name: r.try_get("name")?,
+                        role: r.try_get("role")?,
+                        created_at: r.try_get("created_at")?,
+                        revoked: r.try_get::<i64, _>("revoked")? != 0,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// Revokes the admin token `name`; `false` if there is none.
+    pub async fn revoke_admin_token(&self, name: &str) -> Result<bool, DbError> {
+        with_pool!(self, p => {
+            let done = sqlx::query("UPDATE admin_tokens SET revoked = 1 WHERE name = $1")
+                .bind(name)
+                .execute(p)
+                .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    /// The unrevoked admin token whose SHA-256 (hex) is `sha256`.
+    pub async fn admin_token_by_hash(
+        &self,
+        sha256: &str,
+    ) -> Result<Option<AdminTokenMatch>, DbError> {
+        with_pool!(self, p => {
+            let row = sqlx::query(
+                "SELECT name, role, sha256 FROM admin_tokens WHERE sha256 = $1 AND revoked = 0",
+            )
+            .bind(sha256)
+            .fetch_optional(p)
+            .await?;
+            row.map(|r| {
+                Ok(AdminTokenMatch {
+                    name: r.try_get("name")?,
+                    role: r.try_get("role")?,
+                    sha256: r.try_get("sha256")?,
+                })
+            })
+            .transpose()
+        })
+    }
+
+    /// Sets (or replaces: rotation) the token of a device.
+    pub async fn set_device_token(
+        &self,
+        device_id: &str,
+        sha256: &str,
+        at: &str,
+    ) -> Result<(), DbError> {
+        with_pool!(self, p => {
+            sqlx::query(
+                "INSERT INTO device_tokens (device_id, sha256, created_at, revoked) \
+                 VALUES ($1, $2, $3, 0) ON CONFLICT (device_id) DO UPDATE SET \
+                 sha256 = excluded.sha256, created_at = excluded.created_at, revoked = 0",
+            )
+            .bind(device_id)
+            .bind(sha256)
+            .bind(at)
+            .execute(p)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Revokes a device's token; `false` if it has none.
+    pub async fn revoke_device_token(&self, device_id: &str) -> Result<bool, DbError> {
+        with_pool!(self, p => {
+            let done = sqlx::query("UPDATE device_tokens SET revoked = 1 WHERE device_id = $1")
+                .bind(device_id)
+                .execute(p)
+                .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    /// `(device_id, sha256)` of the unrevoked device token with this SHA-256 (hex).
+    pub async fn device_by_token_hash(
+        &self,
+        sha256: &str,
+    ) -> Result<Option<(String, String)>, DbError> {
+        with_pool!(self, p => {
+            let row = sqlx::query(
+                "SELECT device_id, sha256 FROM device_tokens WHERE sha256 = $1 AND revoked = 0",
+            )
+            .bind(sha256)
+            .fetch_optional(p)
+            .await?;
+            row.map(|r| Ok((r.try_get("device_id")?, r.try_get("sha256")?)))
+                .transpose()
+        })
+    }
+
+    /// [`Self::record_report`], refusing a replay: with `seq`, the report is
+    /// recorded only if `seq` is above the highest accepted from this device
+    /// (checked and advanced atomically, before the report is written).
+    pub async fn record_report_seq(
+        &self,
+        device_id: &str,
+        report: &DeviceReport,
+        at: &str,
+        seq: Option<i64>,
+    ) -> Result<ReportOutcome, DbError> {
+        let Some(seq) = seq else {
+            self.record_report(device_id, report, at).await?;
+            return Ok(ReportOutcome::Recorded);
+        };
+        with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            // The conditional upsert locks the row: two copies of one report
+            // racing (even through two instances) cannot both advance it.
+            let advanced = sqlx::query(
+                "INSERT INTO device_report_seq (device_id, seq) VALUES ($1, $2) \
+                 ON CONFLICT (device_id) DO UPDATE SET seq = excluded.seq \
+                 WHERE device_report_seq.seq < excluded.seq",
+            )
+            .bind(device_id)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if !advanced {
+                let last: i64 = sqlx::query("SELECT seq FROM device_report_seq WHERE device_id = $1")
+                    .bind(device_id)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("seq")?;
+                tx.rollback().await?;
+                return Ok(ReportOutcome::Replayed { last });
+            }
+            tx.commit().await?;
+        });
+        // The report itself: a failure here leaves the sequence advanced,
+        // so the device's retry needs a new number (it sends one per attempt).
+        self.record_report(device_id, report, at).await?;
+        Ok(ReportOutcome::Recorded)
+    }
+}
+
 fn parse_status(text: String) -> Result<UpdateStatus, DbError> {
     serde_json::from_value(serde_json::Value::String(text.clone()))
         .map_err(|_| DbError::BadStatus(text))

@@ -12,6 +12,7 @@
 //!   stalled upload or a download the client stopped reading);
 //! * a TLS handshake bounded by the header read timeout.
 
+use crate::auth::PeerDevice;
 use crate::metrics::Metrics;
 use axum::Router;
 use hyper::body::Incoming;
@@ -93,13 +94,14 @@ pub async fn serve(
         tokio::spawn(async move {
             metrics.connection_opened();
             match tls {
-                None => serve_connection(io, router, limits, &activity, watcher).await,
+                None => serve_connection(io, router, limits, &activity, watcher, None).await,
                 Some(acceptor) => {
                     let handshake =
                         tokio::time::timeout(limits.header_read_timeout, acceptor.accept(io));
                     match handshake.await {
                         Ok(Ok(tls_io)) => {
-                            serve_connection(tls_io, router, limits, &activity, watcher).await
+                            let peer = peer_device(&tls_io);
+                            serve_connection(tls_io, router, limits, &activity, watcher, peer).await
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -120,10 +122,15 @@ async fn serve_connection<I>(
     limits: Limits,
     activity: &Activity,
     watcher: hyper_util::server::graceful::Watcher,
+    peer: Option<PeerDevice>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+        // The identity the TLS handshake proved, for the handlers (reports).
+        if let Some(peer) = &peer {
+            request.extensions_mut().insert(peer.clone());
+        }
         router.clone().oneshot(request)
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -141,6 +148,15 @@ async fn serve_connection<I>(
             tracing::debug!("closing connection idle for {:?}", limits.idle_timeout);
         }
     }
+}
+
+/// The device a verified client certificate names (rustls has already
+/// checked its chain against `device_ca` when it is there at all).
+fn peer_device<S>(tls: &tokio_rustls::server::TlsStream<S>) -> Option<PeerDevice> {
+    let cert = tls.get_ref().1.peer_certificates()?.first()?;
+    Some(PeerDevice {
+        device_id: crate::auth::device_id_from_cert(cert.as_ref()),
+    })
 }
 
 /// When a byte last moved on a connection.

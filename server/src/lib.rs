@@ -7,29 +7,30 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod credentials;
 pub mod db;
 pub mod files;
 pub mod http;
 pub mod metrics;
 pub mod paths;
+pub mod resign;
 pub mod storage;
 pub mod tls;
 
 pub use config::Config;
 
 use crate::api::ApiError;
-use crate::auth::{AdminToken, TokenError};
+use crate::auth::{AdminAuth, AdminToken, DeviceAuth, RequireRole, TokenError};
 use crate::db::{Db, DbError};
 use crate::files::EtagCache;
 use crate::metrics::Metrics;
 use crate::storage::{Storage, StorageError};
 use crate::tls::{CertStore, TlsError};
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::extract::{MatchedPath, Request};
 use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post, put};
 use axum::Router;
 use http_body_util::BodyExt;
 use std::future::Future;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub etags: Arc<EtagCache>,
     pub max_upload_bytes: u64,
     pub metrics: Arc<Metrics>,
+    /// How devices authenticate their reports.
+    pub device_auth: DeviceAuth,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +66,8 @@ pub enum StartError {
     Token(#[from] TokenError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Resign(#[from] resign::ResignError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -80,6 +85,10 @@ pub struct Server {
     limits: http::Limits,
     tls: Option<Arc<CertStore>>,
     metrics: Arc<Metrics>,
+    /// Client certificate verification (`device_auth = "mtls"`).
+    client_auth: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    /// The timestamp re-signing job (`[online_signing]`).
+    resigner: Option<Arc<resign::Resigner>>,
 }
 
 impl Server {
@@ -91,7 +100,10 @@ impl Server {
                 source,
             }
         })?;
-        let storage = Arc::new(Storage::open_with(&config.data_dir, config.object_store.as_ref())?);
+        let storage = Arc::new(Storage::open_with(
+            &config.data_dir,
+            config.object_store.as_ref(),
+        )?);
         match storage.clean_stale_staging(storage::STALE_STAGING_AGE) {
             Ok(0) => {}
             Ok(n) => tracing::info!("removed {n} abandoned publication(s)"),
@@ -104,15 +116,27 @@ impl Server {
         let tls = config.tls.as_ref().map(CertStore::load).transpose()?;
         let database = config.database();
         let db = Db::open(&database).await?;
+        let client_auth = tls::client_verifier(config)?;
         let metrics = Arc::new(Metrics::default());
+        let resigner = config
+            .online_signing
+            .as_ref()
+            .map(|o| resign::Resigner::new(o, Arc::clone(&storage), db.clone()))
+            .transpose()?
+            .map(Arc::new);
         let state = AppState {
             storage,
             db: db.clone(),
             etags: Arc::new(EtagCache::default()),
             max_upload_bytes: config.max_upload_bytes,
             metrics: Arc::clone(&metrics),
+            device_auth: config.device_auth,
         };
-        let router = router(state, token);
+        let auth = Arc::new(AdminAuth {
+            bootstrap: token,
+            db: db.clone(),
+        });
+        let router = router(state, auth);
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| StartError::Bind {
@@ -141,6 +165,8 @@ impl Server {
             },
             tls,
             metrics,
+            client_auth,
+            resigner,
         })
     }
 
@@ -171,10 +197,15 @@ impl Server {
         let acceptor = match &self.tls {
             Some(store) => {
                 tls::spawn_reload_poller(store);
-                Some(tokio_rustls::TlsAcceptor::from(store.server_config()?))
+                let config = match &self.client_auth {
+                    Some(verifier) => store.server_config_with_client_auth(Arc::clone(verifier))?,
+                    None => store.server_config()?,
+                };
+                Some(tokio_rustls::TlsAcceptor::from(config))
             }
             None => None,
         };
+        let resign_job = self.resigner.as_ref().map(|r| Arc::clone(r).spawn());
         http::serve(
             self.listener,
             self.router,
@@ -184,54 +215,34 @@ impl Server {
             shutdown,
         )
         .await;
+        if let Some(job) = resign_job {
+            job.abort();
+        }
         self.db.close().await;
         Ok(())
     }
 }
 
-/// Every route of the server.
-pub fn router(state: AppState, token: AdminToken) -> Router {
-    let admin = Router::new()
-        .route(
-            "/admin/v1/publications",
-            post(api::admin::create_publication),
-        )
-        .route(
-            "/admin/v1/publications/{id}/targets/{*target}",
-            // Uploads are streamed to disk; their limit is max_upload_bytes.
-            put(api::admin::put_target).layer(DefaultBodyLimit::disable()),
-        )
-        .route(
-            "/admin/v1/publications/{id}/metadata/{file}",
-            put(api::admin::put_metadata)
-                .layer(DefaultBodyLimit::max(api::admin::MAX_METADATA_BYTES)),
-        )
-        .route(
-            "/admin/v1/publications/{id}/commit",
-            post(api::admin::commit),
-        )
-        .route("/admin/v1/devices", get(api::admin::list_devices))
-        .route(
-            "/admin/v1/devices/{id}/events",
-            get(api::admin::device_events),
-        )
-        .route_layer(middleware::from_fn_with_state(
-            Arc::new(token),
-            auth::require_admin,
-        ));
-
-    Router::new()
-        .route("/healthz", get(api::health::healthz))
-        .route("/readyz", get(api::health::readyz))
-        .route("/metrics", get(api::health::metrics))
-        .route("/metadata/{file}", get(api::repository::metadata))
-        .route("/targets/{*path}", get(api::repository::target))
-        .route(
-            "/api/v1/devices/{device_id}/reports",
-            post(api::devices::report)
-                .layer(DefaultBodyLimit::max(ota_common::wire::MAX_REPORT_BYTES)),
-        )
-        .merge(admin)
+/// Every route of the server: the table in [`api::routes`], each admin
+/// route behind [`auth::require_role`] with the role the table names.
+pub fn router(state: AppState, auth: Arc<AdminAuth>) -> Router {
+    let mut router = Router::new();
+    for (spec, handler) in api::routes::all() {
+        let handler = match spec.access {
+            api::routes::Access::Admin(role) => {
+                handler.route_layer(middleware::from_fn_with_state(
+                    RequireRole {
+                        auth: Arc::clone(&auth),
+                        role,
+                    },
+                    auth::require_role,
+                ))
+            }
+            api::routes::Access::Public | api::routes::Access::Device => handler,
+        };
+        router = router.route(spec.path, handler);
+    }
+    router
         .fallback(no_such_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(

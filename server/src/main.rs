@@ -1,7 +1,7 @@
 //! `ota-server`: see the crate documentation of `ota_server`.
 
 use anyhow::anyhow;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use ota_server::config::{Config, Overrides};
 use ota_server::Server;
 use std::io::Write;
@@ -28,6 +28,44 @@ struct Args {
     /// [default: sqlite://DATA_DIR/ota.db].
     #[arg(long, value_name = "URL")]
     database_url: Option<String>,
+    /// Without a command: serve.
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Credential management on the configured database (same configuration as the server).
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Admin API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Device tokens (device_auth = "token").
+    #[command(subcommand)]
+    Device(DeviceCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Creates a token and prints it (once: only its hash is stored).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// publisher, operator or viewer.
+        #[arg(long)]
+        role: ota_server::auth::Role,
+    },
+    /// Lists tokens (names, roles, dates; never secrets).
+    List,
+    /// Revokes a token.
+    Revoke { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeviceCommand {
+    /// Creates (or replaces) a device's token and prints it.
+    Add { device_id: String },
+    /// Revokes a device's token.
+    Revoke { device_id: String },
 }
 
 fn main() -> std::process::ExitCode {
@@ -70,7 +108,55 @@ fn run() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .map_err(|e| anyhow!("cannot start the async runtime: {e}"))?;
-    runtime.block_on(serve(config))
+    match args.command {
+        None => runtime.block_on(serve(config)),
+        Some(command) => runtime.block_on(manage(config, command)),
+    }
+}
+
+async fn manage(config: Config, command: Command) -> anyhow::Result<()> {
+    use ota_server::credentials as cred;
+    // As the server would: the default SQLite database lives in data_dir.
+    ota_common::atomic::create_dir_all_durable(&config.data_dir).map_err(|e| {
+        anyhow!(
+            "cannot create data directory {}: {e}",
+            config.data_dir.display()
+        )
+    })?;
+    let db = ota_server::db::Db::open(&config.database()).await?;
+    let result = async {
+        let mut out = std::io::stdout().lock();
+        let print = |out: &mut std::io::StdoutLock<'_>, line: String| {
+            writeln!(out, "{line}").map_err(|e| anyhow!("cannot write to stdout: {e}"))
+        };
+        match command {
+            Command::Token(TokenCommand::Create { name, role }) => {
+                print(&mut out, cred::create_admin_token(&db, &name, role).await?)
+            }
+            Command::Token(TokenCommand::List) => {
+                for t in cred::list_admin_tokens(&db).await? {
+                    let state = if t.revoked { "revoked" } else { "active" };
+                    print(
+                        &mut out,
+                        format!("{}\t{}\t{}\t{state}", t.name, t.role, t.created_at),
+                    )?;
+                }
+                Ok(())
+            }
+            Command::Token(TokenCommand::Revoke { name }) => {
+                Ok(cred::revoke_admin_token(&db, &name).await?)
+            }
+            Command::Device(DeviceCommand::Add { device_id }) => {
+                print(&mut out, cred::add_device(&db, &device_id).await?)
+            }
+            Command::Device(DeviceCommand::Revoke { device_id }) => {
+                Ok(cred::revoke_device(&db, &device_id).await?)
+            }
+        }
+    }
+    .await;
+    db.close().await;
+    result
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

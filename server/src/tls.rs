@@ -7,11 +7,13 @@
 //! certificate) keeps the old certificate and logs why: renewing a
 //! certificate must never take the server down.
 
-use crate::config::TlsFiles;
+use crate::auth::DeviceAuth;
+use crate::config::{Config, TlsFiles};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use std::os::unix::fs::MetadataExt;
@@ -88,6 +90,23 @@ impl CertStore {
         Ok(Arc::new(config))
     }
 
+    /// [`Self::server_config`] asking clients for a certificate signed by
+    /// the device CA. A client without one still connects (anonymous reads
+    /// of metadata and images go on working); only what needs a device
+    /// identity (reports) is refused without one.
+    pub fn server_config_with_client_auth(
+        self: &Arc<Self>,
+        verifier: Arc<dyn ClientCertVerifier>,
+    ) -> Result<Arc<ServerConfig>, TlsError> {
+        let mut config = ServerConfig::builder_with_provider(Arc::clone(&self.provider))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Setup(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>);
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
     /// Reads the files again and serves them from the next handshake on.
     /// On error the current certificate stays.
     pub fn reload(&self) -> Result<(), TlsError> {
@@ -155,6 +174,40 @@ fn load_pair(files: &TlsFiles, provider: &CryptoProvider) -> Result<CertifiedKey
         }),
         Err(e) => Err(cert_err(e.to_string())),
     }
+}
+
+/// The verifier of device client certificates when `device_auth = "mtls"`:
+/// chains to a CA certificate of `device_ca`; certificates are optional at
+/// the TLS level (see [`CertStore::server_config_with_client_auth`]).
+pub fn client_verifier(config: &Config) -> Result<Option<Arc<dyn ClientCertVerifier>>, TlsError> {
+    if config.device_auth != DeviceAuth::Mtls {
+        return Ok(None);
+    }
+    let ca = config
+        .device_ca
+        .as_ref()
+        .ok_or_else(|| TlsError::Setup("device_auth = \"mtls\" needs device_ca".to_owned()))?;
+    let ca_err = |message: String| TlsError::Cert {
+        path: ca.display().to_string(),
+        message,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca)
+        .map_err(|e| ca_err(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ca_err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(ca_err("no PEM CERTIFICATE block in it".to_owned()));
+    }
+    for cert in certs {
+        roots.add(cert).map_err(|e| ca_err(e.to_string()))?;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| ca_err(e.to_string()))?;
+    Ok(Some(verifier))
 }
 
 /// Checks the files every [`RELOAD_POLL_INTERVAL`] until the store is dropped

@@ -8,7 +8,7 @@
 use serde_json::Value;
 
 /// The canonical form of `value`, or why it has none (a non-integer number).
-pub(crate) fn canonicalize(value: &Value) -> Result<Vec<u8>, String> {
+pub fn canonicalize(value: &Value) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     write_value(value, &mut out)?;
     Ok(out)

@@ -85,6 +85,8 @@ mod transport;
 
 pub use client::{RefreshOutcome, RoleSummary, TrustedMetadata, TufClient};
 pub use transport::{FetchError, Fetched, FileTransport, Transport};
+/// OLPC canonical JSON, for the server's online timestamp signing.
+pub use canonical::canonicalize;
 
 use crate::hash::{Digests, VerifyError};
 use url::Url;

@@ -3,7 +3,9 @@
 pub mod admin;
 pub mod devices;
 pub mod health;
+pub mod openapi;
 pub mod repository;
+pub mod routes;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
