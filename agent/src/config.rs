@@ -66,6 +66,23 @@ pub struct Config {
     pub download: DownloadConfig,
     #[serde(default)]
     pub watchdog: WatchdogConfig,
+    #[serde(default)]
+    pub report: ReportConfig,
+}
+
+/// `[report]`: how the device proves who it is when it reports its status
+/// (the server's `device_auth`). Metadata and images need no credentials:
+/// they are verified by signature, not by who served them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportConfig {
+    /// File holding this device's token (`ota-server device add ID`), sent
+    /// as `Authorization: Bearer`. Never logged.
+    pub device_token_file: Option<PathBuf>,
+    /// PEM client certificate (subject CN = device id) for mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`.
+    pub client_key: Option<PathBuf>,
 }
 
 /// `[download]`: retries and durable checkpoints of the image download.
@@ -296,6 +313,12 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.report.client_cert.is_some() != self.report.client_key.is_some() {
+            return Err(invalid(
+                "report.client_cert",
+                "client_cert and client_key must be given together",
+            ));
+        }
         match self.server_url.scheme() {
             "http" | "https" => {}
             other => {

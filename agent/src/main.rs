@@ -191,9 +191,10 @@ fn is_fatal(e: &anyhow::Error) -> bool {
 
 fn build_machine(config: &Config) -> Result<Machine> {
     let bootloader = bootloader::from_config(&config.boot).context("bootloader")?;
-    let reporter = HttpReporter::new(
+    let reporter = HttpReporter::with_credentials(
         config.report_url()?,
         Duration::from_secs(config.http_timeout_secs.min(10)),
+        &config.report,
     )?;
     Ok(Machine::new(
         config.clone(),

@@ -4,7 +4,9 @@
 //! on, because a device must never stop updating (or rolling back) because
 //! the reporting endpoint is down.
 
+use crate::config::ReportConfig;
 use ota_common::wire::{DeviceReport, MAX_REASON_CHARS};
+use std::path::Path;
 use std::time::Duration;
 use url::Url;
 
@@ -13,6 +15,8 @@ use url::Url;
 pub enum ReportError {
     #[error("building the HTTP client: {0}")]
     Client(String),
+    #[error("device credential {path}: {detail}")]
+    Credential { path: String, detail: String },
     #[error("POST {url}: {detail}")]
     Send { url: String, detail: String },
 }
@@ -28,24 +32,88 @@ pub fn clamp_reason(reason: &str) -> String {
 }
 
 /// Reports over HTTP(S) with a short timeout.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HttpReporter {
     client: reqwest::blocking::Client,
     url: Url,
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for HttpReporter {
+    // The token is a credential: never in logs or debug output.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpReporter")
+            .field("url", &self.url.as_str())
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 impl HttpReporter {
     pub fn new(url: Url, timeout: Duration) -> Result<Self, ReportError> {
+        Self::with_credentials(url, timeout, &ReportConfig::default())
+    }
+
+    /// A reporter that authenticates as configured in `[report]`: a bearer
+    /// token, a client certificate (mutual TLS), both or neither.
+    pub fn with_credentials(
+        url: Url,
+        timeout: Duration,
+        credentials: &ReportConfig,
+    ) -> Result<Self, ReportError> {
         crate::install_crypto_provider();
-        let client = reqwest::blocking::Client::builder()
+        let mut builder = reqwest::blocking::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
             .user_agent(crate::USER_AGENT)
-            .redirect(reqwest::redirect::Policy::none())
+            .redirect(reqwest::redirect::Policy::none());
+        if let (Some(cert), Some(key)) = (&credentials.client_cert, &credentials.client_key) {
+            let mut pem = read_credential(cert, 64 * 1024)?;
+            pem.push(b'\n');
+            pem.extend_from_slice(&read_credential(key, 64 * 1024)?);
+            let identity =
+                reqwest::Identity::from_pem(&pem).map_err(|e| ReportError::Credential {
+                    path: format!("{} + {}", cert.display(), key.display()),
+                    detail: format!("not a PEM certificate and private key: {e}"),
+                })?;
+            builder = builder.identity(identity);
+        }
+        let token = match &credentials.device_token_file {
+            None => None,
+            Some(path) => {
+                let raw = read_credential(path, 4096)?;
+                let token = String::from_utf8(raw)
+                    .ok()
+                    .map(|t| t.trim().to_owned())
+                    .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()))
+                    .ok_or_else(|| ReportError::Credential {
+                        path: path.display().to_string(),
+                        detail: "empty, or not a single printable token".into(),
+                    })?;
+                Some(token)
+            }
+        };
+        let client = builder
             .build()
             .map_err(|e| ReportError::Client(e.to_string()))?;
-        Ok(HttpReporter { client, url })
+        Ok(HttpReporter { client, url, token })
     }
+}
+
+/// Reads a small credential file; its content never appears in an error.
+fn read_credential(path: &Path, limit: u64) -> Result<Vec<u8>, ReportError> {
+    let err = |detail: String| ReportError::Credential {
+        path: path.display().to_string(),
+        detail,
+    };
+    let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, limit + 1), &mut bytes)
+        .map_err(|e| err(e.to_string()))?;
+    if bytes.len() as u64 > limit {
+        return Err(err(format!("larger than {limit} bytes")));
+    }
+    Ok(bytes)
 }
 
 impl ReportSink for HttpReporter {
@@ -54,12 +122,11 @@ impl ReportSink for HttpReporter {
             url: self.url.to_string(),
             detail,
         };
-        let response = self
-            .client
-            .post(self.url.clone())
-            .json(report)
-            .send()
-            .map_err(|e| err(e.to_string()))?;
+        let mut request = self.client.post(self.url.clone()).json(report);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().map_err(|e| err(e.to_string()))?;
         let status = response.status();
         if status.is_success() {
             return Ok(());

@@ -150,6 +150,16 @@ timeout_secs = 10
         Ok(())
     }
 
+    /// Appends TOML (e.g. a `[report]` table) to the agent's configuration.
+    pub fn append_config(&self, toml: &str) -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.config_path())?;
+        writeln!(file, "\n{toml}")?;
+        Ok(())
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.join("agent.toml")
     }

@@ -2,11 +2,11 @@
 //! slot choice of the shipped boot scripts, run against the same on-disk
 //! environments the agent's backends write.
 //!
-//! * [`Backend::Sim`]: `ota_agent::bootloader::sim::firmware_boot`.
-//! * [`Backend::UBoot`]: `boot/uboot/boot.cmd` over a U-Boot environment
+//! * [`Backend::Sim`]: the sim backend's own `firmware_boot`.
+//! * [`Backend::UBoot`]: the logic of `boot/uboot/boot.cmd` over a U-Boot environment
 //!   (single copy, or redundant copies as `fw_env.config` describes them),
 //!   plus U-Boot's boot counter (`CONFIG_BOOTCOUNT_ENV`).
-//! * [`Backend::Grub`]: `boot/grub/grub.cfg` over a GRUB environment block.
+//! * [`Backend::Grub`]: the logic of `boot/grub/grub.cfg` over a GRUB environment block.
 //!
 //! Each function follows its script line by line, including the variables
 //! the script saves, so the agent sees exactly what a real board leaves.

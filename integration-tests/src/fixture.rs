@@ -24,9 +24,18 @@ impl Fixture {
     }
 
     pub fn with_init_args(init_args: &[&str]) -> anyhow::Result<Fixture> {
+        Self::with_options(init_args, None)
+    }
+
+    /// A fixture whose server runs with the TOML configuration `server_config`.
+    pub fn with_server_config(server_config: &str) -> anyhow::Result<Fixture> {
+        Self::with_options(&[], Some(server_config))
+    }
+
+    fn with_options(init_args: &[&str], server_config: Option<&str>) -> anyhow::Result<Fixture> {
         let dir = tempfile::tempdir()?;
         let repo = Repo::init(&dir.path().join("repo"), init_args)?;
-        let server = Server::start(&dir.path().join("server"))?;
+        let server = Server::start_with_config(&dir.path().join("server"), server_config)?;
         let factory_image = dir.path().join("factory-1.0.0.img");
         write_image(&factory_image, FACTORY_VERSION, true, 64 * 1024)?;
         Ok(Fixture {

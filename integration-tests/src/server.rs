@@ -16,9 +16,21 @@ pub struct Server {
 impl Server {
     /// Starts `ota-server` with embedded defaults on 127.0.0.1:0 and waits until it listens.
     pub fn start(data_dir: &Path) -> anyhow::Result<Server> {
+        Self::start_with_config(data_dir, None)
+    }
+
+    /// Starts `ota-server` with a TOML configuration file holding `config`
+    /// (listen address and data directory still come from the command line).
+    pub fn start_with_config(data_dir: &Path, config: Option<&str>) -> anyhow::Result<Server> {
         std::fs::create_dir_all(data_dir)?;
         let log = data_dir.with_extension("log");
-        let mut child = Command::new(crate::bins::path("ota-server")?)
+        let mut command = Command::new(crate::bins::path("ota-server")?);
+        if let Some(config) = config {
+            let file = data_dir.with_extension("toml");
+            std::fs::write(&file, config)?;
+            command.arg("--config").arg(file);
+        }
+        let mut child = command
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")
@@ -86,6 +98,24 @@ impl Server {
         Ok(serde_json::from_value(self.admin_get(&format!(
             "/admin/v1/devices/{device_id}/events"
         ))?)?)
+    }
+
+    /// Runs an `ota-server` administration command on this server's data
+    /// directory (e.g. `device add ID`) and returns what it printed.
+    pub fn admin_command(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(crate::bins::path("ota-server")?)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "ota-server {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Where the server keeps the published repository, for tests that tamper with it.
