@@ -148,15 +148,22 @@ async fn serve_file_inner(
     // Open first and describe the open handle: if the name is replaced by a
     // rename meanwhile (timestamp.json at a commit), the headers still match
     // the bytes we send.
-    let mut file = match tokio::fs::File::open(path).await {
-        Ok(f) => f,
+    // One trip to the blocking pool for both (not one each): the idle poll
+    // of a whole fleet is this open and fstat, then a 304.
+    let owned = path.to_owned();
+    let opened = tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&owned)?;
+        let meta = file.metadata()?;
+        Ok::<_, std::io::Error>((file, meta))
+    })
+    .await
+    .map_err(|e| ApiError::internal(&format!("open {}", path.display()), e))?;
+    let (file, meta) = match opened {
+        Ok(pair) => pair,
         Err(e) if is_not_found(&e) => return Err(ApiError::not_found(format!("{what} not found"))),
         Err(e) => return Err(ApiError::internal(&format!("open {}", path.display()), e)),
     };
-    let meta = file
-        .metadata()
-        .await
-        .map_err(|e| ApiError::internal(&format!("stat {}", path.display()), e))?;
+    let mut file = tokio::fs::File::from_std(file);
     if !meta.is_file() {
         return Err(ApiError::not_found(format!("{what} not found")));
     }

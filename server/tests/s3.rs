@@ -329,6 +329,8 @@ async fn publication_lands_in_the_bucket_timestamp_last() {
 async fn metadata_has_content_etags_and_answers_304() {
     let s3 = S3Server::start();
     let s = start_server(&s3, Backend::Sqlite, None).await;
+    // Ready: the bucket answers (nothing published yet is fine).
+    assert_eq!(get(&s, "/readyz").await.status(), StatusCode::OK);
     assert_eq!(
         get(&s, "/metadata/timestamp.json").await.status(),
         StatusCode::NOT_FOUND

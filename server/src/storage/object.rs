@@ -477,3 +477,39 @@ impl ObjectRepository {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_settings_are_checked_before_any_request() {
+        let ok = ObjectStoreConfig::new("s3://ota-fleet/prod/repo/");
+        assert_eq!(
+            ok.bucket_and_prefix(),
+            Ok(("ota-fleet".to_owned(), "prod/repo".to_owned()))
+        );
+        assert_eq!(
+            ObjectStoreConfig::new("s3://ota-fleet").bucket_and_prefix(),
+            Ok(("ota-fleet".to_owned(), String::new()))
+        );
+        for (url, needle) in [
+            ("https://ota-fleet/x", "s3://"),
+            ("s3://", "bucket name"),
+            ("s3://Bad_Bucket/x", "bucket name"),
+            ("s3://ota-fleet/a/../b", "prefix"),
+        ] {
+            let err = ObjectStoreConfig::new(url).validate().expect_err(url);
+            assert!(err.contains(needle), "{url}: {err}");
+        }
+        let mut plain = ObjectStoreConfig::new("s3://ota-fleet");
+        plain.endpoint = Some("http://127.0.0.1:9000".into());
+        assert!(plain.validate().expect_err("http").contains("allow_http"));
+        plain.allow_http = true;
+        assert_eq!(plain.validate(), Ok(()));
+        plain.access_key_id = Some("id".into());
+        assert!(plain.validate().expect_err("half").contains("together"));
+        plain.secret_access_key = Some("very secret".into());
+        assert!(!format!("{plain:?}").contains("very secret"));
+    }
+}
