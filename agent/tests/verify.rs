@@ -10,20 +10,21 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The ota-repo binary beside this test's target directory (built by
-/// `cargo test --workspace`; built here when only this package is tested).
+/// The ota-repo binary: `$OTA_REPO_BIN`, else the one beside this test's
+/// target directory (`cargo test --workspace` builds it). Never built from
+/// here: a nested cargo would wait forever on the outer cargo's build lock.
 fn ota_repo_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("OTA_REPO_BIN") {
+        return PathBuf::from(path);
+    }
     let exe = std::env::current_exe().expect("exe");
     let debug = exe.parent().and_then(Path::parent).expect("target dir");
     let bin = debug.join("ota-repo");
-    if !bin.is_file() {
-        let o = Command::new(env!("CARGO"))
-            .args(["build", "-p", "ota-repo", "--bin", "ota-repo"])
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-            .output()
-            .expect("cargo build ota-repo");
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    }
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build -p ota-repo` or `cargo test --workspace`, or set OTA_REPO_BIN",
+        bin.display()
+    );
     bin
 }
 

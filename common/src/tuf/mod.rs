@@ -83,10 +83,10 @@ mod store;
 mod tests;
 mod transport;
 
-pub use client::{RefreshOutcome, RoleSummary, TrustedMetadata, TufClient};
-pub use transport::{FetchError, Fetched, FileTransport, Transport};
 /// OLPC canonical JSON, for the server's online timestamp signing.
 pub use canonical::canonicalize;
+pub use client::{RefreshOutcome, RoleSummary, TrustedMetadata, TufClient};
+pub use transport::{FetchError, Fetched, FileTransport, Transport};
 
 use crate::hash::{Digests, VerifyError};
 use url::Url;
