@@ -248,7 +248,15 @@ fn default_grubenv() -> PathBuf {
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
     pub name: String,
+    /// A command (argv, no shell) that must exit 0 ...
+    #[serde(default)]
     pub command: Vec<String>,
+    /// ... or a systemd unit that must be active ...
+    #[serde(default)]
+    pub unit: Option<String>,
+    /// ... or a URL (e.g. the OTA server's `/healthz`) that must answer 2xx.
+    #[serde(default)]
+    pub url: Option<Url>,
     #[serde(default = "default_health_timeout")]
     pub timeout_secs: u64,
 }
@@ -486,8 +494,33 @@ impl Config {
                     format!("{:?} is used twice", check.name),
                 ));
             }
-            if check.command.first().is_none_or(|p| p.is_empty()) {
+            let kinds = usize::from(!check.command.is_empty())
+                + usize::from(check.unit.is_some())
+                + usize::from(check.url.is_some());
+            if kinds != 1 {
+                return Err(invalid(
+                    &key("command"),
+                    "give exactly one of command, unit or url",
+                ));
+            }
+            if !check.command.is_empty() && check.command[0].is_empty() {
                 return Err(invalid(&key("command"), "must name a program"));
+            }
+            if let Some(unit) = &check.unit {
+                let valid = !unit.is_empty()
+                    && unit.len() <= 256
+                    && !unit.starts_with('-')
+                    && unit
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b":-_.@\\".contains(&b));
+                if !valid {
+                    return Err(invalid(&key("unit"), "is not a systemd unit name"));
+                }
+            }
+            if let Some(url) = &check.url {
+                if !matches!(url.scheme(), "http" | "https") {
+                    return Err(invalid(&key("url"), "must be an http or https URL"));
+                }
             }
             if check.timeout_secs == 0 {
                 return Err(invalid(&key("timeout_secs"), "must be at least 1"));
@@ -646,6 +679,18 @@ sim_state = "/tmp/boot.json"
             (
                 format!("{MINIMAL}[[health_check]]\nname = \"app\"\ncommand = []\n"),
                 "health_check[0].command",
+            ),
+            (
+                format!("{MINIMAL}[[health_check]]\nname = \"app\"\ncommand = [\"true\"]\nunit = \"app.service\"\n"),
+                "health_check[0].command",
+            ),
+            (
+                format!("{MINIMAL}[[health_check]]\nname = \"app\"\nunit = \"--force\"\n"),
+                "health_check[0].unit",
+            ),
+            (
+                format!("{MINIMAL}[[health_check]]\nname = \"app\"\nurl = \"file:///etc/passwd\"\n"),
+                "health_check[0].url",
             ),
             (MINIMAL.replace("\"1.0.0\"", "\"one\""), "initial_version"),
             (

@@ -1,8 +1,10 @@
 //! Health checks run on a freshly booted slot before it is committed.
 //!
-//! Each check is a command (argv, no shell) with a timeout. It runs in its own
-//! process group so that on timeout the whole group is killed, including
-//! anything a script started.
+//! Each check is a command (argv, no shell), a systemd unit that must be
+//! active (`systemctl is-active`), or a URL that must answer 2xx (e.g. the
+//! OTA server's `/healthz`: the new slot can still reach its server), with a
+//! timeout. Commands run in their own process group so that on timeout the
+//! whole group is killed, including anything a script started.
 //!
 //! While a check runs, the caller's heartbeat is fed (the child is polled
 //! with short sleeps): a slow but live check must not let the systemd
@@ -52,8 +54,16 @@ fn run_one(
     beat: &mut dyn FnMut(),
 ) -> Result<(), String> {
     let name = &check.name;
-    let (program, args) = check
-        .command
+    if let Some(url) = &check.url {
+        return check_url(name, url, Duration::from_secs(check.timeout_secs));
+    }
+    let argv: Vec<String> = match &check.unit {
+        Some(unit) => ["systemctl", "is-active", "--quiet", unit.as_str()]
+            .map(str::to_owned)
+            .to_vec(),
+        None => check.command.clone(),
+    };
+    let (program, args) = argv
         .split_first()
         .ok_or_else(|| format!("health check '{name}' has an empty command"))?;
     let mut child = Command::new(program)
@@ -101,6 +111,29 @@ fn run_one(
     }
 }
 
+/// GET `url`: any 2xx within `timeout` passes.
+fn check_url(name: &str, url: &url::Url, timeout: Duration) -> Result<(), String> {
+    crate::install_crypto_provider();
+    let client = reqwest::blocking::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .user_agent(crate::USER_AGENT)
+        .build()
+        .map_err(|e| format!("health check '{name}': HTTP client: {e}"))?;
+    let response = client
+        .get(url.clone())
+        .send()
+        .map_err(|e| format!("health check '{name}': GET {url} failed: {e}"))?;
+    let status = response.status();
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "health check '{name}': GET {url} answered {status}"
+        ))
+    }
+}
+
 fn kill_group(child: &mut std::process::Child) {
     use nix::sys::signal::{killpg, Signal};
     use nix::unistd::Pid;
@@ -122,6 +155,8 @@ mod tests {
         HealthCheckConfig {
             name: name.into(),
             command: vec!["sh".into(), "-c".into(), script.into()],
+            unit: None,
+            url: None,
             timeout_secs,
         }
     }
@@ -199,11 +234,68 @@ mod tests {
         }
     }
 
+    /// A one-shot HTTP server on loopback answering every request with `status`.
+    fn http_answering(status: &'static str) -> url::Url {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten().take(1) {
+                let mut buf = [0u8; 1024];
+                let _ = conn.read(&mut buf);
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        });
+        url::Url::parse(&format!("http://{addr}/healthz")).expect("url")
+    }
+
+    fn url_check(url: url::Url) -> HealthCheckConfig {
+        HealthCheckConfig {
+            name: "server".into(),
+            command: Vec::new(),
+            unit: None,
+            url: Some(url),
+            timeout_secs: 5,
+        }
+    }
+
+    #[test]
+    fn url_check_needs_a_2xx_answer() {
+        ctx_run(&[url_check(http_answering("200 OK"))]).expect("reachable");
+        let err = ctx_run(&[url_check(http_answering("503 Service Unavailable"))])
+            .expect_err("not ready");
+        assert!(err.contains("answered 503"), "{err}");
+        let closed = url::Url::parse("http://127.0.0.1:9/healthz").expect("url");
+        let err = ctx_run(&[url_check(closed)]).expect_err("unreachable");
+        assert!(
+            err.contains("GET http://127.0.0.1:9/healthz failed"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn inactive_unit_is_a_failure() {
+        let c = HealthCheckConfig {
+            name: "app".into(),
+            command: Vec::new(),
+            unit: Some("ota-no-such-unit-for-tests.service".into()),
+            url: None,
+            timeout_secs: 10,
+        };
+        let err = ctx_run(&[c]).expect_err("not active");
+        assert!(err.starts_with("health check 'app'"), "{err}");
+    }
+
     #[test]
     fn missing_program_is_a_failure() {
         let c = HealthCheckConfig {
             name: "gone".into(),
             command: vec!["/nonexistent/check".into()],
+            unit: None,
+            url: None,
             timeout_secs: 5,
         };
         let err = ctx_run(&[c]).expect_err("missing");
