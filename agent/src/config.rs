@@ -749,7 +749,9 @@ sim_state = "/tmp/boot.json"
     fn the_annotated_example_is_valid() {
         let text = include_str!("../agent.example.toml");
         let c = parse(text).expect("agent.example.toml");
-        assert_eq!(c.health_check.len(), 2);
+        assert_eq!(c.health_check.len(), 3);
+        assert_eq!(c.health_check[0].unit.as_deref(), Some("app.service"));
+        assert!(c.health_check[1].url.is_some());
         assert_eq!(c.poll_jitter_secs, 600);
     }
 
