@@ -1,6 +1,7 @@
 //! A simulated device: two file-backed slots, a bootloader (the simulated
-//! one, `ota_agent::bootloader::sim`, or a U-Boot or GRUB environment with
-//! the boot scripts' logic in [`crate::firmware`]), a kernel command line
+//! one, `ota_agent::bootloader::sim`, a U-Boot or GRUB environment, systemd-boot
+//! entries or the example custom script's state, with the firmware's logic in
+//! [`crate::firmware`]), a kernel command line
 //! file and a boot id file, and the real `ota-agent` binary. "Rebooting" kills the agent (as a
 //! power cut or `systemctl reboot` would), lets the simulated firmware pick a
 //! slot, and starts the agent again in it.

@@ -7,12 +7,17 @@
 //!   (single copy, or redundant copies as `fw_env.config` describes them),
 //!   plus U-Boot's boot counter (`CONFIG_BOOTCOUNT_ENV`).
 //! * [`Backend::Grub`]: the logic of `boot/grub/grub.cfg` over a GRUB environment block.
+//! * [`Backend::SystemdBoot`]: systemd-boot's automatic boot assessment over
+//!   the shipped `boot/systemd-boot/` entries and loader.conf.
+//! * [`Backend::Custom`]: the firmware side of `boot/custom/bootloader-custom.sh`
+//!   (PRIMARY, or the other slot when PRIMARY is bad; no try counter).
 //!
 //! Each function follows its script line by line, including the variables
 //! the script saves, so the agent sees exactly what a real board leaves.
 
 use anyhow::{bail, Context};
 use ota_agent::bootloader::grub_env::{self, GrubEnv};
+use ota_agent::bootloader::systemd_boot::{default_pattern, glob_match};
 use ota_agent::bootloader::uboot_env::{
     encode_copy, EnvError, EnvStore, EnvVars, FwEnvConfig, Layout,
 };
@@ -32,15 +37,21 @@ pub enum Backend {
         redundant: bool,
     },
     Grub,
+    /// systemd-boot with Boot Loader Specification entries and boot counting.
+    SystemdBoot,
+    /// The example custom backend script, `boot/custom/bootloader-custom.sh`.
+    Custom,
 }
 
 impl Backend {
     /// Every backend, for tests that loop over them.
-    pub const ALL: [Backend; 4] = [
+    pub const ALL: [Backend; 6] = [
         Backend::Sim,
         Backend::UBoot { redundant: false },
         Backend::UBoot { redundant: true },
         Backend::Grub,
+        Backend::SystemdBoot,
+        Backend::Custom,
     ];
 
     pub fn name(self) -> &'static str {
@@ -49,6 +60,8 @@ impl Backend {
             Backend::UBoot { redundant: false } => "uboot-single",
             Backend::UBoot { redundant: true } => "uboot-redundant",
             Backend::Grub => "grub",
+            Backend::SystemdBoot => "systemd-boot",
+            Backend::Custom => "custom",
         }
     }
 }
@@ -79,6 +92,18 @@ impl Firmware {
     }
     pub fn grubenv(&self) -> PathBuf {
         self.dir.join("grubenv")
+    }
+    /// The ESP's `loader/entries/` (systemd-boot).
+    pub fn esp_entries(&self) -> PathBuf {
+        self.dir.join("esp").join("loader").join("entries")
+    }
+    /// The ESP's `loader/loader.conf` (systemd-boot).
+    pub fn loader_conf(&self) -> PathBuf {
+        self.dir.join("esp").join("loader").join("loader.conf")
+    }
+    /// The example custom script's state file.
+    pub fn custom_state(&self) -> PathBuf {
+        self.dir.join("custom.state")
     }
 
     /// Creates the factory bootloader state; returns the `[boot]` keys
@@ -130,6 +155,40 @@ impl Firmware {
                     q(self.grubenv())
                 ))
             }
+            Backend::SystemdBoot => {
+                // The shipped files, as an image build installs them on the ESP.
+                let shipped = shipped("boot/systemd-boot");
+                let entries = self.esp_entries();
+                std::fs::create_dir_all(&entries).context("creating the ESP entries directory")?;
+                for name in [SD_ENTRY_A_FACTORY, SD_ENTRY_B_FACTORY] {
+                    std::fs::copy(shipped.join("entries").join(name), entries.join(name))
+                        .with_context(|| format!("installing the shipped entry {name}"))?;
+                }
+                std::fs::copy(shipped.join("loader.conf"), self.loader_conf())
+                    .context("installing the shipped loader.conf")?;
+                Ok(format!(
+                    "backend = \"systemd-boot\"\nesp_entries_dir = {}\nloader_conf = {}\nentry_a = {:?}\nentry_b = {:?}\n",
+                    q(entries),
+                    q(self.loader_conf()),
+                    SD_NAME_A,
+                    SD_NAME_B
+                ))
+            }
+            Backend::Custom => {
+                // The script's missing state file is its factory state (A good, B bad).
+                let script = custom_script()?;
+                let command = [
+                    "env".to_owned(),
+                    format!("OTA_CUSTOM_STATE={}", self.custom_state().to_string_lossy()),
+                    "sh".to_owned(),
+                    script.to_string_lossy().into_owned(),
+                ];
+                let list: Vec<String> = command.iter().map(|a| format!("{a:?}")).collect();
+                Ok(format!(
+                    "backend = \"custom\"\ncustom_command = [{}]\n",
+                    list.join(", ")
+                ))
+            }
         }
     }
 
@@ -140,6 +199,87 @@ impl Firmware {
                 .map_err(|e| anyhow::anyhow!("simulated firmware: {e}")),
             Backend::UBoot { .. } => self.uboot_boot(),
             Backend::Grub => self.grub_boot(),
+            Backend::SystemdBoot => self.systemd_boot_boot(),
+            Backend::Custom => self.custom_boot(),
+        }
+    }
+
+    /// systemd-boot: automatic boot assessment. Entries are sorted with the
+    /// bad ones (0 tries left) last; loader.conf's `default` (a pattern over
+    /// entry ids, i.e. file names without the counter) picks the entry,
+    /// unless it is bad and a good one exists. A chosen entry with a counter
+    /// and tries left is renamed `+(LEFT-1)-(DONE+1)` before it boots: that
+    /// rename is the try. Blessing (dropping the counter) is not ours.
+    fn systemd_boot_boot(&self) -> anyhow::Result<SlotId> {
+        let dir = self.esp_entries();
+        let mut entries = Vec::new();
+        for item in std::fs::read_dir(&dir).context("reading the ESP entries")? {
+            let file = item?.file_name().to_string_lossy().into_owned();
+            if file.starts_with('.') {
+                continue; // systemd-boot skips hidden files (the agent's temp files)
+            }
+            let Some(entry) = SdEntry::parse(&file) else {
+                continue;
+            };
+            entries.push(entry);
+        }
+        // boot_entry_compare: bad ones last, then by id, highest first.
+        entries.sort_by(|x, y| {
+            (x.is_bad(), std::cmp::Reverse(x.id.to_ascii_lowercase()))
+                .cmp(&(y.is_bad(), std::cmp::Reverse(y.id.to_ascii_lowercase())))
+        });
+        let loader = std::fs::read_to_string(self.loader_conf()).unwrap_or_default();
+        let pattern = default_pattern(&loader).map(str::to_owned);
+        let matched = pattern
+            .as_deref()
+            .and_then(|p| entries.iter().position(|e| glob_match(p, &e.id)));
+        let index = match matched {
+            // A bad default yields to the first good entry (good ones sort first).
+            Some(i) if entries[i].is_bad() && entries.first().is_some_and(|e| !e.is_bad()) => 0,
+            Some(i) => i,
+            None => 0,
+        };
+        let Some(chosen) = entries.get(index) else {
+            bail!("systemd-boot: no boot entries in {}", dir.display());
+        };
+        let slot = match chosen.id.as_str() {
+            id if id.eq_ignore_ascii_case(&format!("{SD_NAME_A}.conf")) => SlotId::A,
+            id if id.eq_ignore_ascii_case(&format!("{SD_NAME_B}.conf")) => SlotId::B,
+            other => bail!("systemd-boot: chose entry {other:?}, which is no slot's"),
+        };
+        if let Some((left, done)) = chosen.counter {
+            if left > 0 {
+                let stem = chosen.id.trim_end_matches(".conf");
+                let new = format!("{stem}+{}-{}.conf", left - 1, done + 1);
+                ota_common::atomic::rename_durable(&dir.join(&chosen.file), &dir.join(&new))
+                    .with_context(|| format!("systemd-boot: counting a try of {}", chosen.file))?;
+            }
+        }
+        Ok(slot)
+    }
+
+    /// The custom backend's firmware side: exactly what the example script's
+    /// `get-primary` prints for its state file (PRIMARY, unless it is bad and
+    /// the other is good). Nothing is counted: the slot keeps booting until
+    /// the agent marks it bad.
+    fn custom_boot(&self) -> anyhow::Result<SlotId> {
+        let out = std::process::Command::new("sh")
+            .arg(custom_script()?)
+            .arg("get-primary")
+            .env("OTA_CUSTOM_STATE", self.custom_state())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .context("running bootloader-custom.sh get-primary")?;
+        if !out.status.success() {
+            bail!(
+                "bootloader-custom.sh get-primary failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        match String::from_utf8_lossy(&out.stdout).trim() {
+            "A" => Ok(SlotId::A),
+            "B" => Ok(SlotId::B),
+            other => bail!("bootloader-custom.sh get-primary printed {other:?}"),
         }
     }
 
@@ -331,6 +471,72 @@ fn uboot_script(env: &mut EnvVars) -> Result<Option<SlotId>, EnvError> {
     Ok(slot)
 }
 
+/// The systemd-boot entry base names the device is configured with.
+const SD_NAME_A: &str = "ota-a";
+const SD_NAME_B: &str = "ota-b";
+/// The shipped entries' file names (A good, B bad until the agent arms it).
+const SD_ENTRY_A_FACTORY: &str = "ota-a.conf";
+const SD_ENTRY_B_FACTORY: &str = "ota-b+0-0.conf";
+
+/// One entry file as systemd-boot sees it: its id (the file name without
+/// the boot counter) and the counter `(left, done)`, if any.
+struct SdEntry {
+    file: String,
+    id: String,
+    counter: Option<(u32, u32)>,
+}
+
+impl SdEntry {
+    /// `None` for files that are no entry, or whose counter systemd-boot would
+    /// not parse (it then takes the whole stem as the id, uncounted).
+    fn parse(file: &str) -> Option<SdEntry> {
+        let stem = file.strip_suffix(".conf")?;
+        let plain = || SdEntry {
+            file: file.to_owned(),
+            id: file.to_owned(),
+            counter: None,
+        };
+        let Some((base, counter)) = stem.rsplit_once('+') else {
+            return Some(plain());
+        };
+        let number = |s: &str| {
+            (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| s.parse::<u32>().ok())
+                .flatten()
+        };
+        let parsed = match counter.split_once('-') {
+            Some((l, d)) => number(l).zip(number(d)),
+            None => number(counter).map(|l| (l, 0)),
+        };
+        Some(match parsed {
+            Some(c) => SdEntry {
+                file: file.to_owned(),
+                id: format!("{base}.conf"),
+                counter: Some(c),
+            },
+            None => plain(),
+        })
+    }
+
+    fn is_bad(&self) -> bool {
+        self.counter.is_some_and(|(left, _)| left == 0)
+    }
+}
+
+/// A path in the workspace's shipped files (`boot/...`).
+fn shipped(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(relative)
+}
+
+/// The example custom script, as an absolute path (the agent runs it from its own directory).
+fn custom_script() -> anyhow::Result<PathBuf> {
+    let path = shipped("boot/custom/bootloader-custom.sh");
+    path.canonicalize()
+        .with_context(|| format!("finding {}", path.display()))
+}
+
 /// The harness has no logger; firmware messages go to stderr like a serial console.
 fn console(message: &str) {
     eprintln!("firmware: {message}");
@@ -363,7 +569,12 @@ mod tests {
             // A failed trial: B once, then back to A.
             bl.set_try_once(SlotId::B).expect("arm");
             assert_eq!(fw.boot().expect("boot"), SlotId::B, "{name}: trial");
-            assert_eq!(fw.boot().expect("boot"), SlotId::A, "{name}: fallback");
+            if backend == Backend::Custom {
+                // No try counter: the armed slot boots until it is marked bad.
+                assert_eq!(fw.boot().expect("boot"), SlotId::B, "{name}: no counter");
+            } else {
+                assert_eq!(fw.boot().expect("boot"), SlotId::A, "{name}: fallback");
+            }
             bl.mark_bad(SlotId::B).expect("bad");
             assert_eq!(fw.boot().expect("boot"), SlotId::A, "{name}");
             bl.mark_good(SlotId::A).expect("good");
@@ -400,5 +611,28 @@ mod tests {
         assert_eq!(env.get_str("BOOT_B_LEFT"), Some("2"));
         assert_eq!(env.get_str("BOOT_A_LEFT"), Some("3"));
         assert_eq!(env.get_str("ota_slot"), Some("B"));
+    }
+
+    #[test]
+    fn systemd_boot_counts_the_try_and_skips_a_bad_default() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fw = Firmware::new(Backend::SystemdBoot, dir.path());
+        let keys = fw.provision().expect("provision");
+        let mut bl = from_config(&boot_config(&keys)).expect("backend");
+        let entries = |fw: &Firmware| -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(fw.esp_entries())
+                .expect("entries")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        bl.set_try_once(SlotId::B).expect("arm");
+        assert_eq!(entries(&fw), ["ota-a.conf", "ota-b+1-0.conf"]);
+        assert_eq!(fw.boot().expect("boot"), SlotId::B);
+        // The firmware's rename is the try; the default still names ota-b.conf.
+        assert_eq!(entries(&fw), ["ota-a.conf", "ota-b+0-1.conf"]);
+        assert_eq!(fw.boot().expect("boot"), SlotId::A, "bad default yields");
+        assert_eq!(entries(&fw), ["ota-a.conf", "ota-b+0-1.conf"]);
     }
 }

