@@ -43,6 +43,10 @@ pub struct Config {
     /// Defaults to the content of /etc/machine-id (filled in by [`Config::load`]).
     #[serde(default)]
     pub device_id: Option<String>,
+    /// Rollout groups this device belongs to (e.g. `["bench"]`): a signed
+    /// rollout wave that names one of them holds this device.
+    #[serde(default)]
+    pub rollout_groups: Vec<String>,
     /// Version of the factory image, used for the booted slot while the state knows none.
     pub initial_version: semver::Version,
     #[serde(default = "default_poll_interval")]
@@ -355,6 +359,12 @@ impl Config {
                     "must be 1 to 128 characters of A-Z a-z 0-9 . _ : -",
                 ));
             }
+        }
+        if let Some(g) = self.rollout_groups.iter().find(|g| !is_valid_id(g)) {
+            return Err(invalid(
+                "rollout_groups",
+                &format!("{g:?} must be 1 to 128 characters of A-Z a-z 0-9 . _ : -"),
+            ));
         }
         if self.poll_interval_secs == 0 {
             return Err(invalid("poll_interval_secs", "must be at least 1"));

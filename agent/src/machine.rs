@@ -641,6 +641,7 @@ impl Machine {
             target: target.map(|t| t.name.clone()),
             target_version: target.map(|t| t.version.to_string()),
             reason: reason.map(clamp_reason),
+            groups: self.config.rollout_groups.clone(),
         };
         match self.reporter.send(&report) {
             Ok(()) => {

@@ -202,6 +202,7 @@ mod tests {
             target: None,
             target_version: None,
             reason: None,
+            groups: Vec::new(),
         };
         assert!(matches!(r.send(&report), Err(ReportError::Send { .. })));
     }

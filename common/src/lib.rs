@@ -5,8 +5,10 @@
 //! * [`wire`]: the JSON types exchanged between devices, the server and `ota-repo`.
 //! * [`hash`]: streaming SHA-256/SHA-512 hashing and verification.
 //! * [`atomic`]: power-cut-safe file replacement.
+//! * [`rollout`]: staged rollouts: the signed wave schedule and a device's wave.
 
 pub mod atomic;
 pub mod hash;
+pub mod rollout;
 pub mod tuf;
 pub mod wire;

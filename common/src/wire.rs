@@ -30,6 +30,12 @@ pub struct ReleaseCustom {
     pub hardware_ids: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release_notes: Option<String>,
+    /// Staged rollout: which devices may install when (signed with the
+    /// targets role, so no server or proxy can advance it). Absent: every
+    /// compatible device, at once. A malformed plan makes the whole target
+    /// invalid, so a device never installs on a schedule it cannot read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::RolloutPlan>,
 }
 
 /// Where a device is in the update cycle, as reported to the server.
@@ -92,6 +98,10 @@ pub struct DeviceReport {
     /// Why (for failed and rolled_back), in plain words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Rollout groups from the device's config (`rollout_groups`), so the
+    /// server can place the device in the same wave the device does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
 }
 
 /// Device ids and hardware ids: 1 to 128 characters of `[A-Za-z0-9._:-]`,

@@ -141,6 +141,7 @@ fn release_fields(options: &AddOptions) -> Result<ReleaseCustom> {
         version,
         hardware_ids,
         release_notes: options.notes.clone(),
+        rollout: None,
     })
 }
 
