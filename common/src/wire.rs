@@ -212,3 +212,46 @@ mod tests {
         );
     }
 }
+
+/// The server's word on a staged rollout (`GET /api/v1/rollouts/{target}`).
+/// It can only hold a release back: the signed [`crate::rollout::RolloutPlan`]
+/// alone decides who may install when, so a lying server can delay an
+/// update but never advance one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutHold {
+    /// The target name asked about.
+    pub target: String,
+    pub state: RolloutState,
+    /// Why it is paused or aborted (operator's words, or the automatic
+    /// pause's failure figures).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Whether the server lets a rollout proceed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutState {
+    /// Devices install as their signed wave opens.
+    Active,
+    /// Held: no device starts it until an operator resumes.
+    Paused,
+    /// Stopped for good: no device starts it (publish a fix instead).
+    Aborted,
+}
+
+impl RolloutState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutState::Active => "active",
+            RolloutState::Paused => "paused",
+            RolloutState::Aborted => "aborted",
+        }
+    }
+}
+
+impl std::fmt::Display for RolloutState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
