@@ -675,6 +675,10 @@ sim_state = "/tmp/boot.json"
         let cases = [
             (MINIMAL.replace("board-a", "board a"), "hardware_id"),
             (
+                MINIMAL.replace("device_id = \"dev-1\"", "device_id = \"dev-1\"\nrollout_groups = [\"ok\", \"not ok\"]"),
+                "rollout_groups",
+            ),
+            (
                 MINIMAL.replace("http://127.0.0.1:8080", "ftp://x"),
                 "server_url",
             ),

@@ -29,6 +29,7 @@ pub mod install;
 pub mod lock;
 pub mod machine;
 pub mod report;
+pub mod rollout;
 pub mod sd_notify;
 pub mod slot;
 pub mod source;

@@ -40,11 +40,14 @@ use crate::crashpoint::{self as crash, hit};
 use crate::health::{self, CheckContext};
 use crate::install::{self, Download, InstallError, InstallHooks, RetryPolicy};
 use crate::report::{clamp_reason, ReportSink};
+use crate::rollout::{self, Gate, RolloutHolds};
 use crate::slot::{SlotId, Slots};
 use crate::source::UpdateSource;
 use crate::state::{
     AgentState, InstalledRelease, LastReport, Phase, StateError, StateStore, TargetRef,
 };
+use chrono::{DateTime, Utc};
+use ota_common::rollout::RolloutPlan;
 use ota_common::tuf::{Target, TufError};
 use ota_common::wire::{DeviceReport, UpdateStatus};
 use std::time::{Duration, Instant};
@@ -144,6 +147,7 @@ pub struct Machine {
     slots: Slots,
     bootloader: Box<dyn Bootloader>,
     reporter: Box<dyn ReportSink>,
+    holds: Box<dyn RolloutHolds>,
     store: StateStore,
     state: AgentState,
     booted: SlotId,
@@ -157,6 +161,7 @@ impl Machine {
         config: Config,
         bootloader: Box<dyn Bootloader>,
         reporter: Box<dyn ReportSink>,
+        holds: Box<dyn RolloutHolds>,
     ) -> Result<Self, MachineError> {
         let roots = booted::SlotRoots {
             a: &config.slots.a,
@@ -203,6 +208,7 @@ impl Machine {
             slots,
             bootloader,
             reporter,
+            holds,
             store,
             state,
             booted,
@@ -376,7 +382,8 @@ impl Machine {
                 return Err(e.into());
             }
         };
-        let Some((target, tref)) = self.choose(targets) else {
+        let now = source.now();
+        let Some((target, tref)) = self.choose(targets, now) else {
             if let Some((slot, old, _)) = interrupted {
                 info!(%slot, target = %old.name, "the interrupted download's release is no longer offered; abandoning it");
                 self.enter(Phase::Idle)?;
@@ -446,11 +453,13 @@ impl Machine {
         }
     }
 
-    /// The newest target for our hardware, newer than what runs, not rejected.
-    fn choose(&self, targets: Vec<Target>) -> Option<(Target, TargetRef)> {
+    /// The newest target for our hardware, newer than what runs, not
+    /// rejected, and (for a staged rollout) whose signed wave for this
+    /// device is open at `now` and which the server does not hold.
+    fn choose(&self, targets: Vec<Target>, now: DateTime<Utc>) -> Option<(Target, TargetRef)> {
         let running = self.running_version();
         let hardware_id = &self.config.hardware_id;
-        let mut best: Option<(Target, TargetRef)> = None;
+        let mut candidates: Vec<(Target, TargetRef, Option<RolloutPlan>)> = Vec::new();
         for target in targets {
             let release = match target.release() {
                 Ok(r) => r,
@@ -468,15 +477,37 @@ impl Machine {
                 info!(target = %tref.name, version = %tref.version, "skipping release that failed on this device before");
                 continue;
             }
-            // Highest version wins; equal versions: the greater name, so the choice is deterministic.
-            let better = best
-                .as_ref()
-                .is_none_or(|(_, b)| (&tref.version, &tref.name) > (&b.version, &b.name));
-            if better {
-                best = Some((target, tref));
-            }
+            candidates.push((target, tref, release.rollout));
         }
-        best
+        // Highest version first; equal versions: the greater name, so the choice is deterministic.
+        candidates
+            .sort_by(|(_, a, _), (_, b, _)| (&b.version, &b.name).cmp(&(&a.version, &a.name)));
+        // The rollout gate may ask the server, so it runs only for the best
+        // candidates, in order, until one may go.
+        candidates.into_iter().find_map(|(target, tref, plan)| {
+            let Some(plan) = plan else {
+                return Some((target, tref));
+            };
+            match rollout::gate(
+                &tref.name,
+                &plan,
+                self.config.device_id(),
+                &self.config.rollout_groups,
+                now,
+                &*self.holds,
+            ) {
+                Gate::Go => Some((target, tref)),
+                Gate::Wait(why) => {
+                    info!(target = %tref.name, version = %tref.version, "staged rollout: not yet: {why}");
+                    None
+                }
+                Gate::NotForThisDevice => {
+                    info!(target = %tref.name, version = %tref.version,
+                        "staged rollout: no wave holds this device; release skipped");
+                    None
+                }
+            }
+        })
     }
 
     /// Streams the target into `slot`, from the durable checkpoint `resume_from`.

@@ -7,8 +7,10 @@
 use super::*;
 use crate::bootloader::sim::{self, SimBootloader};
 use crate::report::MemoryReporter;
+use crate::rollout::MemoryHolds;
 use crate::state::tests::target_ref;
 use ota_common::tuf::{RefreshOutcome, Target};
+use ota_common::wire::RolloutState;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -19,6 +21,8 @@ struct Device {
     dir: tempfile::TempDir,
     boots: u32,
     reporter: Arc<MemoryReporter>,
+    holds: Arc<MemoryHolds>,
+    groups: Vec<String>,
 }
 
 impl Device {
@@ -29,6 +33,8 @@ impl Device {
             dir,
             boots: 0,
             reporter: Arc::new(MemoryReporter::default()),
+            holds: Arc::new(MemoryHolds::default()),
+            groups: Vec::new(),
         };
         d.set_healthy(true);
         d
@@ -78,7 +84,9 @@ timeout_secs = 5
             boot_id = p("boot_id"),
             healthy = p("healthy"),
         );
-        Config::parse(&text, Path::new("test.toml")).expect("config")
+        let mut config = Config::parse(&text, Path::new("test.toml")).expect("config");
+        config.rollout_groups = self.groups.clone();
+        config
     }
 
     fn set_healthy(&self, healthy: bool) {
@@ -107,7 +115,13 @@ timeout_secs = 5
     fn agent(&self) -> Machine {
         let config = self.config();
         let bl = SimBootloader::new(self.path("boot.json"));
-        Machine::new(config, Box::new(bl), Box::new(self.reporter.clone())).expect("machine")
+        Machine::new(
+            config,
+            Box::new(bl),
+            Box::new(self.reporter.clone()),
+            Box::new(self.holds.clone()),
+        )
+        .expect("machine")
     }
 
     fn reboots(&self) -> usize {
@@ -706,4 +720,105 @@ fn a_newer_release_replaces_an_interrupted_download() {
     );
     assert_eq!(*repo.opened_at.borrow(), [0]);
     assert_eq!(std::fs::read(dev.path("b.img")).expect("b"), new);
+}
+
+/// A release carrying a signed rollout plan with one wave: `who` (groups or
+/// a percent) from `not_before`.
+fn staged(name: &str, version: &str, data: &[u8], wave: serde_json::Value) -> (Target, Vec<u8>) {
+    let (mut target, data) = release(name, version, &[HW], data);
+    target.custom["rollout"] = serde_json::json!({"seed": "00112233aabbccdd", "waves": [wave]});
+    (target, data)
+}
+
+#[test]
+fn staged_release_waits_for_its_signed_wave() {
+    let mut dev = Device::new();
+    dev.groups = vec!["bench".into()];
+    assert_eq!(dev.power_on(), SlotId::A);
+    let mut m = dev.agent();
+    m.resume_after_boot().expect("resume");
+    // Far in the future: the device does not start, whatever the server says.
+    let mut later = Repo::with(vec![staged(
+        "img-2.0.0",
+        "2.0.0",
+        &[0x42; 1000],
+        serde_json::json!({"name": "bench", "groups": ["bench"], "not_before": "2999-01-01T00:00:00Z"}),
+    )]);
+    assert_eq!(m.poll_once(&mut later).expect("poll"), Polled::UpToDate);
+    assert_eq!(m.state().phase, Phase::Idle);
+    assert!(!dev.path("b.img").exists());
+
+    // A wave that holds other groups only: not for this device.
+    let mut others = Repo::with(vec![staged(
+        "img-2.0.0",
+        "2.0.0",
+        &[0x42; 1000],
+        serde_json::json!({"name": "lab", "groups": ["lab"], "not_before": "2000-01-01T00:00:00Z"}),
+    )]);
+    assert_eq!(m.poll_once(&mut others).expect("poll"), Polled::UpToDate);
+
+    // Open and not held: installs.
+    let mut open = Repo::with(vec![staged(
+        "img-2.0.0",
+        "2.0.0",
+        &[0x42; 1000],
+        serde_json::json!({"name": "bench", "groups": ["bench"], "not_before": "2000-01-01T00:00:00Z"}),
+    )]);
+    assert_eq!(
+        m.poll_once(&mut open).expect("poll"),
+        Polled::RebootRequested
+    );
+}
+
+#[test]
+fn server_hold_stops_a_staged_release_and_an_older_one_may_go() {
+    let mut dev = Device::new();
+    assert_eq!(dev.power_on(), SlotId::A);
+    let mut m = dev.agent();
+    m.resume_after_boot().expect("resume");
+    let everyone =
+        serde_json::json!({"name": "all", "percent": 100, "not_before": "2000-01-01T00:00:00Z"});
+    let mut repo = Repo::with(vec![
+        staged("img-3.0.0", "3.0.0", &[0x33; 1000], everyone),
+        release("img-2.0.0", "2.0.0", &[HW], &[0x22; 1000]),
+    ]);
+    dev.holds.set("img-3.0.0", RolloutState::Paused);
+    assert_eq!(
+        m.poll_once(&mut repo).expect("poll"),
+        Polled::RebootRequested
+    );
+    match &m.state().phase {
+        Phase::Trying { target, .. } => assert_eq!(target.name, "img-2.0.0"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn aborted_staged_release_is_not_started() {
+    let mut dev = Device::new();
+    assert_eq!(dev.power_on(), SlotId::A);
+    let mut m = dev.agent();
+    m.resume_after_boot().expect("resume");
+    let everyone =
+        serde_json::json!({"name": "all", "percent": 100, "not_before": "2000-01-01T00:00:00Z"});
+    let mut repo = Repo::with(vec![staged("img-3.0.0", "3.0.0", &[0x33; 1000], everyone)]);
+    dev.holds.set("img-3.0.0", RolloutState::Aborted);
+    assert_eq!(m.poll_once(&mut repo).expect("poll"), Polled::UpToDate);
+    dev.holds.set("img-3.0.0", RolloutState::Active);
+    assert_eq!(
+        m.poll_once(&mut repo).expect("poll"),
+        Polled::RebootRequested
+    );
+}
+
+#[test]
+fn malformed_rollout_plan_makes_the_release_invalid() {
+    let mut dev = Device::new();
+    assert_eq!(dev.power_on(), SlotId::A);
+    let mut m = dev.agent();
+    m.resume_after_boot().expect("resume");
+    // Percent 0 is not a valid wave: the device must not guess a schedule.
+    let bad = serde_json::json!({"name": "x", "percent": 0, "not_before": "2000-01-01T00:00:00Z"});
+    let mut repo = Repo::with(vec![staged("img-2.0.0", "2.0.0", &[0x22; 1000], bad)]);
+    assert_eq!(m.poll_once(&mut repo).expect("poll"), Polled::UpToDate);
 }

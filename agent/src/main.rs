@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 use ota_agent::config::Config;
 use ota_agent::machine::{Heartbeat, Machine, Resumed};
 use ota_agent::report::HttpReporter;
+use ota_agent::rollout::HttpHolds;
 use ota_agent::source::open_tuf;
 use ota_agent::state::StateStore;
 use ota_agent::watchdog::Watchdogs;
@@ -196,10 +197,13 @@ fn build_machine(config: &Config) -> Result<Machine> {
         Duration::from_secs(config.http_timeout_secs.min(10)),
         &config.report,
     )?;
+    // Rollout holds are asked over the reporter's client: same TLS identity.
+    let holds = HttpHolds::new(reporter.http_client(), &config.server_url);
     Ok(Machine::new(
         config.clone(),
         bootloader,
         Box::new(reporter),
+        Box::new(holds),
     )?)
 }
 

@@ -98,6 +98,12 @@ impl HttpReporter {
             .map_err(|e| ReportError::Client(e.to_string()))?;
         Ok(HttpReporter { client, url, token })
     }
+
+    /// The configured client (TLS identity included), for other small
+    /// requests to the same server such as rollout holds.
+    pub fn http_client(&self) -> reqwest::blocking::Client {
+        self.client.clone()
+    }
 }
 
 /// Reads a small credential file; its content never appears in an error.

@@ -15,6 +15,12 @@ pub trait UpdateSource {
     fn targets(&self) -> Result<Vec<Target>, TufError>;
     /// The target's bytes from `offset`; the caller verifies them.
     fn open(&self, target: &Target, offset: u64) -> Result<Box<dyn Read + Send>, TufError>;
+    /// The time rollout waves are judged by: the system clock, but never
+    /// earlier than the newest time a verified refresh vouched for (the
+    /// same rule the TUF client applies to expiry).
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now()
+    }
 }
 
 impl<T: Transport> UpdateSource for TufClient<T> {
@@ -28,6 +34,11 @@ impl<T: Transport> UpdateSource for TufClient<T> {
 
     fn open(&self, target: &Target, offset: u64) -> Result<Box<dyn Read + Send>, TufError> {
         self.open_target(target, offset)
+    }
+
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        let clock = chrono::Utc::now();
+        self.trusted().trusted_time.map_or(clock, |t| t.max(clock))
     }
 }
 
