@@ -363,7 +363,7 @@ impl Config {
         if let Some(g) = self.rollout_groups.iter().find(|g| !is_valid_id(g)) {
             return Err(invalid(
                 "rollout_groups",
-                &format!("{g:?} must be 1 to 128 characters of A-Z a-z 0-9 . _ : -"),
+                format!("{g:?} must be 1 to 128 characters of A-Z a-z 0-9 . _ : -"),
             ));
         }
         if self.poll_interval_secs == 0 {
