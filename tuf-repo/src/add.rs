@@ -1,6 +1,8 @@
 //! `ota-repo add`: streams an image once into the repository's `targets/`
-//! (hashing it on the way), lists it as a target with the release fields,
-//! and signs new targets, snapshot and timestamp.
+//! (hashing it on the way), lists it as a target with the release fields
+//! (and its staged rollout plan, if any), and signs new targets, snapshot
+//! and timestamp. [`signing_expiries`] and [`sign_targets`] are the one
+//! signing path for new targets content (`rollout set` uses them too).
 
 use crate::config::RepoConfig;
 use crate::editor::{self, SignPlan};
@@ -10,12 +12,13 @@ use crate::role::Role;
 use crate::state::RepoState;
 use crate::target_name;
 use ota_common::hash::{copy_and_digest, StreamDigests};
+use ota_common::rollout::RolloutPlan;
 use ota_common::wire::{is_valid_id, ReleaseCustom};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use tough::schema::{Hashes, Target};
+use tough::schema::{Hashes, Target, Targets};
 use tough::TargetName;
 
 #[derive(Debug, Clone)]
@@ -38,9 +41,20 @@ pub struct Added {
 }
 
 pub async fn add(layout: &Layout, options: &AddOptions) -> Result<Added> {
+    add_with_rollout(layout, options, None).await
+}
+
+/// [`add`] with a staged rollout plan signed into the target's
+/// `custom.rollout` (`None`: every compatible device, at once).
+pub async fn add_with_rollout(
+    layout: &Layout,
+    options: &AddOptions,
+    rollout: Option<RolloutPlan>,
+) -> Result<Added> {
     let config = RepoConfig::load(layout)?;
     let state = RepoState::load(layout).await?;
-    let release = release_fields(options)?;
+    let mut release = release_fields(options)?;
+    release.rollout = rollout;
     let name = match &options.name {
         Some(n) => n.clone(),
         None => options
@@ -63,15 +77,7 @@ pub async fn add(layout: &Layout, options: &AddOptions) -> Result<Added> {
     // Everything that could refuse the release is checked before the image
     // is copied: root must be valid, the new expiries in the future, the
     // keys usable.
-    let now = jiff::Timestamp::now();
-    editor::ensure_not_expired(Role::Root, state.root.signed.expires, now)?;
-    let mut expires = BTreeMap::new();
-    for role in [Role::Targets, Role::Snapshot, Role::Timestamp] {
-        let t = config.role(role)?.expiry()?.resolve(now)?;
-        editor::ensure_future(role, t, now, false)?;
-        expires.insert(role, t);
-        editor::role_keys(layout, &config, role, &state.root.signed)?;
-    }
+    let expires = signing_expiries(layout, &config, &state, jiff::Timestamp::now())?;
 
     let size = image.metadata().map(|m| m.len()).unwrap_or(0);
     let digests = store_image(layout, &name, &options.image, image, size)?;
@@ -99,6 +105,47 @@ pub async fn add(layout: &Layout, options: &AddOptions) -> Result<Added> {
     let tname =
         TargetName::new(name.clone()).map_err(RepoError::tough(format!("target name {name:?}")))?;
     targets.targets.insert(tname, target);
+    let targets_version = sign_targets(layout, &config, &state, targets, expires).await?;
+    Ok(Added {
+        name,
+        length: digests.length,
+        sha256: hex::encode(digests.sha256),
+        sha512,
+        targets_version,
+    })
+}
+
+/// Checks that new targets content can be signed (root still valid, the
+/// policies give future expiries, every key of targets, snapshot and
+/// timestamp usable to its threshold) and returns the expiries to sign
+/// with. Nothing is written: call it before any irreversible work.
+pub fn signing_expiries(
+    layout: &Layout,
+    config: &RepoConfig,
+    state: &RepoState,
+    now: jiff::Timestamp,
+) -> Result<BTreeMap<Role, jiff::Timestamp>> {
+    editor::ensure_not_expired(Role::Root, state.root.signed.expires, now)?;
+    let mut expires = BTreeMap::new();
+    for role in [Role::Targets, Role::Snapshot, Role::Timestamp] {
+        let t = config.role(role)?.expiry()?.resolve(now)?;
+        editor::ensure_future(role, t, now, false)?;
+        expires.insert(role, t);
+        editor::role_keys(layout, config, role, &state.root.signed)?;
+    }
+    Ok(expires)
+}
+
+/// Signs `targets` as the next targets version, with new snapshot and
+/// timestamp (each signature in the audit log), and writes them in the
+/// safe order. Returns the new targets version.
+pub async fn sign_targets(
+    layout: &Layout,
+    config: &RepoConfig,
+    state: &RepoState,
+    targets: Targets,
+    expires: BTreeMap<Role, jiff::Timestamp>,
+) -> Result<u64> {
     let plan = SignPlan {
         new_targets: Some(targets),
         snapshot: true,
@@ -106,15 +153,9 @@ pub async fn add(layout: &Layout, options: &AddOptions) -> Result<Added> {
         expires,
         ..SignPlan::default()
     };
-    let files = editor::sign_plan(layout, &config, &state, plan).await?;
+    let files = editor::sign_plan(layout, config, state, plan).await?;
     editor::write_metadata(layout, &files)?;
-    Ok(Added {
-        name,
-        length: digests.length,
-        sha256: hex::encode(digests.sha256),
-        sha512,
-        targets_version: state.targets.signed.version.get() + 1,
-    })
+    Ok(state.targets.signed.version.get() + 1)
 }
 
 fn release_fields(options: &AddOptions) -> Result<ReleaseCustom> {

@@ -91,6 +91,14 @@ pub enum RepoError {
     Audit(String),
     #[error("ceremony: {0}")]
     Ceremony(String),
+    #[error("invalid --wave {spec:?}: {detail} (expected NAME=WHO@WHEN, e.g. early=10%@+24h or lab=lab-a,5%@2026-12-01T08:00:00Z)")]
+    InvalidWave { spec: String, detail: String },
+    #[error("invalid rollout plan: {0}")]
+    RolloutPlan(#[from] ota_common::rollout::PlanError),
+    #[error(
+        "no target named {name:?} in the signed targets metadata (`ota-repo status` lists them)"
+    )]
+    UnknownTarget { name: String },
 }
 
 impl RepoError {

@@ -30,6 +30,7 @@ pub mod progress;
 pub mod publish;
 pub mod resign;
 pub mod role;
+pub mod rollout;
 pub mod rotate;
 pub mod state;
 pub mod status;

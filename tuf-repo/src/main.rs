@@ -9,7 +9,9 @@ use ota_repo::keys::KeyType;
 use ota_repo::layout::Layout;
 use ota_repo::pkcs11::Pkcs11Uri;
 use ota_repo::role::{parse_role_pair, Role};
-use ota_repo::{add, ceremony, evidence, init, publish, resign, rotate, state::RepoState, status};
+use ota_repo::{
+    add, ceremony, evidence, init, publish, resign, rollout, rotate, state::RepoState, status,
+};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -117,6 +119,13 @@ enum Command {
         /// Target name (default: the image's file name).
         #[arg(long)]
         name: Option<String>,
+        #[command(flatten)]
+        rollout: RolloutFlags,
+    },
+    /// Staged rollouts: show, change or remove a target's signed wave schedule.
+    Rollout {
+        #[command(subcommand)]
+        action: RolloutAction,
     },
     /// Re-sign roles with new versions and expiry dates (default: timestamp).
     Resign {
@@ -164,8 +173,11 @@ enum Command {
     /// Show roles, keys, expiry dates and targets; exit 2 if anything
     /// expires within --warn-within.
     Status {
-        #[arg(long, value_name = "DURATION", default_value = status::DEFAULT_WARN_WITHIN)]
-        warn_within: String,
+        /// Flag every role expiring within this duration. Default: per role,
+        /// a third of its lifetime (repo.json policy), at most 14d, so a
+        /// fresh repository with a 7d timestamp passes.
+        #[arg(long, value_name = "DURATION")]
+        warn_within: Option<String>,
     },
 }
 
@@ -188,6 +200,60 @@ enum CeremonyAction {
         #[arg(required = true)]
         signatures: Vec<PathBuf>,
     },
+}
+
+/// The wave schedule flags of `add` and `rollout set`.
+#[derive(Debug, clap::Args)]
+struct RolloutFlags {
+    /// A rollout wave, NAME=WHO@WHEN, in order (repeatable): WHO is group
+    /// names and at most one cumulative N% (comma-separated), WHEN is
+    /// +<n>m|h|d after --rollout-start or an RFC 3339 time. Example:
+    /// --wave canary=bench@+0h --wave early=10%@+24h --wave all=100%@+3d.
+    /// Without --wave every compatible device may install at once.
+    #[arg(long = "wave", value_name = "NAME=WHO@WHEN")]
+    waves: Vec<String>,
+    /// RFC 3339 time relative WHENs count from (default: now).
+    #[arg(long, value_name = "TIME")]
+    rollout_start: Option<String>,
+    /// Seed of the devices' positions, 8-64 lowercase hex digits (default:
+    /// random for `add`, the current seed for `rollout set`).
+    #[arg(long, value_name = "HEX")]
+    rollout_seed: Option<String>,
+}
+
+impl RolloutFlags {
+    fn into_args(self) -> rollout::RolloutArgs {
+        rollout::RolloutArgs {
+            waves: self.waves,
+            start: self.rollout_start,
+            seed: self.rollout_seed,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum RolloutAction {
+    /// Print a target's waves (who, when, open now?) and where a device stands.
+    Show {
+        target: String,
+        /// Place this device in the plan (its position, wave, and whether it may install now).
+        #[arg(long)]
+        device_id: Option<String>,
+        /// The device's rollout groups, comma-separated.
+        #[arg(long, value_delimiter = ',', requires = "device_id")]
+        groups: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace a target's plan and sign new targets, snapshot and timestamp
+    /// (keeps the seed unless --rollout-seed, so devices keep their positions).
+    Set {
+        target: String,
+        #[command(flatten)]
+        rollout: RolloutFlags,
+    },
+    /// Remove a target's plan (every compatible device may install at once) and sign.
+    Clear { target: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -432,6 +498,7 @@ fn run(cli: Cli) -> Result<()> {
             hardware_ids,
             notes,
             name,
+            rollout,
         } => {
             let options = add::AddOptions {
                 image,
@@ -440,12 +507,86 @@ fn run(cli: Cli) -> Result<()> {
                 notes,
                 name,
             };
-            let added = runtime()?.block_on(add::add(&layout, &options))?;
+            // Built (and refused) before the image is copied or anything signed.
+            let plan = rollout.into_args().plan(None, chrono::Utc::now())?;
+            for w in plan.iter().flat_map(rollout::warnings) {
+                eprintln!("ota-repo: warning: {w}");
+            }
+            let added =
+                runtime()?.block_on(add::add_with_rollout(&layout, &options, plan.clone()))?;
             println!(
                 "added {} ({} bytes, sha256 {}); signed targets version {}",
                 added.name, added.length, added.sha256, added.targets_version
             );
+            if let Some(p) = &plan {
+                println!(
+                    "rollout seed {}, waves {}",
+                    p.seed,
+                    p.waves
+                        .iter()
+                        .map(|w| w.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
         }
+        Command::Rollout { action } => match action {
+            RolloutAction::Show {
+                target,
+                device_id,
+                groups,
+                json,
+            } => {
+                let query = device_id.map(|device_id| rollout::DeviceQuery { device_id, groups });
+                let view = runtime()?.block_on(rollout::show(
+                    &layout,
+                    &target,
+                    query.as_ref(),
+                    chrono::Utc::now(),
+                ))?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&view)?);
+                } else {
+                    print!("{}", view.text());
+                }
+            }
+            RolloutAction::Set { target, rollout } => {
+                let args = rollout.into_args();
+                let (changed, plan) = runtime()?.block_on(rollout::change(
+                    &layout,
+                    &target,
+                    Some(&args),
+                    chrono::Utc::now(),
+                ))?;
+                for w in plan.iter().flat_map(rollout::warnings) {
+                    eprintln!("ota-repo: warning: {w}");
+                }
+                match changed {
+                    rollout::Changed::Signed { targets_version } => println!(
+                        "rollout of {target} changed; signed targets version {targets_version}"
+                    ),
+                    rollout::Changed::Unchanged => {
+                        println!("{target} already has this rollout plan; nothing signed")
+                    }
+                }
+            }
+            RolloutAction::Clear { target } => {
+                let (changed, _) = runtime()?.block_on(rollout::change(
+                    &layout,
+                    &target,
+                    None,
+                    chrono::Utc::now(),
+                ))?;
+                match changed {
+                    rollout::Changed::Signed { targets_version } => println!(
+                        "rollout plan of {target} removed (every compatible device may install now); signed targets version {targets_version}"
+                    ),
+                    rollout::Changed::Unchanged => {
+                        println!("{target} has no rollout plan; nothing signed")
+                    }
+                }
+            }
+        },
         Command::Resign {
             roles,
             expires,
@@ -543,17 +684,19 @@ fn run(cli: Cli) -> Result<()> {
             println!("all checks passed");
         }
         Command::Status { warn_within } => {
-            let secs = match parse_expiry(&warn_within)? {
-                Expiry::After(secs) => secs,
-                Expiry::At(_) => {
-                    bail!("--warn-within {warn_within}: expected a duration such as 14d")
-                }
+            let window = match warn_within.as_deref().map(parse_expiry).transpose()? {
+                None => status::WarnWindow::Scaled,
+                Some(Expiry::After(secs)) => status::WarnWindow::Within(secs),
+                Some(Expiry::At(_)) => bail!(
+                    "--warn-within {}: expected a duration such as 14d",
+                    warn_within.unwrap_or_default()
+                ),
             };
-            let report = runtime()?.block_on(status::status(&layout, secs))?;
+            let report = runtime()?.block_on(status::status(&layout, window))?;
             print!("{}", report.text);
             if !report.warnings.is_empty() {
                 for w in &report.warnings {
-                    eprintln!("ota-repo: warning: {w} (within {warn_within})");
+                    eprintln!("ota-repo: warning: {w}");
                 }
                 // Distinct from errors (1) so scripts can alert on it.
                 std::process::exit(2);

@@ -1,9 +1,20 @@
 //! `ota-repo status`: what is signed, by which keys, where each key lives,
 //! until when, and which releases are listed; flags metadata that expires
 //! within a warning window so a cron job or CI can alert in time.
+//!
+//! The default window is meant for a daily cron job on an unchanged
+//! repository: one fixed window cannot fit both root (a year) and
+//! timestamp (a week, re-signed daily or online by the server), so each
+//! role is flagged when less than a third of its lifetime (its expiry
+//! policy in repo.json) remains, and never more than 14 days ahead. A
+//! 7-day timestamp is flagged with under 2d 8h left (its daily re-signing
+//! has missed about four runs), a 30-day snapshot with under 10 days, root
+//! and targets with under 14 days; a fresh repository passes. An explicit
+//! `--warn-within` applies as given to every role.
 
 use crate::config::RepoConfig;
 use crate::error::Result;
+use crate::expiry::Expiry;
 use crate::keys;
 use crate::layout::Layout;
 use crate::role::Role;
@@ -12,23 +23,68 @@ use ota_common::wire::ReleaseCustom;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-/// Default warning window of `status --warn-within`.
+/// Longest default warning window (`status` without `--warn-within`).
 pub const DEFAULT_WARN_WITHIN: &str = "14d";
+const DEFAULT_WARN_WITHIN_SECS: i64 = 14 * 86_400;
+/// Without `--warn-within`, a role is flagged once less than
+/// 1/`LIFETIME_DIVISOR` of its lifetime remains (capped at 14 days).
+pub const LIFETIME_DIVISOR: i64 = 3;
+
+/// How far ahead `status` looks for expiring metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WarnWindow {
+    /// Per role: a third of its lifetime, at most 14 days (the default).
+    Scaled,
+    /// The same window for every role (`--warn-within`), in seconds.
+    Within(i64),
+}
+
+impl WarnWindow {
+    /// The window for a role whose expiry policy is `policy`. A fixed
+    /// expiry instant says nothing of the lifetime: 14 days then.
+    pub fn for_policy(self, policy: Option<Expiry>) -> i64 {
+        match (self, policy) {
+            (WarnWindow::Within(secs), _) => secs,
+            (WarnWindow::Scaled, Some(Expiry::After(lifetime))) => {
+                (lifetime / LIFETIME_DIVISOR).min(DEFAULT_WARN_WITHIN_SECS)
+            }
+            (WarnWindow::Scaled, _) => DEFAULT_WARN_WITHIN_SECS,
+        }
+    }
+}
+
+/// `2d 8h`, `14d`, `90s`: a window for people.
+pub fn human_duration(secs: i64) -> String {
+    let (d, h, m, s) = (
+        secs / 86_400,
+        secs % 86_400 / 3600,
+        secs % 3600 / 60,
+        secs % 60,
+    );
+    let parts: Vec<String> = [(d, "d"), (h, "h"), (m, "m"), (s, "s")]
+        .iter()
+        .filter(|(n, _)| *n != 0)
+        .map(|(n, u)| format!("{n}{u}"))
+        .collect();
+    if parts.is_empty() {
+        "0s".to_owned()
+    } else {
+        parts.join(" ")
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct StatusReport {
     pub text: String,
-    /// One line per role that has expired or expires within the window.
+    /// One line per role that has expired or expires within its window
+    /// (each line names the window).
     pub warnings: Vec<String>,
 }
 
-pub async fn status(layout: &Layout, warn_within_secs: i64) -> Result<StatusReport> {
+pub async fn status(layout: &Layout, window: WarnWindow) -> Result<StatusReport> {
     let config = RepoConfig::load(layout)?;
     let state = RepoState::load(layout).await?;
     let now = jiff::Timestamp::now();
-    let horizon = now
-        .checked_add(jiff::SignedDuration::from_secs(warn_within_secs))
-        .unwrap_or(now);
 
     // Key id -> where the key lives, from repo.json. A token's public key is
     // read without a PIN; a key that cannot be reached is reported as such.
@@ -71,22 +127,29 @@ pub async fn status(layout: &Layout, warn_within_secs: i64) -> Result<StatusRepo
         ),
     ];
     for (role, version, expires) in rows {
-        let flag = if expires <= now {
-            warnings.push(format!("{role} metadata EXPIRED at {expires}"));
-            "  EXPIRED"
-        } else if expires <= horizon {
-            warnings.push(format!("{role} metadata expires soon, at {expires}"));
-            "  EXPIRES SOON"
-        } else {
-            ""
-        };
         let policy = config
             .role(role)
             .map(|r| r.expires.clone())
             .unwrap_or_default();
+        let window_secs = window.for_policy(policy.parse::<Expiry>().ok());
+        let horizon = now
+            .checked_add(jiff::SignedDuration::from_secs(window_secs))
+            .unwrap_or(now);
+        let within = human_duration(window_secs);
+        let flag = if expires <= now {
+            warnings.push(format!("{role} metadata EXPIRED at {expires}"));
+            "  EXPIRED"
+        } else if expires <= horizon {
+            warnings.push(format!(
+                "{role} metadata expires soon, at {expires} (within {within})"
+            ));
+            "  EXPIRES SOON"
+        } else {
+            ""
+        };
         let _ = writeln!(
             out,
-            "\n{role}: version {version}, expires {expires}{flag} (policy {policy})"
+            "\n{role}: version {version}, expires {expires}{flag} (policy {policy}, warn within {within})"
         );
         if let Some(rk) = root.roles.get(&role.role_type()) {
             let _ = writeln!(
@@ -144,4 +207,28 @@ pub async fn status(layout: &Layout, warn_within_secs: i64) -> Result<StatusRepo
         text: out,
         warnings,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_window_scales_with_short_lifetimes() {
+        let w = WarnWindow::Scaled;
+        // Default policies: root 365d, targets 90d, snapshot 30d, timestamp 7d.
+        assert_eq!(w.for_policy(Some(Expiry::After(365 * 86_400))), 14 * 86_400);
+        assert_eq!(w.for_policy(Some(Expiry::After(90 * 86_400))), 14 * 86_400);
+        assert_eq!(w.for_policy(Some(Expiry::After(30 * 86_400))), 10 * 86_400);
+        assert_eq!(w.for_policy(Some(Expiry::After(7 * 86_400))), 56 * 3600);
+        assert_eq!(w.for_policy(None), 14 * 86_400);
+        // Explicit windows stay strict.
+        assert_eq!(
+            WarnWindow::Within(86_400).for_policy(Some(Expiry::After(60))),
+            86_400
+        );
+        assert_eq!(human_duration(56 * 3600), "2d 8h");
+        assert_eq!(human_duration(14 * 86_400), "14d");
+        assert_eq!(human_duration(0), "0s");
+    }
 }
