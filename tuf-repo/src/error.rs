@@ -93,8 +93,15 @@ pub enum RepoError {
     Ceremony(String),
     #[error("invalid --wave {spec:?}: {detail} (expected NAME=WHO@WHEN, e.g. early=10%@+24h or lab=lab-a,5%@2026-12-01T08:00:00Z)")]
     InvalidWave { spec: String, detail: String },
-    #[error("invalid rollout plan: {0}")]
-    RolloutPlan(#[from] ota_common::rollout::PlanError),
+    #[error(
+        "invalid rollout plan{}: {source}",
+        .spec.as_ref().map(|s| format!(" (--wave {s:?})")).unwrap_or_default()
+    )]
+    RolloutPlan {
+        source: ota_common::rollout::PlanError,
+        /// The `--wave` spec of the wave at fault, when there is one.
+        spec: Option<String>,
+    },
     #[error(
         "no target named {name:?} in the signed targets metadata (`ota-repo status` lists them)"
     )]

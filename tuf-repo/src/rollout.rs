@@ -16,7 +16,7 @@ use crate::layout::Layout;
 use crate::state::RepoState;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use chrono::{DateTime, SecondsFormat, Utc};
-use ota_common::rollout::{RolloutPlan, Wave, WaveDecision, POSITION_SCALE};
+use ota_common::rollout::{PlanError, RolloutPlan, Wave, WaveDecision, POSITION_SCALE};
 use ota_common::wire::{is_valid_id, ReleaseCustom};
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -71,8 +71,32 @@ impl RolloutArgs {
             (None, Some(s)) => s.to_owned(),
             (None, None) => random_seed()?,
         };
-        Ok(Some(RolloutPlan::new(seed, waves)?))
+        let names: Vec<String> = waves.iter().map(|w| w.name.clone()).collect();
+        RolloutPlan::new(seed, waves)
+            .map(Some)
+            .map_err(|source| RepoError::RolloutPlan {
+                spec: spec_at_fault(&source, &names, &self.waves),
+                source,
+            })
     }
+}
+
+/// The `--wave` spec a plan error is about (the later one for a
+/// duplicate name), so the message points at what to fix.
+fn spec_at_fault(e: &PlanError, names: &[String], specs: &[String]) -> Option<String> {
+    let index = match e {
+        PlanError::Name { index, .. } => Some(*index),
+        PlanError::DuplicateName(n)
+        | PlanError::Empty(n)
+        | PlanError::Percent(n)
+        | PlanError::TooManyGroups(n)
+        | PlanError::TimeOrder(n)
+        | PlanError::PercentOrder(n)
+        | PlanError::Group { name: n, .. } => names.iter().rposition(|name| name == n),
+        // Seed, wave count, and any rule added later: about no one spec.
+        _ => None,
+    };
+    index.and_then(|i| specs.get(i)).cloned()
 }
 
 /// Parses one `--wave NAME=WHO@WHEN`. Name and group syntax are left to
