@@ -118,12 +118,12 @@ impl Server {
         let db = Db::open(&database).await?;
         let client_auth = tls::client_verifier(config)?;
         let metrics = Arc::new(Metrics::default());
-        let resigner = config
-            .online_signing
-            .as_ref()
-            .map(|o| resign::Resigner::new(o, Arc::clone(&storage), db.clone()))
-            .transpose()?
-            .map(Arc::new);
+        let resigner = match config.online_signing.as_ref() {
+            Some(o) => Some(Arc::new(
+                resign::Resigner::new(o, Arc::clone(&storage), db.clone()).await?,
+            )),
+            None => None,
+        };
         let state = AppState {
             storage,
             db: db.clone(),
