@@ -131,7 +131,8 @@ pub fn signing_expiries(
         let t = config.role(role)?.expiry()?.resolve(now)?;
         editor::ensure_future(role, t, now, false)?;
         expires.insert(role, t);
-        editor::role_keys(layout, config, role, &state.root.signed)?;
+        // Keys kept offline are fine: the version then waits in a ceremony.
+        crate::ceremony::ensure_signable(layout, config, role, &state.root.signed)?;
     }
     Ok(expires)
 }
@@ -153,8 +154,9 @@ pub async fn sign_targets(
         expires,
         ..SignPlan::default()
     };
-    let files = editor::sign_plan(layout, config, state, plan).await?;
-    editor::write_metadata(layout, &files)?;
+    // A role whose keys here stay below its threshold is left pending
+    // signatures (`ota-repo ceremony`), not failed and not published.
+    crate::ceremony::sign_or_stage(layout, config, state, plan).await?;
     Ok(state.targets.signed.version.get() + 1)
 }
 

@@ -24,15 +24,23 @@ use tough::schema::{
 
 pub const SPEC_VERSION: &str = "1.0.0";
 
-/// The keys of `role` that open and that root lists for that role, after
-/// checking they reach `threshold`. Fails before anything is signed,
-/// naming every key that could not be used.
-pub fn role_keys(
+/// The keys of `role` that repo.json lists, that open here and that root
+/// lists for that role, with the role's threshold and a description of
+/// every listed key that could not be used. Below the threshold is not an
+/// error here: the missing signatures may come from a ceremony.
+#[derive(Debug)]
+pub struct LocalKeys {
+    pub usable: Vec<LoadedKey>,
+    pub threshold: u64,
+    pub problems: Vec<String>,
+}
+
+pub fn local_keys(
     layout: &Layout,
     config: &RepoConfig,
     role: Role,
     root: &Root,
-) -> Result<Vec<LoadedKey>> {
+) -> Result<LocalKeys> {
     let role_config = config.role(role)?;
     let (listed, threshold) = match root.roles.get(&role.role_type()) {
         Some(rk) => (
@@ -57,23 +65,45 @@ pub fn role_keys(
             Err(e) => problems.push(e.to_string()),
         }
     }
-    if (usable.len() as u64) < threshold {
-        let mut details = if problems.is_empty() {
-            String::new()
-        } else {
-            format!(": {}", problems.join("; "))
-        };
-        if role == Role::Root {
-            details.push_str(" (root keys kept offline sign through `ota-repo ceremony export`, `ota-repo sign`, `ota-repo ceremony merge`)");
-        }
-        return Err(RepoError::ThresholdUnreachable {
-            role: role.to_string(),
-            threshold,
-            available: usable.len(),
-            details,
-        });
+    Ok(LocalKeys {
+        usable,
+        threshold,
+        problems,
+    })
+}
+
+/// The error for a role whose usable keys stay below its threshold.
+pub fn threshold_unreachable(role: Role, local: &LocalKeys) -> RepoError {
+    let mut details = if local.problems.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", local.problems.join("; "))
+    };
+    details.push_str(&format!(
+        " ({role} keys kept offline sign through `ota-repo ceremony export --role {role}`, `ota-repo sign`, `ota-repo ceremony merge --role {role}`)"
+    ));
+    RepoError::ThresholdUnreachable {
+        role: role.to_string(),
+        threshold: local.threshold,
+        available: local.usable.len(),
+        details,
     }
-    Ok(usable)
+}
+
+/// The keys of `role` that open and that root lists for that role, after
+/// checking they reach `threshold`. Fails before anything is signed,
+/// naming every key that could not be used.
+pub fn role_keys(
+    layout: &Layout,
+    config: &RepoConfig,
+    role: Role,
+    root: &Root,
+) -> Result<Vec<LoadedKey>> {
+    let local = local_keys(layout, config, role, root)?;
+    if (local.usable.len() as u64) < local.threshold {
+        return Err(threshold_unreachable(role, &local));
+    }
+    Ok(local.usable)
 }
 
 /// The audit log of a repository, with its operator.

@@ -183,22 +183,30 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum CeremonyAction {
-    /// Write the unsigned root (the pending rotation, or the next version) for signers.
+    /// Write a role's unsigned version for signers: the one pending
+    /// signatures (from `add`, `rotate` or an earlier merge), or else the
+    /// next version with a fresh expiry.
     Export {
-        #[arg(long, value_parser = ["root"])]
+        #[arg(long, value_parser = ["root", "targets", "snapshot", "timestamp"])]
         role: String,
         #[arg(long)]
         out: PathBuf,
-        /// Expiry of a new root version (default: the root policy).
+        /// Expiry of a new version (default: the role's policy).
         #[arg(long, value_name = "WHEN")]
         expires: Option<String>,
     },
-    /// Verify detached signatures and write the signed root when thresholds are met.
+    /// Verify detached signatures (kept for the next merge while below the
+    /// threshold); at the threshold write the role and sign what depends on it.
     Merge {
-        #[arg(long, value_parser = ["root"])]
+        #[arg(long, value_parser = ["root", "targets", "snapshot", "timestamp"])]
         role: String,
         #[arg(required = true)]
         signatures: Vec<PathBuf>,
+    },
+    /// Close a role's open ceremony without signing it.
+    Abandon {
+        #[arg(long, value_parser = ["root", "targets", "snapshot", "timestamp"])]
+        role: String,
     },
 }
 
@@ -291,6 +299,18 @@ fn message(e: &anyhow::Error) -> String {
         out.push_str(&text);
     }
     out
+}
+
+/// Tells the release engineer that a role version waits for offline
+/// signatures, and how to collect them.
+fn print_pending(pending: Option<&ceremony::PendingRole>) {
+    if let Some(p) = pending {
+        println!(
+            "{}; publish refuses until it is complete: {}",
+            p.describe(),
+            p.next_steps()
+        );
+    }
 }
 
 fn role_map<T>(
@@ -403,6 +423,10 @@ fn run(cli: Cli) -> Result<()> {
             let log = RepoConfig::load(&layout)
                 .ok()
                 .map(|c| ota_repo::editor::audit_log(&layout, &c));
+            // What the holder signs, before the signature is made.
+            for line in ceremony::read_payload(&payload)?.summary {
+                println!("  {line}");
+            }
             let sig = ceremony::sign_payload(&payload, &key, &out, log.as_ref())?;
             println!(
                 "signed {} version {} (payload sha256 {}) with key {}; signature in {}",
@@ -433,16 +457,31 @@ fn run(cli: Cli) -> Result<()> {
                         .collect::<Vec<_>>()
                         .join(" and ")
                 );
+                for line in &p.summary {
+                    println!("  {line}");
+                }
             }
             CeremonyAction::Merge { role, signatures } => {
                 let m =
                     runtime()?.block_on(ceremony::merge(&layout, role.parse()?, &signatures))?;
+                for r in &m.not_counted {
+                    eprintln!("ota-repo: warning: not counted: {r}");
+                }
                 println!(
-                    "signed root version {} with {} key(s): {}",
+                    "signed {} version {} with {} key(s): {}",
+                    m.role,
                     m.version,
                     m.counted.len(),
                     m.counted.join(", ")
                 );
+                for (r, v) in m.progress.signed.iter().skip(1) {
+                    println!("signed {r} version {v}");
+                }
+                print_pending(m.progress.pending.as_ref());
+            }
+            CeremonyAction::Abandon { role } => {
+                let v = runtime()?.block_on(ceremony::abandon(&layout, role.parse()?))?;
+                println!("abandoned the {role} version {v} ceremony");
             }
         },
         Command::Rotate {
@@ -518,6 +557,7 @@ fn run(cli: Cli) -> Result<()> {
                 "added {} ({} bytes, sha256 {}); signed targets version {}",
                 added.name, added.length, added.sha256, added.targets_version
             );
+            print_pending(ceremony::pending(&layout)?.first());
             if let Some(p) = &plan {
                 println!(
                     "rollout seed {}, waves {}",

@@ -121,6 +121,17 @@ pub fn collect(layout: &Layout, state: &RepoState) -> Result<PublishSet> {
     })
 }
 
+/// The threshold gate: refuses while any role version waits for
+/// signatures in a ceremony (naming the role and how many of how many it
+/// has). What `collect` found is signed to threshold already: tough
+/// verified it while loading the repository.
+pub fn ensure_fully_signed(layout: &Layout) -> Result<()> {
+    crate::ceremony::ensure_nothing_pending(layout).map_err(|e| match e {
+        RepoError::Ceremony(detail) => RepoError::Publish(detail),
+        other => other,
+    })
+}
+
 fn read_metadata(layout: &Layout, name: &str) -> Result<Vec<u8>> {
     let path = layout.metadata_dir().join(name);
     let len = std::fs::metadata(&path)
@@ -141,6 +152,7 @@ fn read_metadata(layout: &Layout, name: &str) -> Result<Vec<u8>> {
 /// returns the files written, in the order they were made visible
 /// (`metadata/timestamp.json` last).
 pub fn publish_dir(layout: &Layout, set: &PublishSet, out: &Path) -> Result<Vec<String>> {
+    ensure_fully_signed(layout)?;
     let mut written = Vec::new();
     for t in &set.targets {
         for rel in [&t.by_sha256, &t.by_sha512] {
@@ -400,6 +412,7 @@ pub fn publish_server(
     set: &PublishSet,
     client: &AdminClient,
 ) -> Result<ServerPublished> {
+    ensure_fully_signed(layout)?;
     // Read the metadata before opening the publication so a local problem
     // leaves no half-filled publication behind.
     let mut metadata = Vec::new();
