@@ -1,15 +1,30 @@
-//! The accept loop: one task per connection, HTTP/1.1 by hyper, optional TLS.
+//! The accept loop: one task per connection, HTTP/1.1 and HTTP/2 by hyper on
+//! the same port, optional TLS.
+//!
+//! Which protocol a connection speaks: over TLS, what ALPN negotiated (`h2`
+//! or `http/1.1`; a client offering neither gets whichever its first bytes
+//! are); in plaintext, HTTP/2 only with prior knowledge (the client opens
+//! with the HTTP/2 preface), else HTTP/1.1. There is no `Upgrade: h2c`.
 //!
 //! Written out here instead of `axum::serve` because a server facing a whole
 //! fleet must bound what each client can hold:
 //! * a connection limit: past `max_connections` the loop stops accepting, so
 //!   further clients wait in the kernel's queue instead of exhausting file
 //!   descriptors;
-//! * a header read timeout (hyper's): a request head must arrive in time,
-//!   so a slowloris client trickling a header is cut off;
+//! * a first-request deadline: a connection on which no request has arrived
+//!   within the header read timeout is closed, whatever the protocol (a
+//!   client that stalls in the HTTP/2 preface or SETTINGS holds no slot);
+//! * a header read timeout (hyper's, HTTP/1.1): every request head must
+//!   arrive in time, so a slowloris client trickling a header is cut off;
 //! * an idle timeout: a connection on which no byte has moved for that long
 //!   is closed, whether idle between requests or stuck in a body (a
-//!   stalled upload or a download the client stopped reading);
+//!   stalled upload or a download the client stopped reading). The server
+//!   sends no HTTP/2 PINGs of its own, which would count as traffic and keep
+//!   an idle connection open forever;
+//! * per HTTP/2 connection: at most [`H2_MAX_CONCURRENT_STREAMS`] requests
+//!   at once, a header list of at most [`H2_MAX_HEADER_LIST_BYTES`], a bounded
+//!   send buffer per stream, and hyper's limits on reset streams (the "rapid
+//!   reset" attack);
 //! * a TLS handshake bounded by the header read timeout.
 
 use crate::auth::PeerDevice;
@@ -17,12 +32,13 @@ use crate::metrics::Metrics;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper::Request;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -31,6 +47,29 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
+
+/// Requests one HTTP/2 connection may have in flight at once: what HTTP/1.1
+/// pipelining never gave one connection, so the connection limit alone no
+/// longer bounds concurrent requests (at most `max_connections` times this).
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+
+/// Largest decoded header list an HTTP/2 request may carry (as hyper's HTTP/1.1
+/// side, which refuses heads past its buffer; our requests need a few hundred bytes).
+pub const H2_MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+
+/// Response bytes buffered per HTTP/2 stream before the handler is paused:
+/// two 64 KiB file chunks, so 100 streams of one connection hold at most
+/// 12.5 MiB instead of hyper's default 400 KiB each.
+pub const H2_MAX_SEND_BUF_BYTES: usize = 128 * 1024;
+
+/// The protocol a TLS connection agreed on by ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Alpn {
+    H2,
+    Http11,
+    /// The client offered no ALPN: decide by its first bytes, as in plaintext.
+    None,
+}
 
 /// What each connection may hold.
 #[derive(Debug, Clone, Copy)]
@@ -94,14 +133,22 @@ pub async fn serve(
         tokio::spawn(async move {
             metrics.connection_opened();
             match tls {
-                None => serve_connection(io, router, limits, &activity, watcher, None).await,
+                None => {
+                    serve_connection(io, router, limits, &activity, watcher, None, Alpn::None).await
+                }
                 Some(acceptor) => {
                     let handshake =
                         tokio::time::timeout(limits.header_read_timeout, acceptor.accept(io));
                     match handshake.await {
                         Ok(Ok(tls_io)) => {
                             let peer = peer_device(&tls_io);
-                            serve_connection(tls_io, router, limits, &activity, watcher, peer).await
+                            let alpn = match tls_io.get_ref().1.alpn_protocol() {
+                                Some(b"h2") => Alpn::H2,
+                                Some(_) => Alpn::Http11,
+                                None => Alpn::None,
+                            };
+                            serve_connection(tls_io, router, limits, &activity, watcher, peer, alpn)
+                                .await
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -123,20 +170,21 @@ async fn serve_connection<I>(
     activity: &Activity,
     watcher: hyper_util::server::graceful::Watcher,
     peer: Option<PeerDevice>,
+    alpn: Alpn,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let requested = Arc::new(AtomicBool::new(false));
+    let seen = Arc::clone(&requested);
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+        seen.store(true, Ordering::Relaxed);
         // The identity the TLS handshake proved, for the handlers (reports).
         if let Some(peer) = &peer {
             request.extensions_mut().insert(peer.clone());
         }
         router.clone().oneshot(request)
     });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+    let builder = connection_builder(limits, alpn);
     let connection = watcher.watch(builder.serve_connection(TokioIo::new(io), service));
     tokio::select! {
         result = connection => {
@@ -147,6 +195,43 @@ async fn serve_connection<I>(
         () = activity.idle(limits.idle_timeout) => {
             tracing::debug!("closing connection idle for {:?}", limits.idle_timeout);
         }
+        () = first_request_missed(&requested, limits.header_read_timeout) => {
+            tracing::debug!(
+                "closing connection without a request after {:?}",
+                limits.header_read_timeout
+            );
+        }
+    }
+}
+
+/// Both protocols with their limits; only the one ALPN chose, if it did.
+fn connection_builder(limits: Limits, alpn: Alpn) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(H2_MAX_HEADER_LIST_BYTES)
+        .max_send_buf_size(H2_MAX_SEND_BUF_BYTES)
+        // No server PINGs: see the module documentation (idle timeout).
+        .keep_alive_interval(None);
+    match alpn {
+        Alpn::H2 => builder.http2_only(),
+        Alpn::Http11 => builder.http1_only(),
+        Alpn::None => builder,
+    }
+}
+
+/// Completes if no request has reached the service `timeout` after the
+/// connection was set up; never completes once one has.
+async fn first_request_missed(requested: &AtomicBool, timeout: Duration) {
+    tokio::time::sleep(timeout).await;
+    if requested.load(Ordering::Relaxed) {
+        std::future::pending::<()>().await;
     }
 }
 

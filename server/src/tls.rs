@@ -79,14 +79,15 @@ impl CertStore {
         }))
     }
 
-    /// Rustls settings serving this store's certificate; HTTP/1.1 only.
+    /// Rustls settings serving this store's certificate; HTTP/2 or HTTP/1.1
+    /// as the client prefers (see [`alpn_protocols`]).
     pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, TlsError> {
         let mut config = ServerConfig::builder_with_provider(Arc::clone(&self.provider))
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Setup(e.to_string()))?
             .with_no_client_auth()
             .with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>);
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = alpn_protocols();
         Ok(Arc::new(config))
     }
 
@@ -103,7 +104,7 @@ impl CertStore {
             .map_err(|e| TlsError::Setup(e.to_string()))?
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>);
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = alpn_protocols();
         Ok(Arc::new(config))
     }
 
@@ -174,6 +175,13 @@ fn load_pair(files: &TlsFiles, provider: &CryptoProvider) -> Result<CertifiedKey
         }),
         Err(e) => Err(cert_err(e.to_string())),
     }
+}
+
+/// What the server offers by ALPN, in its order of preference: HTTP/2 for
+/// clients that speak it (one connection for many requests), HTTP/1.1 for
+/// the rest. `crate::http` serves whichever was agreed.
+pub fn alpn_protocols() -> Vec<Vec<u8>> {
+    vec![b"h2".to_vec(), b"http/1.1".to_vec()]
 }
 
 /// The verifier of device client certificates when `device_auth = "mtls"`:
