@@ -107,6 +107,7 @@ async fn expiring_timestamp_is_resigned_and_accepted_by_the_client() {
             timestamp_expiry: Duration::from_secs(3600),
             resign_before: Duration::from_secs(2),
             snapshot: None,
+            audit_dir: None,
         })
     })
     .await;
@@ -172,6 +173,7 @@ async fn a_key_root_does_not_list_is_never_used() {
             timestamp_expiry: Duration::from_secs(3600),
             resign_before: Duration::from_secs(2),
             snapshot: None,
+            audit_dir: None,
         })
     })
     .await;
@@ -195,6 +197,7 @@ async fn unusable_key_stops_the_start() {
         timestamp_expiry: Duration::from_secs(3600),
         resign_before: Duration::from_secs(60),
         snapshot: None,
+        audit_dir: None,
     });
     let err = ota_server::Server::bind(&config)
         .await
@@ -308,6 +311,7 @@ fn settings(timestamp: &str, snapshot: Option<&str>) -> OnlineSigning {
             key: KeyRef::Pkcs11(token_key(s)),
             expiry: Duration::from_secs(3600),
         }),
+        audit_dir: None,
     }
 }
 
@@ -532,14 +536,16 @@ async fn the_binary_resigns_with_a_token_key_and_never_logs_the_pin() {
         let path = entry.expect("entry").path();
         std::fs::copy(&path, meta.join(path.file_name().expect("name"))).expect("copy");
     }
+    let audit = dir.path().join("online-audit");
     let config = dir.path().join("server.toml");
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n[online_signing]\nkey = {:?}\nsnapshot_key = {:?}\ntimestamp_expiry = \"1h\"\nsnapshot_expiry = \"1h\"\nresign_before = \"2s\"\n",
+            "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n[online_signing]\nkey = {:?}\nsnapshot_key = {:?}\ntimestamp_expiry = \"1h\"\nsnapshot_expiry = \"1h\"\nresign_before = \"2s\"\naudit_dir = {:?}\n",
             data.display().to_string(),
             token_key("ts-binary").to_string(),
             token_key("snap-binary").to_string(),
+            audit.display().to_string(),
         ),
     )
     .expect("config");
@@ -588,4 +594,13 @@ async fn the_binary_resigns_with_a_token_key_and_never_logs_the_pin() {
         "{logs}"
     );
     assert!(!logs.contains(PIN), "the PIN is in the logs: {logs}");
+    // Each signature is in a hash chain that ota-repo's own code verifies.
+    let log = ota_repo::audit::AuditLog::new(&audit, "auditor".to_owned());
+    assert!(log.verify().expect("intact audit log") >= 2);
+    let entries = std::fs::read_to_string(log.path()).expect("audit.jsonl");
+    assert!(
+        entries.contains("\"online-sign\"") && entries.contains("\"snapshot\""),
+        "{entries}"
+    );
+    assert!(!entries.contains(PIN), "{entries}");
 }

@@ -86,26 +86,28 @@ impl Document {
     }
 
     /// This document as `version` expiring at `expires`, everything else
-    /// unchanged, signed by `key` under the key id root lists (`keyid`).
+    /// unchanged, signed by `key` under the key id root lists (`keyid`):
+    /// the file, and the canonical bytes that were signed.
     pub async fn successor(
         &self,
         version: u64,
         expires: &str,
         keyid: &str,
         key: &OnlineKey,
-    ) -> Result<Vec<u8>, ResignError> {
+    ) -> Result<(Vec<u8>, Vec<u8>), ResignError> {
         let mut signed = self.signed.clone();
         signed.insert("version".to_owned(), json!(version));
         signed.insert("expires".to_owned(), json!(expires));
         let signed = Value::Object(signed);
         let canonical = ota_common::tuf::canonicalize(&signed)
             .map_err(|e| bad(format!("{} has no canonical form: {e}", self.name)))?;
-        let sig = key.sign(canonical).await?;
+        let sig = key.sign(canonical.clone()).await?;
         let out = json!({
             "signed": signed,
             "signatures": [{"keyid": keyid, "sig": hex::encode(sig)}],
         });
-        serde_json::to_vec_pretty(&out).map_err(|e| bad(e.to_string()))
+        let file = serde_json::to_vec_pretty(&out).map_err(|e| bad(e.to_string()))?;
+        Ok((file, canonical))
     }
 }
 

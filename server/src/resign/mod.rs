@@ -42,9 +42,15 @@ pub use settings::{
 use crate::db::{Db, DbError};
 use crate::storage::{Storage, StorageError};
 use metadata::{Document, Root};
+use ota_repo::audit::{AuditLog, Event as AuditEvent};
+use sha2::Digest;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The `operator` of the server's audit log entries.
+const AUDIT_OPERATOR: &str = "ota-server (online key)";
+/// The `action` of the server's audit log entries.
+const AUDIT_ACTION: &str = "online-sign";
 /// Most root versions probed to find the newest.
 const MAX_ROOT_VERSIONS: u64 = 100_000;
 
@@ -186,6 +192,8 @@ impl Resigner {
                     .await
                     .map_err(|e| ResignError::Metadata(format!("background task: {e}")))??
             };
+            // Recorded (and fsynced) before anything is visible, as ota-repo does.
+            self.record(&plan.signed).await?;
             for (name, content) in plan.files {
                 self.storage
                     .stage_metadata(&id, &name, content.into())
@@ -193,15 +201,17 @@ impl Resigner {
             }
             self.storage.commit_locked(&local, &id).await?;
             // The evidence of every online signature: what, which key, until when.
-            for (role, version, expires, key) in &plan.signed {
+            for s in &plan.signed {
                 tracing::info!(
                     publication = %id,
-                    role,
-                    version,
-                    expires = %expires,
-                    key_id = key.key_id(),
-                    key = key.location(),
-                    "{role} re-signed with the online key"
+                    role = s.role,
+                    version = s.version,
+                    expires = %s.expires,
+                    key_id = %s.keyid,
+                    key = s.key.location(),
+                    signed_sha256 = %hex::encode(sha2::Sha256::digest(&s.canonical)),
+                    "{} re-signed with the online key",
+                    s.role
                 );
             }
             Ok(Some(plan.resigned))
@@ -254,10 +264,17 @@ impl Resigner {
                 };
                 let keyid = root.listed_keyid(key)?;
                 let expires = expiry(now, settings.expiry)?;
-                let bytes = snapshot.successor(next, &expires, &keyid, key).await?;
+                let (bytes, canonical) = snapshot.successor(next, &expires, &keyid, key).await?;
                 new_snapshot = Some((next, metadata::snapshot_meta(&timestamp, next, &bytes)?));
                 files.push((next_name, bytes));
-                signed.push(("snapshot", next, expires, key));
+                signed.push(Signed {
+                    role: "snapshot",
+                    version: next,
+                    expires,
+                    keyid,
+                    key,
+                    canonical,
+                });
             }
         }
 
@@ -276,9 +293,16 @@ impl Resigner {
         if let Some((_, meta)) = &new_snapshot {
             successor.set_snapshot_meta(meta.clone())?;
         }
-        let bytes = successor.successor(next, &expires, &keyid, key).await?;
+        let (bytes, canonical) = successor.successor(next, &expires, &keyid, key).await?;
         files.push(("timestamp.json".to_owned(), bytes));
-        signed.push(("timestamp", next, expires, key));
+        signed.push(Signed {
+            role: "timestamp",
+            version: next,
+            expires,
+            keyid,
+            key,
+            canonical,
+        });
         Ok(Some(Plan {
             files,
             signed,
@@ -287,6 +311,44 @@ impl Resigner {
                 snapshot: new_snapshot.map(|(v, _)| v),
             },
         }))
+    }
+
+    /// Appends each signature to the audit log of `audit_dir`, if set.
+    async fn record(&self, signed: &[Signed<'_>]) -> Result<(), ResignError> {
+        let Some(dir) = self.settings.audit_dir.clone() else {
+            return Ok(());
+        };
+        let entries: Vec<_> = signed
+            .iter()
+            .map(|s| {
+                (
+                    s.role,
+                    s.version,
+                    s.canonical.clone(),
+                    s.keyid.clone(),
+                    s.key.location().to_owned(),
+                )
+            })
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            ota_common::atomic::create_dir_all_durable(&dir)
+                .map_err(|e| ResignError::Metadata(format!("audit_dir {}: {e}", dir.display())))?;
+            let log = AuditLog::new(&dir, AUDIT_OPERATOR.to_owned());
+            for (role, version, canonical, keyid, location) in &entries {
+                log.record(&AuditEvent {
+                    action: AUDIT_ACTION,
+                    role,
+                    version: *version,
+                    signed_bytes: canonical,
+                    keyid,
+                    key_location: location,
+                })
+                .map_err(|e| ResignError::Metadata(format!("audit log: {e}")))?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| ResignError::Metadata(format!("background task: {e}")))?
     }
 
     async fn required_root(&self) -> Result<Root, ResignError> {
@@ -316,8 +378,20 @@ impl Resigner {
 /// Files to publish (in this order) and the signatures they carry.
 struct Plan<'a> {
     files: Vec<(String, Vec<u8>)>,
-    signed: Vec<(&'static str, u64, String, &'a OnlineKey)>,
+    signed: Vec<Signed<'a>>,
     resigned: Resigned,
+}
+
+/// One online signature, for the logs.
+struct Signed<'a> {
+    role: &'static str,
+    version: u64,
+    expires: String,
+    /// The key id root lists (the one in the signature).
+    keyid: String,
+    key: &'a OnlineKey,
+    /// The canonical bytes signed.
+    canonical: Vec<u8>,
 }
 
 fn checked_next(version: u64, role: &str) -> Result<u64, ResignError> {

@@ -9,6 +9,9 @@
 //! # Optional: the server also renews snapshot before it expires.
 //! snapshot_key = "pkcs11:token=ota-online;object=snapshot?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/ota-server/token-pin"
 //! snapshot_expiry = "7d"
+//! # Optional: a hash-chained log of every online signature, in ota-repo's
+//! # audit log format (audit.jsonl + audit.head in this directory).
+//! audit_dir = "/var/lib/ota-server/online-audit"
 //! ```
 //!
 //! Keys are written as `ota-repo` writes them in repo.json (the same parser):
@@ -16,6 +19,7 @@
 //! `pin-source=file:PATH` or env `OTA_PKCS11_PIN` (`pin-value` is refused).
 
 use ota_repo::key_ref::KeyRef;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Default lifetime of a re-signed timestamp.
@@ -35,6 +39,9 @@ pub struct OnlineSigning {
     pub resign_before: Duration,
     /// `None`: snapshot stays offline (signed by `ota-repo` only).
     pub snapshot: Option<SnapshotSigning>,
+    /// Where every online signature is recorded (`audit.jsonl`, the format
+    /// of `ota-repo`'s audit log); `None`: in the server log only.
+    pub audit_dir: Option<PathBuf>,
 }
 
 /// The snapshot role's online key.
@@ -52,6 +59,7 @@ impl OnlineSigning {
             timestamp_expiry: DEFAULT_TIMESTAMP_EXPIRY,
             resign_before: DEFAULT_RESIGN_BEFORE,
             snapshot: None,
+            audit_dir: None,
         }
     }
 }
@@ -65,6 +73,7 @@ pub struct OnlineSigningFile {
     pub(crate) resign_before: Option<String>,
     pub(crate) snapshot_key: Option<String>,
     pub(crate) snapshot_expiry: Option<String>,
+    pub(crate) audit_dir: Option<PathBuf>,
 }
 
 impl OnlineSigningFile {
@@ -105,11 +114,19 @@ impl OnlineSigningFile {
                 Some(SnapshotSigning { key, expiry })
             }
         };
+        if self
+            .audit_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            return Err("audit_dir is empty".to_owned());
+        }
         Ok(OnlineSigning {
             key,
             timestamp_expiry,
             resign_before,
             snapshot,
+            audit_dir: self.audit_dir,
         })
     }
 }
@@ -157,6 +174,7 @@ mod tests {
             resign_before: None,
             snapshot_key: None,
             snapshot_expiry: None,
+            audit_dir: None,
         }
     }
 
