@@ -602,9 +602,12 @@ fn run(cli: Cli) -> Result<()> {
                     eprintln!("ota-repo: warning: {w}");
                 }
                 match changed {
-                    rollout::Changed::Signed { targets_version } => println!(
-                        "rollout of {target} changed; signed targets version {targets_version}"
-                    ),
+                    rollout::Changed::Signed { targets_version } => {
+                        println!(
+                            "rollout of {target} changed; signed targets version {targets_version}"
+                        );
+                        print_pending(ceremony::pending(&layout)?.first());
+                    }
                     rollout::Changed::Unchanged => {
                         println!("{target} already has this rollout plan; nothing signed")
                     }
@@ -618,9 +621,12 @@ fn run(cli: Cli) -> Result<()> {
                     chrono::Utc::now(),
                 ))?;
                 match changed {
-                    rollout::Changed::Signed { targets_version } => println!(
-                        "rollout plan of {target} removed (every compatible device may install now); signed targets version {targets_version}"
-                    ),
+                    rollout::Changed::Signed { targets_version } => {
+                        println!(
+                            "rollout plan of {target} removed (every compatible device may install now); signed targets version {targets_version}"
+                        );
+                        print_pending(ceremony::pending(&layout)?.first());
+                    }
                     rollout::Changed::Unchanged => {
                         println!("{target} has no rollout plan; nothing signed")
                     }
