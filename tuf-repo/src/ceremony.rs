@@ -720,6 +720,9 @@ fn close(layout: &Layout, role: Role) -> Result<()> {
         }
     }
     let ceremony_dir = layout.root().join(CEREMONY_DIR);
+    if !ceremony_dir.exists() {
+        return Ok(());
+    }
     ota_common::atomic::fsync_dir(&ceremony_dir).map_err(RepoError::io(&ceremony_dir))
 }
 
