@@ -255,3 +255,119 @@ impl std::fmt::Display for RolloutState {
         f.write_str(self.as_str())
     }
 }
+
+/// `GET /admin/v1/rollouts`: one release of the published targets metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutSummary {
+    pub target: String,
+    pub version: String,
+    pub hardware_ids: Vec<String>,
+    /// The signed wave schedule; empty for a release without one (every
+    /// compatible device installs it at once and never asks the server).
+    pub waves: Vec<WaveSchedule>,
+    /// The server's hold (always `active` for a release without waves).
+    pub state: RolloutState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Admin token name, `cli:USER`, or `automatic`; absent if never changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_by: Option<String>,
+    /// RFC 3339, UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_at: Option<String>,
+}
+
+/// One wave of a signed plan, as shown to operators.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaveSchedule {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<u8>,
+    /// RFC 3339, UTC.
+    pub not_before: String,
+    /// Whether `not_before` has passed by the server's clock.
+    pub open: bool,
+}
+
+/// `GET /admin/v1/rollouts/{target}`: the fleet's progress through one release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutStatus {
+    pub target: String,
+    /// Absent when the target is no longer in the published targets metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    pub hardware_ids: Vec<String>,
+    pub state: RolloutState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_at: Option<String>,
+    /// One entry per signed wave, in order (a release without waves has one
+    /// implicit wave `all`), then the bucket `(outside any wave)`.
+    pub waves: Vec<WaveStatus>,
+    /// Devices whose latest report about this target is failed or rolled_back.
+    pub problems: Vec<RolloutProblem>,
+    /// State changes, oldest first.
+    pub history: Vec<RolloutChangeRecord>,
+}
+
+/// Device counts of one wave. Every counted device is in exactly one bucket.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaveStatus {
+    pub name: String,
+    /// RFC 3339, UTC; absent for the implicit wave and the outside bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<String>,
+    pub open: bool,
+    pub total: u64,
+    /// Compatible, no report about this target yet, not running its version.
+    pub pending: u64,
+    pub downloading: u64,
+    /// Installed or rebooting into it.
+    pub installed: u64,
+    /// Reported committed, or already running this version.
+    pub committed: u64,
+    pub rolled_back: u64,
+    pub failed: u64,
+    /// Would be pending, downloading or installed, but not seen for
+    /// `stale_after_secs`.
+    pub not_seen: u64,
+}
+
+/// A device that failed or rolled back this release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutProblem {
+    pub device_id: String,
+    /// Its wave, `None` when outside every wave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave: Option<String>,
+    pub status: UpdateStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// RFC 3339, UTC.
+    pub at: String,
+}
+
+/// One change of a rollout's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutChangeRecord {
+    pub state: RolloutState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub by: String,
+    /// RFC 3339, UTC.
+    pub at: String,
+}
+
+/// Body of `POST /admin/v1/rollouts/{target}/pause|resume|abort`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutChange {
+    /// Required for pause and abort.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}

@@ -4,6 +4,7 @@
 use crate::auth::DeviceAuth;
 use crate::db::DatabaseUrl;
 use crate::resign::{OnlineSigning, OnlineSigningFile};
+use crate::rollout::{RolloutSettings, RolloutsFile};
 use crate::storage::ObjectStoreConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -60,6 +61,8 @@ pub struct Config {
     pub device_ca: Option<PathBuf>,
     /// Re-signing `timestamp.json` with an online key; `None`: never.
     pub online_signing: Option<OnlineSigning>,
+    /// `[rollouts]`: automatic pause and fleet-status settings.
+    pub rollouts: RolloutSettings,
 }
 
 impl Config {
@@ -80,6 +83,7 @@ impl Config {
             device_auth: DeviceAuth::None,
             device_ca: None,
             online_signing: None,
+            rollouts: RolloutSettings::default(),
         }
     }
 
@@ -198,6 +202,12 @@ impl Config {
             .transpose()
             .map_err(|e| ConfigError::Invalid(format!("[online_signing]: {e}")))?;
 
+        let rollouts = file_cfg
+            .rollouts
+            .unwrap_or_default()
+            .resolve()
+            .map_err(|e| ConfigError::Invalid(format!("[rollouts]: {e}")))?;
+
         let object_store = file_cfg
             .object_store
             .map(|o| o.resolve(&env_nonempty))
@@ -221,6 +231,7 @@ impl Config {
             device_auth,
             device_ca: file_cfg.device_ca,
             online_signing,
+            rollouts,
         })
     }
 }
@@ -263,6 +274,7 @@ struct FileConfig {
     device_auth: Option<DeviceAuth>,
     device_ca: Option<PathBuf>,
     online_signing: Option<OnlineSigningFile>,
+    rollouts: Option<RolloutsFile>,
 }
 
 /// `[object_store]` in the TOML file. The credentials, region and endpoint

@@ -238,13 +238,13 @@ impl Db {
             // each sees the other's seq.
             sqlx::query(
                 "INSERT INTO devices (device_id, hardware_id, installed_version, booted_slot, status, \
-                 target, target_version, reason, last_seen) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                 target, target_version, reason, last_seen, rollout_groups) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
                  ON CONFLICT (device_id) DO UPDATE SET \
                  hardware_id = excluded.hardware_id, installed_version = excluded.installed_version, \
                  booted_slot = excluded.booted_slot, status = excluded.status, target = excluded.target, \
                  target_version = excluded.target_version, reason = excluded.reason, \
-                 last_seen = excluded.last_seen",
+                 last_seen = excluded.last_seen, rollout_groups = excluded.rollout_groups",
             )
             .bind(device_id)
             .bind(&report.hardware_id)
@@ -255,6 +255,7 @@ impl Db {
             .bind(&report.target_version)
             .bind(&report.reason)
             .bind(at)
+            .bind(crate::db::rollout_store::encode_groups(&report.groups))
             .execute(&mut *tx)
             .await?;
             sqlx::query(
@@ -555,6 +556,11 @@ impl Db {
         Ok(ReportOutcome::Recorded)
     }
 }
+
+// Rollout queries live with the rollout code but need this module's pool
+// and `with_pool!`, hence a child module at that path.
+#[path = "rollout/store.rs"]
+pub mod rollout_store;
 
 fn parse_status(text: String) -> Result<UpdateStatus, DbError> {
     serde_json::from_value(serde_json::Value::String(text.clone()))

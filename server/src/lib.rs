@@ -14,6 +14,7 @@ pub mod http;
 pub mod metrics;
 pub mod paths;
 pub mod resign;
+pub mod rollout;
 pub mod storage;
 pub mod tls;
 
@@ -49,6 +50,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// How devices authenticate their reports.
     pub device_auth: DeviceAuth,
+    /// Staged rollouts: holds, fleet status, automatic pause.
+    pub rollouts: Arc<rollout::Rollouts>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +92,8 @@ pub struct Server {
     client_auth: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
     /// The timestamp re-signing job (`[online_signing]`).
     resigner: Option<Arc<resign::Resigner>>,
+    /// The periodic rollout check (automatic pause).
+    rollouts: Arc<rollout::Rollouts>,
 }
 
 impl Server {
@@ -124,6 +129,12 @@ impl Server {
             )),
             None => None,
         };
+        let rollouts = Arc::new(rollout::Rollouts {
+            db: db.clone(),
+            storage: Arc::clone(&storage),
+            metrics: Arc::clone(&metrics),
+            settings: config.rollouts,
+        });
         let state = AppState {
             storage,
             db: db.clone(),
@@ -131,6 +142,7 @@ impl Server {
             max_upload_bytes: config.max_upload_bytes,
             metrics: Arc::clone(&metrics),
             device_auth: config.device_auth,
+            rollouts: Arc::clone(&rollouts),
         };
         let auth = Arc::new(AdminAuth {
             bootstrap: token,
@@ -167,6 +179,7 @@ impl Server {
             metrics,
             client_auth,
             resigner,
+            rollouts,
         })
     }
 
@@ -206,6 +219,7 @@ impl Server {
             None => None,
         };
         let resign_job = self.resigner.as_ref().map(|r| Arc::clone(r).spawn());
+        let rollout_job = Arc::clone(&self.rollouts).spawn();
         http::serve(
             self.listener,
             self.router,
@@ -218,6 +232,7 @@ impl Server {
         if let Some(job) = resign_job {
             job.abort();
         }
+        rollout_job.abort();
         self.db.close().await;
         Ok(())
     }

@@ -42,6 +42,9 @@ enum Command {
     /// Device tokens (device_auth = "token").
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Staged rollouts: list, status, pause, resume, abort.
+    #[command(subcommand)]
+    Rollout(ota_server::rollout::cli::RolloutCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -151,6 +154,9 @@ async fn manage(config: Config, command: Command) -> anyhow::Result<()> {
             }
             Command::Device(DeviceCommand::Revoke { device_id }) => {
                 Ok(cred::revoke_device(&db, &device_id).await?)
+            }
+            Command::Rollout(command) => {
+                ota_server::rollout::cli::run(&config, &db, command, &mut out).await
             }
         }
     }

@@ -20,6 +20,12 @@ pub struct Metrics {
     publications_committed: AtomicU64,
     connections_open: AtomicU64,
     connections_total: AtomicU64,
+    /// Staged releases by rollout state (active, paused, aborted): a gauge,
+    /// set from the shared database by the rollout job and after changes.
+    rollouts: RwLock<BTreeMap<String, u64>>,
+    /// Operator changes by action (pause, resume, abort).
+    rollout_changes: RwLock<BTreeMap<String, AtomicU64>>,
+    rollout_automatic_pauses: AtomicU64,
 }
 
 /// Adds one to the counter under `key`, creating it on first use. The write
@@ -63,6 +69,23 @@ impl Metrics {
 
     pub fn connection_closed(&self) {
         self.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn set_rollout_states(&self, counts: &[(&str, u64)]) {
+        if let Ok(mut map) = self.rollouts.write() {
+            for (state, n) in counts {
+                map.insert((*state).to_owned(), *n);
+            }
+        }
+    }
+
+    pub fn rollout_change(&self, action: &str) {
+        bump(&self.rollout_changes, &action.to_owned());
+    }
+
+    pub fn rollout_automatic_pause(&self) {
+        self.rollout_automatic_pauses
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// The text exposition format, version 0.0.4.
@@ -128,6 +151,40 @@ impl Metrics {
             "counter",
             "Client connections accepted",
             load(&self.connections_total),
+        );
+        header(
+            &mut out,
+            "ota_rollouts",
+            "gauge",
+            "Published staged releases by rollout state",
+        );
+        if let Ok(map) = self.rollouts.read() {
+            for (state, n) in map.iter() {
+                let _ = writeln!(out, "ota_rollouts{{state=\"{}\"}} {n}", escape(state));
+            }
+        }
+        header(
+            &mut out,
+            "ota_rollout_changes_total",
+            "counter",
+            "Rollout pauses, resumes and aborts made by operators through this instance",
+        );
+        if let Ok(map) = self.rollout_changes.read() {
+            for (action, n) in map.iter() {
+                let _ = writeln!(
+                    out,
+                    "ota_rollout_changes_total{{action=\"{}\"}} {}",
+                    escape(action),
+                    load(n)
+                );
+            }
+        }
+        single(
+            &mut out,
+            "ota_rollout_automatic_pauses_total",
+            "counter",
+            "Rollouts this instance paused because a wave failed too often",
+            load(&self.rollout_automatic_pauses),
         );
         out
     }

@@ -69,6 +69,12 @@ pub async fn report(
         ));
     }
     state.metrics.device_report(report.status.as_str());
+    // A failure may tip its wave over the limit: checked now, not at
+    // the next periodic round.
+    state
+        .rollouts
+        .after_report(report.target.as_deref(), report.status)
+        .await;
     tracing::debug!(device_id, status = %report.status, "device report");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -119,6 +125,7 @@ fn validate(report: &mut DeviceReport) -> Result<(), ApiError> {
         MAX_SLOT_CHARS,
         false,
     )?;
+    check_groups(&report.groups)?;
     if report.reason.as_deref() == Some("") {
         report.reason = None;
     }
@@ -127,6 +134,22 @@ fn validate(report: &mut DeviceReport) -> Result<(), ApiError> {
             reason.truncate(cut);
         }
         check_text("reason", Some(reason), MAX_REASON_CHARS, true)?;
+    }
+    Ok(())
+}
+
+/// Rollout groups: ids, as many as a wave may name.
+fn check_groups(groups: &[String]) -> Result<(), ApiError> {
+    if groups.len() > ota_common::rollout::MAX_GROUPS {
+        return Err(ApiError::bad_request(format!(
+            "groups: at most {} rollout groups",
+            ota_common::rollout::MAX_GROUPS
+        )));
+    }
+    if let Some(g) = groups.iter().find(|g| !is_valid_id(g)) {
+        return Err(ApiError::bad_request(format!(
+            "invalid group {g:?}: 1 to 128 characters of A-Z a-z 0-9 . _ : -"
+        )));
     }
     Ok(())
 }

@@ -5,6 +5,7 @@ pub mod devices;
 pub mod health;
 pub mod openapi;
 pub mod repository;
+pub mod rollouts;
 pub mod routes;
 
 use axum::http::StatusCode;

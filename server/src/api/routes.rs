@@ -115,6 +115,33 @@ pub fn all() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             ),
             get(api::admin::device_events),
         ),
+        (
+            spec(Method::GET, "/api/v1/rollouts/{*target}", Public),
+            get(api::rollouts::device_hold),
+        ),
+        (
+            spec(Method::GET, "/admin/v1/rollouts", Admin(Role::Viewer)),
+            get(api::rollouts::list),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/admin/v1/rollouts/{*target}",
+                Admin(Role::Viewer),
+            ),
+            get(api::rollouts::status),
+        ),
+        (
+            // `{target}/pause`, `/resume`, `/abort`: the action is the last
+            // segment (nothing may follow a catch-all).
+            spec(
+                Method::POST,
+                "/admin/v1/rollouts/{*target}",
+                Admin(Role::Operator),
+            ),
+            post(api::rollouts::change)
+                .layer(DefaultBodyLimit::max(api::rollouts::MAX_CHANGE_BYTES)),
+        ),
     ]
 }
 
