@@ -9,6 +9,7 @@ pub mod device;
 pub mod firmware;
 pub mod fixture;
 pub mod image;
+pub mod measured;
 pub mod proxy;
 pub mod python;
 pub mod repo;
