@@ -191,7 +191,8 @@ mod tests {
                 "pkcs11:token=a;object=b?module-path=/m.so&pin-value=1234",
                 "pin-value is refused",
             ),
-            ("pkcs11:token=x", "module-path"),
+            ("pkcs11:token=x;object=y", "module-path"),
+            ("pkcs11:token=x?module-path=/m.so", "object=LABEL"),
             ("", "empty key reference"),
         ] {
             let err = file(bad).resolve().expect_err(bad);
