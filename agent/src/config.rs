@@ -35,6 +35,11 @@ pub enum ConfigError {
 pub struct Config {
     /// Base URL of the OTA server; metadata under `metadata/`, images under `targets/`.
     pub server_url: Url,
+    /// PEM CA certificate(s) that sign an https server's certificate, for a
+    /// server under a private CA (e.g. the fleet CA of mutual TLS). They
+    /// replace the built-in web roots for metadata, images and reports.
+    #[serde(default)]
+    pub ca_cert: Option<PathBuf>,
     /// The initial (factory) root.json, copied into the TUF metadata directory on first start.
     pub trusted_root: PathBuf,
     /// Agent state, TUF metadata and the lock file live here.
@@ -331,6 +336,12 @@ impl Config {
                 "client_cert and client_key must be given together",
             ));
         }
+        if self.ca_cert.is_some() && self.server_url.scheme() != "https" {
+            return Err(invalid(
+                "ca_cert",
+                "is only used with an https:// server_url",
+            ));
+        }
         match self.server_url.scheme() {
             "http" | "https" => {}
             other => {
@@ -571,6 +582,26 @@ impl Config {
     }
 
     /// Where the TUF client keeps trusted metadata.
+    /// The TLS trust anchors `ca_cert` names; empty without it (the
+    /// built-in web roots are trusted then).
+    pub fn server_trust_anchors(&self) -> Result<Vec<reqwest::Certificate>, ConfigError> {
+        /// Far more than any CA bundle; keeps a wrong path (a device node,
+        /// a huge file) from being read into memory.
+        const MAX_CA_BYTES: u64 = 1024 * 1024;
+        let Some(path) = &self.ca_cert else {
+            return Ok(Vec::new());
+        };
+        let err = |detail: String| invalid("ca_cert", format!("{}: {detail}", path.display()));
+        let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+        let mut pem = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_CA_BYTES + 1), &mut pem)
+            .map_err(|e| err(e.to_string()))?;
+        if pem.len() as u64 > MAX_CA_BYTES {
+            return Err(err(format!("larger than {MAX_CA_BYTES} bytes")));
+        }
+        ota_common::tuf::http::ca_certificates(&pem).map_err(err)
+    }
+
     pub fn tuf_dir(&self) -> PathBuf {
         self.state_dir.join("tuf")
     }
@@ -621,6 +652,43 @@ sim_state = "/tmp/boot.json"
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn ca_cert_needs_https_and_a_readable_bundle() {
+        let with_ca = |url: &str, ca: &str| {
+            MINIMAL.replace("http://127.0.0.1:8080", url).replacen(
+                "trusted_root",
+                &format!("ca_cert = \"{ca}\"\ntrusted_root"),
+                1,
+            )
+        };
+        let err = parse(&with_ca("http://127.0.0.1:8080", "/etc/ota/ca.pem"))
+            .expect_err("plain http")
+            .to_string();
+        assert!(err.contains("ca_cert") && err.contains("https"), "{err}");
+
+        assert!(parse(MINIMAL)
+            .expect("no ca_cert")
+            .server_trust_anchors()
+            .expect("none")
+            .is_empty());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("missing.pem");
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate\n").expect("write");
+        for path in [&missing, &garbage] {
+            let config = parse(&with_ca("https://ota.example", &path.display().to_string()))
+                .expect("parses; the file is read when the clients are built");
+            let err = config
+                .server_trust_anchors()
+                .expect_err("unusable")
+                .to_string();
+            assert!(
+                err.contains("ca_cert") && err.contains(&path.display().to_string()),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -196,6 +196,7 @@ fn build_machine(config: &Config) -> Result<Machine> {
         config.report_url()?,
         Duration::from_secs(config.http_timeout_secs.min(10)),
         &config.report,
+        &config.server_trust_anchors()?,
     )?;
     // Rollout holds are asked over the reporter's client: same TLS identity.
     let holds = HttpHolds::new(reporter.http_client(), &config.server_url);

@@ -51,22 +51,33 @@ impl std::fmt::Debug for HttpReporter {
 
 impl HttpReporter {
     pub fn new(url: Url, timeout: Duration) -> Result<Self, ReportError> {
-        Self::with_credentials(url, timeout, &ReportConfig::default())
+        Self::with_credentials(url, timeout, &ReportConfig::default(), &[])
     }
 
     /// A reporter that authenticates as configured in `[report]`: a bearer
-    /// token, a client certificate (mutual TLS), both or neither.
+    /// token, a client certificate (mutual TLS), both or neither. With
+    /// `anchors` (the agent's `ca_cert`), an https server must present a
+    /// certificate from them instead of the built-in web roots.
     pub fn with_credentials(
         url: Url,
         timeout: Duration,
         credentials: &ReportConfig,
+        anchors: &[reqwest::Certificate],
     ) -> Result<Self, ReportError> {
         crate::install_crypto_provider();
         let mut builder = reqwest::blocking::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
             .user_agent(crate::USER_AGENT)
+            // A report is one small request: HTTP/1.1 whatever the server offers.
+            .http1_only()
             .redirect(reqwest::redirect::Policy::none());
+        if !anchors.is_empty() {
+            builder = builder.tls_built_in_root_certs(false);
+            for anchor in anchors {
+                builder = builder.add_root_certificate(anchor.clone());
+            }
+        }
         if let (Some(cert), Some(key)) = (&credentials.client_cert, &credentials.client_key) {
             let mut pem = read_credential(cert, 64 * 1024)?;
             pem.push(b'\n');

@@ -85,9 +85,10 @@ pub fn open_tuf(config: &Config) -> Result<TufClient<HttpTransport>, SourceError
         tracing::info!(root = %config.trusted_root.display(), dir = %dir.display(), "initialised TUF metadata from the trusted root");
     }
     crate::install_crypto_provider();
-    let transport = HttpTransport::new(
+    let transport = HttpTransport::trusting(
         Duration::from_secs(config.http_timeout_secs),
         crate::USER_AGENT,
+        &config.server_trust_anchors()?,
     )
     .map_err(|e| SourceError::Transport(e.to_string()))?;
     let options = ClientOptions::new(config.metadata_url()?, config.targets_url()?);

@@ -18,10 +18,21 @@ pub struct HttpTransport {
 impl HttpTransport {
     /// `timeout` bounds connecting and each wait for data (not a whole
     /// image download, which may legitimately take long on a slow link).
+    /// An https server must present a certificate from the built-in web roots.
     pub fn new(timeout: Duration, user_agent: &str) -> Result<Self, FetchError> {
+        Self::trusting(timeout, user_agent, &[])
+    }
+
+    /// [`Self::new`], trusting only `anchors` for an https server when there
+    /// are any (a fleet's private CA, see [`ca_certificates`]).
+    pub fn trusting(
+        timeout: Duration,
+        user_agent: &str,
+        anchors: &[reqwest::Certificate],
+    ) -> Result<Self, FetchError> {
         // Err only means a provider is already installed, which is fine.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let client = reqwest::blocking::Client::builder()
+        let mut builder = reqwest::blocking::Client::builder()
             .user_agent(user_agent)
             .connect_timeout(timeout)
             .timeout(timeout)
@@ -29,11 +40,33 @@ impl HttpTransport {
             .no_brotli()
             .no_deflate()
             .no_zstd()
-            .redirect(reqwest::redirect::Policy::limited(5))
+            // One request at a time: HTTP/2 would add nothing but another
+            // code path, and this keeps the protocol the same whatever
+            // reqwest features a workspace build happens to enable.
+            .http1_only()
+            .redirect(reqwest::redirect::Policy::limited(5));
+        if !anchors.is_empty() {
+            builder = builder.tls_built_in_root_certs(false);
+            for anchor in anchors {
+                builder = builder.add_root_certificate(anchor.clone());
+            }
+        }
+        let client = builder
             .build()
             .map_err(|e| FetchError::Transport(format!("building the HTTP client: {e}")))?;
         Ok(Self { client })
     }
+}
+
+/// The CA certificates in a PEM bundle, as TLS trust anchors. Errs (with a
+/// reason, never the content) when there is none or one does not parse.
+pub fn ca_certificates(pem: &[u8]) -> Result<Vec<reqwest::Certificate>, String> {
+    let certs = reqwest::Certificate::from_pem_bundle(pem)
+        .map_err(|e| format!("not a PEM certificate bundle: {e}"))?;
+    if certs.is_empty() {
+        return Err("no PEM CERTIFICATE block in it".to_owned());
+    }
+    Ok(certs)
 }
 
 fn request_error(url: &Url, e: reqwest::Error) -> FetchError {
@@ -131,6 +164,14 @@ mod tests {
     use super::*;
     use std::io::{BufRead, BufReader, Write};
     use std::net::TcpListener;
+
+    #[test]
+    fn a_ca_bundle_without_certificates_is_refused() {
+        assert!(ca_certificates(b"").is_err());
+        assert!(ca_certificates(b"not pem at all\n").is_err());
+        let broken = b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n";
+        assert!(ca_certificates(broken).is_err());
+    }
 
     /// Serves one connection with `respond(request_head, stream)` on a thread.
     fn serve_once(
