@@ -1411,9 +1411,7 @@ pub async fn merge(layout: &Layout, role: Role, sig_files: &[PathBuf]) -> Result
         }
         return Err(ceremony_err(msg));
     }
-    for r in &t.rejected {
-        tracing::warn!("not counted: {r}");
-    }
+    // What was not counted goes back to the caller (`Merged::not_counted`).
     let signatures = t.signatures()?;
     let counted: Vec<String> = t.accepted.keys().cloned().collect();
     let progress = match meta {
