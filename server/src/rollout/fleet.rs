@@ -140,6 +140,7 @@ pub fn automatic_pause_reason(
     };
     let mut started = vec![0u64; names.len()];
     let mut failed = vec![0u64; names.len()];
+    let since = since.map(|t| DateTime::parse_from_rfc3339(t).ok());
     let mut fresh = vec![since.is_none(); names.len()];
     for r in reports {
         let Some(i) = wave_index(plan, &r.device_id, &r.groups) else {
@@ -148,9 +149,12 @@ pub fn automatic_pause_reason(
         started[i] += 1;
         if matches!(r.status, UpdateStatus::Failed | UpdateStatus::RolledBack) {
             failed[i] += 1;
-            // Same format on both sides (RFC 3339, UTC, milliseconds): the
-            // text order is the time order.
-            if since.is_some_and(|t| r.at.as_str() > t) {
+            // An unreadable time counts as new: pausing is the safe side.
+            let newer = match (&since, DateTime::parse_from_rfc3339(&r.at)) {
+                (Some(Some(since)), Ok(at)) => at > *since,
+                _ => true,
+            };
+            if newer {
                 fresh[i] = true;
             }
         }
