@@ -93,7 +93,7 @@ fn parse_size(s: &str) -> Result<u64> {
     let bytes = n
         .checked_mul(factor)
         .with_context(|| format!("size {s:?} is too large"))?;
-    if !(MIB..=16 * 1024 * MIB).contains(&bytes) || bytes % 512 != 0 {
+    if !(MIB..=16 * 1024 * MIB).contains(&bytes) || bytes & 511 != 0 {
         bail!("size {s:?}: must be a multiple of 512 bytes between 1M and 16G");
     }
     Ok(bytes)
@@ -316,8 +316,8 @@ impl Phases {
         let when = |needle: &str| -> Option<f64> {
             log.lines()
                 .map(strip_ansi)
-                .filter(|l| l.contains(needle))
-                .last()
+                .rev()
+                .find(|l| l.contains(needle))
                 .and_then(|l| log_time(&l))
         };
         let start = started.duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
@@ -490,7 +490,7 @@ fn loadavg() -> String {
 }
 
 fn human(bytes: u64) -> String {
-    if bytes >= 1024 * MIB && bytes % (1024 * MIB) == 0 {
+    if bytes >= 1024 * MIB && bytes & (1024 * MIB - 1) == 0 {
         format!("{} GiB", bytes / (1024 * MIB))
     } else {
         format!("{} MiB", bytes as f64 / MIB as f64)
