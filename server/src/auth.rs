@@ -113,7 +113,7 @@ impl AdminToken {
 pub enum Role {
     /// Publications (`ota-repo publish`).
     Publisher,
-    /// Rollouts (reserved; none exist yet). Also sees the fleet.
+    /// Pauses, resumes and aborts staged rollouts. Also sees the fleet.
     Operator,
     /// Fleet status: device listings and events.
     Viewer,
