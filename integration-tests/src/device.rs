@@ -151,6 +151,27 @@ timeout_secs = 10
         Ok(())
     }
 
+    /// Puts the device in staged-rollout groups (`rollout_groups`, a
+    /// top-level key, so it goes right after `device_id`).
+    pub fn set_rollout_groups(&self, groups: &[&str]) -> anyhow::Result<()> {
+        let path = self.config_path();
+        let text = std::fs::read_to_string(&path)?;
+        let line = format!("device_id = \"{}\"\n", self.id);
+        anyhow::ensure!(
+            text.contains(&line),
+            "no device_id line in {}",
+            path.display()
+        );
+        let list = groups
+            .iter()
+            .map(|g| format!("{g:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let text = text.replacen(&line, &format!("{line}rollout_groups = [{list}]\n"), 1);
+        std::fs::write(&path, text)?;
+        Ok(())
+    }
+
     /// Appends TOML (e.g. a `[report]` table) to the agent's configuration.
     pub fn append_config(&self, toml: &str) -> anyhow::Result<()> {
         use std::io::Write;

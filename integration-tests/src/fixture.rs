@@ -46,6 +46,35 @@ impl Fixture {
         })
     }
 
+    /// Like [`Self::release`], as a staged rollout: `waves` are `ota-repo add
+    /// --wave` specs (`NAME=WHO@WHEN`). Returns the target name.
+    pub fn staged_release(
+        &self,
+        version: &str,
+        healthy: bool,
+        size: usize,
+        waves: &[&str],
+    ) -> anyhow::Result<String> {
+        let name = format!("rootfs-{version}.img");
+        let image = self.dir.path().join(&name);
+        write_image(&image, version, healthy, size)?;
+        let image = image.to_string_lossy().into_owned();
+        let mut args = vec![
+            "add",
+            image.as_str(),
+            "--version",
+            version,
+            "--hardware-id",
+            HARDWARE_ID,
+        ];
+        for w in waves {
+            args.extend(["--wave", w]);
+        }
+        self.repo.run(&args)?;
+        self.repo.publish(&self.server)?;
+        Ok(name)
+    }
+
     /// Builds an image for `version`, adds it to the repository for `hardware_ids` and publishes it.
     pub fn release(
         &self,

@@ -3,8 +3,7 @@
 //! simulated devices places itself in a wave and waits for it.
 
 use integration_tests::device::SimDevice;
-use integration_tests::fixture::{Fixture, HARDWARE_ID};
-use integration_tests::image::write_image;
+use integration_tests::fixture::Fixture;
 use ota_common::wire::UpdateStatus;
 
 /// The server pauses a rollout as soon as one device of a wave fails.
@@ -14,44 +13,14 @@ const STRICT_SERVER: &str = "[rollouts]\nmax_failure_rate = 0.4\nmin_devices = 1
 fn device(fx: &Fixture, id: &str, groups: &[&str]) -> SimDevice {
     let dev = fx.device(id).expect("device");
     if !groups.is_empty() {
-        // Top-level key: it must come before the first table of the file.
-        let path = dev.config_path();
-        let text = std::fs::read_to_string(&path).expect("config");
-        let list = groups
-            .iter()
-            .map(|g| format!("{g:?}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let text = text.replacen(
-            &format!("device_id = \"{id}\"\n"),
-            &format!("device_id = \"{id}\"\nrollout_groups = [{list}]\n"),
-            1,
-        );
-        std::fs::write(&path, text).expect("config");
+        dev.set_rollout_groups(groups).expect("groups");
     }
     dev
 }
 
-/// Adds `version` with the given `--wave` specs and publishes it; returns the target name.
 fn staged_release(fx: &Fixture, version: &str, healthy: bool, waves: &[&str]) -> String {
-    let name = format!("rootfs-{version}.img");
-    let image = fx.dir.path().join(&name);
-    write_image(&image, version, healthy, 96 * 1024).expect("image");
-    let image = image.to_string_lossy().into_owned();
-    let mut args = vec![
-        "add",
-        image.as_str(),
-        "--version",
-        version,
-        "--hardware-id",
-        HARDWARE_ID,
-    ];
-    for w in waves {
-        args.extend(["--wave", w]);
-    }
-    fx.repo.run(&args).expect("ota-repo add --wave");
-    fx.repo.publish(&fx.server).expect("publish");
-    name
+    fx.staged_release(version, healthy, 96 * 1024, waves)
+        .expect("ota-repo add --wave, publish")
 }
 
 fn statuses(fx: &Fixture, device: &str) -> Vec<UpdateStatus> {

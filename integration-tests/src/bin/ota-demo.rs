@@ -1,6 +1,8 @@
 //! The one-command demo: a release engineer signs and publishes, a server
-//! serves, and a small fleet of simulated devices updates itself, then
-//! refuses a broken release by rolling back on its own.
+//! serves, and a small fleet of simulated devices updates itself. Then a
+//! broken release goes out as a staged rollout: the canary device rolls back
+//! on its own, the server pauses the rollout by itself, and the rest of the
+//! fleet never installs it.
 
 use anyhow::Context;
 use integration_tests::device::{Boot, RunEnd, SimDevice};
@@ -20,7 +22,9 @@ fn main() {
 fn run() -> anyhow::Result<()> {
     let started = Instant::now();
     println!("== OTA demo: embedded defaults, one machine ==\n");
-    let fx = Fixture::new().context("setting up repository and server")?;
+    // Strict enough for a four-device fleet: one failure in a wave pauses it.
+    let fx = Fixture::with_server_config("[rollouts]\nmax_failure_rate = 0.2\nmin_devices = 1\n")
+        .context("setting up repository and server")?;
     println!(
         "release engineer: created a TUF repository (root, targets, snapshot, timestamp keys)"
     );
@@ -32,19 +36,41 @@ fn run() -> anyhow::Result<()> {
     let devices: Vec<SimDevice> = (1..=DEVICES)
         .map(|i| fx.device(&format!("ward-{i}")))
         .collect::<anyhow::Result<_>>()?;
+    devices[0].set_rollout_groups(&["canary"])?;
     println!(
-        "fleet:            {DEVICES} simulated devices ({HARDWARE_ID}) running 1.0.0 from slot A\n"
+        "fleet:            {DEVICES} simulated devices ({HARDWARE_ID}) running 1.0.0 from slot A; \
+         {} is in the canary group\n",
+        devices[0].id
     );
 
     fx.release("1.1.0", true, 2 * 1024 * 1024, &[HARDWARE_ID])?;
     println!("release engineer: signed and published 1.1.0 (2 MiB image, health check passes)");
     update_fleet(&fx, &devices)?;
 
-    fx.release("1.2.0", false, 2 * 1024 * 1024, &[HARDWARE_ID])?;
+    let target = fx.staged_release(
+        "1.2.0",
+        false,
+        2 * 1024 * 1024,
+        &["canary=canary@+0h", "fleet=100%@+0h"],
+    )?;
     println!(
-        "\nrelease engineer: signed and published 1.2.0 (its health check FAILS on the device)"
+        "\nrelease engineer: signed and published 1.2.0 (its health check FAILS on the device)\n                  \
+         as a staged rollout: wave canary (group canary), then wave fleet (100 %)"
     );
-    update_fleet(&fx, &devices)?;
+    println!("canary wave:");
+    update_fleet(&fx, &devices[..1])?;
+    println!("\nserver: {}", rollout_state(&fx, &target)?);
+    println!("rest of the fleet polls:");
+    update_fleet(&fx, &devices[1..])?;
+
+    println!("\noperator: ota-server rollout status {target}");
+    for line in fx
+        .server
+        .admin_command(&["rollout", "status", &target])?
+        .lines()
+    {
+        println!("  {line}");
+    }
 
     println!("\nserver's view of the fleet:");
     for d in fx.server.devices()? {
@@ -113,14 +139,36 @@ fn update_fleet(fx: &Fixture, devices: &[SimDevice]) -> anyhow::Result<()> {
                 None => e.status.to_string(),
             })
             .collect();
-        println!(
-            "  {:>w$}  reported: {}",
-            "",
-            reported.join(" -> "),
-            w = device.id.len()
-        );
+        let reported = if reported.is_empty() {
+            "nothing new (did not start the update)".to_owned()
+        } else {
+            reported.join(" -> ")
+        };
+        println!("  {:>w$}  reported: {reported}", "", w = device.id.len());
     }
     Ok(())
+}
+
+/// The server's hold on `target`, in one line.
+fn rollout_state(fx: &Fixture, target: &str) -> anyhow::Result<String> {
+    let status: serde_json::Value = serde_json::from_str(
+        &fx.server
+            .admin_command(&["rollout", "status", target, "--json"])?,
+    )?;
+    let state = status
+        .pointer("/hold/state")
+        .or_else(|| status.get("state"));
+    let reason = status
+        .pointer("/hold/reason")
+        .or_else(|| status.get("reason"));
+    Ok(format!(
+        "rollout of {target} is {}{}",
+        state.and_then(|s| s.as_str()).unwrap_or("?"),
+        reason
+            .and_then(|r| r.as_str())
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default()
+    ))
 }
 
 /// Which slot booted with which release, and how each boot ended.
