@@ -126,6 +126,8 @@ pub fn signing_expiries(
     now: jiff::Timestamp,
 ) -> Result<BTreeMap<Role, jiff::Timestamp>> {
     editor::ensure_not_expired(Role::Root, state.root.signed.expires, now)?;
+    // What an interrupted run left must not block (or fork) this one.
+    crate::ceremony::heal(layout, state)?;
     let mut expires = BTreeMap::new();
     for role in [Role::Targets, Role::Snapshot, Role::Timestamp] {
         let t = config.role(role)?.expiry()?.resolve(now)?;

@@ -170,8 +170,10 @@ enum Command {
         #[arg(long, value_name = "URL")]
         published_url: Option<url::Url>,
     },
-    /// Show roles, keys, expiry dates and targets; exit 2 if anything
-    /// expires within --warn-within.
+    /// Show roles, keys, expiry dates, targets and open ceremonies ("k of n
+    /// signatures"). Exit 2 if anything expires within --warn-within or a
+    /// ceremony is open (an unfinished release: publish refuses it), 1 on
+    /// error, 0 otherwise.
     Status {
         /// Flag every role expiring within this duration. Default: per role,
         /// a third of its lifetime (repo.json policy), at most 14d, so a
@@ -310,6 +312,21 @@ fn print_pending(pending: Option<&ceremony::PendingRole>) {
             p.describe(),
             p.next_steps()
         );
+    }
+}
+
+/// What happened to the new targets version: signed, or waiting for
+/// offline signatures (then it is not signed, whatever else was).
+fn targets_outcome(version: u64, pending: Option<&ceremony::PendingRole>) -> String {
+    match pending {
+        Some(p) if p.role == Role::Targets && p.version == version => {
+            format!("targets version {version} is NOT signed yet (waiting for offline signatures)")
+        }
+        Some(p) => format!(
+            "signed targets version {version}; {} version {} is NOT signed yet (waiting for offline signatures)",
+            p.role, p.version
+        ),
+        None => format!("signed targets version {version}"),
     }
 }
 
@@ -553,11 +570,15 @@ fn run(cli: Cli) -> Result<()> {
             }
             let added =
                 runtime()?.block_on(add::add_with_rollout(&layout, &options, plan.clone()))?;
+            let pending = ceremony::pending(&layout)?;
             println!(
-                "added {} ({} bytes, sha256 {}); signed targets version {}",
-                added.name, added.length, added.sha256, added.targets_version
+                "added {} ({} bytes, sha256 {}); {}",
+                added.name,
+                added.length,
+                added.sha256,
+                targets_outcome(added.targets_version, pending.first())
             );
-            print_pending(ceremony::pending(&layout)?.first());
+            print_pending(pending.first());
             if let Some(p) = &plan {
                 println!(
                     "rollout seed {}, waves {}",
@@ -603,10 +624,12 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 match changed {
                     rollout::Changed::Signed { targets_version } => {
+                        let pending = ceremony::pending(&layout)?;
                         println!(
-                            "rollout of {target} changed; signed targets version {targets_version}"
+                            "rollout of {target} changed; {}",
+                            targets_outcome(targets_version, pending.first())
                         );
-                        print_pending(ceremony::pending(&layout)?.first());
+                        print_pending(pending.first());
                     }
                     rollout::Changed::Unchanged => {
                         println!("{target} already has this rollout plan; nothing signed")
@@ -622,10 +645,11 @@ fn run(cli: Cli) -> Result<()> {
                 ))?;
                 match changed {
                     rollout::Changed::Signed { targets_version } => {
+                        let pending = ceremony::pending(&layout)?;
                         println!(
-                            "rollout plan of {target} removed (every compatible device may install now); signed targets version {targets_version}"
-                        );
-                        print_pending(ceremony::pending(&layout)?.first());
+                            "rollout plan of {target} removed (every compatible device may install now); {}"
+                        , targets_outcome(targets_version, pending.first()));
+                        print_pending(pending.first());
                     }
                     rollout::Changed::Unchanged => {
                         println!("{target} has no rollout plan; nothing signed")
@@ -740,8 +764,8 @@ fn run(cli: Cli) -> Result<()> {
             };
             let report = runtime()?.block_on(status::status(&layout, window))?;
             print!("{}", report.text);
-            if !report.warnings.is_empty() {
-                for w in &report.warnings {
+            if !report.warnings.is_empty() || !report.pending.is_empty() {
+                for w in report.warnings.iter().chain(&report.pending) {
                     eprintln!("ota-repo: warning: {w}");
                 }
                 // Distinct from errors (1) so scripts can alert on it.

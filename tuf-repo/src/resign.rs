@@ -53,6 +53,7 @@ pub fn expand(roles: &[Role], expires: &BTreeMap<Role, Expiry>) -> BTreeSet<Role
 pub async fn resign(layout: &Layout, options: &ResignOptions) -> Result<Resigned> {
     let config = RepoConfig::load(layout)?;
     let state = RepoState::load(layout).await?;
+    crate::ceremony::heal(layout, &state)?;
     let roles = expand(&options.roles, &options.expires);
     let now = jiff::Timestamp::now();
 

@@ -79,6 +79,9 @@ pub struct StatusReport {
     /// One line per role that has expired or expires within its window
     /// (each line names the window).
     pub warnings: Vec<String>,
+    /// One line per open ceremony: a role version that is not signed to
+    /// its threshold yet, so a release is unfinished (publish refuses it).
+    pub pending: Vec<String>,
 }
 
 pub async fn status(layout: &Layout, window: WarnWindow) -> Result<StatusReport> {
@@ -203,9 +206,33 @@ pub async fn status(layout: &Layout, window: WarnWindow) -> Result<StatusReport>
             }
         }
     }
+    let open = crate::ceremony::pending(layout)?;
+    let mut pending = Vec::new();
+    if open.is_empty() {
+        let _ = writeln!(out, "\nceremonies: none open");
+    } else {
+        let _ = writeln!(out, "\nceremonies open ({}):", open.len());
+        for p in &open {
+            let counts = p
+                .counts
+                .iter()
+                .map(|(what, have, need, _)| format!("{have} of {need} signatures ({what})"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let _ = writeln!(
+                out,
+                "  {} version {}: {counts}\n      payload {}",
+                p.role,
+                p.version,
+                p.payload.display()
+            );
+            pending.push(format!("{}; finish it: {}", p.describe(), p.next_steps()));
+        }
+    }
     Ok(StatusReport {
         text: out,
         warnings,
+        pending,
     })
 }
 

@@ -643,3 +643,231 @@ fn offline_snapshot_and_timestamp_are_signed_after_targets_in_turn() {
     fresh_device_installs(t, &www, "b.img", b"second");
     ok(ota_repo(&repo, &["audit", "verify"], &[]));
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("readdir") {
+        let e = e.expect("entry");
+        let dest = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).expect("copy");
+        }
+    }
+}
+
+/// Replaces `dir` with the copy `saved` (what the disk held before a step).
+fn restore_dir(saved: &Path, dir: &Path) {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).expect("rm");
+    }
+    copy_dir(saved, dir);
+}
+
+fn status(repo: &Path) -> (Option<i32>, String, String) {
+    let o = ota_repo(repo, &["status"], &[]);
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn add_image(repo: &Path, img: &Path, version: &str) -> Output {
+    ota_repo(
+        repo,
+        &["add", s(img), "--version", version, "--hardware-id", "hw"],
+        &[],
+    )
+}
+
+#[test]
+fn a_power_cut_in_any_signing_step_does_not_block_the_next_command() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let t = tmp.path();
+    let repo = t.join("repo");
+    ok(ota_repo(&repo, &["init"], &[]));
+    let (a, b, c) = (t.join("a.img"), t.join("b.img"), t.join("c.img"));
+    std::fs::write(&a, b"first").expect("img");
+    std::fs::write(&b, b"second").expect("img");
+    std::fs::write(&c, b"third").expect("img");
+
+    // All keys here: cut after N.targets.json and N.snapshot.json were
+    // written, before timestamp.json (the commit point).
+    let before = t.join("before-a");
+    copy_dir(&repo.join("metadata"), &before);
+    ok(add_image(&repo, &a, "1.0.0"));
+    std::fs::copy(
+        before.join("timestamp.json"),
+        repo.join("metadata/timestamp.json"),
+    )
+    .expect("the old timestamp: the cut came before the new one");
+    assert!(repo.join("metadata/2.targets.json").exists());
+    let o = add_image(&repo, &b, "2.0.0");
+    let out = ok(o.clone());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("2.targets.json: written by a signing run that was interrupted")
+            && err.contains("2.snapshot.json: written by a signing run that was interrupted"),
+        "{err}"
+    );
+    assert!(out.contains("signed targets version 2"), "{out}");
+    let (code, text, _) = status(&repo);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("b.img") && !text.contains("a.img"), "{text}");
+    assert!(text.contains("ceremonies: none open"), "{text}");
+
+    // Snapshot kept offline: the cut comes after N.targets.json, before the
+    // snapshot ceremony file.
+    let snap_key = t.join("snapshot.pem");
+    std::fs::rename(repo.join("keys/snapshot-1.pem"), &snap_key).expect("mv");
+    set_config_keys(&repo, "snapshot", serde_json::json!([]));
+    let out = ok(add_image(&repo, &c, "3.0.0"));
+    // The first line is truthful: targets is signed, snapshot is not.
+    let first = out.lines().next().expect("a line");
+    assert!(
+        first.contains("signed targets version 3; snapshot version 3 is NOT signed yet"),
+        "{out}"
+    );
+    let (code, text, err) = status(&repo);
+    assert_eq!(
+        code,
+        Some(2),
+        "an open ceremony is an unfinished release: {text}"
+    );
+    assert!(
+        text.contains("ceremonies open (1):")
+            && text.contains("snapshot version 3: 0 of 1 signatures"),
+        "{text}"
+    );
+    assert!(err.contains("ceremony merge --role snapshot"), "{err}");
+    std::fs::remove_file(repo.join("ceremony/snapshot.json")).expect("the cut");
+    let _ = std::fs::remove_dir_all(repo.join("ceremony/snapshot.signatures"));
+    let o = add_image(&repo, &c, "3.0.0");
+    let out = ok(o.clone());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("3.targets.json: written by a signing run"),
+        "{err}"
+    );
+    assert!(
+        out.contains("snapshot version 3 is pending signatures"),
+        "{out}"
+    );
+
+    // Merging the snapshot with timestamp offline too: the timestamp
+    // ceremony opens, then the snapshot one closes. Cut in between: both open.
+    let ts_key = t.join("timestamp.pem");
+    std::fs::rename(repo.join("keys/timestamp-1.pem"), &ts_key).expect("mv");
+    set_config_keys(&repo, "timestamp", serde_json::json!([]));
+    let sign = |role: &str, key: &Path| -> PathBuf {
+        let payload = t.join(format!("{role}.payload.json"));
+        ok(ota_repo(
+            &repo,
+            &["ceremony", "export", "--role", role, "--out", s(&payload)],
+            &[],
+        ));
+        let sig = t.join(format!("{role}.sig.json"));
+        ok(ota_repo(
+            &t.join("no-repo"),
+            &[
+                "sign",
+                "--payload",
+                s(&payload),
+                "--key",
+                s(key),
+                "--out",
+                s(&sig),
+            ],
+            &[],
+        ));
+        sig
+    };
+    let sig = sign("snapshot", &snap_key);
+    let ceremonies_before = t.join("ceremony-before-snapshot-merge");
+    copy_dir(&repo.join("ceremony"), &ceremonies_before);
+    let out = ok(ota_repo(
+        &repo,
+        &["ceremony", "merge", "--role", "snapshot", s(&sig)],
+        &[],
+    ));
+    assert!(
+        out.contains("timestamp version 3 is pending signatures"),
+        "{out}"
+    );
+    std::fs::copy(
+        ceremonies_before.join("snapshot.json"),
+        repo.join("ceremony/snapshot.json"),
+    )
+    .expect("the cut left the snapshot ceremony open");
+    let (code, text, _) = status(&repo);
+    assert_eq!(code, Some(2));
+    assert!(text.contains("ceremonies open (2):"), "{text}");
+    let sig = {
+        let o = ota_repo(
+            &repo,
+            &[
+                "ceremony",
+                "export",
+                "--role",
+                "timestamp",
+                "--out",
+                s(&t.join("ts.json")),
+            ],
+            &[],
+        );
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        ok(o);
+        assert!(
+            err.contains("closed the snapshot version 3 ceremony: it was signed and the open timestamp ceremony lists it"),
+            "{err}"
+        );
+        assert!(
+            repo.join("metadata/3.snapshot.json").exists(),
+            "kept: the timestamp ceremony lists it"
+        );
+        let sig = t.join("ts.sig.json");
+        ok(ota_repo(
+            &t.join("no-repo"),
+            &[
+                "sign",
+                "--payload",
+                s(&t.join("ts.json")),
+                "--key",
+                s(&ts_key),
+                "--out",
+                s(&sig),
+            ],
+            &[],
+        ));
+        sig
+    };
+
+    // The timestamp merge writes timestamp.json, then closes its ceremony:
+    // cut in between, the ceremony is stale and is closed next time.
+    let ceremonies_before = t.join("ceremony-before-timestamp-merge");
+    copy_dir(&repo.join("ceremony"), &ceremonies_before);
+    ok(ota_repo(
+        &repo,
+        &["ceremony", "merge", "--role", "timestamp", s(&sig)],
+        &[],
+    ));
+    restore_dir(&ceremonies_before, &repo.join("ceremony"));
+    let o = ota_repo(
+        &repo,
+        &["resign", "--role", "timestamp", "--expires", "timestamp=3d"],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    // The heal ran first (the resign itself then needs the offline key).
+    assert!(
+        err.contains("closed the timestamp version 3 ceremony: the repository already has timestamp version 3"),
+        "{err}"
+    );
+    let (code, text, _) = status(&repo);
+    assert_eq!(code, Some(0), "{text}");
+    let www = t.join("www");
+    ok(ota_repo(&repo, &["publish", "--dir", s(&www)], &[]));
+    fresh_device_installs(t, &www, "c.img", b"third");
+}
