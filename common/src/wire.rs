@@ -162,6 +162,16 @@ pub struct PublicationCommitted {
     pub id: String,
     /// Files made visible, in the order they were made visible (timestamp last).
     pub files: Vec<String>,
+    /// Set when the server (`[online_signing]`) signed `timestamp.json`
+    /// itself at this commit, in place of the uploaded one: its version.
+    /// Absent from servers without online signing (and older servers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online_timestamp_version: Option<u64>,
+    /// Set when the server re-issued the snapshot with its online key
+    /// because the uploaded version was not newer than the published one:
+    /// the version it was published as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online_snapshot_version: Option<u64>,
 }
 
 /// Error body of every 4xx/5xx answer: `{"error": "..."}`.

@@ -52,6 +52,9 @@ pub struct AppState {
     pub device_auth: DeviceAuth,
     /// Staged rollouts: holds, fleet status, automatic pause.
     pub rollouts: Arc<rollout::Rollouts>,
+    /// The online keys (`[online_signing]`): a publication's commit issues
+    /// timestamp (and snapshot) with them.
+    pub resigner: Option<Arc<resign::Resigner>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +146,7 @@ impl Server {
             metrics: Arc::clone(&metrics),
             device_auth: config.device_auth,
             rollouts: Arc::clone(&rollouts),
+            resigner: resigner.clone(),
         };
         let auth = Arc::new(AdminAuth {
             bootstrap: token,

@@ -325,6 +325,84 @@ impl Storage {
         .await
     }
 
+    /// The metadata files staged in a publication, by name (temporary
+    /// files of interrupted uploads left out).
+    pub async fn staged_metadata_names(
+        &self,
+        id: &str,
+    ) -> Result<Vec<(String, MetadataName)>, StorageError> {
+        let dir = self.publication_dir(id)?.join("metadata");
+        let found = blocking(move || staged_metadata(&dir)).await?;
+        Ok(found
+            .into_iter()
+            .map(|(name, kind, _)| (name, kind))
+            .collect())
+    }
+
+    /// A staged metadata file's bytes; `None` if the publication has none of
+    /// that name.
+    pub async fn read_staged_metadata(
+        &self,
+        id: &str,
+        name: &str,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        MetadataName::parse(name).map_err(|e| StorageError::Io {
+            context: "staged metadata name".into(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, e),
+        })?;
+        let path = self.publication_dir(id)?.join("metadata").join(name);
+        match tokio::fs::read(&path).await {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(format!("read {}", path.display()))(e)),
+        }
+    }
+
+    /// Takes a staged metadata file out of the publication (the server
+    /// re-issued it under another version).
+    pub async fn unstage_metadata(&self, id: &str, name: &str) -> Result<(), StorageError> {
+        MetadataName::parse(name).map_err(|e| StorageError::Io {
+            context: "staged metadata name".into(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, e),
+        })?;
+        let dir = self.publication_dir(id)?.join("metadata");
+        let path = dir.join(name);
+        blocking(move || {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(io_err(format!("remove {}", path.display()))(e)),
+            }
+            atomic::fsync_dir(&dir).map_err(io_err(format!("fsync {}", dir.display())))
+        })
+        .await
+    }
+
+    /// A fresh, empty working directory inside the publication's staging
+    /// area (removed with it), for checks that need files on disk.
+    pub async fn publication_workdir(&self, id: &str, name: &str) -> Result<PathBuf, StorageError> {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') {
+            return Err(StorageError::Io {
+                context: format!("work directory name {name:?}"),
+                source: io::Error::from(io::ErrorKind::InvalidInput),
+            });
+        }
+        // Beside blobs/, staged/ and metadata/, which a commit reads; a
+        // commit ignores anything else.
+        let dir = self.publication_dir(id)?.join(name);
+        blocking(move || {
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(format!("remove {}", dir.display()))(e)),
+            }
+            atomic::create_dir_all_durable(&dir)
+                .map_err(io_err(format!("create {}", dir.display())))?;
+            Ok(dir)
+        })
+        .await
+    }
+
     /// Makes a publication visible (see the module docs for the order) and
     /// removes its staging directory. Returns the repository paths made
     /// visible, in order. On a conflict nothing is changed.
@@ -450,10 +528,7 @@ impl Storage {
             }
         }
         if !conflicts.is_empty() {
-            return Err(StorageError::Conflict(format!(
-                "already published with different content: {}",
-                conflicts.join(", ")
-            )));
+            return Err(conflict(&conflicts));
         }
         // Root versions first (a client walks them in order), snapshot last.
         versioned.sort_by(|a, b| (a.0, a.1, &a.2.shown).cmp(&(b.0, b.1, &b.2.shown)));
@@ -546,6 +621,27 @@ fn same_content(src: &Path, dst: &Path) -> Result<Option<bool>, StorageError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_err(format!("read {}", dst.display()))(e)),
     }
+}
+
+/// The refusal of a commit whose names are taken, saying what to do about it.
+pub(crate) fn conflict(conflicts: &[String]) -> StorageError {
+    let mut message = format!(
+        "already published with different content: {}",
+        conflicts.join(", ")
+    );
+    if conflicts.iter().any(|c| c.starts_with("metadata/")) {
+        // The usual cause: the server's metadata moved on since the
+        // repository last signed (another publication, or a timestamp the
+        // server re-signed), so the versions signed locally are taken.
+        message.push_str(
+            ". Each metadata version is published once and the server's is newer than \
+             yours: copy the server's timestamp.json and the snapshot it names into your \
+             repository's metadata/, sign again (ota-repo add, or ota-repo resign --role \
+             snapshot --role timestamp) and publish; or configure [online_signing] on the \
+             server so it issues the timestamp itself at each publication",
+        );
+    }
+    StorageError::Conflict(message)
 }
 
 /// A timestamp that does not move forward would make every device reject the

@@ -1,8 +1,9 @@
 //! Online re-signing: a repository made by the real `ota-repo` (library),
-//! published to the server with a timestamp about to expire, re-signed by
+//! served by the server with a timestamp about to expire, re-signed by
 //! the server's background job with the timestamp key, and accepted by our
-//! TUF client. With keys in files, and in a SoftHSM2 token (the second
-//! half of this file).
+//! TUF client; and publications after such re-signings, where the server
+//! issues timestamp (and snapshot) itself at the commit. With keys in
+//! files, and in a SoftHSM2 token (the second half of this file).
 
 mod common;
 
@@ -34,15 +35,100 @@ async fn repository(dir: &Path, timestamp_secs: i64) -> Layout {
 }
 
 fn timestamp_key(layout: &Layout) -> PathBuf {
+    key_file(layout, "timestamp")
+}
+
+/// The key file `ota-repo init` made for `role`.
+fn key_file(layout: &Layout, role: &str) -> PathBuf {
     std::fs::read_dir(layout.keys_dir())
         .expect("keys")
         .map(|e| e.expect("entry").path())
         .find(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("timestamp"))
+                .is_some_and(|n| n.starts_with(role))
         })
-        .expect("a timestamp key")
+        .unwrap_or_else(|| panic!("a {role} key"))
+}
+
+/// Puts the repository's metadata straight into the server's repository,
+/// timestamp last: a repository already being served, which the background
+/// job then re-signs (a publication would have the server sign at commit).
+fn seed(s: &common::TestServer, layout: &Layout) {
+    let mut names: Vec<String> = std::fs::read_dir(layout.metadata_dir())
+        .expect("metadata")
+        .map(|e| e.expect("entry").file_name().into_string().expect("name"))
+        .collect();
+    names.sort_by_key(|n| n == "timestamp.json");
+    for name in names {
+        let bytes = std::fs::read(layout.metadata_dir().join(&name)).expect("read");
+        s.put_repo_file(&format!("metadata/{name}"), &bytes);
+    }
+}
+
+/// What a release engineer runs: `ota-repo add IMAGE` then `ota-repo
+/// publish --server`, through ota-repo's own code.
+async fn release(
+    s: &common::TestServer,
+    layout: &Layout,
+    image_name: &str,
+    version: &str,
+) -> Result<ota_repo::publish::ServerPublished, ota_repo::error::RepoError> {
+    let dir = layout.root().join("images");
+    std::fs::create_dir_all(&dir).expect("images");
+    let image = dir.join(image_name);
+    std::fs::write(&image, format!("{image_name} {version}").repeat(500)).expect("image");
+    ota_repo::add::add(
+        layout,
+        &AddOptions {
+            image,
+            version: version.to_owned(),
+            hardware_ids: vec!["board".to_owned()],
+            notes: None,
+            name: None,
+        },
+    )
+    .await
+    .expect("ota-repo add");
+    publish_with_ota_repo(s, layout).await
+}
+
+/// `ota-repo publish --server` (blocking HTTP client: off the runtime).
+async fn publish_with_ota_repo(
+    s: &common::TestServer,
+    layout: &Layout,
+) -> Result<ota_repo::publish::ServerPublished, ota_repo::error::RepoError> {
+    let (base, token, repo) = (s.base.clone(), s.token.clone(), layout.root().to_owned());
+    tokio::task::spawn_blocking(move || {
+        let layout = Layout::new(repo);
+        let state = tokio::runtime::Handle::current()
+            .block_on(RepoState::load(&layout))
+            .expect("state");
+        let set = ota_repo::publish::collect(&layout, &state).expect("collect");
+        let admin = AdminClient::new(base.parse().expect("url"), token).expect("client");
+        ota_repo::publish::publish_server(&layout, &set, &admin)
+    })
+    .await
+    .expect("join")
+}
+
+fn local_version(layout: &Layout, name: &str) -> u64 {
+    let bytes = std::fs::read(layout.metadata_dir().join(name)).expect("read");
+    let doc: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+    doc["signed"]["version"].as_u64().expect("version")
+}
+
+fn file_settings(layout: &Layout, snapshot: bool, expiry: Duration) -> OnlineSigning {
+    OnlineSigning {
+        key: KeyRef::File(timestamp_key(layout)),
+        timestamp_expiry: expiry,
+        resign_before: Duration::from_secs(2),
+        snapshot: snapshot.then(|| SnapshotSigning {
+            key: KeyRef::File(key_file(layout, "snapshot")),
+            expiry,
+        }),
+        audit_dir: None,
+    }
 }
 
 /// Uploads every metadata file of the repository in one publication.
@@ -111,7 +197,7 @@ async fn expiring_timestamp_is_resigned_and_accepted_by_the_client() {
         })
     })
     .await;
-    publish(&s, &layout).await;
+    seed(&s, &layout);
 
     // A device trusting root 1 takes timestamp version 1 while it is valid.
     let trusted = dir.path().join("device");
@@ -177,8 +263,18 @@ async fn a_key_root_does_not_list_is_never_used() {
         })
     })
     .await;
-    publish(&s, &layout).await;
+    seed(&s, &layout);
     tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(published_version(&s.data_dir), 1);
+    // Nor at a publication's commit: refused, naming the key, nothing changed.
+    let err = publish_with_ota_repo(&s, &layout)
+        .await
+        .expect_err("a key root does not list")
+        .to_string();
+    assert!(
+        err.contains("409") && err.contains("not a timestamp key of 1.root.json"),
+        "{err}"
+    );
     assert_eq!(published_version(&s.data_dir), 1);
 }
 
@@ -207,6 +303,202 @@ async fn unusable_key_stops_the_start() {
         err.contains("key.pem") && err.contains("PRIVATE KEY"),
         "{err}"
     );
+}
+
+// ------------------------------------- publications after the server re-signed
+
+/// A device that trusts root 1 and has seen nothing yet.
+fn new_device(dir: &Path, s: &common::TestServer, layout: &Layout) -> TufClient<FileTransport> {
+    let root = std::fs::read(layout.metadata_dir().join("1.root.json")).expect("root");
+    TufClient::<FileTransport>::init(dir, &root).expect("init");
+    client(s, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_works_after_the_server_resigned_the_timestamp() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = repository(dir.path(), 3).await;
+    let s = common::start_with(|c| {
+        c.online_signing = Some(file_settings(&layout, false, Duration::from_secs(3600)))
+    })
+    .await;
+    seed(&s, &layout);
+    wait_until("timestamp re-signing", || {
+        published_version(&s.data_dir) >= 2
+    })
+    .await;
+    // The local repository still has timestamp 1: `add` signs version 2,
+    // which the server has published already.
+    let done = release(&s, &layout, "fw.img", "2.0.0")
+        .await
+        .expect("publish after the server re-signed the timestamp");
+    assert_eq!(local_version(&layout, "2.snapshot.json"), 2);
+    assert_eq!(done.committed.online_timestamp_version, Some(3));
+    assert_eq!(done.committed.online_snapshot_version, None);
+    assert_eq!(
+        done.committed.files.last().map(String::as_str),
+        Some("metadata/timestamp.json")
+    );
+    let ts = published(&s.data_dir, "timestamp.json");
+    assert_eq!(ts["signed"]["version"], 3);
+    assert_eq!(ts["signed"]["meta"]["snapshot.json"]["version"], 2);
+    // ota-repo followed the server: its next versions come after the server's.
+    let adopted = done.adopted.expect("server's timestamp adopted");
+    assert_eq!((adopted.timestamp, adopted.snapshot), (3, 2));
+    assert_eq!(local_version(&layout, "timestamp.json"), 3);
+
+    let mut device = new_device(&dir.path().join("device"), &s, &layout);
+    device.refresh().expect("a fresh device follows");
+    assert_eq!(
+        device.trusted().timestamp.as_ref().map(|t| t.version),
+        Some(3)
+    );
+    let target = device
+        .find_target("fw.img")
+        .expect("lookup")
+        .expect("fw.img");
+    assert_eq!(
+        target.release().expect("release").version.to_string(),
+        "2.0.0"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_works_after_the_server_resigned_the_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = Layout::new(dir.path().join("repo"));
+    let mut options = InitOptions::default();
+    options.expires.insert(Role::Snapshot, Expiry::After(3));
+    init(&layout, &options).await.expect("ota-repo init");
+    let s = common::start_with(|c| {
+        c.online_signing = Some(file_settings(&layout, true, Duration::from_secs(3600)))
+    })
+    .await;
+    seed(&s, &layout);
+    wait_until("snapshot re-signing", || {
+        s.data_dir
+            .join("repository/metadata/2.snapshot.json")
+            .exists()
+            && published_version(&s.data_dir) >= 2
+    })
+    .await;
+    // `add` signs snapshot 2 and timestamp 2: both names are taken.
+    let done = release(&s, &layout, "fw.img", "2.0.0")
+        .await
+        .expect("publish after the server re-signed the snapshot");
+    assert_eq!(done.committed.online_snapshot_version, Some(3));
+    assert_eq!(done.committed.online_timestamp_version, Some(3));
+    let files = &done.committed.files;
+    let position = |f: &str| files.iter().position(|x| x == f).unwrap_or(usize::MAX);
+    assert!(
+        position("metadata/2.targets.json") < position("metadata/3.snapshot.json")
+            && position("metadata/3.snapshot.json") < position("metadata/timestamp.json")
+            && position("metadata/timestamp.json") == files.len() - 1,
+        "{files:?}"
+    );
+    assert!(
+        !files.iter().any(|f| f == "metadata/2.snapshot.json"),
+        "{files:?}"
+    );
+    // The re-issued snapshot carries what the uploaded one listed.
+    let reissued = published(&s.data_dir, "3.snapshot.json");
+    assert_eq!(reissued["signed"]["meta"]["targets.json"]["version"], 2);
+    assert_eq!(
+        published(&s.data_dir, "timestamp.json")["signed"]["meta"]["snapshot.json"]["version"],
+        3
+    );
+    let adopted = done.adopted.expect("adopted");
+    assert_eq!((adopted.timestamp, adopted.snapshot), (3, 3));
+    assert!(layout.metadata_dir().join("3.snapshot.json").exists());
+
+    let mut device = new_device(&dir.path().join("device"), &s, &layout);
+    device.refresh().expect("a fresh device follows");
+    assert_eq!(
+        device.trusted().snapshot.as_ref().map(|t| t.version),
+        Some(3)
+    );
+    assert!(device.find_target("fw.img").expect("lookup").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_online_signing_a_clash_is_a_clear_409() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = repository(dir.path(), 3600).await;
+    // A second release engineer's copy of the same repository.
+    let other = Layout::new(dir.path().join("other"));
+    copy_dir(layout.root(), other.root());
+    let s = common::start().await;
+    publish(&s, &layout).await;
+    let done = release(&s, &layout, "fw.img", "2.0.0")
+        .await
+        .expect("first");
+    assert_eq!(done.committed.online_timestamp_version, None);
+    assert!(done.adopted.is_none());
+    // The other copy signs the same versions with other content.
+    let err = release(&s, &other, "fw-b.img", "2.0.1")
+        .await
+        .expect_err("versions taken")
+        .to_string();
+    assert!(err.contains("409"), "{err}");
+    assert!(
+        err.contains("metadata/2.snapshot.json")
+            && err.contains("not newer than the published 2")
+            && err.contains("ota-repo resign")
+            && err.contains("[online_signing]"),
+        "{err}"
+    );
+    assert_eq!(published_version(&s.data_dir), 2);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let dest = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), &dest).expect("copy");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publications_in_a_row_with_resignings_in_between() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = repository(dir.path(), 3600).await;
+    // Everything the server signs lives 3 s and is renewed within 2 s: it
+    // re-signs about every second, racing the publications.
+    let s = common::start_with(|c| {
+        c.online_signing = Some(file_settings(&layout, true, Duration::from_secs(3)))
+    })
+    .await;
+    publish(&s, &layout).await;
+    let mut seen = published_version(&s.data_dir);
+    for (n, (image, version)) in [("fw-a.img", "2.0.0"), ("fw-b.img", "3.0.0")]
+        .into_iter()
+        .enumerate()
+    {
+        wait_until("a re-signing", || published_version(&s.data_dir) > seen).await;
+        let done = release(&s, &layout, image, version)
+            .await
+            .unwrap_or_else(|e| panic!("publication {n} after re-signing: {e}"));
+        let issued = done.committed.online_timestamp_version.expect("issued");
+        assert!(issued > seen, "timestamp {issued} after {seen}");
+        seen = issued;
+        let mut device = new_device(&dir.path().join(format!("device-{n}")), &s, &layout);
+        device.refresh().expect("a fresh device follows");
+        assert!(
+            device.find_target(image).expect("lookup").is_some(),
+            "{image}"
+        );
+    }
+    // Both releases are there, and the versions only ever went up.
+    let mut device = new_device(&dir.path().join("device-last"), &s, &layout);
+    device.refresh().expect("refresh");
+    assert!(device.find_target("fw-a.img").expect("lookup").is_some());
+    assert!(device.find_target("fw-b.img").expect("lookup").is_some());
+    assert!(published_version(&s.data_dir) >= seen);
 }
 
 // ------------------------------------------------------------ PKCS#11 keys
@@ -347,7 +639,7 @@ async fn token_keys_of_every_type_resign_the_timestamp() {
             c.online_signing = Some(settings(&format!("ts-{tag}"), None));
         })
         .await;
-        publish(&s, &layout).await;
+        seed(&s, &layout);
         wait_until(&format!("{key_type} re-signing"), || {
             published_version(&s.data_dir) >= 2
         })
@@ -367,26 +659,6 @@ async fn token_keys_of_every_type_resign_the_timestamp() {
     }
 }
 
-/// What `ota-repo` must do before signing once the server has re-signed:
-/// adopt the server's newer timestamp.json and the snapshot it names (both
-/// verify against its root), so its next versions are past the server's.
-fn adopt_server_versions(s: &common::TestServer, layout: &Layout) {
-    let ts = published(&s.data_dir, "timestamp.json");
-    let snapshot = ts["signed"]["meta"]["snapshot.json"]["version"]
-        .as_u64()
-        .expect("snapshot version");
-    for name in [
-        format!("{snapshot}.snapshot.json"),
-        "timestamp.json".to_owned(),
-    ] {
-        std::fs::copy(
-            s.data_dir.join("repository/metadata").join(&name),
-            layout.metadata_dir().join(&name),
-        )
-        .expect("adopt");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn online_snapshot_is_resigned_and_a_later_publication_follows_it() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -395,7 +667,7 @@ async fn online_snapshot_is_resigned_and_a_later_publication_follows_it() {
         c.online_signing = Some(settings("ts-snap", Some("snap-snap")));
     })
     .await;
-    publish(&s, &layout).await;
+    seed(&s, &layout);
     let device_dir = dir.path().join("device");
     let mut device = fresh_device(&device_dir, &s, &layout);
     device.refresh().expect("first refresh");
@@ -434,34 +706,12 @@ async fn online_snapshot_is_resigned_and_a_later_publication_follows_it() {
         Some(2)
     );
 
-    // The release engineer's next publication: adopt, add, publish.
-    adopt_server_versions(&s, &layout);
-    let image = dir.path().join("fw.img");
-    std::fs::write(&image, vec![5u8; 10_000]).expect("image");
-    ota_repo::add::add(
-        &layout,
-        &AddOptions {
-            image,
-            version: "2.0.0".to_owned(),
-            hardware_ids: vec!["board".to_owned()],
-            notes: None,
-            name: None,
-        },
-    )
-    .await
-    .expect("ota-repo add");
-    let (base, token, repo) = (s.base.clone(), s.token.clone(), layout.root().to_owned());
-    tokio::task::spawn_blocking(move || {
-        let layout = Layout::new(repo);
-        let state = tokio::runtime::Handle::current()
-            .block_on(RepoState::load(&layout))
-            .expect("state");
-        let set = ota_repo::publish::collect(&layout, &state).expect("collect");
-        let admin = AdminClient::new(base.parse().expect("url"), token).expect("client");
-        ota_repo::publish::publish_server(&layout, &set, &admin).expect("publish after re-signing")
-    })
-    .await
-    .expect("join");
+    // The release engineer's next publication: a plain add and publish,
+    // although the server has taken snapshot and timestamp version 2.
+    let done = release(&s, &layout, "fw.img", "2.0.0")
+        .await
+        .expect("publish after re-signing");
+    assert_eq!(done.committed.online_snapshot_version, Some(3));
     let mut device = client(&s, &device_dir);
     device
         .refresh()

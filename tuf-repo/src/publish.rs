@@ -387,6 +387,12 @@ impl AdminClient {
         self.send(&what, req).map(drop)
     }
 
+    /// The server's base URL (its repository is under `metadata/` and
+    /// `targets/`).
+    pub fn base(&self) -> &Url {
+        &self.base
+    }
+
     pub fn commit(&self, id: &str) -> Result<PublicationCommitted> {
         let what = format!("committing publication {id}");
         let resp = self.send(
@@ -405,6 +411,19 @@ pub struct ServerPublished {
     pub uploaded: Vec<String>,
     pub skipped: Vec<String>,
     pub committed: PublicationCommitted,
+    /// The server's timestamp and snapshot written into `metadata/` after
+    /// the server issued them with its online keys; `None` when it did not
+    /// (or when they could not be adopted: a warning says why).
+    pub adopted: Option<Adopted>,
+}
+
+/// The online roles adopted from the server after a publication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Adopted {
+    pub timestamp: u64,
+    pub snapshot: u64,
+    /// The local root version they were verified against.
+    pub root: u64,
 }
 
 pub fn publish_server(
@@ -423,6 +442,12 @@ pub fn publish_server(
     {
         metadata.push((name.clone(), read_metadata(layout, name)?));
     }
+    let local_timestamp = version_of(&metadata, "timestamp.json");
+    let local_snapshot = set
+        .metadata
+        .iter()
+        .find(|n| n.ends_with(".snapshot.json"))
+        .and_then(|n| version_of(&metadata, n));
     let id = client.create_publication()?;
     let mut uploaded = Vec::new();
     let mut skipped = Vec::new();
@@ -439,12 +464,181 @@ pub fn publish_server(
         client.upload_metadata(&id, &name, bytes)?;
     }
     let committed = client.commit(&id)?;
+    let mut adopted = None;
+    if committed.online_timestamp_version.is_some() || committed.online_snapshot_version.is_some() {
+        // The server (`[online_signing]`) issued the online roles itself:
+        // say so, since what devices see is not what this repository signed.
+        if let Some(v) = committed.online_timestamp_version {
+            println!(
+                "the server signed timestamp.json version {v} with its online key in place of \
+                 the uploaded version {}",
+                shown(local_timestamp)
+            );
+        }
+        if let Some(v) = committed.online_snapshot_version {
+            println!(
+                "the server re-issued the snapshot as version {v} with its online key (the \
+                 uploaded version {} was not newer than the one it had published)",
+                shown(local_snapshot)
+            );
+        }
+        // Follow the server, so this repository's next versions come after its.
+        match adopt_online_roles(layout, client.base()) {
+            Ok(a) => {
+                println!(
+                    "metadata/: now at the server's timestamp.json version {} and {}.snapshot.json \
+                     (verified against {}.root.json)",
+                    a.timestamp, a.snapshot, a.root
+                );
+                adopted = Some(a);
+            }
+            Err(e) => eprintln!(
+                "ota-repo: warning: the publication is committed, but the server's timestamp and \
+                 snapshot were not copied into metadata/ ({e}); the next publish still works \
+                 (the server issues them again)"
+            ),
+        }
+    }
     Ok(ServerPublished {
         id,
         uploaded,
         skipped,
         committed,
+        adopted,
     })
+}
+
+/// `signed.version` of one of the files read for upload.
+fn version_of(files: &[(String, Vec<u8>)], name: &str) -> Option<u64> {
+    let (_, bytes) = files.iter().find(|(n, _)| n == name)?;
+    serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()?
+        .pointer("/signed/version")?
+        .as_u64()
+}
+
+fn shown(version: Option<u64>) -> String {
+    version.map_or_else(|| "(none)".to_owned(), |v| v.to_string())
+}
+
+/// Fetches the server's current timestamp and the snapshot it names, checks
+/// them with the device-side TUF client (`ota_common::tuf`) trusting this
+/// repository's newest root, and writes them into `metadata/`: snapshot
+/// first, then `timestamp.json` (atomically), and only when the server's
+/// snapshot names exactly this repository's targets metadata, so the
+/// repository never refers to metadata it does not hold.
+pub fn adopt_online_roles(layout: &Layout, server: &Url) -> Result<Adopted> {
+    let dir = layout.metadata_dir();
+    let (root_version, root) = newest_root(layout)?;
+    let state = tempfile::tempdir().map_err(RepoError::io(std::env::temp_dir()))?;
+    let base = ota_common::tuf::ClientOptions::new(server.clone(), server.clone()).metadata_base;
+    let join = |rel: &str| {
+        base.join(rel)
+            .map_err(|e| RepoError::InvalidArgument(format!("server URL {base}: {e}")))
+    };
+    let options = ota_common::tuf::ClientOptions::new(join("metadata/")?, join("targets/")?);
+    let transport = ota_common::tuf::http::HttpTransport::new(
+        Duration::from_secs(60),
+        concat!("ota-repo/", env!("CARGO_PKG_VERSION")),
+    )
+    .map_err(|e| RepoError::Publish(format!("HTTP client: {e}")))?;
+    let tuf = |e: ota_common::tuf::TufError| {
+        RepoError::Publish(format!("verifying the server's metadata: {e}"))
+    };
+    ota_common::tuf::TufClient::<ota_common::tuf::http::HttpTransport>::init(state.path(), &root)
+        .map_err(tuf)?;
+    let mut client =
+        ota_common::tuf::TufClient::open(state.path(), options, transport).map_err(tuf)?;
+    client.refresh().map_err(tuf)?;
+    let trusted = client.trusted().clone();
+    if trusted.root.version != root_version {
+        return Err(RepoError::Publish(format!(
+            "the server publishes root version {}, this repository's newest is {root_version}",
+            trusted.root.version
+        )));
+    }
+    let version = |r: Option<ota_common::tuf::RoleSummary>, role: &str| {
+        r.map(|r| r.version)
+            .ok_or_else(|| RepoError::Publish(format!("the server has no {role} metadata")))
+    };
+    let timestamp = version(trusted.timestamp, "timestamp")?;
+    let snapshot = version(trusted.snapshot, "snapshot")?;
+    let targets = version(trusted.targets, "targets")?;
+    // The client keeps the exact bytes it verified.
+    let verified = |role: &str| {
+        let path = state.path().join(format!("{role}.json"));
+        std::fs::read(&path).map_err(RepoError::io(path))
+    };
+    let local_targets = dir.join(format!("{targets}.targets.json"));
+    match std::fs::read(&local_targets) {
+        Ok(bytes) if bytes == verified("targets")? => {}
+        _ => {
+            return Err(RepoError::Publish(format!(
+                "the server's snapshot names targets version {targets}, which is not this \
+                 repository's {}",
+                local_targets.display()
+            )))
+        }
+    }
+    let snapshot_path = dir.join(format!("{snapshot}.snapshot.json"));
+    let snapshot_bytes = verified("snapshot")?;
+    match std::fs::read(&snapshot_path) {
+        Ok(existing) if existing == snapshot_bytes => {}
+        Ok(_) => {
+            return Err(RepoError::Publish(format!(
+                "{} exists with other content than the server's",
+                snapshot_path.display()
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            ota_common::atomic::write_atomic(&snapshot_path, &snapshot_bytes)
+                .map_err(RepoError::io(&snapshot_path))?;
+        }
+        Err(e) => {
+            return Err(RepoError::Io {
+                path: snapshot_path,
+                source: e,
+            })
+        }
+    }
+    let ts_path = dir.join("timestamp.json");
+    let local_ts = std::fs::read(&ts_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v.pointer("/signed/version").and_then(|v| v.as_u64()));
+    if local_ts.is_some_and(|v| v >= timestamp) {
+        return Err(RepoError::Publish(format!(
+            "the local timestamp.json (version {}) is not older than the server's {timestamp}",
+            shown(local_ts)
+        )));
+    }
+    ota_common::atomic::write_atomic(&ts_path, &verified("timestamp")?)
+        .map_err(RepoError::io(&ts_path))?;
+    Ok(Adopted {
+        timestamp,
+        snapshot,
+        root: root_version,
+    })
+}
+
+/// The newest `N.root.json` of the repository.
+fn newest_root(layout: &Layout) -> Result<(u64, Vec<u8>)> {
+    let dir = layout.metadata_dir();
+    let mut newest = None;
+    for entry in std::fs::read_dir(&dir).map_err(RepoError::io(&dir))? {
+        let entry = entry.map_err(RepoError::io(&dir))?;
+        if let Some(n) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.strip_suffix(".root.json"))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            newest = newest.max(Some(n));
+        }
+    }
+    let n = newest
+        .ok_or_else(|| RepoError::Inconsistent(format!("no N.root.json in {}", dir.display())))?;
+    Ok((n, read_metadata(layout, &format!("{n}.root.json"))?))
 }
 
 /// The admin token from a file (trimmed) or, failing that, `OTA_ADMIN_TOKEN`.

@@ -3,6 +3,7 @@
 
 use crate::api::{body_rejection, path_rejection, ApiError};
 use crate::paths::{MetadataName, TargetPath};
+use crate::resign::ResignError;
 use crate::storage::StorageError;
 use crate::AppState;
 use axum::body::{Body, Bytes};
@@ -137,24 +138,79 @@ pub async fn commit(
 ) -> Result<Json<PublicationCommitted>, ApiError> {
     let Path(id) = id.map_err(path_rejection)?;
     // This instance's lock first, then the one shared through PostgreSQL
-    // with the other instances (a no-op on SQLite).
+    // with the other instances (a no-op on SQLite). The online roles are
+    // issued under them too, so a re-signing never races a publication.
     let local = state.storage.lock_commits().await;
     let shared = state
         .db
         .lock_publications()
         .await
         .map_err(|e| ApiError::internal("lock publications", e))?;
-    let result = state.storage.commit_locked(&local, &id).await;
+    let result = async {
+        let issue = match &state.resigner {
+            Some(resigner) => resigner
+                .issue_for_publication(&id)
+                .await
+                .map_err(|e| resign_error(&id, e))?,
+            None => None,
+        };
+        let files = state
+            .storage
+            .commit_locked(&local, &id)
+            .await
+            .inspect_err(|e| {
+                if let StorageError::Conflict(msg) = e {
+                    tracing::warn!(publication = %id, "commit refused: {msg}");
+                }
+            })?;
+        Ok::<_, ApiError>((files, issue))
+    }
+    .await;
     shared.release().await;
     drop(local);
-    let files = result.inspect_err(|e| {
-        if let StorageError::Conflict(msg) = e {
-            tracing::warn!(publication = %id, "commit refused: {msg}");
-        }
-    })?;
+    let (files, issue) = result?;
+    if let Some(issue) = &issue {
+        issue.log_committed(&id);
+    }
     state.metrics.publication_committed();
     tracing::info!(publication = %id, files = files.len(), "publication committed");
-    Ok(Json(PublicationCommitted { id, files }))
+    let issued = issue.map(|i| i.issued);
+    Ok(Json(PublicationCommitted {
+        id,
+        files,
+        online_timestamp_version: issued.map(|i| i.timestamp),
+        online_snapshot_version: issued.and_then(|i| i.snapshot),
+    }))
+}
+
+/// The answer when the online roles cannot be issued for a publication.
+fn resign_error(id: &str, e: ResignError) -> ApiError {
+    match e {
+        ResignError::Malformed(msg) => {
+            tracing::warn!(publication = %id, "commit refused: {msg}");
+            ApiError::bad_request(msg)
+        }
+        ResignError::Refused(msg) => {
+            tracing::warn!(publication = %id, "commit refused: {msg}");
+            ApiError::new(StatusCode::CONFLICT, msg)
+        }
+        // Root (perhaps the one this publication uploads) does not list
+        // the server's key: the publisher can fix that, so 409 naming it.
+        e @ ResignError::NotListed { .. } => {
+            tracing::warn!(publication = %id, "commit refused: {e}");
+            ApiError::new(StatusCode::CONFLICT, e.to_string())
+        }
+        ResignError::Storage(e) => e.into(),
+        e @ ResignError::Key { .. } => {
+            tracing::error!(publication = %id, "{e}");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server cannot sign with its online key right now (see the server log); \
+                 nothing was published, commit again later",
+            )
+        }
+        e => ApiError::internal("online signing", e),
+    }
 }
 
 pub async fn list_devices(

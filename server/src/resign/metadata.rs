@@ -9,33 +9,149 @@ fn bad(message: String) -> ResignError {
     ResignError::Metadata(message)
 }
 
+/// The publisher's fault rather than the server's.
+fn malformed(e: ResignError) -> ResignError {
+    match e {
+        ResignError::Metadata(m) => ResignError::Malformed(m),
+        other => other,
+    }
+}
+
 /// A signed metadata file: its name and its `signed` object.
 #[derive(Debug, Clone)]
 pub struct Document {
     name: String,
+    /// "published" (from the repository) or "uploaded" (from a
+    /// publication): which one is wrong, in messages.
+    origin: &'static str,
     signed: Map<String, Value>,
 }
 
 impl Document {
+    /// A file of the published repository.
     pub fn parse(name: &str, bytes: &[u8]) -> Result<Document, ResignError> {
+        Self::parse_from("published", name, bytes)
+    }
+
+    /// A file a publication uploaded: its problems are the publisher's
+    /// ([`ResignError::Malformed`]), and it must be TUF metadata of `role`.
+    pub fn parse_uploaded(name: &str, role: &str, bytes: &[u8]) -> Result<Document, ResignError> {
+        let doc = Self::parse_from("uploaded", name, bytes).map_err(malformed)?;
+        doc.check_well_formed(role).map_err(malformed)?;
+        Ok(doc)
+    }
+
+    fn parse_from(origin: &'static str, name: &str, bytes: &[u8]) -> Result<Document, ResignError> {
         let doc: Value = serde_json::from_slice(bytes)
-            .map_err(|e| bad(format!("published {name} is not JSON: {e}")))?;
+            .map_err(|e| bad(format!("{origin} {name} is not JSON: {e}")))?;
         let signed = doc
             .get("signed")
             .and_then(Value::as_object)
             .cloned()
-            .ok_or_else(|| bad(format!("published {name} has no signed object")))?;
+            .ok_or_else(|| bad(format!("{origin} {name} has no signed object")))?;
+        if !doc.get("signatures").is_some_and(Value::is_array) {
+            return Err(bad(format!("{origin} {name} has no signatures list")));
+        }
         Ok(Document {
             name: name.to_owned(),
+            origin,
             signed,
         })
+    }
+
+    /// The shape TUF requires of a timestamp or snapshot (section 4.4/4.5),
+    /// checked before the server puts its signature on anything derived
+    /// from it: `_type`, a major-1 `spec_version`, integer `version`, a
+    /// valid `expires`, and `meta` entries each with an integer `version`
+    /// (and, if given, an integer `length` and hex `hashes`).
+    pub fn check_well_formed(&self, role: &str) -> Result<(), ResignError> {
+        let what = format!("{} {}", self.origin, self.name);
+        let ty = self.signed.get("_type").and_then(Value::as_str);
+        if ty != Some(role) {
+            return Err(bad(format!(
+                "{what} has signed._type {ty:?}, expected {role:?}"
+            )));
+        }
+        let spec = self
+            .signed
+            .get("spec_version")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if spec.split('.').next() != Some("1") {
+            return Err(bad(format!(
+                "{what} has spec_version {spec:?}; major version 1 is required"
+            )));
+        }
+        self.version()?;
+        self.expires()?;
+        let meta = self
+            .signed
+            .get("meta")
+            .and_then(Value::as_object)
+            .ok_or_else(|| bad(format!("{what} has no meta object")))?;
+        if meta.is_empty() {
+            return Err(bad(format!("{what} lists nothing in meta")));
+        }
+        if role == "timestamp" && !meta.contains_key("snapshot.json") {
+            return Err(bad(format!("{what} has no meta[\"snapshot.json\"]")));
+        }
+        for (file, entry) in meta {
+            let entry_bad = |detail: &str| bad(format!("{what}: meta[{file:?}] {detail}"));
+            if entry.get("version").and_then(Value::as_u64).is_none() {
+                return Err(entry_bad("has no integer version"));
+            }
+            if entry.get("length").is_some_and(|l| !l.is_u64()) {
+                return Err(entry_bad("has a length that is not a non-negative integer"));
+            }
+            if let Some(hashes) = entry.get("hashes") {
+                let ok = hashes.as_object().is_some_and(|h| {
+                    h.values().all(|d| {
+                        d.as_str().is_some_and(|d| {
+                            !d.is_empty() && d.bytes().all(|b| b.is_ascii_hexdigit())
+                        })
+                    })
+                });
+                if !ok {
+                    return Err(entry_bad("has hashes that are not hex digests"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A snapshot's `meta`: file name (`targets.json`, ...) to version.
+    pub fn meta_versions(&self) -> Result<Vec<(String, u64)>, ResignError> {
+        let meta = self
+            .signed
+            .get("meta")
+            .and_then(Value::as_object)
+            .ok_or_else(|| bad(format!("{} {} has no meta", self.origin, self.name)))?;
+        meta.iter()
+            .map(|(file, entry)| {
+                entry
+                    .get("version")
+                    .and_then(Value::as_u64)
+                    .map(|v| (file.clone(), v))
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "{} {}: meta[{file:?}] has no integer version",
+                            self.origin, self.name
+                        ))
+                    })
+            })
+            .collect()
     }
 
     pub fn version(&self) -> Result<u64, ResignError> {
         self.signed
             .get("version")
             .and_then(Value::as_u64)
-            .ok_or_else(|| bad(format!("published {} has no signed.version", self.name)))
+            .ok_or_else(|| {
+                bad(format!(
+                    "{} {} has no signed.version",
+                    self.origin, self.name
+                ))
+            })
     }
 
     pub fn expires(&self) -> Result<chrono::DateTime<chrono::Utc>, ResignError> {
@@ -46,8 +162,8 @@ impl Document {
             .map(|t| t.with_timezone(&chrono::Utc))
             .ok_or_else(|| {
                 bad(format!(
-                    "published {} has no valid signed.expires",
-                    self.name
+                    "{} {} has no valid signed.expires",
+                    self.origin, self.name
                 ))
             })
     }
@@ -60,8 +176,8 @@ impl Document {
             .and_then(Value::as_object)
             .ok_or_else(|| {
                 bad(format!(
-                    "published {} has no meta[\"snapshot.json\"]",
-                    self.name
+                    "{} {} has no meta[\"snapshot.json\"]",
+                    self.origin, self.name
                 ))
             })
     }
@@ -71,7 +187,12 @@ impl Document {
         self.snapshot_entry()?
             .get("version")
             .and_then(Value::as_u64)
-            .ok_or_else(|| bad(format!("published {} names no snapshot version", self.name)))
+            .ok_or_else(|| {
+                bad(format!(
+                    "{} {} names no snapshot version",
+                    self.origin, self.name
+                ))
+            })
     }
 
     /// Replaces a timestamp's `meta["snapshot.json"]`.
@@ -80,7 +201,7 @@ impl Document {
             .signed
             .get_mut("meta")
             .and_then(Value::as_object_mut)
-            .ok_or_else(|| bad(format!("published {} has no meta", self.name)))?;
+            .ok_or_else(|| bad(format!("{} {} has no meta", self.origin, self.name)))?;
         meta.insert("snapshot.json".to_owned(), entry);
         Ok(())
     }

@@ -28,12 +28,20 @@
 //!   metadata). The commit makes the snapshot visible before the timestamp
 //!   that names it.
 //! * Keys: see [`key`] (files or PKCS#11 tokens, through `ota-repo`'s code).
+//! * Publications: the online roles are the server's to issue, so a
+//!   publication's commit signs timestamp (and, with `snapshot_key`, a
+//!   snapshot whose version is taken) with these keys, under the same locks
+//!   ([`publication`]); `ota-repo`'s next publication works whatever the
+//!   server re-signed meanwhile.
 
+mod device_view;
 mod key;
 mod metadata;
+mod publication;
 mod settings;
 
 pub use key::OnlineKey;
+pub use publication::{Issued, PublicationIssue};
 pub use settings::{
     parse_duration, OnlineSigning, OnlineSigningFile, SnapshotSigning, DEFAULT_RESIGN_BEFORE,
     DEFAULT_SNAPSHOT_EXPIRY, DEFAULT_TIMESTAMP_EXPIRY,
@@ -75,6 +83,14 @@ pub enum ResignError {
     },
     #[error("cannot re-sign: {0}")]
     Metadata(String),
+    /// An uploaded file is not the TUF metadata it claims to be (the
+    /// publisher's fault: 400).
+    #[error("{0}")]
+    Malformed(String),
+    /// The publication cannot be made valid by the online keys (stale,
+    /// a rollback, or devices would refuse it): 409, with what to do.
+    #[error("{0}")]
+    Refused(String),
     #[error("re-signing: {0}")]
     Storage(#[from] StorageError),
     #[error("re-signing: {0}")]
@@ -360,6 +376,14 @@ impl Resigner {
     /// The highest `N.root.json` published, by probing 1, 2, ... (the way
     /// clients walk them).
     async fn newest_root(&self) -> Result<Option<Root>, ResignError> {
+        self.newest_root_bytes()
+            .await?
+            .map(|(n, bytes)| Root::parse(n, &bytes))
+            .transpose()
+    }
+
+    /// The highest `N.root.json` published and its bytes.
+    async fn newest_root_bytes(&self) -> Result<Option<(u64, Vec<u8>)>, ResignError> {
         let mut newest = None;
         for n in 1..=MAX_ROOT_VERSIONS {
             match self
@@ -371,7 +395,7 @@ impl Resigner {
                 None => break,
             }
         }
-        newest.map(|(n, bytes)| Root::parse(n, &bytes)).transpose()
+        Ok(newest)
     }
 }
 

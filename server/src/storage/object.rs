@@ -374,10 +374,7 @@ impl ObjectRepository {
             }
         }
         if !conflicts.is_empty() {
-            return Err(StorageError::Conflict(format!(
-                "already published with different content: {}",
-                conflicts.join(", ")
-            )));
+            return Err(super::conflict(&conflicts));
         }
         versioned.sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
 
