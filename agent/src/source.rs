@@ -11,7 +11,9 @@ use std::time::Duration;
 pub trait UpdateSource {
     /// Brings trusted metadata up to date (TUF client workflow).
     fn refresh(&mut self) -> Result<RefreshOutcome, TufError>;
-    /// Targets listed by the verified top-level targets metadata.
+    /// Every verified target: top-level targets and those of delegated
+    /// roles (e.g. one per board team), each as the TUF search would
+    /// resolve its name (a role counts only for its delegated paths).
     fn targets(&self) -> Result<Vec<Target>, TufError>;
     /// The target's bytes from `offset`; the caller verifies them.
     fn open(&self, target: &Target, offset: u64) -> Result<Box<dyn Read + Send>, TufError>;
@@ -29,7 +31,9 @@ impl<T: Transport> UpdateSource for TufClient<T> {
     }
 
     fn targets(&self) -> Result<Vec<Target>, TufError> {
-        self.top_level_targets()
+        // Delegated metadata is fetched only when the snapshot lists a new
+        // version of it; an idle poll re-verifies the stored copies.
+        self.all_targets()
     }
 
     fn open(&self, target: &Target, offset: u64) -> Result<Box<dyn Read + Send>, TufError> {

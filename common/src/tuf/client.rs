@@ -64,8 +64,11 @@ pub struct TufClient<T: Transport> {
     timestamp: Option<Timestamp>,
     snapshot: Option<Snapshot>,
     targets: Option<Targets>,
-    /// Delegated roles verified against the current snapshot.
-    delegated: HashMap<String, Targets>,
+    /// Delegated roles verified against the current snapshot, by name and
+    /// by the keys of the delegation they were verified under: a role
+    /// delegated twice with other keys is verified under each, never
+    /// trusted under one delegation because it passed another's keys.
+    delegated: HashMap<String, Vec<(EdgeKeys, Targets)>>,
     trusted_time: Option<DateTime<Utc>>,
     view: TrustedMetadata,
 }
@@ -74,6 +77,55 @@ pub struct TufClient<T: Transport> {
 struct Pending {
     role: DelegatedRole,
     keys: Arc<HashMap<String, PublicKey>>,
+}
+
+/// What a delegation trusts to sign its role: the key ids and threshold,
+/// and the public key each id stands for in the delegator's `keys`. One
+/// role name delegated by two roles with other keys is verified twice.
+#[derive(Debug, Clone, PartialEq)]
+struct EdgeKeys {
+    role_keys: RoleKeys,
+    keys: Vec<Option<PublicKey>>,
+}
+
+impl EdgeKeys {
+    fn new(role: &DelegatedRole, keys: &HashMap<String, PublicKey>) -> Self {
+        Self {
+            role_keys: role.keys.clone(),
+            keys: role
+                .keys
+                .keyids
+                .iter()
+                .map(|id| keys.get(id).cloned())
+                .collect(),
+        }
+    }
+
+    fn of(p: &Pending) -> Self {
+        Self::new(&p.role, &p.keys)
+    }
+}
+
+/// Delegated roles loaded during one listing: (name, keys, role or `None`
+/// when it could not be fetched or verified).
+#[derive(Default)]
+struct LoadedRoles {
+    roles: Vec<(String, EdgeKeys, Option<Arc<Targets>>)>,
+}
+
+/// The roles a targets role delegates to, in its order, with its keys.
+fn children_of(t: &Targets) -> Vec<Pending> {
+    let Some(d) = &t.delegations else {
+        return Vec::new();
+    };
+    let keys = Arc::new(d.keys.clone());
+    d.roles
+        .iter()
+        .map(|r| Pending {
+            role: r.clone(),
+            keys: keys.clone(),
+        })
+        .collect()
 }
 
 impl<T: Transport> TufClient<T> {
@@ -259,6 +311,154 @@ impl<T: Transport> TufClient<T> {
                 stack.extend(children.into_iter().rev());
             }
         }
+    }
+
+    /// Every target a spec 5.6.7 search would find, i.e. every name
+    /// [`find_target`](Self::find_target) would resolve, with the
+    /// description the search would return (pre-order depth-first, the
+    /// first role that lists a name wins; a role is trusted only for its
+    /// `paths`/`path_hash_prefixes`, on the whole chain of delegations
+    /// down to it; `terminating` ends the search past it; visited roles
+    /// are skipped; at most `max_delegations` roles per search). Sorted by
+    /// name.
+    ///
+    /// Two passes: first every delegated role reachable from top-level
+    /// targets is loaded once per distinct (role, keys that delegate it)
+    /// (at most `max_delegations` such loads, each file bounded by its
+    /// snapshot length or [`Limits::targets`](super::Limits)), which
+    /// gives every candidate name; then the search is replayed for each
+    /// name over what was loaded. A delegated role is fetched only when
+    /// the stored copy does not match the trusted snapshot's listing (its
+    /// version changed), so an idle poll reads and verifies local files
+    /// and makes no request. A delegated role that cannot be fetched or
+    /// verified (expired, bad signature, missing from the snapshot) ends
+    /// the search of each name that reaches it (spec 5.6.7.2.1: "report
+    /// that the target cannot be found"), with a warning; names found
+    /// before it, and every top-level target, are still listed.
+    pub fn all_targets(&self) -> Result<Vec<Target>, TufError> {
+        let now = self.effective_now();
+        let top = self.targets.as_ref().ok_or_else(|| not_loaded("targets"))?;
+        check_expiry("targets", &top.common, now)?;
+        let mut loaded = LoadedRoles::default();
+        let mut names: std::collections::BTreeSet<String> = top.targets.keys().cloned().collect();
+        let mut stack: Vec<Pending> = children_of(top).into_iter().rev().collect();
+        let mut seen: Vec<(String, EdgeKeys)> = Vec::new();
+        while let Some(next) = stack.pop() {
+            let edge = (next.role.name.clone(), EdgeKeys::of(&next));
+            // Each distinct delegation once: a cycle ends here.
+            if seen.contains(&edge) {
+                continue;
+            }
+            seen.push(edge);
+            if let Some(t) = self.load_for_listing(&mut loaded, &next, now) {
+                names.extend(t.targets.keys().cloned());
+                stack.extend(children_of(&t).into_iter().rev());
+            }
+        }
+        let mut out = Vec::new();
+        for name in names {
+            if let Some(t) = self.search_loaded(&name, top, &mut loaded, now) {
+                out.push(t);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Spec 5.6.7 for one name, like `find_target`, over `loaded` (loading
+    /// what is missing within the listing's cap). `None`: not found, or the
+    /// search reached a role that could not be loaded.
+    fn search_loaded(
+        &self,
+        name: &str,
+        top: &Targets,
+        loaded: &mut LoadedRoles,
+        now: DateTime<Utc>,
+    ) -> Option<Target> {
+        let mut visited: HashSet<String> = HashSet::new();
+        let mut stack: Vec<Pending> = Vec::new();
+        let mut current: Option<(String, Arc<Targets>)> =
+            Some(("targets".to_owned(), Arc::new(top.clone())));
+        let mut budget = self.options.max_delegations;
+        loop {
+            let (role_name, role) = match current.take() {
+                Some(c) => c,
+                None => {
+                    let next = stack.pop()?;
+                    if visited.contains(&next.role.name) {
+                        continue;
+                    }
+                    if budget == 0 {
+                        return None;
+                    }
+                    let t = self.load_for_listing(loaded, &next, now)?;
+                    (next.role.name.clone(), t)
+                }
+            };
+            budget = budget.saturating_sub(1);
+            visited.insert(role_name);
+            if let Some(t) = role.targets.get(name) {
+                return Some(Target {
+                    name: name.to_owned(),
+                    length: t.length,
+                    digests: t.digests.clone(),
+                    custom: t.custom.clone(),
+                });
+            }
+            if let Some(d) = &role.delegations {
+                let keys = Arc::new(d.keys.clone());
+                let mut children = Vec::new();
+                for child in &d.roles {
+                    if child.is_delegated_path(name) {
+                        children.push(Pending {
+                            role: child.clone(),
+                            keys: keys.clone(),
+                        });
+                        if child.terminating {
+                            stack.clear();
+                            break;
+                        }
+                    }
+                }
+                stack.extend(children.into_iter().rev());
+            }
+        }
+    }
+
+    /// A delegated role verified with the keys of this delegation, loaded
+    /// once per listing; `None` (warned once) when it cannot be used.
+    fn load_for_listing(
+        &self,
+        loaded: &mut LoadedRoles,
+        pending: &Pending,
+        now: DateTime<Utc>,
+    ) -> Option<Arc<Targets>> {
+        let keys = EdgeKeys::of(pending);
+        let name = &pending.role.name;
+        if let Some((_, _, t)) = loaded
+            .roles
+            .iter()
+            .find(|(n, k, _)| n == name && *k == keys)
+        {
+            return t.clone();
+        }
+        let result = if loaded.roles.len() >= self.options.max_delegations as usize {
+            tracing::warn!(
+                role = %name,
+                "delegated role not loaded: the listing already loaded {} roles (max_delegations)",
+                self.options.max_delegations
+            );
+            None
+        } else {
+            match self.fetch_targets_role(name, &pending.role.keys, &pending.keys, now) {
+                Ok(t) => Some(Arc::new(t)),
+                Err(e) => {
+                    tracing::warn!(role = %name, "delegated role not used, its targets are not listed: {e}");
+                    None
+                }
+            }
+        };
+        loaded.roles.push((name.clone(), keys, result.clone()));
+        result
     }
 
     /// URL of the target's consistent-snapshot file: targets_base +
@@ -599,11 +799,19 @@ impl<T: Transport> TufClient<T> {
         keys: &HashMap<String, PublicKey>,
         now: DateTime<Utc>,
     ) -> Result<Targets, TufError> {
-        if let Some(t) = self.delegated.get(&role.name) {
+        let edge = EdgeKeys::new(role, keys);
+        if let Some((_, t)) = self
+            .delegated
+            .get(&role.name)
+            .and_then(|v| v.iter().find(|(k, _)| *k == edge))
+        {
             return Ok(t.clone());
         }
         let t = self.fetch_targets_role(&role.name, &role.keys, keys, now)?;
-        self.delegated.insert(role.name.clone(), t.clone());
+        self.delegated
+            .entry(role.name.clone())
+            .or_default()
+            .push((edge, t.clone()));
         Ok(t)
     }
 
@@ -612,7 +820,7 @@ impl<T: Transport> TufClient<T> {
     /// is fetched; either way it is checked against the snapshot (length,
     /// hashes, version), its delegator's keys, and expiry.
     fn fetch_targets_role(
-        &mut self,
+        &self,
         role: &str,
         role_keys: &RoleKeys,
         keys: &HashMap<String, PublicKey>,

@@ -22,7 +22,9 @@ use sha2::{Digest, Sha256};
 const RSA_MIN_BITS: usize = 2048;
 const RSA_MAX_BITS: usize = 8192;
 
-#[derive(Debug, Clone)]
+// PartialEq: the delegation listing tells two delegations of one role
+// apart by the keys they trust (`client::EdgeKeys`).
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum PublicKey {
     Ed25519(Vec<u8>),
     /// Uncompressed SEC1 point.

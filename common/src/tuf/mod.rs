@@ -41,7 +41,20 @@
 //!   `terminating` honoured, at most `max_delegations` roles, `paths` (`*`
 //!   never matches `/`) and `path_hash_prefixes`; only the delegated metadata
 //!   needed is fetched. A role listing a target outside its paths simply does
-//!   not provide it.
+//!   not provide it. A delegated role verified under one delegation is never
+//!   reused under another delegation of the same name with other keys.
+//! * Listing (`all_targets`, what the agent chooses releases from): every
+//!   name the search above would resolve, with what it would resolve to: the
+//!   first role in pre-order that lists it wins (shadowing), a role counts
+//!   only for paths on its whole delegation chain, `terminating` cuts off what
+//!   follows. Every reachable delegated role is loaded once per distinct
+//!   delegation (at most `max_delegations`, each file bounded by its snapshot
+//!   length or `Limits::targets`), then the search is replayed per name. A
+//!   role that cannot be fetched or verified (expired, bad signature, not in
+//!   the snapshot) ends the search of the names that reach it, with a
+//!   warning; top-level targets are always listed. Delegated files are
+//!   fetched only when the stored copy no longer matches the snapshot's
+//!   listing, so an idle poll makes no extra request.
 //! * Signatures: one per distinct key id counts; key ids are trusted as the
 //!   delegator lists them; keys of unknown types or schemes are ignored (they
 //!   never count) rather than fatal. Supported: ed25519, ecdsa /
@@ -89,6 +102,14 @@ pub use client::{RefreshOutcome, RoleSummary, TrustedMetadata, TufClient};
 pub use transport::{FetchError, Fetched, FileTransport, Transport};
 
 use crate::hash::{Digests, VerifyError};
+
+/// Whether a delegation path `pattern` covers `target` as this client
+/// judges it (`*` and `?` never cross a `/`; the numbers of segments must
+/// be equal). `ota-repo` checks names with it before signing them into a
+/// delegated role, so what it signs is what devices accept.
+pub fn path_pattern_matches(pattern: &str, target: &str) -> bool {
+    pattern::matches(pattern, target)
+}
 use url::Url;
 
 /// Largest metadata files accepted when the signed metadata gives no length.

@@ -1420,3 +1420,320 @@ fn unsafe_target_names_are_refused() {
         );
     }
 }
+
+// ---------- listing every target through delegations ----------
+
+fn names(targets: &[Target]) -> Vec<&str> {
+    targets.iter().map(|t| t.name.as_str()).collect()
+}
+
+fn sha256_of(targets: &[Target], name: &str) -> Option<[u8; 32]> {
+    targets
+        .iter()
+        .find(|t| t.name == name)
+        .and_then(|t| t.digests.sha256)
+}
+
+#[test]
+fn listing_follows_delegations_in_spec_order_and_trusts_roles_only_for_their_paths() {
+    let mut repo = delegating_repo();
+    repo.add_target("top.img", b"top level");
+    repo.publish();
+    let (_s, mut c) = repo.client();
+    c.refresh().expect("refresh");
+    let all = c.all_targets().expect("list");
+    assert_eq!(
+        names(&all),
+        ["a/one.img", "a/two.img", "elsewhere.img", "top.img"]
+    );
+    // a comes before b: a's a/one.img shadows b's.
+    assert_eq!(
+        sha256_of(&all, "a/one.img"),
+        Some(Sha256::digest(b"one from a").into())
+    );
+    // a lists elsewhere.img outside its paths: ignored, b's is listed.
+    assert_eq!(
+        sha256_of(&all, "elsewhere.img"),
+        Some(Sha256::digest(b"honest").into())
+    );
+    // Each listed entry is what the one-name search returns.
+    for t in &all {
+        assert_eq!(c.find_target(&t.name).expect("find").as_ref(), Some(t));
+    }
+    // The top-level-only view is unchanged.
+    assert_eq!(names(&c.top_level_targets().expect("top")), ["top.img"]);
+}
+
+#[test]
+fn listing_goes_two_levels_deep_and_checks_paths_on_the_whole_chain() {
+    let mut repo = Repo::new();
+    let (ka, kd) = (ed25519(), ed25519());
+    repo.delegations = Some(json!({"keys": keys_obj(&[&ka]),
+        "roles": [delegation("board-a", &ka, json!(["board-a/*"]), false)]}));
+    // board-a delegates to "deep" for everything ("*" does not cross '/'),
+    // but deep is only trusted where board-a is: board-a/*.
+    let to_deep = json!({"keys": keys_obj(&[&kd]),
+        "roles": [delegation("deep", &kd, json!(["*", "board-a/*"]), false)]});
+    let mut deep = BTreeMap::new();
+    deep.insert(
+        "board-a/fw-2.img".to_owned(),
+        target_entry(b"deep fw", Value::Null),
+    );
+    deep.insert(
+        "stray.img".to_owned(),
+        target_entry(b"outside board-a", Value::Null),
+    );
+    let mut a = BTreeMap::new();
+    a.insert(
+        "board-a/fw-1.img".to_owned(),
+        target_entry(b"fw one", Value::Null),
+    );
+    repo.delegated.push(Delegated {
+        name: "board-a".into(),
+        key: ka,
+        targets: a,
+        delegations: Some(to_deep),
+        version: 0,
+    });
+    repo.delegated.push(Delegated {
+        name: "deep".into(),
+        key: kd,
+        targets: deep,
+        delegations: None,
+        version: 0,
+    });
+    repo.publish();
+    let (_s, mut c) = repo.client();
+    c.refresh().expect("refresh");
+    let all = c.all_targets().expect("list");
+    assert_eq!(names(&all), ["board-a/fw-1.img", "board-a/fw-2.img"]);
+    assert!(c.find_target("stray.img").expect("find").is_none());
+}
+
+#[test]
+fn listing_honours_terminating_delegations() {
+    let mut repo = delegating_repo();
+    let kc = ed25519();
+    let mut d = repo.delegations.take().expect("delegations");
+    d["keys"][kc.id.clone()] = kc.public.clone();
+    d["roles"]
+        .as_array_mut()
+        .expect("roles")
+        .insert(0, delegation("c", &kc, json!(["a/two.img"]), true));
+    repo.delegations = Some(d);
+    let mut c_targets = BTreeMap::new();
+    // c is terminating for a/two.img and does not list it: nobody after c
+    // may provide it. What c lists itself still counts.
+    c_targets.insert("a/two.img.sig".to_owned(), target_entry(b"x", Value::Null));
+    repo.delegated.push(Delegated {
+        name: "c".into(),
+        key: kc,
+        targets: c_targets,
+        delegations: None,
+        version: 0,
+    });
+    repo.publish();
+    let (_s, c) = repo.client();
+    let mut c = c;
+    c.refresh().expect("refresh");
+    let all = c.all_targets().expect("list");
+    assert_eq!(
+        names(&all),
+        ["a/one.img", "elsewhere.img"],
+        "a/two.img is cut off by c, a/two.img.sig is outside c's paths"
+    );
+}
+
+#[test]
+fn listing_skips_a_broken_role_for_the_names_that_reach_it_only() {
+    let mut repo = delegating_repo();
+    repo.add_target("top.img", b"top level");
+    repo.delegated[0].key = ed25519(); // role a now signed by a key nobody trusts
+    repo.publish();
+    let (_s, mut c) = repo.client();
+    c.refresh().expect("refresh");
+    let all = c
+        .all_targets()
+        .expect("a broken delegated role is not fatal");
+    // a/* names reach a first: the search ends there (spec 5.6.7.2.1).
+    assert_eq!(names(&all), ["elsewhere.img", "top.img"]);
+}
+
+#[test]
+fn listing_fetches_delegated_roles_only_when_the_snapshot_changes_them() {
+    let mut repo = delegating_repo();
+    let (state, mut c, log) = repo.recording_client();
+    c.refresh().expect("refresh");
+    taken(&log);
+    assert_eq!(c.all_targets().expect("list").len(), 3);
+    assert_eq!(taken(&log), ["1.a.json", "1.b.json"]);
+    // Idle poll: nothing new, nothing fetched.
+    assert_eq!(c.refresh().expect("refresh"), RefreshOutcome::Unchanged);
+    taken(&log);
+    assert_eq!(c.all_targets().expect("list").len(), 3);
+    assert!(taken(&log).is_empty());
+    // A restarted agent reads the stored copies.
+    drop(c);
+    let log2 = Arc::new(Mutex::new(Vec::new()));
+    let c = TufClient::open(
+        state.path(),
+        repo.options(),
+        Recording { log: log2.clone() },
+    )
+    .expect("open");
+    assert_eq!(c.all_targets().expect("list").len(), 3);
+    assert!(taken(&log2).is_empty());
+    // A new release: the roles whose version changed are fetched once.
+    repo.delegated[1]
+        .targets
+        .insert("b-new.img".to_owned(), target_entry(b"new", Value::Null));
+    repo.publish();
+    let mut c = c;
+    c.refresh().expect("refresh");
+    taken(&log2);
+    assert!(names(&c.all_targets().expect("list")).contains(&"b-new.img"));
+    assert_eq!(taken(&log2), ["2.a.json", "2.b.json"]);
+    c.all_targets().expect("list");
+    assert!(taken(&log2).is_empty());
+}
+
+#[test]
+fn listing_survives_delegation_cycles_and_honours_the_cap() {
+    let mut repo = Repo::new();
+    let (ka, kb) = (ed25519(), ed25519());
+    let keys = keys_obj(&[&ka, &kb]);
+    let to_a = json!({"keys": keys, "roles": [delegation("a", &ka, json!(["*"]), false)]});
+    let to_b = json!({"keys": keys, "roles": [delegation("b", &kb, json!(["*"]), false)]});
+    repo.delegations = Some(to_a.clone());
+    let mut bt = BTreeMap::new();
+    bt.insert("b.img".to_owned(), target_entry(b"b", Value::Null));
+    repo.delegated.push(Delegated {
+        name: "a".into(),
+        key: ka,
+        targets: BTreeMap::new(),
+        delegations: Some(to_b),
+        version: 0,
+    });
+    repo.delegated.push(Delegated {
+        name: "b".into(),
+        key: kb,
+        targets: bt,
+        delegations: Some(to_a),
+        version: 0,
+    });
+    repo.publish();
+    let (_s, mut c, log) = repo.recording_client();
+    c.refresh().expect("refresh");
+    taken(&log);
+    assert_eq!(names(&c.all_targets().expect("list")), ["b.img"]);
+    assert_eq!(taken(&log), ["1.a.json", "1.b.json"]);
+
+    let mut options = repo.options();
+    options.max_delegations = 1;
+    let state = tempfile::tempdir().expect("tempdir");
+    TufClient::<FileTransport>::init(state.path(), &repo.root_bytes(1)).expect("init");
+    let mut c =
+        TufClient::open(state.path(), options, Recording { log: log.clone() }).expect("open");
+    c.refresh().expect("refresh");
+    taken(&log);
+    assert!(
+        c.all_targets().expect("list").is_empty(),
+        "b is past the cap"
+    );
+    assert_eq!(taken(&log), ["1.a.json"]);
+}
+
+#[test]
+fn one_role_delegated_twice_is_trusted_only_with_the_keys_of_each_delegation() {
+    // Role "shared" is signed by ks. top delegates it for x/* with ks, and
+    // role "other" delegates it for y/* with a key that did not sign it:
+    // shared's y/ target must not be listed.
+    let mut repo = Repo::new();
+    let (ks, ko, kwrong) = (ed25519(), ed25519(), ed25519());
+    repo.delegations = Some(json!({"keys": keys_obj(&[&ko]),
+        "roles": [delegation("other", &ko, json!(["y/*"]), false)]}));
+    let other_deleg = json!({"keys": keys_obj(&[&kwrong]),
+        "roles": [delegation("shared", &kwrong, json!(["y/*"]), false)]});
+    let mut top_d = repo.delegations.take().expect("d");
+    top_d["keys"][ks.id.clone()] = ks.public.clone();
+    top_d["roles"]
+        .as_array_mut()
+        .expect("roles")
+        .push(delegation("shared", &ks, json!(["x/*", "y/*"]), false));
+    repo.delegations = Some(top_d);
+    let mut shared = BTreeMap::new();
+    shared.insert("x/1.img".to_owned(), target_entry(b"x1", Value::Null));
+    shared.insert("y/1.img".to_owned(), target_entry(b"y1", Value::Null));
+    repo.delegated.push(Delegated {
+        name: "other".into(),
+        key: ko,
+        targets: BTreeMap::new(),
+        delegations: Some(other_deleg),
+        version: 0,
+    });
+    repo.delegated.push(Delegated {
+        name: "shared".into(),
+        key: ks,
+        targets: shared,
+        delegations: None,
+        version: 0,
+    });
+    repo.publish();
+    let (_s, mut c) = repo.client();
+    c.refresh().expect("refresh");
+    let all = c.all_targets().expect("list");
+    // y/1.img: the search reaches "shared" through "other" first (with
+    // kwrong: not verified, the search ends) - not listed. x/1.img: only
+    // the top-level delegation (ks) covers it.
+    assert_eq!(names(&all), ["x/1.img"]);
+    for t in &all {
+        assert_eq!(c.find_target(&t.name).expect("find").as_ref(), Some(t));
+    }
+    assert!(
+        c.find_target("y/1.img").is_err(),
+        "find_target agrees: not trusted"
+    );
+}
+
+#[test]
+fn a_role_verified_under_one_delegation_is_not_trusted_under_another() {
+    // "other" (key ko) delegates role "shared" for y/* to kevil; top
+    // delegates "shared" for x/* to ka. The shared file is signed by kevil:
+    // good for y/* through "other", worthless for x/*. A search for y/ok
+    // must not let x/evil through afterwards (a cache keyed by name only
+    // would).
+    let mut repo = Repo::new();
+    let (ka, ko, kevil) = (ed25519(), ed25519(), ed25519());
+    repo.delegations = Some(json!({"keys": keys_obj(&[&ko, &ka]),
+        "roles": [delegation("other", &ko, json!(["y/*"]), false),
+                  delegation("shared", &ka, json!(["x/*"]), false)]}));
+    let other_deleg = json!({"keys": keys_obj(&[&kevil]),
+        "roles": [delegation("shared", &kevil, json!(["y/*"]), false)]});
+    let mut shared = BTreeMap::new();
+    shared.insert("x/evil.img".to_owned(), target_entry(b"evil", Value::Null));
+    shared.insert("y/ok.img".to_owned(), target_entry(b"ok", Value::Null));
+    repo.delegated.push(Delegated {
+        name: "other".into(),
+        key: ko,
+        targets: BTreeMap::new(),
+        delegations: Some(other_deleg),
+        version: 0,
+    });
+    repo.delegated.push(Delegated {
+        name: "shared".into(),
+        key: kevil,
+        targets: shared,
+        delegations: None,
+        version: 0,
+    });
+    repo.publish();
+    let (_s, mut c) = repo.client();
+    c.refresh().expect("refresh");
+    assert!(c.find_target("y/ok.img").expect("find").is_some());
+    let err = c.find_target("x/evil.img").expect_err("not signed by ka");
+    assert!(
+        matches!(err, TufError::ThresholdNotMet { ref role, .. } if role == "shared"),
+        "{err}"
+    );
+    assert_eq!(names(&c.all_targets().expect("list")), ["y/ok.img"]);
+}
