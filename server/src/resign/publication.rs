@@ -244,7 +244,11 @@ impl Resigner {
             }
         }
 
-        let (root_version, root_bytes) = self.newest_root_for(id, &staged_roots).await?;
+        // Probed once: every root read costs a request with an object store.
+        let published_root = self.newest_root_bytes().await?;
+        let (root_version, root_bytes) = self
+            .newest_root_for(id, published_root.clone(), &staged_roots)
+            .await?;
         let root = Root::parse(root_version, &root_bytes)?;
         let mut signed = Vec::new();
         let mut files: Vec<(String, Vec<u8>)> = Vec::new();
@@ -359,17 +363,10 @@ impl Resigner {
         });
 
         // What a device would do with it, before anything is visible.
-        let anchor = match self.newest_root_bytes().await? {
+        let anchor = match published_root {
             Some(published) => published,
-            None => {
-                let first = self.staged(id, "1.root.json").await.map_err(|_| {
-                    ResignError::Malformed(
-                        "nothing is published yet and the publication has no 1.root.json"
-                            .to_owned(),
-                    )
-                })?;
-                (1, first)
-            }
+            // The first publication: devices are flashed with its 1.root.json.
+            None => (1, self.staged(id, "1.root.json").await?),
         };
         let mut view = vec![
             ("timestamp.json".to_owned(), ts_bytes.clone()),
@@ -435,9 +432,9 @@ impl Resigner {
     async fn newest_root_for(
         &self,
         id: &str,
+        published: Option<(u64, Vec<u8>)>,
         staged_roots: &[u64],
     ) -> Result<(u64, Vec<u8>), ResignError> {
-        let published = self.newest_root_bytes().await?;
         if let Some(s) = staged_roots.iter().copied().max() {
             if published.as_ref().is_none_or(|(p, _)| s > *p) {
                 return Ok((s, self.staged(id, &format!("{s}.root.json")).await?));
