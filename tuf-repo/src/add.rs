@@ -55,19 +55,7 @@ pub async fn add_with_rollout(
     let state = RepoState::load(layout).await?;
     let mut release = release_fields(options)?;
     release.rollout = rollout;
-    let name = match &options.name {
-        Some(n) => n.clone(),
-        None => options
-            .image
-            .file_name()
-            .and_then(|n| n.to_str())
-            .map(str::to_owned)
-            .ok_or_else(|| RepoError::InvalidTargetName {
-                name: options.image.display().to_string(),
-                detail: "the image path has no UTF-8 file name; pass --name".to_owned(),
-            })?,
-    };
-    target_name::validate(&name)?;
+    let name = target_name_of(options)?;
     let image = File::open(&options.image).map_err(|source| RepoError::Image {
         path: options.image.clone(),
         source,
@@ -82,25 +70,8 @@ pub async fn add_with_rollout(
     let size = image.metadata().map(|m| m.len()).unwrap_or(0);
     let digests = store_image(layout, &name, &options.image, image, size)?;
 
-    let mut custom = HashMap::new();
-    let value = serde_json::to_value(&release)
-        .map_err(|e| RepoError::Inconsistent(format!("serializing release fields: {e}")))?;
-    if let serde_json::Value::Object(map) = value {
-        custom.extend(map);
-    }
+    let target = target_entry(&digests, &release)?;
     let sha512 = hex::encode(digests.sha512);
-    let target = Target {
-        length: digests.length,
-        hashes: Hashes {
-            sha256: digests.sha256.to_vec().into(),
-            _extra: HashMap::from([(
-                "sha512".to_owned(),
-                serde_json::Value::String(sha512.clone()),
-            )]),
-        },
-        custom,
-        _extra: HashMap::new(),
-    };
     let mut targets = state.targets.signed.clone();
     let tname =
         TargetName::new(name.clone()).map_err(RepoError::tough(format!("target name {name:?}")))?;
@@ -113,6 +84,47 @@ pub async fn add_with_rollout(
         sha512,
         targets_version,
     })
+}
+
+/// The signed description of an image: length, sha256 and sha512, and the
+/// release fields as `custom`.
+pub(crate) fn target_entry(digests: &StreamDigests, release: &ReleaseCustom) -> Result<Target> {
+    let mut custom = HashMap::new();
+    let value = serde_json::to_value(release)
+        .map_err(|e| RepoError::Inconsistent(format!("serializing release fields: {e}")))?;
+    if let serde_json::Value::Object(map) = value {
+        custom.extend(map);
+    }
+    Ok(Target {
+        length: digests.length,
+        hashes: Hashes {
+            sha256: digests.sha256.to_vec().into(),
+            _extra: HashMap::from([(
+                "sha512".to_owned(),
+                serde_json::Value::String(hex::encode(digests.sha512)),
+            )]),
+        },
+        custom,
+        _extra: HashMap::new(),
+    })
+}
+
+/// The image's target name: `--name`, else its file name; validated.
+pub(crate) fn target_name_of(options: &AddOptions) -> Result<String> {
+    let name = match &options.name {
+        Some(n) => n.clone(),
+        None => options
+            .image
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_owned)
+            .ok_or_else(|| RepoError::InvalidTargetName {
+                name: options.image.display().to_string(),
+                detail: "the image path has no UTF-8 file name; pass --name".to_owned(),
+            })?,
+    };
+    target_name::validate(&name)?;
+    Ok(name)
 }
 
 /// Checks that new targets content can be signed (root still valid, the
@@ -162,7 +174,7 @@ pub async fn sign_targets(
     Ok(state.targets.signed.version.get() + 1)
 }
 
-fn release_fields(options: &AddOptions) -> Result<ReleaseCustom> {
+pub(crate) fn release_fields(options: &AddOptions) -> Result<ReleaseCustom> {
     let version =
         semver::Version::parse(options.version.trim()).map_err(|e| RepoError::InvalidVersion {
             value: options.version.clone(),
@@ -190,10 +202,15 @@ fn release_fields(options: &AddOptions) -> Result<ReleaseCustom> {
     })
 }
 
-/// Refuses a name already listed, and a version already published for any
-/// of the hardware ids (a device could not tell the two images apart).
-fn check_not_published(state: &RepoState, name: &str, release: &ReleaseCustom) -> Result<()> {
-    for (existing_name, target) in &state.targets.signed.targets {
+/// Refuses a name already listed (by top-level targets or a delegated
+/// role), and a version already published for any of the hardware ids (a
+/// device could not tell the two images apart).
+pub(crate) fn check_not_published(
+    state: &RepoState,
+    name: &str,
+    release: &ReleaseCustom,
+) -> Result<()> {
+    for (existing_name, target) in crate::delegation::every_target(state) {
         if existing_name.raw() == name {
             return Err(RepoError::TargetExists {
                 name: name.to_owned(),
@@ -224,7 +241,7 @@ fn check_not_published(state: &RepoState, name: &str, release: &ReleaseCustom) -
 /// Copies the image into `targets/[dir/]<sha256>.<basename>` while hashing
 /// it, then links it as `<sha512>.<basename>`: one read of the image, in
 /// constant memory.
-fn store_image(
+pub(crate) fn store_image(
     layout: &Layout,
     name: &str,
     image_path: &Path,

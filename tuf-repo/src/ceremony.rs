@@ -878,8 +878,8 @@ pub fn ensure_signable(
 enum Step {
     /// New targets content (version and expiry are set here).
     Targets(Targets),
-    /// A snapshot listing this targets file.
-    Snapshot(Metafile),
+    /// A snapshot listing these files (`targets.json` and delegated roles).
+    Snapshot(std::collections::HashMap<String, Metafile>),
     /// A timestamp listing this snapshot file.
     Timestamp(Metafile),
     /// Metadata complete with its signatures (a merged ceremony).
@@ -903,13 +903,13 @@ fn build(
             targets.expires = expiry(Role::Targets)?;
             RoleMeta::Targets(targets)
         }
-        Step::Snapshot(targets_meta) => {
+        Step::Snapshot(meta) => {
             let mut s = Snapshot::new(
                 editor::SPEC_VERSION.to_owned(),
                 next_version(state, Role::Snapshot)?,
                 expiry(Role::Snapshot)?,
             );
-            s.meta.insert("targets.json".to_owned(), targets_meta);
+            s.meta = meta;
             RoleMeta::Snapshot(s)
         }
         Step::Timestamp(snapshot_meta) => {
@@ -981,6 +981,7 @@ async fn run_chain(
     first: Step,
     expires: &BTreeMap<Role, jiff::Timestamp>,
     completing: Option<Role>,
+    delegated: &BTreeMap<String, Metafile>,
 ) -> Result<Progress> {
     let log = editor::audit_log(layout, config);
     let mut files = MetadataFiles::default();
@@ -1006,8 +1007,14 @@ async fn run_chain(
         let bytes = meta.signed_file(signatures)?;
         let version = meta.version();
         progress.signed.push((meta.role(), version.get()));
-        step = match meta {
-            RoleMeta::Targets(_) => Some(Step::Snapshot(editor::metafile(&bytes, version))),
+        step = match &meta {
+            RoleMeta::Targets(t) => Some(Step::Snapshot(editor::snapshot_meta(
+                layout,
+                state,
+                t,
+                editor::metafile(&bytes, version),
+                delegated,
+            )?)),
             RoleMeta::Snapshot(_) => Some(Step::Timestamp(editor::metafile(&bytes, version))),
             RoleMeta::Timestamp(_) | RoleMeta::Root(_) => None,
         };
@@ -1077,7 +1084,8 @@ pub async fn sign_or_stage(
     state: &RepoState,
     plan: SignPlan,
 ) -> Result<Progress> {
-    heal(layout, state)?;
+    // No `heal` here: callers heal before writing what this plan lists
+    // (a delegated role's new file is unreferenced until this run ends).
     let roles = plan.roles();
     if plan.root {
         let files = editor::sign_plan(layout, config, state, plan).await?;
@@ -1096,10 +1104,12 @@ pub async fn sign_or_stage(
     } else if plan.resign_targets {
         Step::Targets(state.targets.signed.clone())
     } else if plan.snapshot {
-        Step::Snapshot(current_metafile(
+        Step::Snapshot(editor::snapshot_meta(
             layout,
-            Role::Targets,
-            state.targets.signed.version,
+            state,
+            &state.targets.signed,
+            current_metafile(layout, Role::Targets, state.targets.signed.version)?,
+            &plan.delegated,
         )?)
     } else if plan.timestamp {
         Step::Timestamp(current_metafile(
@@ -1111,7 +1121,16 @@ pub async fn sign_or_stage(
         return Ok(Progress::default());
     };
     let expires = chain_expiries(config, &plan.expires, jiff::Timestamp::now())?;
-    run_chain(layout, config, state, first, &expires, None).await
+    run_chain(
+        layout,
+        config,
+        state,
+        first,
+        &expires,
+        None,
+        &plan.delegated,
+    )
+    .await
 }
 
 // ------------------------------------------------------------ the commands
@@ -1155,10 +1174,12 @@ pub async fn export(
         } else {
             refuse_open_chain(layout, &format!("starting a {role} ceremony"))?;
             let step = match role {
-                Role::Snapshot => Step::Snapshot(current_metafile(
+                Role::Snapshot => Step::Snapshot(editor::snapshot_meta(
                     layout,
-                    Role::Targets,
-                    state.targets.signed.version,
+                    &state,
+                    &state.targets.signed,
+                    current_metafile(layout, Role::Targets, state.targets.signed.version)?,
+                    &BTreeMap::new(),
                 )?),
                 Role::Timestamp => Step::Timestamp(current_metafile(
                     layout,
@@ -1330,13 +1351,21 @@ fn check_fresh(
             payload.version
         )));
     }
-    let listed = match meta {
-        RoleMeta::Snapshot(s) => s.meta.get("targets.json").map(|m| (Role::Targets, m)),
-        RoleMeta::Timestamp(t) => t.meta.get("snapshot.json").map(|m| (Role::Snapshot, m)),
-        _ => None,
+    let listed: Vec<(String, &Metafile)> = match meta {
+        RoleMeta::Snapshot(s) => s
+            .meta
+            .iter()
+            .map(|(name, m)| (name.trim_end_matches(".json").to_owned(), m))
+            .collect(),
+        RoleMeta::Timestamp(t) => t
+            .meta
+            .iter()
+            .map(|(name, m)| (name.trim_end_matches(".json").to_owned(), m))
+            .collect(),
+        _ => Vec::new(),
     };
-    if let Some((r, m)) = listed {
-        let actual = current_metafile(layout, r, m.version)?;
+    for (r, m) in listed {
+        let actual = current_metafile(layout, &r, m.version)?;
         if actual != *m {
             return Err(ceremony_err(format!(
                 "the {role} being signed lists {r} version {} with other bytes than metadata/{}.{r}.json; abandon this ceremony",
@@ -1438,6 +1467,7 @@ pub async fn merge(layout: &Layout, role: Role, sig_files: &[PathBuf]) -> Result
                 Step::Signed(other, signatures),
                 &expires,
                 Some(role),
+                &BTreeMap::new(),
             )
             .await?
         }
@@ -1496,6 +1526,7 @@ async fn finish_root(
             snapshot: roles.contains(&Role::Snapshot),
             timestamp: roles.contains(&Role::Timestamp),
             expires,
+            delegated: BTreeMap::new(),
         };
         for r in plan.roles() {
             progress.signed.push((r, next_version(state, r)?.get()));

@@ -24,6 +24,11 @@ pub struct RepoConfig {
     /// Operator name for the audit log when env OTA_OPERATOR is not set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operator: Option<String>,
+    /// Delegated targets roles (`ota-repo delegate`): where each role's
+    /// keys live and its expiry policy. Its paths, key ids and threshold are
+    /// in the signed top-level targets metadata, which decides.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub delegations: BTreeMap<String, RoleConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +82,18 @@ impl RepoConfig {
         ota_common::atomic::write_atomic(&path, &bytes).map_err(RepoError::io(path))
     }
 
+    /// The entry of a delegated role.
+    pub fn delegated(&self, name: &str) -> Result<&RoleConfig> {
+        self.delegations
+            .get(name)
+            .ok_or_else(|| RepoError::InvalidConfig {
+                path: PathBuf::from(crate::layout::CONFIG_FILE),
+                detail: format!(
+                    "no delegations entry for role {name} (`ota-repo status` lists the delegated roles)"
+                ),
+            })
+    }
+
     pub fn role(&self, role: Role) -> Result<&RoleConfig> {
         self.roles
             .get(&role)
@@ -102,6 +119,14 @@ impl RepoConfig {
                 return Err(format!("role {role} has threshold 0"));
             }
             rc.expiry().map_err(|e| format!("role {role}: {e}"))?;
+        }
+        for (name, rc) in &self.delegations {
+            crate::delegation::validate_name(name).map_err(|e| format!("delegations: {e}"))?;
+            if rc.threshold == 0 {
+                return Err(format!("delegated role {name} has threshold 0"));
+            }
+            rc.expiry()
+                .map_err(|e| format!("delegated role {name}: {e}"))?;
         }
         Ok(())
     }

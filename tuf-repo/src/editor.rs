@@ -117,7 +117,20 @@ pub async fn signatures<T>(role: &T, keys: &[LoadedKey], log: &AuditLog) -> Resu
 where
     T: TufRole + Serialize,
 {
-    let name = T::TYPE.to_string();
+    signatures_as(&T::TYPE.to_string(), role, keys, log).await
+}
+
+/// [`signatures`], recorded in the audit log under `name` (a delegated
+/// targets role is recorded under its own name, not as "targets").
+pub async fn signatures_as<T>(
+    name: &str,
+    role: &T,
+    keys: &[LoadedKey],
+    log: &AuditLog,
+) -> Result<Vec<Signature>>
+where
+    T: TufRole + Serialize,
+{
     let data = role
         .canonical_form()
         .map_err(|e| RepoError::Inconsistent(format!("serializing {name} metadata: {e}")))?;
@@ -131,7 +144,7 @@ where
             .map_err(|e| RepoError::Inconsistent(format!("key id {}: {e}", key.key_id)))?;
         log.record(&Event {
             action: "sign",
-            role: &name,
+            role: name,
             version: role.version().get(),
             signed_bytes: &data,
             keyid: &key.key_id,
@@ -270,6 +283,9 @@ pub struct SignPlan {
     pub timestamp: bool,
     /// Expiry of each role signed.
     pub expires: BTreeMap<Role, jiff::Timestamp>,
+    /// New versions of delegated roles (`ROLE.json` -> its file), already
+    /// written to `metadata/`, for the new snapshot to list.
+    pub delegated: BTreeMap<String, Metafile>,
 }
 
 impl SignPlan {
@@ -367,9 +383,9 @@ pub async fn sign_plan(
             version,
             plan.expiry(Role::Snapshot)?,
         );
-        snapshot
-            .meta
-            .insert("targets.json".to_owned(), targets_meta);
+        let listed_targets = plan.new_targets.as_ref().unwrap_or(&state.targets.signed);
+        snapshot.meta =
+            snapshot_meta(layout, state, listed_targets, targets_meta, &plan.delegated)?;
         let signed = sign(snapshot, &root, keys_of(Role::Snapshot)?, &log).await?;
         out.versioned
             .push((format!("{version}.snapshot.json"), signed.buffer().clone()));
@@ -396,6 +412,35 @@ pub async fn sign_plan(
         out.timestamp = Some(signed.buffer().clone());
     }
     Ok(out)
+}
+
+/// What a new snapshot lists: `targets.json` (the given file), and every
+/// delegated role: its new version in `updates`, else the version the
+/// current snapshot lists, else (a role `targets` delegates for the first
+/// time) its `1.ROLE.json`, written before the targets that delegate it.
+/// Nothing the current snapshot lists is dropped: devices refuse a
+/// snapshot that removes a role.
+pub fn snapshot_meta(
+    layout: &Layout,
+    state: &RepoState,
+    targets: &Targets,
+    targets_meta: Metafile,
+    updates: &BTreeMap<String, Metafile>,
+) -> Result<HashMap<String, Metafile>> {
+    let mut meta = state.snapshot.signed.meta.clone();
+    meta.insert("targets.json".to_owned(), targets_meta);
+    for (name, m) in updates {
+        meta.insert(name.clone(), m.clone());
+    }
+    for role in targets.delegations.iter().flat_map(|d| d.roles.iter()) {
+        let key = format!("{}.json", role.name);
+        if meta.contains_key(&key) {
+            continue;
+        }
+        let path = layout.metadata_dir().join(format!("1.{}", key));
+        meta.insert(key, metafile(&read_file(&path)?, NonZeroU64::MIN));
+    }
+    Ok(meta)
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>> {

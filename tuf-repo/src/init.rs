@@ -218,5 +218,6 @@ fn plan_config(options: &InitOptions) -> Result<RepoConfig> {
         key_type: options.key_type,
         roles,
         operator: None,
+        delegations: BTreeMap::new(),
     })
 }

@@ -9,6 +9,7 @@
 //!   production keys live in a PKCS#11 token and repo.json holds their `pkcs11:` URIs.
 //! * `audit.jsonl` + `audit.head`: the hash-chained log of every signature made.
 //! * `ceremony/<role>.json`: an unsigned role waiting for offline signatures.
+//! * `metadata/N.<delegated role>.json`: delegated targets roles (`ota-repo delegate`).
 //! * `metadata/`: `N.root.json` (+ `root.json`, a copy of the newest), `N.targets.json`,
 //!   `N.snapshot.json`, `timestamp.json` (consistent snapshots).
 //! * `targets/[dir/]<sha256>.<basename>` and `targets/[dir/]<sha512>.<basename>`: the images.
@@ -17,6 +18,7 @@ pub mod add;
 pub mod audit;
 pub mod ceremony;
 pub mod config;
+pub mod delegation;
 pub mod editor;
 pub mod error;
 pub mod evidence;

@@ -119,8 +119,44 @@ enum Command {
         /// Target name (default: the image's file name).
         #[arg(long)]
         name: Option<String>,
+        /// Add to this delegated targets role (signed by its keys; the name
+        /// must be inside its paths) instead of top-level targets.
+        #[arg(long, value_name = "ROLE")]
+        role: Option<String>,
         #[command(flatten)]
         rollout: RolloutFlags,
+    },
+    /// Delegate target paths to a new targets role with its own keys:
+    /// top-level targets lists it (signed by the targets keys), its
+    /// version 1 is signed by its keys, snapshot and timestamp follow.
+    Delegate {
+        /// Role name: a-z, 0-9, '-', '_'.
+        #[arg(long)]
+        name: String,
+        /// Target path pattern the role is trusted for (repeatable), e.g.
+        /// 'board-a/*' ('*' does not match '/').
+        #[arg(long = "paths", value_name = "PATTERN", required = true)]
+        paths: Vec<String>,
+        /// An existing key file of the role (repeatable).
+        #[arg(long = "key", value_name = "FILE")]
+        keys: Vec<PathBuf>,
+        /// A key in a PKCS#11 token (repeatable).
+        #[arg(long = "key-uri", value_name = "PKCS11_URI")]
+        key_uris: Vec<String>,
+        /// Generate a key file keys/<name>-1.pem.
+        #[arg(long)]
+        generate_key: bool,
+        #[arg(long, default_value = "ed25519", value_parser = ["ed25519", "ecdsa", "rsa"])]
+        key_type: String,
+        /// Signatures the role needs.
+        #[arg(long, default_value_t = 1)]
+        threshold: u64,
+        /// Devices search no further than this role for the paths it covers.
+        #[arg(long)]
+        terminating: bool,
+        /// Expiry policy of the role's metadata (default 90d).
+        #[arg(long, value_name = "WHEN")]
+        expires: Option<String>,
     },
     /// Staged rollouts: show, change or remove a target's signed wave schedule.
     Rollout {
@@ -129,7 +165,9 @@ enum Command {
     },
     /// Re-sign roles with new versions and expiry dates (default: timestamp).
     Resign {
-        #[arg(long = "role", value_parser = ["root", "targets", "snapshot", "timestamp"])]
+        /// root, targets, snapshot, timestamp, or a delegated role's name
+        /// (its next version; then snapshot and timestamp).
+        #[arg(long = "role")]
         roles: Vec<String>,
         /// One-off expiry, ROLE=WHEN; the role is re-signed too.
         #[arg(long = "expires", value_name = "ROLE=WHEN")]
@@ -548,12 +586,86 @@ fn run(cli: Cli) -> Result<()> {
                 println!("audit log intact: {n} entries");
             }
         },
+        Command::Delegate {
+            name,
+            paths,
+            keys,
+            key_uris,
+            generate_key,
+            key_type,
+            threshold,
+            terminating,
+            expires,
+        } => {
+            let mut key_refs: Vec<KeyRef> = keys.into_iter().map(KeyRef::File).collect();
+            for uri in key_uris {
+                key_refs.push(KeyRef::Pkcs11(uri.parse()?));
+            }
+            let options = ota_repo::delegation::DelegateOptions {
+                name,
+                paths,
+                keys: key_refs,
+                generate_key: generate_key
+                    .then(|| key_type.parse::<KeyType>())
+                    .transpose()?,
+                threshold,
+                terminating,
+                expires: expires.as_deref().map(parse_expiry).transpose()?,
+            };
+            let d = runtime()?.block_on(ota_repo::delegation::delegate(&layout, &options))?;
+            let pending = d.progress.pending.as_ref();
+            println!(
+                "delegated {} to role {} ({} key(s), threshold {}); {}",
+                options.paths.join(", "),
+                d.name,
+                d.keys.len(),
+                options.threshold,
+                targets_outcome(d.targets_version, pending)
+            );
+            for (id, location) in &d.keys {
+                println!("  {} key {id}\n      {location}", d.name);
+            }
+            print_pending(pending);
+        }
         Command::Add {
             image,
             version,
             hardware_ids,
             notes,
             name,
+            role: Some(role),
+            rollout,
+        } => {
+            let options = add::AddOptions {
+                image,
+                version,
+                hardware_ids,
+                notes,
+                name,
+            };
+            let plan = rollout.into_args().plan(None, chrono::Utc::now())?;
+            for w in plan.iter().flat_map(rollout::warnings) {
+                eprintln!("ota-repo: warning: {w}");
+            }
+            let (added, progress) = runtime()?.block_on(ota_repo::delegation::add(
+                &layout,
+                &role,
+                &options,
+                plan.clone(),
+            ))?;
+            println!(
+                "added {} ({} bytes, sha256 {}) to delegated role {role}; signed {role} version {}",
+                added.name, added.length, added.sha256, added.targets_version
+            );
+            print_pending(progress.pending.as_ref());
+        }
+        Command::Add {
+            image,
+            version,
+            hardware_ids,
+            notes,
+            name,
+            role: None,
             rollout,
         } => {
             let options = add::AddOptions {
@@ -662,8 +774,28 @@ fn run(cli: Cli) -> Result<()> {
             expires,
             allow_expired,
         } => {
+            let (top, delegated): (Vec<String>, Vec<String>) = roles
+                .into_iter()
+                .partition(|r| Role::ALL.iter().any(|t| t.as_str() == r));
+            if !delegated.is_empty() {
+                if delegated.len() > 1 || !top.is_empty() || !expires.is_empty() {
+                    bail!("re-sign one delegated role at a time, alone (its snapshot and timestamp follow)");
+                }
+                let (v, exp, progress) = runtime()?.block_on(ota_repo::delegation::resign(
+                    &layout,
+                    &delegated[0],
+                    None,
+                    allow_expired,
+                ))?;
+                println!("signed {} version {v}, expires {exp}", delegated[0]);
+                for (r, v) in &progress.signed {
+                    println!("signed {r} version {v}");
+                }
+                print_pending(progress.pending.as_ref());
+                return Ok(());
+            }
             let options = resign::ResignOptions {
-                roles: roles.iter().map(|r| r.parse()).collect::<Result<_, _>>()?,
+                roles: top.iter().map(|r| r.parse()).collect::<Result<_, _>>()?,
                 expires: role_map(&expires, "expires", parse_expiry)?,
                 allow_expired,
             };
@@ -680,7 +812,8 @@ fn run(cli: Cli) -> Result<()> {
             // Load (and verify) with tough on a runtime that is gone before
             // the blocking HTTP client runs.
             let state = runtime()?.block_on(RepoState::load(&layout))?;
-            let set = publish::collect(&layout, &state)?;
+            let mut set = publish::collect(&layout, &state)?;
+            ota_repo::delegation::extend_publish_set(&layout, &state, &mut set)?;
             if !set.expired_roles.is_empty() {
                 eprintln!(
                     "ota-repo: warning: publishing expired metadata ({}); devices will refuse it",

@@ -90,6 +90,7 @@ pub async fn resign(layout: &Layout, options: &ResignOptions) -> Result<Resigned
         snapshot: roles.contains(&Role::Snapshot),
         timestamp: roles.contains(&Role::Timestamp),
         expires: expires.clone(),
+        delegated: BTreeMap::new(),
     };
     let files = editor::sign_plan(layout, &config, &state, plan).await?;
     editor::write_metadata(layout, &files)?;

@@ -202,6 +202,7 @@ pub async fn rotate(layout: &Layout, options: &RotateOptions) -> Result<Rotated>
         snapshot: resigned_roles.contains(&Role::Snapshot),
         timestamp: resigned_roles.contains(&Role::Timestamp),
         expires,
+        delegated: BTreeMap::new(),
     };
     let mut files = if resigned_roles.is_empty() {
         editor::MetadataFiles::default()

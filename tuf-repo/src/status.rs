@@ -176,20 +176,111 @@ pub async fn status(layout: &Layout, window: WarnWindow) -> Result<StatusReport>
             }
         }
     }
+    for role in crate::delegation::roles(&state) {
+        let Some(signed) = &role.targets else {
+            continue;
+        };
+        let (version, expires) = (signed.signed.version.get(), signed.signed.expires);
+        let policy = config
+            .delegations
+            .get(&role.name)
+            .map(|r| r.expires.clone())
+            .unwrap_or_default();
+        let window_secs = window.for_policy(policy.parse::<Expiry>().ok());
+        let horizon = now
+            .checked_add(jiff::SignedDuration::from_secs(window_secs))
+            .unwrap_or(now);
+        let within = human_duration(window_secs);
+        let name = &role.name;
+        let flag = if expires <= now {
+            warnings.push(format!(
+                "delegated role {name} metadata EXPIRED at {expires}"
+            ));
+            "  EXPIRED"
+        } else if expires <= horizon {
+            warnings.push(format!(
+                "delegated role {name} metadata expires soon, at {expires} (within {within})"
+            ));
+            "  EXPIRES SOON"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "\ndelegated role {name}: version {version}, expires {expires}{flag} (policy {policy}, warn within {within})\n  paths {}{}",
+            crate::delegation::paths_of(role).join(", "),
+            if role.terminating { ", terminating" } else { "" }
+        );
+        let mut role_locations: HashMap<String, String> = HashMap::new();
+        for key_ref in config
+            .delegations
+            .get(name)
+            .map(|c| c.keys.as_slice())
+            .unwrap_or(&[])
+        {
+            match key_ref
+                .public_key(Some(layout))
+                .and_then(|k| keys::key_id(&k))
+            {
+                Ok(id) => {
+                    role_locations.insert(id, key_ref.describe(Some(layout)));
+                }
+                Err(e) => {
+                    let _ = writeln!(out, "  key not reachable: {e}");
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "  threshold {} of {} key(s)",
+            role.threshold,
+            role.keyids.len()
+        );
+        let delegation_keys = state.targets.signed.delegations.as_ref().map(|d| &d.keys);
+        for id in &role.keyids {
+            let id_hex = hex::encode(&**id);
+            let kind = delegation_keys
+                .and_then(|k| k.get(id))
+                .map(keys::describe)
+                .unwrap_or_else(|| "?".to_owned());
+            let location = role_locations
+                .get(&id_hex)
+                .cloned()
+                .unwrap_or_else(|| "offline (not in repo.json)".to_owned());
+            let _ = writeln!(out, "  key {id_hex} {kind}\n      {location}");
+        }
+    }
     for problem in unreachable {
         let _ = writeln!(out, "\nkey not reachable: {problem}");
     }
 
-    let mut targets: Vec<_> = state.targets.signed.targets.iter().collect();
+    let mut targets: Vec<_> = state
+        .targets
+        .signed
+        .targets
+        .iter()
+        .map(|(n, t)| (n, t, String::new()))
+        .collect();
+    for role in crate::delegation::roles(&state) {
+        if let Some(signed) = &role.targets {
+            targets.extend(
+                signed
+                    .signed
+                    .targets
+                    .iter()
+                    .map(|(n, t)| (n, t, format!("  (role {})", role.name))),
+            );
+        }
+    }
     targets.sort_by(|a, b| a.0.raw().cmp(b.0.raw()));
     let _ = writeln!(out, "\ntargets ({}):", targets.len());
-    for (name, target) in targets {
+    for (name, target, by) in targets {
         let custom = serde_json::Value::Object(target.custom.clone().into_iter().collect());
         match serde_json::from_value::<ReleaseCustom>(custom) {
             Ok(r) => {
                 let _ = writeln!(
                     out,
-                    "  {}  version {}  hardware ids {}  {} bytes",
+                    "  {}  version {}  hardware ids {}  {} bytes{by}",
                     name.raw(),
                     r.version,
                     r.hardware_ids.join(","),
@@ -199,7 +290,7 @@ pub async fn status(layout: &Layout, window: WarnWindow) -> Result<StatusReport>
             Err(_) => {
                 let _ = writeln!(
                     out,
-                    "  {}  (no release fields)  {} bytes",
+                    "  {}  (no release fields)  {} bytes{by}",
                     name.raw(),
                     target.length
                 );

@@ -1,0 +1,648 @@
+//! Delegated targets roles: `ota-repo delegate` hands a set of target paths
+//! (e.g. `board-a/*`) to a role with its own keys and threshold, so a board
+//! team can sign its releases without the top-level targets keys.
+//!
+//! * Delegating changes top-level targets (the role's public keys, key ids,
+//!   threshold, `paths`, `terminating` are signed there, by the targets
+//!   keys: a ceremony when they are offline) and creates `1.ROLE.json`,
+//!   signed by the role's keys, before the targets that reference it.
+//! * `add --role ROLE` and `resign --role ROLE` sign the next `N.ROLE.json`
+//!   with the role's keys, then a snapshot listing it and a timestamp
+//!   (ceremonies for those when their keys are offline).
+//! * Snapshots list every delegated role (`ROLE.json`), so devices check
+//!   each role's version and hash, and no snapshot ever drops one.
+//!
+//! Every signature goes through `editor::signatures_as`, so it is in the
+//! hash-chained audit log under the role's name. Names a role may list are
+//! checked with the device's own path matcher
+//! (`ota_common::tuf::path_pattern_matches`): `*` never crosses a `/`.
+//! Only top-level targets delegates (one level); the device client follows
+//! deeper delegations made by other tools.
+
+use crate::add::{self, AddOptions, Added};
+use crate::ceremony::{self, Progress};
+use crate::config::{RepoConfig, RoleConfig};
+use crate::editor::{self, SignPlan};
+use crate::error::{RepoError, Result};
+use crate::expiry::Expiry;
+use crate::key_ref::{KeyRef, LoadedKey};
+use crate::keys::{self, KeyType};
+use crate::layout::Layout;
+use crate::publish::{PublishSet, TargetFile};
+use crate::role::Role;
+use crate::state::RepoState;
+use crate::target_name;
+use ota_common::rollout::RolloutPlan;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::num::NonZeroU64;
+use std::path::PathBuf;
+use tough::schema::decoded::{Decoded, Hex};
+use tough::schema::key::Key;
+use tough::schema::{DelegatedRole, Delegations, PathPattern, PathSet, Signed, Target, Targets};
+use tough::TargetName;
+
+/// Default lifetime of a delegated role's metadata (as top-level targets).
+pub const DEFAULT_EXPIRY: &str = "90d";
+/// Most keys one delegated role may list.
+pub const MAX_KEYS: usize = 16;
+/// Most path patterns one delegation may list.
+pub const MAX_PATHS: usize = 64;
+
+/// A delegated role name: 1 to 64 of `a-z 0-9 - _`, starting with a letter
+/// or digit, and not a top-level role. The name becomes part of file names
+/// (`N.ROLE.json`, here, on the server and on devices), so nothing that
+/// needs encoding is allowed.
+pub fn validate_name(name: &str) -> std::result::Result<(), String> {
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    let first_ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if name.is_empty() || name.len() > 64 || !ok_chars || !first_ok {
+        return Err(format!(
+            "invalid delegated role name {name:?}: expected 1 to 64 of a-z, 0-9, '-' and '_', starting with a letter or digit"
+        ));
+    }
+    if Role::ALL.iter().any(|r| r.as_str() == name) {
+        return Err(format!(
+            "{name:?} is a top-level role; a delegated role needs another name"
+        ));
+    }
+    Ok(())
+}
+
+/// The roles top-level targets delegates to, in search order.
+pub fn roles(state: &RepoState) -> &[DelegatedRole] {
+    state
+        .targets
+        .signed
+        .delegations
+        .as_ref()
+        .map(|d| d.roles.as_slice())
+        .unwrap_or(&[])
+}
+
+/// A delegated role and its signed metadata, as loaded (and verified) by tough.
+pub fn find<'a>(
+    state: &'a RepoState,
+    name: &str,
+) -> Result<(&'a DelegatedRole, &'a Signed<Targets>)> {
+    let role = roles(state).iter().find(|r| r.name == name).ok_or_else(|| {
+        RepoError::InvalidArgument(format!(
+            "no delegated role {name:?} in the signed targets metadata (`ota-repo delegate` creates one; `ota-repo status` lists them)"
+        ))
+    })?;
+    let targets = role.targets.as_ref().ok_or_else(|| {
+        RepoError::Inconsistent(format!(
+            "delegated role {name} has no metadata listed in snapshot"
+        ))
+    })?;
+    Ok((role, targets))
+}
+
+/// Every target the repository lists: top-level first, then each delegated
+/// role's (a name listed twice is refused when added, so order is only
+/// for display).
+pub fn every_target(state: &RepoState) -> Vec<(&TargetName, &Target)> {
+    let mut out: Vec<(&TargetName, &Target)> = state.targets.signed.targets.iter().collect();
+    for role in roles(state) {
+        if let Some(t) = &role.targets {
+            out.extend(t.signed.targets.iter());
+        }
+    }
+    out
+}
+
+/// The patterns of a delegation, as text.
+pub fn paths_of(role: &DelegatedRole) -> Vec<String> {
+    match &role.paths {
+        PathSet::Paths(p) => p.iter().map(|p| p.value().to_owned()).collect(),
+        PathSet::PathHashPrefixes(p) => p
+            .iter()
+            .map(|p| format!("sha256 prefix {}", p.value()))
+            .collect(),
+    }
+}
+
+/// Whether devices trust `role` for `name` (their matcher, their rules).
+fn covers(role: &DelegatedRole, name: &str) -> bool {
+    match &role.paths {
+        PathSet::Paths(p) => p
+            .iter()
+            .any(|p| ota_common::tuf::path_pattern_matches(p.value(), name)),
+        PathSet::PathHashPrefixes(prefixes) => {
+            let hash = ota_common::hash::sha256_hex(name.as_bytes());
+            prefixes
+                .iter()
+                .any(|p| hash.starts_with(&p.value().to_ascii_lowercase()))
+        }
+    }
+}
+
+fn validate_pattern(pattern: &str) -> Result<PathPattern> {
+    let bad =
+        |detail: &str| RepoError::InvalidArgument(format!("invalid --paths {pattern:?}: {detail}"));
+    if pattern.is_empty() || pattern.starts_with('/') {
+        return Err(bad(
+            "a pattern is relative to the targets and not empty, e.g. board-a/*",
+        ));
+    }
+    if pattern
+        .split('/')
+        .any(|s| s.is_empty() || s == "." || s == "..")
+    {
+        return Err(bad("empty, '.' or '..' path segment"));
+    }
+    if pattern.chars().any(|c| c.is_control() || c == '\\') {
+        return Err(bad("control character or backslash"));
+    }
+    PathPattern::new(pattern).map_err(|e| bad(&e.to_string()))
+}
+
+fn keyid_bytes(id: &str) -> Result<Decoded<Hex>> {
+    Ok(hex::decode(id)
+        .map_err(|e| RepoError::Inconsistent(format!("key id {id}: {e}")))?
+        .into())
+}
+
+/// The role's keys that repo.json lists, open here and that the delegation
+/// lists, with a description of each listed key that could not be used.
+fn local_keys(
+    layout: &Layout,
+    config: &RepoConfig,
+    role: &DelegatedRole,
+) -> Result<(Vec<LoadedKey>, Vec<String>)> {
+    let listed: BTreeSet<String> = role.keyids.iter().map(|id| hex::encode(&**id)).collect();
+    let mut usable: Vec<LoadedKey> = Vec::new();
+    let mut problems = Vec::new();
+    let keys = config
+        .delegations
+        .get(&role.name)
+        .map(|c| c.keys.as_slice())
+        .unwrap_or(&[]);
+    for key_ref in keys {
+        match key_ref.open(Some(layout)) {
+            Ok(k) if usable.iter().any(|u| u.key_id == k.key_id) => {}
+            Ok(k) if listed.contains(&k.key_id) => usable.push(k),
+            Ok(k) => problems.push(format!(
+                "{}: key {} is not a key of delegated role {} in the targets metadata",
+                k.location, k.key_id, role.name
+            )),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    Ok((usable, problems))
+}
+
+fn role_keys(layout: &Layout, config: &RepoConfig, role: &DelegatedRole) -> Result<Vec<LoadedKey>> {
+    let (usable, problems) = local_keys(layout, config, role)?;
+    if (usable.len() as u64) < role.threshold.get() {
+        let mut details = if problems.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", problems.join("; "))
+        };
+        details.push_str(&format!(
+            " (repo.json \"delegations\".\"{}\".\"keys\" lists where this role's keys are)",
+            role.name
+        ));
+        return Err(RepoError::ThresholdUnreachable {
+            role: format!("delegated role {}", role.name),
+            threshold: role.threshold.get(),
+            available: usable.len(),
+            details,
+        });
+    }
+    Ok(usable)
+}
+
+/// The expiries for snapshot and timestamp (and a check that they can be
+/// signed or staged) before any file is written.
+fn chain_expiries(
+    layout: &Layout,
+    config: &RepoConfig,
+    state: &RepoState,
+    now: jiff::Timestamp,
+) -> Result<BTreeMap<Role, jiff::Timestamp>> {
+    editor::ensure_not_expired(Role::Root, state.root.signed.expires, now)?;
+    ceremony::heal(layout, state)?;
+    let mut expires = BTreeMap::new();
+    for role in [Role::Snapshot, Role::Timestamp] {
+        let t = config.role(role)?.expiry()?.resolve(now)?;
+        editor::ensure_future(role, t, now, false)?;
+        expires.insert(role, t);
+        ceremony::ensure_signable(layout, config, role, &state.root.signed)?;
+    }
+    Ok(expires)
+}
+
+/// Signs `content` as the next version of delegated role `name` with its
+/// keys here, writes `N.ROLE.json`, then signs (or stages) a snapshot that
+/// lists it and a timestamp.
+// The repository context (layout, config, state), the role (its delegation
+// and current file), the new content and two expiry choices: grouping them
+// in a struct would only rename these arguments.
+#[allow(clippy::too_many_arguments)]
+async fn sign_role(
+    layout: &Layout,
+    config: &RepoConfig,
+    state: &RepoState,
+    role: &DelegatedRole,
+    current: &Signed<Targets>,
+    mut content: Targets,
+    role_expires: jiff::Timestamp,
+    chain: BTreeMap<Role, jiff::Timestamp>,
+) -> Result<(u64, Progress)> {
+    let keys = role_keys(layout, config, role)?;
+    content.version = current.signed.version.checked_add(1).ok_or_else(|| {
+        RepoError::Inconsistent(format!("delegated role {} version cannot grow", role.name))
+    })?;
+    content.expires = role_expires;
+    let version = content.version;
+    let log = editor::audit_log(layout, config);
+    let signatures = editor::signatures_as(&role.name, &content, &keys, &log).await?;
+    let bytes = editor::signed_bytes(&Signed {
+        signed: content,
+        signatures,
+    })?;
+    let file = format!("{version}.{}.json", role.name);
+    editor::write_metadata(
+        layout,
+        &editor::MetadataFiles {
+            versioned: vec![(file, bytes.clone())],
+            ..Default::default()
+        },
+    )?;
+    let plan = SignPlan {
+        snapshot: true,
+        timestamp: true,
+        expires: chain,
+        delegated: BTreeMap::from([(
+            format!("{}.json", role.name),
+            editor::metafile(&bytes, version),
+        )]),
+        ..SignPlan::default()
+    };
+    let progress = ceremony::sign_or_stage(layout, config, state, plan).await?;
+    Ok((version.get(), progress))
+}
+
+// ----------------------------------------------------------------- delegate
+
+#[derive(Debug, Clone, Default)]
+pub struct DelegateOptions {
+    pub name: String,
+    /// Path patterns the role is trusted for (`board-a/*`).
+    pub paths: Vec<String>,
+    /// Existing keys (files or `pkcs11:` URIs).
+    pub keys: Vec<KeyRef>,
+    /// Generate a key file `keys/<name>-1.pem` of this type.
+    pub generate_key: Option<KeyType>,
+    pub threshold: u64,
+    /// Devices stop searching past this role for names it covers.
+    pub terminating: bool,
+    /// Expiry policy of the role's metadata (default 90d).
+    pub expires: Option<Expiry>,
+}
+
+/// What `delegate` did.
+#[derive(Debug, Clone)]
+pub struct Delegation {
+    pub name: String,
+    /// (key id, where it lives).
+    pub keys: Vec<(String, String)>,
+    /// The targets version that delegates the role (signed or pending).
+    pub targets_version: u64,
+    pub progress: Progress,
+}
+
+pub async fn delegate(layout: &Layout, options: &DelegateOptions) -> Result<Delegation> {
+    let mut config = RepoConfig::load(layout)?;
+    let state = RepoState::load(layout).await?;
+    let name = options.name.as_str();
+    validate_name(name).map_err(RepoError::InvalidArgument)?;
+    if roles(&state).iter().any(|r| r.name == name) {
+        return Err(RepoError::InvalidArgument(format!(
+            "delegated role {name} already exists (`ota-repo status` shows it)"
+        )));
+    }
+    if options.paths.is_empty() || options.paths.len() > MAX_PATHS {
+        return Err(RepoError::InvalidArgument(format!(
+            "give 1 to {MAX_PATHS} --paths patterns (e.g. --paths 'board-a/*')"
+        )));
+    }
+    let patterns = options
+        .paths
+        .iter()
+        .map(|p| validate_pattern(p))
+        .collect::<Result<Vec<_>>>()?;
+    let n_keys = options.keys.len() + usize::from(options.generate_key.is_some());
+    if n_keys == 0 || n_keys > MAX_KEYS {
+        return Err(RepoError::InvalidArgument(format!(
+            "give 1 to {MAX_KEYS} keys: --key FILE, --key-uri URI or --generate-key"
+        )));
+    }
+    if options.threshold == 0 || options.threshold > n_keys as u64 {
+        return Err(RepoError::InvalidArgument(format!(
+            "--threshold {}: must be between 1 and the {n_keys} key(s) of {name}",
+            options.threshold
+        )));
+    }
+    let now = jiff::Timestamp::now();
+    let policy = options
+        .expires
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| DEFAULT_EXPIRY.to_owned());
+    let role_expires = policy.parse::<Expiry>()?.resolve(now)?;
+    editor::ensure_future(Role::Targets, role_expires, now, false)?;
+    // Everything that could refuse (top-level keys, open ceremonies,
+    // expiries) is checked before a key or file is created.
+    let chain = add::signing_expiries(layout, &config, &state, now)?;
+
+    let mut key_refs = options.keys.clone();
+    if let Some(key_type) = options.generate_key {
+        let rel = PathBuf::from(crate::layout::KEYS_DIR).join(format!("{name}-1.pem"));
+        let path = layout.resolve(&rel);
+        if path.exists() {
+            return Err(RepoError::InvalidArgument(format!(
+                "{} already exists; pass it with --key instead of --generate-key",
+                path.display()
+            )));
+        }
+        let pem = keys::generate_pem(key_type)?;
+        ota_common::atomic::write_atomic_with_mode(&path, pem.as_bytes(), 0o600)
+            .map_err(RepoError::io(&path))?;
+        key_refs.push(KeyRef::File(rel));
+    }
+    let mut public: Vec<(String, Key, String)> = Vec::new();
+    for k in &key_refs {
+        let key = k.public_key(Some(layout))?;
+        let id = keys::key_id(&key)?;
+        if public.iter().any(|(i, _, _)| *i == id) {
+            return Err(RepoError::InvalidArgument(format!(
+                "key {id} ({}) is given twice",
+                k.describe(Some(layout))
+            )));
+        }
+        public.push((id, key, k.describe(Some(layout))));
+    }
+    let threshold = NonZeroU64::new(options.threshold)
+        .ok_or_else(|| RepoError::InvalidArgument("--threshold must be at least 1".to_owned()))?;
+    let role = DelegatedRole {
+        name: name.to_owned(),
+        keyids: public
+            .iter()
+            .map(|(id, _, _)| keyid_bytes(id))
+            .collect::<Result<_>>()?,
+        threshold,
+        paths: PathSet::Paths(patterns),
+        terminating: options.terminating,
+        targets: None,
+    };
+    // repo.json first: a power cut after it leaves an entry `delegate` may
+    // overwrite (the role is not in signed metadata yet).
+    config.delegations.insert(
+        name.to_owned(),
+        RoleConfig {
+            keys: key_refs,
+            threshold: options.threshold,
+            expires: policy,
+        },
+    );
+    config.save(layout)?;
+
+    // Version 1 of the role, signed by its keys, before the targets that
+    // delegate to it (unreferenced until a snapshot lists it).
+    let keys = role_keys(layout, &config, &role)?;
+    let mut first = Targets::new(
+        editor::SPEC_VERSION.to_owned(),
+        NonZeroU64::MIN,
+        role_expires,
+    );
+    first.delegations = None;
+    let log = editor::audit_log(layout, &config);
+    let signatures = editor::signatures_as(name, &first, &keys, &log).await?;
+    let bytes = editor::signed_bytes(&Signed {
+        signed: first,
+        signatures,
+    })?;
+    editor::write_metadata(
+        layout,
+        &editor::MetadataFiles {
+            versioned: vec![(format!("1.{name}.json"), bytes)],
+            ..Default::default()
+        },
+    )?;
+
+    let mut targets = state.targets.signed.clone();
+    let delegations = targets.delegations.get_or_insert_with(Delegations::new);
+    for (id, key, _) in &public {
+        delegations.keys.insert(keyid_bytes(id)?, key.clone());
+    }
+    delegations.roles.push(role);
+    let plan = SignPlan {
+        new_targets: Some(targets),
+        snapshot: true,
+        timestamp: true,
+        expires: chain,
+        ..SignPlan::default()
+    };
+    let progress = ceremony::sign_or_stage(layout, &config, &state, plan).await?;
+    Ok(Delegation {
+        name: name.to_owned(),
+        keys: public.into_iter().map(|(id, _, loc)| (id, loc)).collect(),
+        targets_version: state.targets.signed.version.get() + 1,
+        progress,
+    })
+}
+
+// ---------------------------------------------------------------- add, resign
+
+/// `add --role ROLE`: the image becomes a target of the delegated role
+/// (its name must be inside the role's paths), signed by the role's keys.
+pub async fn add(
+    layout: &Layout,
+    role_name: &str,
+    options: &AddOptions,
+    rollout: Option<RolloutPlan>,
+) -> Result<(Added, Progress)> {
+    let config = RepoConfig::load(layout)?;
+    let state = RepoState::load(layout).await?;
+    let (role, current) = find(&state, role_name)?;
+    let mut release = add::release_fields(options)?;
+    release.rollout = rollout;
+    let name = add::target_name_of(options)?;
+    if !covers(role, &name) {
+        return Err(RepoError::InvalidTargetName {
+            name,
+            detail: format!(
+                "outside the paths of delegated role {role_name} ({}): devices would not trust it from that role; pass --name inside them (`*` does not match '/')",
+                paths_of(role).join(", ")
+            ),
+        });
+    }
+    let image = File::open(&options.image).map_err(|source| RepoError::Image {
+        path: options.image.clone(),
+        source,
+    })?;
+    add::check_not_published(&state, &name, &release)?;
+    let now = jiff::Timestamp::now();
+    let role_expires = config.delegated(role_name)?.expiry()?.resolve(now)?;
+    editor::ensure_future(Role::Targets, role_expires, now, false)?;
+    let chain = chain_expiries(layout, &config, &state, now)?;
+    // The role's keys must reach its threshold before the image is copied.
+    role_keys(layout, &config, role)?;
+
+    let size = image.metadata().map(|m| m.len()).unwrap_or(0);
+    let digests = add::store_image(layout, &name, &options.image, image, size)?;
+    let target = add::target_entry(&digests, &release)?;
+    let mut content = current.signed.clone();
+    let tname =
+        TargetName::new(name.clone()).map_err(RepoError::tough(format!("target name {name:?}")))?;
+    content.targets.insert(tname, target);
+    let (version, progress) = sign_role(
+        layout,
+        &config,
+        &state,
+        role,
+        current,
+        content,
+        role_expires,
+        chain,
+    )
+    .await?;
+    Ok((
+        Added {
+            name,
+            length: digests.length,
+            sha256: hex::encode(digests.sha256),
+            sha512: hex::encode(digests.sha512),
+            targets_version: version,
+        },
+        progress,
+    ))
+}
+
+/// `resign --role ROLE`: the role's next version with a fresh expiry.
+pub async fn resign(
+    layout: &Layout,
+    role_name: &str,
+    expires: Option<Expiry>,
+    allow_expired: bool,
+) -> Result<(u64, jiff::Timestamp, Progress)> {
+    let config = RepoConfig::load(layout)?;
+    let state = RepoState::load(layout).await?;
+    let (role, current) = find(&state, role_name)?;
+    let now = jiff::Timestamp::now();
+    let policy = match expires {
+        Some(e) => e,
+        None => config.delegated(role_name)?.expiry()?,
+    };
+    let role_expires = policy.resolve(now)?;
+    editor::ensure_future(Role::Targets, role_expires, now, allow_expired)?;
+    let chain = chain_expiries(layout, &config, &state, now)?;
+    let content = current.signed.clone();
+    let (version, progress) = sign_role(
+        layout,
+        &config,
+        &state,
+        role,
+        current,
+        content,
+        role_expires,
+        chain,
+    )
+    .await?;
+    Ok((version, role_expires, progress))
+}
+
+// ------------------------------------------------------------------ publish
+
+/// Adds what the delegated roles need to a publication: each role's
+/// current `N.ROLE.json` and the images it lists.
+pub fn extend_publish_set(layout: &Layout, state: &RepoState, set: &mut PublishSet) -> Result<()> {
+    for role in roles(state) {
+        let (_, signed) = find(state, &role.name)?;
+        set.metadata
+            .push(format!("{}.{}.json", signed.signed.version, role.name));
+        let mut listed: Vec<_> = signed.signed.targets.iter().collect();
+        listed.sort_by(|a, b| a.0.raw().cmp(b.0.raw()));
+        for (name, target) in listed {
+            let name = name.raw().to_owned();
+            let sha256 = hex::encode(&*target.hashes.sha256);
+            let sha512 = target
+                .hashes
+                ._extra
+                .get("sha512")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+                .ok_or_else(|| RepoError::Inconsistent(format!("target {name} lists no sha512")))?;
+            let t = TargetFile {
+                by_sha256: target_name::hashed_path(&name, &sha256)?,
+                by_sha512: target_name::hashed_path(&name, &sha512)?,
+                name,
+                length: target.length,
+                sha256,
+                sha512,
+            };
+            for rel in [&t.by_sha256, &t.by_sha512] {
+                let path = layout.targets_dir().join(rel);
+                let len = std::fs::metadata(&path)
+                    .map_err(RepoError::io(&path))?
+                    .len();
+                if len != t.length {
+                    return Err(RepoError::Inconsistent(format!(
+                        "{} has {len} bytes, the signed length of target {} is {}",
+                        path.display(),
+                        t.name,
+                        t.length
+                    )));
+                }
+            }
+            if !set.targets.iter().any(|x| x.by_sha256 == t.by_sha256) {
+                set.targets.push(t);
+            }
+        }
+        if signed.signed.expires <= jiff::Timestamp::now() {
+            set.expired_roles.push(role.name.clone());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_names_are_file_name_safe_and_not_top_level() {
+        for ok in ["board-a", "b", "team_1", "0x"] {
+            assert!(validate_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "Board",
+            "-a",
+            "a.b",
+            "a/b",
+            "targets",
+            "root",
+            "a b",
+            &"x".repeat(65),
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn patterns_are_relative_and_clean() {
+        assert!(validate_pattern("board-a/*").is_ok());
+        assert!(validate_pattern("*.img").is_ok());
+        for bad in ["", "/abs/*", "a/../b", "a//b", "a\\b"] {
+            assert!(validate_pattern(bad).is_err(), "{bad}");
+        }
+    }
+}
