@@ -597,7 +597,16 @@ fn run(cli: Cli) -> Result<()> {
             terminating,
             expires,
         } => {
-            let mut key_refs: Vec<KeyRef> = keys.into_iter().map(KeyRef::File).collect();
+            // A key file given here is where the user stands, not relative
+            // to the repository (as paths in repo.json are): store it absolute.
+            let mut key_refs: Vec<KeyRef> = keys
+                .iter()
+                .map(|p| {
+                    std::path::absolute(p)
+                        .map(KeyRef::File)
+                        .with_context(|| format!("--key {}", p.display()))
+                })
+                .collect::<Result<_>>()?;
             for uri in key_uris {
                 key_refs.push(KeyRef::Pkcs11(uri.parse()?));
             }

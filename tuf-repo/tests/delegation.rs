@@ -312,3 +312,41 @@ fn snapshot_offline_leaves_the_delegated_release_pending_and_heals_after_a_cut()
         .collect();
     assert_eq!(names, ["board-a/fw-1.img"]);
 }
+
+#[test]
+fn a_team_key_given_by_a_relative_path_is_found_later() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let t = tmp.path();
+    let repo = t.join("repo");
+    ok(ota_repo(&repo, &["init"]));
+    let team = t.join("team");
+    std::fs::create_dir_all(&team).expect("mkdir");
+    ok(ota_repo(
+        &repo,
+        &["keygen", "--out", s(&team.join("board-b.pem"))],
+    ));
+    let o = Command::new(env!("CARGO_BIN_EXE_ota-repo"))
+        .current_dir(&team)
+        .args(["--repo", s(&repo), "delegate", "--name", "board-b"])
+        .args(["--paths", "board-b/*", "--paths", "shared/board-b-*"])
+        .args(["--key", "board-b.pem", "--terminating", "--expires", "30d"])
+        .output()
+        .expect("run");
+    ok(o);
+    let img = t.join("fw.img");
+    std::fs::write(&img, b"board b").expect("img");
+    ok(add(
+        &repo,
+        &img,
+        "shared/board-b-fw.img",
+        "1.0.0",
+        Some("board-b"),
+    ));
+    let text = ok(ota_repo(&repo, &["status"]));
+    assert!(
+        text.contains("paths board-b/*, shared/board-b-*, terminating")
+            && text.contains("(policy 30d")
+            && text.contains("team/board-b.pem"),
+        "{text}"
+    );
+}

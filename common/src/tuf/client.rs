@@ -355,9 +355,10 @@ impl<T: Transport> TufClient<T> {
                 stack.extend(children_of(&t).into_iter().rev());
             }
         }
+        let top = Arc::new(top.clone());
         let mut out = Vec::new();
         for name in names {
-            if let Some(t) = self.search_loaded(&name, top, &mut loaded, now) {
+            if let Some(t) = self.search_loaded(&name, &top, &mut loaded, now) {
                 out.push(t);
             }
         }
@@ -370,14 +371,13 @@ impl<T: Transport> TufClient<T> {
     fn search_loaded(
         &self,
         name: &str,
-        top: &Targets,
+        top: &Arc<Targets>,
         loaded: &mut LoadedRoles,
         now: DateTime<Utc>,
     ) -> Option<Target> {
         let mut visited: HashSet<String> = HashSet::new();
         let mut stack: Vec<Pending> = Vec::new();
-        let mut current: Option<(String, Arc<Targets>)> =
-            Some(("targets".to_owned(), Arc::new(top.clone())));
+        let mut current: Option<(String, Arc<Targets>)> = Some(("targets".to_owned(), top.clone()));
         let mut budget = self.options.max_delegations;
         loop {
             let (role_name, role) = match current.take() {
