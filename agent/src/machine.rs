@@ -790,7 +790,7 @@ fn trusted_releases(config: &Config) -> Vec<TargetRef> {
         options,
         ota_common::tuf::FileTransport,
     )
-    .and_then(|c| c.top_level_targets());
+    .and_then(|c| c.all_targets());
     let targets = match targets {
         Ok(t) => t,
         Err(e) => {

@@ -158,13 +158,14 @@ pub fn trusted_targets(config: &Config) -> Result<(Vec<Target>, String), VerifyE
     targets_of(&client, &dir)
 }
 
-/// The trusted top-level targets of an open client, and a note on them.
+/// Every trusted target of an open client (delegated roles included, as the
+/// agent chooses releases from them), and a note on them.
 pub fn targets_of<T: ota_common::tuf::Transport>(
     client: &TufClient<T>,
     dir: &Path,
 ) -> Result<(Vec<Target>, String), VerifyError> {
     let trusted = client.trusted();
-    match client.top_level_targets() {
+    match client.all_targets() {
         Ok(targets) => {
             let note = match &trusted.targets {
                 Some(t) => {
