@@ -195,17 +195,11 @@ fn mutual_tls_reports_carry_the_certificate_s_device_id() {
     let (cert1, key1) = ca.issue(dir.path(), "device-1", &[], Some("device-1"));
     let (cert2, key2) = ca.issue(dir.path(), "device-2", &[], Some("device-2"));
 
-    // ota-repo publish trusts only the web roots: publish over plain HTTP,
-    // then serve the same data directory with TLS and mutual TLS.
     let repo = Repo::init(&dir.path().join("repo"), &[]).expect("repo");
     let data_dir = dir.path().join("server");
     let release = dir.path().join("rootfs-1.1.0.img");
     write_image(&release, "1.1.0", true, 64 * 1024).expect("image");
     repo.add(&release, "1.1.0", &[HARDWARE_ID]).expect("add");
-    {
-        let plain = Server::start(&data_dir).expect("plain server");
-        repo.publish(&plain).expect("publish");
-    }
     let server = Server::start_with_config(
         &data_dir,
         Some(&format!(
@@ -216,6 +210,29 @@ fn mutual_tls_reports_carry_the_certificate_s_device_id() {
         )),
     )
     .expect("mTLS server");
+    // The release engineer publishes over https: the public web roots do
+    // not know the fleet CA, --ca-cert does.
+    let token = server.admin_token_file().to_string_lossy().into_owned();
+    let ca_pem = ca.pem.to_string_lossy().into_owned();
+    let refused = repo
+        .output(&["publish", "--server", &server.url, "--token-file", &token])
+        .expect("ota-repo");
+    assert!(!refused.status.success(), "a private CA is not a web root");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("certificate"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    repo.run(&[
+        "publish",
+        "--server",
+        &server.url,
+        "--token-file",
+        &token,
+        "--ca-cert",
+        &ca_pem,
+    ])
+    .expect("publish over https with --ca-cert");
     assert!(server.url.starts_with("https://"), "{}", server.url);
     let factory = dir.path().join("factory.img");
     write_image(&factory, FACTORY_VERSION, true, 64 * 1024).expect("factory image");

@@ -183,6 +183,10 @@ enum Command {
         /// File holding the admin token (else env OTA_ADMIN_TOKEN).
         #[arg(long, requires = "server")]
         token_file: Option<PathBuf>,
+        /// PEM file of the CA certificate(s) that sign the server's TLS
+        /// certificate (a private fleet CA); replaces the public web roots.
+        #[arg(long, value_name = "FILE", requires = "server")]
+        ca_cert: Option<PathBuf>,
         #[arg(long)]
         dir: Option<PathBuf>,
     },
@@ -816,6 +820,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Publish {
             server,
             token_file,
+            ca_cert,
             dir,
         } => {
             // Load (and verify) with tough on a runtime that is gone before
@@ -835,7 +840,11 @@ fn run(cli: Cli) -> Result<()> {
                         token_file.as_deref(),
                         std::env::var("OTA_ADMIN_TOKEN").ok(),
                     )?;
-                    let client = publish::AdminClient::new(server.clone(), token)?;
+                    let anchors = match &ca_cert {
+                        Some(path) => publish::read_ca_file(path)?,
+                        None => Vec::new(),
+                    };
+                    let client = publish::AdminClient::trusting(server.clone(), token, anchors)?;
                     let done = publish::publish_server(&layout, &set, &client)?;
                     println!(
                         "published to {server} (publication {}): {} image(s) uploaded, {} already there; visible: {}",

@@ -240,16 +240,53 @@ fn copy_verified(src: &Path, dest: &Path, t: &TargetFile) -> Result<()> {
 
 // ------------------------------------------------------------------- server
 
+/// An error and its sources on one line: reqwest's own message says only
+/// "error sending request"; the cause (e.g. an unknown issuer) is below it.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// Reads `--ca-cert`: a PEM bundle of the CA certificates that sign the server's.
+pub fn read_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>> {
+    let pem = std::fs::read(path).map_err(RepoError::io(path.to_path_buf()))?;
+    ota_common::tuf::http::ca_certificates(&pem).map_err(|detail| {
+        RepoError::InvalidArgument(format!("--ca-cert {}: {detail}", path.display()))
+    })
+}
+
 /// The admin API client (see docs/ARCHITECTURE.md, "Wire protocol").
 #[derive(Debug)]
 pub struct AdminClient {
     base: Url,
     token: String,
     http: reqwest::blocking::Client,
+    /// The CA certificates that replace the web roots (`--ca-cert`), if any.
+    anchors: Vec<reqwest::Certificate>,
 }
 
 impl AdminClient {
     pub fn new(base: Url, token: String) -> Result<Self> {
+        Self::trusting(base, token, Vec::new())
+    }
+
+    /// A client that trusts only `anchors` (a fleet's private CA) for the
+    /// server's certificate; with no anchors, the public web roots.
+    pub fn trusting(base: Url, token: String, anchors: Vec<reqwest::Certificate>) -> Result<Self> {
+        if !anchors.is_empty() && base.scheme() != "https" {
+            return Err(RepoError::InvalidArgument(format!(
+                "--ca-cert is for https:// servers, not {base}"
+            )));
+        }
         if !matches!(base.scheme(), "http" | "https") {
             return Err(RepoError::InvalidArgument(format!(
                 "server URL {base} must be http:// or https://"
@@ -263,13 +300,25 @@ impl AdminClient {
         // reqwest is built without a default crypto provider; a second
         // install (already installed) is harmless.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let http = reqwest::blocking::Client::builder()
+        let mut builder = reqwest::blocking::Client::builder()
             .connect_timeout(Duration::from_secs(30))
             // Large images may take long to upload: no overall limit.
-            .timeout(None)
+            .timeout(None);
+        if !anchors.is_empty() {
+            builder = builder.tls_built_in_root_certs(false);
+            for anchor in &anchors {
+                builder = builder.add_root_certificate(anchor.clone());
+            }
+        }
+        let http = builder
             .build()
             .map_err(|e| RepoError::Publish(format!("creating the HTTP client: {e}")))?;
-        Ok(Self { base, token, http })
+        Ok(Self {
+            base,
+            token,
+            http,
+            anchors,
+        })
     }
 
     fn url(&self, segments: &[&str]) -> Result<Url> {
@@ -296,7 +345,7 @@ impl AdminClient {
         let resp = req
             .bearer_auth(&self.token)
             .send()
-            .map_err(|e| RepoError::Publish(format!("{what}: {e}")))?;
+            .map_err(|e| RepoError::Publish(format!("{what}: {}", error_chain(&e))))?;
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -483,7 +532,7 @@ pub fn publish_server(
             );
         }
         // Follow the server, so this repository's next versions come after its.
-        match adopt_online_roles(layout, client.base()) {
+        match adopt_online_roles(layout, client.base(), &client.anchors) {
             Ok(a) => {
                 println!(
                     "metadata/: now at the server's timestamp.json version {} and {}.snapshot.json \
@@ -527,7 +576,11 @@ fn shown(version: Option<u64>) -> String {
 /// first, then `timestamp.json` (atomically), and only when the server's
 /// snapshot names exactly this repository's targets metadata, so the
 /// repository never refers to metadata it does not hold.
-pub fn adopt_online_roles(layout: &Layout, server: &Url) -> Result<Adopted> {
+pub fn adopt_online_roles(
+    layout: &Layout,
+    server: &Url,
+    anchors: &[reqwest::Certificate],
+) -> Result<Adopted> {
     let dir = layout.metadata_dir();
     let (root_version, root) = newest_root(layout)?;
     let state = tempfile::tempdir().map_err(RepoError::io(std::env::temp_dir()))?;
@@ -537,9 +590,10 @@ pub fn adopt_online_roles(layout: &Layout, server: &Url) -> Result<Adopted> {
             .map_err(|e| RepoError::InvalidArgument(format!("server URL {base}: {e}")))
     };
     let options = ota_common::tuf::ClientOptions::new(join("metadata/")?, join("targets/")?);
-    let transport = ota_common::tuf::http::HttpTransport::new(
+    let transport = ota_common::tuf::http::HttpTransport::trusting(
         Duration::from_secs(60),
         concat!("ota-repo/", env!("CARGO_PKG_VERSION")),
+        anchors,
     )
     .map_err(|e| RepoError::Publish(format!("HTTP client: {e}")))?;
     let tuf = |e: ota_common::tuf::TufError| {
