@@ -1,9 +1,51 @@
 //! Streaming hashing: every byte is hashed as it passes, in one pass, in
 //! constant memory, and checked against the lengths and digests that signed
 //! metadata promised.
+//!
+//! The digests come from aws-lc (`aws_lc_rs::digest`, already linked for
+//! TLS and signatures): its assembly uses SHA-NI/AVX2 on x86 and the ARMv8
+//! crypto extensions, where the pure-Rust `sha2` crate hashed sha512 at
+//! about half the speed on the same machine (docs/BENCHMARKS.md, "Install:
+//! throughput and memory"). Hashing is what bounds an install's speed once
+//! the network and the disk are fast.
 
-use sha2::{Digest, Sha256, Sha512};
+use aws_lc_rs::digest::{Context, SHA256, SHA512};
 use std::io::{self, Read, Write};
+
+/// One running SHA-2 digest. aws-lc's context has no `Debug`; this names it.
+#[derive(Clone)]
+struct Hasher(Context);
+
+impl Hasher {
+    fn sha256() -> Self {
+        Hasher(Context::new(&SHA256))
+    }
+
+    fn sha512() -> Self {
+        Hasher(Context::new(&SHA512))
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        // aws-lc refuses (panics) only past 2^64 - 1 bits of input; callers
+        // feed at most a signed u64 length of bytes checked beforehand, and
+        // no real stream comes near 2^61 bytes.
+        self.0.update(bytes);
+    }
+
+    fn finish<const N: usize>(self) -> [u8; N] {
+        let digest = self.0.finish();
+        let mut out = [0u8; N];
+        // N is the algorithm's output length at every call site below.
+        out.copy_from_slice(&digest.as_ref()[..N]);
+        out
+    }
+}
+
+impl std::fmt::Debug for Hasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Hasher({:?})", self.0.algorithm())
+    }
+}
 
 /// The digests a signed target lists. At least one is present.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -15,6 +57,28 @@ pub struct Digests {
 impl Digests {
     pub fn is_empty(&self) -> bool {
         self.sha256.is_none() && self.sha512.is_none()
+    }
+
+    /// One of the listed digests: sha256 when listed, else sha512.
+    ///
+    /// For re-checking bytes that have already passed every listed digest,
+    /// such as the read-back of a slot after a verified download: there the
+    /// question is only whether storage returns the same bytes, and one
+    /// collision-resistant digest answers it. sha256 is preferred because it
+    /// is the one with hardware support on the devices (SHA-NI, the ARMv8
+    /// crypto extensions; sha512 has none before ARMv8.2), so it costs the
+    /// least per byte.
+    pub fn one(&self) -> Digests {
+        match self.sha256 {
+            Some(sha256) => Digests {
+                sha256: Some(sha256),
+                sha512: None,
+            },
+            None => Digests {
+                sha256: None,
+                sha512: self.sha512,
+            },
+        }
     }
 }
 
@@ -42,8 +106,8 @@ pub struct StreamVerifier {
     expected: Digests,
     expected_len: u64,
     seen: u64,
-    sha256: Option<Sha256>,
-    sha512: Option<Sha512>,
+    sha256: Option<Hasher>,
+    sha512: Option<Hasher>,
 }
 
 impl StreamVerifier {
@@ -53,8 +117,8 @@ impl StreamVerifier {
             return Err(VerifyError::NoDigest);
         }
         Ok(Self {
-            sha256: expected.sha256.map(|_| Sha256::new()),
-            sha512: expected.sha512.map(|_| Sha512::new()),
+            sha256: expected.sha256.map(|_| Hasher::sha256()),
+            sha512: expected.sha512.map(|_| Hasher::sha512()),
             expected,
             expected_len,
             seen: 0,
@@ -97,7 +161,7 @@ impl StreamVerifier {
             });
         }
         if let (Some(h), Some(want)) = (self.sha256, self.expected.sha256) {
-            let got: [u8; 32] = h.finalize().into();
+            let got: [u8; 32] = h.finish();
             if got != want {
                 return Err(VerifyError::DigestMismatch {
                     algorithm: "sha256",
@@ -107,7 +171,7 @@ impl StreamVerifier {
             }
         }
         if let (Some(h), Some(want)) = (self.sha512, self.expected.sha512) {
-            let got: [u8; 64] = h.finalize().into();
+            let got: [u8; 64] = h.finish();
             if got != want {
                 return Err(VerifyError::DigestMismatch {
                     algorithm: "sha512",
@@ -135,8 +199,8 @@ pub fn copy_and_digest<R: Read, W: Write>(
     mut writer: Option<&mut W>,
     mut progress: impl FnMut(u64),
 ) -> io::Result<StreamDigests> {
-    let mut sha256 = Sha256::new();
-    let mut sha512 = Sha512::new();
+    let mut sha256 = Hasher::sha256();
+    let mut sha512 = Hasher::sha512();
     let mut buf = vec![0u8; 64 * 1024];
     let mut length = 0u64;
     loop {
@@ -157,19 +221,21 @@ pub fn copy_and_digest<R: Read, W: Write>(
     }
     Ok(StreamDigests {
         length,
-        sha256: sha256.finalize().into(),
-        sha512: sha512.finalize().into(),
+        sha256: sha256.finish(),
+        sha512: sha512.finish(),
     })
 }
 
 /// SHA-256 of a byte slice, as lowercase hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+    hex::encode(aws_lc_rs::digest::digest(&SHA256, bytes))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    // The `sha2` crate as an independent reference for aws-lc's digests.
+    use sha2::{Digest, Sha256, Sha512};
 
     fn digests_of(data: &[u8]) -> Digests {
         Digests {
@@ -239,5 +305,36 @@ mod tests {
         assert_eq!(out, data);
         assert_eq!(d.length, 200_000);
         assert_eq!(d.sha256, <[u8; 32]>::from(Sha256::digest(&data)));
+        assert_eq!(d.sha512, <[u8; 64]>::from(Sha512::digest(&data)));
+    }
+
+    #[test]
+    fn chunked_digests_equal_the_reference_implementation() {
+        // Odd chunk sizes cross every block boundary of both algorithms.
+        let data: Vec<u8> = (0..300_001u32).map(|i| (i * 31 % 251) as u8).collect();
+        let mut v = StreamVerifier::new(digests_of(&data), data.len() as u64).expect("new");
+        for chunk in data.chunks(65_537) {
+            v.update(chunk).expect("update");
+        }
+        v.finish().expect("aws-lc agrees with sha2");
+        assert_eq!(sha256_hex(b"abc"), hex::encode(Sha256::digest(b"abc")));
+    }
+
+    #[test]
+    fn one_digest_prefers_sha256() {
+        let both = digests_of(b"x");
+        assert_eq!(
+            both.one(),
+            Digests {
+                sha256: both.sha256,
+                sha512: None
+            }
+        );
+        let only512 = Digests {
+            sha256: None,
+            sha512: both.sha512,
+        };
+        assert_eq!(only512.one(), only512);
+        assert!(Digests::default().one().is_empty());
     }
 }
