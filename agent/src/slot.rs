@@ -385,14 +385,27 @@ pub struct WrittenSlot {
 
 impl WrittenSlot {
     /// Reads the first `length` bytes back from storage and checks them
-    /// against the signed digests again, so a bad write (flash error, short
+    /// against one signed digest again, so a bad write (flash error, short
     /// write, a bug) is caught before the bootloader is told to boot it.
+    ///
+    /// One digest, not every listed one: the download already checked the
+    /// stream against every digest the signed metadata lists, and the
+    /// read-back only has to prove that storage returns those same bytes.
+    /// One collision-resistant digest proves it: storage returning other
+    /// bytes with the same sha256 would take a sha256 collision, which a
+    /// flash error or a bug does not produce, and anyone able to rewrite
+    /// the slot behind the agent's back could as well do it after the
+    /// read-back, which no number of digests prevents. sha256 when listed
+    /// (hardware-accelerated on x86 and ARMv8 devices), else sha512: see
+    /// `Digests::one`. The second digest was about half of the read-back's
+    /// time (docs/BENCHMARKS.md, "Install: throughput and memory").
     pub fn verify_read_back(mut self, digests: &Digests) -> Result<(), SlotError> {
+        let digests = digests.one();
         drop_page_cache(&self.file, self.is_block);
         self.file
             .seek(SeekFrom::Start(0))
             .map_err(self.slot.io("seek"))?;
-        verify_prefix(&mut self.file, self.length, digests).map_err(|e| match e {
+        verify_prefix(&mut self.file, self.length, &digests).map_err(|e| match e {
             PrefixError::Io(source) => SlotError::Io {
                 slot: self.slot.id,
                 path: self.slot.path.clone(),
@@ -550,6 +563,43 @@ pub(crate) mod tests {
             .verify_read_back(&digests_of(&data))
             .expect_err("corrupt");
         assert!(matches!(err, SlotError::ReadBack { .. }), "{err}");
+    }
+
+    #[test]
+    fn read_back_checks_sha256_when_listed_else_sha512() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = slots(dir.path(), None);
+        let data = vec![0x3cu8; 100_000];
+        let good = digests_of(&data);
+        // The stream already checked sha512; the read-back relies on sha256.
+        let mut wrong512 = good.clone();
+        wrong512.sha512 = Some([0u8; 64]);
+        write_image(&s.b, &s.a, &data)
+            .expect("write")
+            .verify_read_back(&wrong512)
+            .expect("sha256 alone decides");
+        // Without sha256, sha512 is checked (and catches a difference).
+        let only512 = Digests {
+            sha256: None,
+            sha512: Some([0u8; 64]),
+        };
+        let err = write_image(&s.b, &s.a, &data)
+            .expect("write")
+            .verify_read_back(&only512)
+            .expect_err("sha512 checked");
+        assert!(
+            matches!(
+                err,
+                SlotError::ReadBack {
+                    source: VerifyError::DigestMismatch {
+                        algorithm: "sha512",
+                        ..
+                    },
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
