@@ -86,6 +86,20 @@ pub struct Payload {
     /// Made by the exporting repository; `metadata` is what it describes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub summary: Vec<String>,
+    /// For a delegated targets role: its name (`role` is then `targets`,
+    /// the type of its metadata). A signature names the same role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegated: Option<String>,
+}
+
+impl Payload {
+    /// The role as people and the audit log name it: `targets`, or the
+    /// delegated role's own name.
+    pub fn role_name(&self) -> String {
+        self.delegated
+            .clone()
+            .unwrap_or_else(|| self.role.as_str().to_owned())
+    }
 }
 
 /// A signature made on a signer's machine.
@@ -99,9 +113,12 @@ pub struct DetachedSignature {
     pub keyid: String,
     /// Hex.
     pub sig: String,
+    /// The delegated role signed, when the payload was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegated: Option<String>,
 }
 
-fn ceremony_err(detail: impl Into<String>) -> RepoError {
+pub(crate) fn ceremony_err(detail: impl Into<String>) -> RepoError {
     RepoError::Ceremony(detail.into())
 }
 
@@ -116,7 +133,7 @@ fn read_small(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(RepoError::io(path))
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let bytes = read_small(path)?;
     serde_json::from_slice(&bytes).map_err(|source| RepoError::Json {
         path: path.to_owned(),
@@ -124,7 +141,7 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     })
 }
 
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let mut bytes = serde_json::to_vec_pretty(value)
         .map_err(|e| RepoError::Inconsistent(format!("serializing {}: {e}", path.display())))?;
     bytes.push(b'\n');
@@ -134,7 +151,7 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     ota_common::atomic::write_atomic(path, &bytes).map_err(RepoError::io(path))
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes))
 }
 
@@ -152,6 +169,25 @@ pub fn signatures_dir(layout: &Layout, role: Role) -> PathBuf {
         .root()
         .join(CEREMONY_DIR)
         .join(format!("{role}.signatures"))
+}
+
+/// Where an open ceremony keeps its payload and its signatures.
+#[derive(Debug, Clone)]
+pub(crate) struct Slot {
+    pub payload: PathBuf,
+    pub signatures: PathBuf,
+    /// The directory holding both (fsynced when they go).
+    pub dir: PathBuf,
+}
+
+impl Slot {
+    pub(crate) fn top(layout: &Layout, role: Role) -> Self {
+        Slot {
+            payload: pending_path(layout, role),
+            signatures: signatures_dir(layout, role),
+            dir: layout.root().join(CEREMONY_DIR),
+        }
+    }
 }
 
 // ------------------------------------------------------------ role metadata
@@ -292,7 +328,7 @@ impl Payload {
         }
     }
 
-    fn from_meta(
+    pub(crate) fn from_meta(
         meta: &RoleMeta,
         keys: BTreeMap<String, Key>,
         requirements: Vec<Requirement>,
@@ -309,6 +345,7 @@ impl Payload {
             keys,
             requirements,
             summary,
+            delegated: None,
         })
     }
 }
@@ -465,7 +502,30 @@ fn summarize(meta: &RoleMeta, state: &RepoState) -> Vec<String> {
     match meta {
         RoleMeta::Root(root) => return summarize_root(&state.root.signed, root),
         RoleMeta::Targets(new) => {
-            let old = &state.targets.signed.targets;
+            lines.extend(summarize_targets(&state.targets.signed.targets, new));
+        }
+        RoleMeta::Snapshot(s) => {
+            for (name, m) in &s.meta {
+                lines.push(describe_metafile(name, m));
+            }
+        }
+        RoleMeta::Timestamp(t) => {
+            for (name, m) in &t.meta {
+                lines.push(describe_metafile(name, m));
+            }
+        }
+    }
+    lines
+}
+
+/// Every target `new` adds, removes or changes relative to `old`.
+pub(crate) fn summarize_targets(
+    old: &std::collections::HashMap<tough::TargetName, tough::schema::Target>,
+    new: &Targets,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    {
+        {
             let mut names: Vec<_> = old.keys().chain(new.targets.keys()).collect();
             names.sort_by(|a, b| a.raw().cmp(b.raw()));
             names.dedup();
@@ -490,19 +550,22 @@ fn summarize(meta: &RoleMeta, state: &RepoState) -> Vec<String> {
             }
             lines.push(format!("{} target(s) listed in all", new.targets.len()));
             lines.push(match &new.delegations {
-                Some(_) => "delegations: present".to_owned(),
+                Some(d) => format!(
+                    "delegations: {}",
+                    d.roles
+                        .iter()
+                        .map(|r| format!(
+                            "{} (paths {}; threshold {} of {} key(s))",
+                            r.name,
+                            crate::delegation::paths_of(r).join(", "),
+                            r.threshold,
+                            r.keyids.len()
+                        ))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
                 None => "delegations: none".to_owned(),
             });
-        }
-        RoleMeta::Snapshot(s) => {
-            for (name, m) in &s.meta {
-                lines.push(describe_metafile(name, m));
-            }
-        }
-        RoleMeta::Timestamp(t) => {
-            for (name, m) in &t.meta {
-                lines.push(describe_metafile(name, m));
-            }
         }
     }
     lines
@@ -558,9 +621,12 @@ fn tally(payload: &Payload, bytes: &[u8], sigs: &[(PathBuf, DetachedSignature)])
     let role = payload.role;
     for (path, s) in sigs {
         let name = path.display();
-        if s.role != role {
-            t.rejected
-                .push(format!("{name}: signs {} metadata, not {role}", s.role));
+        if s.role != role || s.delegated != payload.delegated {
+            let signed = s.delegated.clone().unwrap_or_else(|| s.role.to_string());
+            t.rejected.push(format!(
+                "{name}: signs {signed} metadata, not {}",
+                payload.role_name()
+            ));
             continue;
         }
         if s.version != payload.version {
@@ -651,8 +717,8 @@ pub fn check_signatures(
 
 // ------------------------------------------------------------ stored state
 
-fn stored_signatures(layout: &Layout, role: Role) -> Result<Vec<(PathBuf, DetachedSignature)>> {
-    let dir = signatures_dir(layout, role);
+pub(crate) fn stored_signatures_in(slot: &Slot) -> Result<Vec<(PathBuf, DetachedSignature)>> {
+    let dir = slot.signatures.clone();
     let entries = match std::fs::read_dir(&dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -683,21 +749,22 @@ fn stored_signatures(layout: &Layout, role: Role) -> Result<Vec<(PathBuf, Detach
         .collect()
 }
 
-fn store_signature(layout: &Layout, sig: &DetachedSignature) -> Result<()> {
+pub(crate) fn store_signature_in(slot: &Slot, sig: &DetachedSignature) -> Result<()> {
     // Key ids are hex (they matched a key of the role): safe as a file name.
     if !sig.keyid.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(ceremony_err(format!("key id {:?} is not hex", sig.keyid)));
     }
-    write_json(
-        &signatures_dir(layout, sig.role).join(format!("{}.json", sig.keyid)),
-        sig,
-    )
+    write_json(&slot.signatures.join(format!("{}.json", sig.keyid)), sig)
 }
 
 /// Ends a ceremony: the payload first (its presence is what "open" means),
 /// then the signatures kept for it.
 fn close(layout: &Layout, role: Role) -> Result<()> {
-    let pending = pending_path(layout, role);
+    close_slot(&Slot::top(layout, role))
+}
+
+pub(crate) fn close_slot(slot: &Slot) -> Result<()> {
+    let pending = slot.payload.clone();
     match std::fs::remove_file(&pending) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -708,7 +775,7 @@ fn close(layout: &Layout, role: Role) -> Result<()> {
             })
         }
     }
-    let dir = signatures_dir(layout, role);
+    let dir = slot.signatures.clone();
     match std::fs::remove_dir_all(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -719,7 +786,7 @@ fn close(layout: &Layout, role: Role) -> Result<()> {
             })
         }
     }
-    let ceremony_dir = layout.root().join(CEREMONY_DIR);
+    let ceremony_dir = slot.dir.clone();
     if !ceremony_dir.exists() {
         return Ok(());
     }
@@ -728,11 +795,15 @@ fn close(layout: &Layout, role: Role) -> Result<()> {
 
 /// Opens a ceremony: old signatures out, the local ones in, the payload last.
 fn open(layout: &Layout, payload: &Payload, local: &[DetachedSignature]) -> Result<()> {
-    close(layout, payload.role)?;
+    open_slot(&Slot::top(layout, payload.role), payload, local)
+}
+
+pub(crate) fn open_slot(slot: &Slot, payload: &Payload, local: &[DetachedSignature]) -> Result<()> {
+    close_slot(slot)?;
     for sig in local {
-        store_signature(layout, sig)?;
+        store_signature_in(slot, sig)?;
     }
-    write_json(&pending_path(layout, payload.role), payload)
+    write_json(&slot.payload, payload)
 }
 
 /// Stores `new_root` as the pending root ceremony of the repository.
@@ -746,6 +817,8 @@ pub fn stage(layout: &Layout, current: &Root, new_root: &Root) -> Result<Payload
 #[derive(Debug, Clone)]
 pub struct PendingRole {
     pub role: Role,
+    /// The delegated targets role waiting (`role` is then `targets`).
+    pub delegated: Option<String>,
     pub version: u64,
     /// Per requirement: what, signatures counted, threshold, keys.
     pub counts: Vec<(String, u64, u64, usize)>,
@@ -758,7 +831,7 @@ impl PendingRole {
     pub fn describe(&self) -> String {
         format!(
             "{} version {} is pending signatures: {}",
-            self.role,
+            self.name(),
             self.version,
             self.counts
                 .iter()
@@ -771,8 +844,15 @@ impl PendingRole {
     }
 
     /// The commands that finish it.
+    /// `targets`, or the delegated role's name.
+    pub fn name(&self) -> String {
+        self.delegated
+            .clone()
+            .unwrap_or_else(|| self.role.as_str().to_owned())
+    }
+
     pub fn next_steps(&self) -> String {
-        let r = self.role;
+        let r = self.name();
         format!(
             "`ota-repo ceremony export --role {r} --out FILE`, `ota-repo sign --payload FILE` by each key holder, then `ota-repo ceremony merge --role {r} SIG...` (or `ota-repo ceremony abandon --role {r}`)"
         )
@@ -780,17 +860,22 @@ impl PendingRole {
 }
 
 fn pending_status(layout: &Layout, payload: &Payload) -> Result<PendingRole> {
+    pending_status_in(&Slot::top(layout, payload.role), payload)
+}
+
+pub(crate) fn pending_status_in(slot: &Slot, payload: &Payload) -> Result<PendingRole> {
     let bytes = payload.signed_bytes()?;
-    let t = tally(payload, &bytes, &stored_signatures(layout, payload.role)?);
+    let t = tally(payload, &bytes, &stored_signatures_in(slot)?);
     Ok(PendingRole {
         role: payload.role,
+        delegated: payload.delegated.clone(),
         version: payload.version,
         counts: t
             .counts
             .iter()
             .map(|(r, have)| (r.what.clone(), *have, r.threshold, r.keyids.len()))
             .collect(),
-        payload: pending_path(layout, payload.role),
+        payload: slot.payload.clone(),
     })
 }
 
@@ -812,6 +897,7 @@ pub fn pending(layout: &Layout) -> Result<Vec<PendingRole>> {
         }
         out.push(pending_status(layout, &payload)?);
     }
+    out.extend(crate::delegation_ceremony::pending(layout)?);
     Ok(out)
 }
 
@@ -842,7 +928,7 @@ fn open_in_chain(layout: &Layout) -> Option<Role> {
         .find(|r| pending_path(layout, *r).exists())
 }
 
-fn refuse_open_chain(layout: &Layout, doing: &str) -> Result<()> {
+pub(crate) fn refuse_open_chain(layout: &Layout, doing: &str) -> Result<()> {
     if let Some(open) = open_in_chain(layout) {
         return Err(ceremony_err(format!(
             "{open} is waiting for signatures ({}); finish it with `ota-repo ceremony merge --role {open} SIG...` or abandon it with `ota-repo ceremony abandon --role {open}` before {doing}",
@@ -955,6 +1041,7 @@ async fn sign_here(
             payload_sha256: payload.sha256.clone(),
             keyid: hex::encode(&*s.keyid),
             sig: hex::encode(&*s.sig),
+            delegated: None,
         })
         .collect();
     Ok(Err((payload, detached)))
@@ -1260,14 +1347,17 @@ pub fn sign_payload(
     if !payload.keys.contains_key(&loaded.key_id) {
         return Err(ceremony_err(format!(
             "key {} ({}) is not one of the keys whose signatures this {} version {} accepts",
-            loaded.key_id, loaded.location, payload.role, payload.version
+            loaded.key_id,
+            loaded.location,
+            payload.role_name(),
+            payload.version
         )));
     }
     let sig = futures_sign(&loaded, &bytes)?;
     if let Some(log) = log {
         log.record(&Event {
             action: "detached-sign",
-            role: payload.role.as_str(),
+            role: &payload.role_name(),
             version: payload.version,
             signed_bytes: &bytes,
             keyid: &loaded.key_id,
@@ -1280,6 +1370,7 @@ pub fn sign_payload(
         payload_sha256: payload.sha256.clone(),
         keyid: loaded.key_id.clone(),
         sig: hex::encode(sig),
+        delegated: payload.delegated.clone(),
     };
     write_json(out, &detached)?;
     Ok(detached)
@@ -1406,54 +1497,18 @@ pub async fn merge(layout: &Layout, role: Role, sig_files: &[PathBuf]) -> Result
     check_fresh(layout, &stored_payload, &meta, &state)?;
     let payload = deciding_payload(&stored_payload, &state)?;
 
-    let mut sigs = stored_signatures(layout, role)?;
-    let stored_count = sigs.len();
-    for path in sig_files {
-        sigs.push((path.clone(), read_json::<DetachedSignature>(path)?));
-    }
-    let t = tally(&payload, &bytes, &sigs);
-    let given: BTreeSet<&PathBuf> = sigs[stored_count..].iter().map(|(p, _)| p).collect();
-    let log = editor::audit_log(layout, &config);
-    for (id, (sig, path)) in &t.accepted {
-        if !given.contains(path) {
-            continue;
-        }
-        log.record(&Event {
-            action: "merge",
-            role: role.as_str(),
-            version: payload.version,
-            signed_bytes: &bytes,
-            keyid: id,
-            key_location: &format!("offline key, detached signature file {}", path.display()),
-        })?;
-        store_signature(
-            layout,
-            &DetachedSignature {
-                role,
-                version: payload.version,
-                payload_sha256: payload.sha256.clone(),
-                keyid: id.clone(),
-                sig: hex::encode(sig),
-            },
-        )?;
-    }
-    let missing = t.missing();
-    if !missing.is_empty() {
-        let mut msg = format!(
-            "{role} version {} is NOT signed yet: {}; the {} valid signature(s) are kept in {} for the next merge",
-            payload.version,
-            missing.join("; "),
-            t.accepted.len(),
-            signatures_dir(layout, role).display()
-        );
-        if !t.rejected.is_empty() {
-            msg.push_str(&format!(" (not counted: {})", t.rejected.join("; ")));
-        }
-        return Err(ceremony_err(msg));
-    }
-    // What was not counted goes back to the caller (`Merged::not_counted`).
-    let signatures = t.signatures()?;
-    let counted: Vec<String> = t.accepted.keys().cloned().collect();
+    let Collected {
+        signatures,
+        counted,
+        rejected,
+    } = collect(
+        layout,
+        &config,
+        &Slot::top(layout, role),
+        &payload,
+        &bytes,
+        sig_files,
+    )?;
     let progress = match meta {
         RoleMeta::Root(new_root) => {
             finish_root(layout, &config, &state, new_root, signatures).await?
@@ -1476,8 +1531,84 @@ pub async fn merge(layout: &Layout, role: Role, sig_files: &[PathBuf]) -> Result
         role,
         version: payload.version,
         counted,
-        not_counted: t.rejected,
+        not_counted: rejected,
         progress,
+    })
+}
+
+/// The signatures of a ceremony that met every threshold.
+pub(crate) struct Collected {
+    pub signatures: Vec<Signature>,
+    /// Key ids whose signatures were counted.
+    pub counted: Vec<String>,
+    /// Signature files given that were not counted, and why.
+    pub rejected: Vec<String>,
+}
+
+/// Verifies `sig_files` against `payload` (whose keys and thresholds are
+/// the ones that decide now), keeps the valid new ones (recorded in the
+/// audit log) beside those accepted before, and fails naming what is
+/// missing while a threshold is not met.
+pub(crate) fn collect(
+    layout: &Layout,
+    config: &RepoConfig,
+    slot: &Slot,
+    payload: &Payload,
+    bytes: &[u8],
+    sig_files: &[PathBuf],
+) -> Result<Collected> {
+    let role = payload.role;
+    let role_name = payload.role_name();
+    let mut sigs = stored_signatures_in(slot)?;
+    let stored_count = sigs.len();
+    for path in sig_files {
+        sigs.push((path.clone(), read_json::<DetachedSignature>(path)?));
+    }
+    let t = tally(payload, bytes, &sigs);
+    let given: BTreeSet<&PathBuf> = sigs[stored_count..].iter().map(|(p, _)| p).collect();
+    let log = editor::audit_log(layout, config);
+    for (id, (sig, path)) in &t.accepted {
+        if !given.contains(path) {
+            continue;
+        }
+        log.record(&Event {
+            action: "merge",
+            role: &role_name,
+            version: payload.version,
+            signed_bytes: bytes,
+            keyid: id,
+            key_location: &format!("offline key, detached signature file {}", path.display()),
+        })?;
+        store_signature_in(
+            slot,
+            &DetachedSignature {
+                role,
+                version: payload.version,
+                payload_sha256: payload.sha256.clone(),
+                keyid: id.clone(),
+                sig: hex::encode(sig),
+                delegated: payload.delegated.clone(),
+            },
+        )?;
+    }
+    let missing = t.missing();
+    if !missing.is_empty() {
+        let mut msg = format!(
+            "{role_name} version {} is NOT signed yet: {}; the {} valid signature(s) are kept in {} for the next merge",
+            payload.version,
+            missing.join("; "),
+            t.accepted.len(),
+            slot.signatures.display()
+        );
+        if !t.rejected.is_empty() {
+            msg.push_str(&format!(" (not counted: {})", t.rejected.join("; ")));
+        }
+        return Err(ceremony_err(msg));
+    }
+    Ok(Collected {
+        signatures: t.signatures()?,
+        counted: t.accepted.keys().cloned().collect(),
+        rejected: t.rejected,
     })
 }
 
@@ -1610,6 +1741,8 @@ pub fn heal(layout: &Layout, state: &RepoState) -> Result<Vec<String>> {
             ));
         }
     }
+    // 2b. Delegated roles' ceremonies the repository moved past.
+    done.extend(crate::delegation_ceremony::heal(layout, state)?);
     // 3. Versioned files nothing references.
     let protected = referenced_by_ceremonies(layout, state)?;
     let dir = layout.metadata_dir();
@@ -1686,7 +1819,7 @@ fn versioned_name(file: &str) -> Option<(u64, &str)> {
 /// Versioned metadata files that open ceremonies will publish: what a
 /// pending snapshot lists, what a pending timestamp's snapshot lists, and
 /// the first version of a delegated role a pending targets introduces.
-fn referenced_by_ceremonies(layout: &Layout, state: &RepoState) -> Result<BTreeSet<String>> {
+pub(crate) fn referenced_by_ceremonies(layout: &Layout, state: &RepoState) -> Result<BTreeSet<String>> {
     let mut out = BTreeSet::new();
     for role in CHAIN {
         let path = pending_path(layout, role);

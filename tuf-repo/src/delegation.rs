@@ -200,28 +200,57 @@ fn local_keys(
 fn role_keys(layout: &Layout, config: &RepoConfig, role: &DelegatedRole) -> Result<Vec<LoadedKey>> {
     let (usable, problems) = local_keys(layout, config, role)?;
     if (usable.len() as u64) < role.threshold.get() {
-        let mut details = if problems.is_empty() {
-            String::new()
-        } else {
-            format!(": {}", problems.join("; "))
-        };
-        details.push_str(&format!(
-            " (repo.json \"delegations\".\"{}\".\"keys\" lists where this role's keys are)",
-            role.name
-        ));
-        return Err(RepoError::ThresholdUnreachable {
-            role: format!("delegated role {}", role.name),
-            threshold: role.threshold.get(),
-            available: usable.len(),
-            details,
-        });
+        return Err(threshold_error(role, usable.len(), &problems));
     }
     Ok(usable)
 }
 
+fn threshold_error(role: &DelegatedRole, available: usize, problems: &[String]) -> RepoError {
+    let mut details = if problems.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", problems.join("; "))
+    };
+    details.push_str(&format!(
+        " (repo.json \"delegations\".\"{}\".\"keys\" lists where this role's keys are)",
+        role.name
+    ));
+    RepoError::ThresholdUnreachable {
+        role: format!("delegated role {}", role.name),
+        threshold: role.threshold.get(),
+        available,
+        details,
+    }
+}
+
+/// The keys of `role` usable here, and whether they stay below its
+/// threshold (the rest then sign in a ceremony). A key repo.json lists
+/// that does not open is an error when the threshold is not reached
+/// without it: a missing PIN or a moved file must not silently turn a
+/// release into a ceremony.
+pub(crate) fn usable_keys(
+    layout: &Layout,
+    config: &RepoConfig,
+    role: &DelegatedRole,
+) -> Result<(Vec<LoadedKey>, bool)> {
+    let (usable, problems) = local_keys(layout, config, role)?;
+    let short = (usable.len() as u64) < role.threshold.get();
+    if short && !problems.is_empty() {
+        return Err(threshold_error(role, usable.len(), &problems));
+    }
+    Ok((usable, short))
+}
+
+/// The role's next version number.
+pub(crate) fn next_version(role: &DelegatedRole, current: &Signed<Targets>) -> Result<NonZeroU64> {
+    current.signed.version.checked_add(1).ok_or_else(|| {
+        RepoError::Inconsistent(format!("delegated role {} version cannot grow", role.name))
+    })
+}
+
 /// The expiries for snapshot and timestamp (and a check that they can be
 /// signed or staged) before any file is written.
-fn chain_expiries(
+pub(crate) fn chain_expiries(
     layout: &Layout,
     config: &RepoConfig,
     state: &RepoState,
@@ -241,7 +270,9 @@ fn chain_expiries(
 
 /// Signs `content` as the next version of delegated role `name` with its
 /// keys here, writes `N.ROLE.json`, then signs (or stages) a snapshot that
-/// lists it and a timestamp.
+/// lists it and a timestamp. When the keys here stay below the role's
+/// threshold, the version waits in a ceremony instead
+/// (`delegation_ceremony`) and nothing else is signed yet.
 // The repository context (layout, config, state), the role (its delegation
 // and current file), the new content and two expiry choices: grouping them
 // in a struct would only rename these arguments.
@@ -256,14 +287,29 @@ async fn sign_role(
     role_expires: jiff::Timestamp,
     chain: BTreeMap<Role, jiff::Timestamp>,
 ) -> Result<(u64, Progress)> {
-    let keys = role_keys(layout, config, role)?;
-    content.version = current.signed.version.checked_add(1).ok_or_else(|| {
-        RepoError::Inconsistent(format!("delegated role {} version cannot grow", role.name))
-    })?;
+    let (keys, short) = usable_keys(layout, config, role)?;
+    content.version = next_version(role, current)?;
     content.expires = role_expires;
     let version = content.version;
     let log = editor::audit_log(layout, config);
     let signatures = editor::signatures_as(&role.name, &content, &keys, &log).await?;
+    if short {
+        let pending = crate::delegation_ceremony::stage(
+            layout,
+            state,
+            role,
+            &current.signed,
+            &content,
+            &signatures,
+        )?;
+        return Ok((
+            version.get(),
+            Progress {
+                signed: Vec::new(),
+                pending: Some(pending),
+            },
+        ));
+    }
     let bytes = editor::signed_bytes(&Signed {
         signed: content,
         signatures,
@@ -493,8 +539,9 @@ pub async fn add(
     let role_expires = config.delegated(role_name)?.expiry()?.resolve(now)?;
     editor::ensure_future(Role::Targets, role_expires, now, false)?;
     let chain = chain_expiries(layout, &config, &state, now)?;
-    // The role's keys must reach its threshold before the image is copied.
-    role_keys(layout, &config, role)?;
+    crate::delegation_ceremony::refuse_open(layout, role_name, "adding to it")?;
+    // The role's keys must open (or be offline by design) before the image is copied.
+    usable_keys(layout, &config, role)?;
 
     let size = image.metadata().map(|m| m.len()).unwrap_or(0);
     let digests = add::store_image(layout, &name, &options.image, image, size)?;
@@ -544,6 +591,7 @@ pub async fn resign(
     let role_expires = policy.resolve(now)?;
     editor::ensure_future(Role::Targets, role_expires, now, allow_expired)?;
     let chain = chain_expiries(layout, &config, &state, now)?;
+    crate::delegation_ceremony::refuse_open(layout, role_name, "re-signing it")?;
     let content = current.signed.clone();
     let (version, progress) = sign_role(
         layout,

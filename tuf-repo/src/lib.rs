@@ -19,6 +19,7 @@ pub mod audit;
 pub mod ceremony;
 pub mod config;
 pub mod delegation;
+pub mod delegation_ceremony;
 pub mod editor;
 pub mod error;
 pub mod evidence;

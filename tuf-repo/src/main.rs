@@ -231,7 +231,8 @@ enum CeremonyAction {
     /// signatures (from `add`, `rotate` or an earlier merge), or else the
     /// next version with a fresh expiry.
     Export {
-        #[arg(long, value_parser = ["root", "targets", "snapshot", "timestamp"])]
+        /// root, targets, snapshot, timestamp, or a delegated role's name.
+        #[arg(long)]
         role: String,
         #[arg(long)]
         out: PathBuf,
@@ -242,14 +243,16 @@ enum CeremonyAction {
     /// Verify detached signatures (kept for the next merge while below the
     /// threshold); at the threshold write the role and sign what depends on it.
     Merge {
-        #[arg(long, value_parser = ["root", "targets", "snapshot", "timestamp"])]
+        /// root, targets, snapshot, timestamp, or a delegated role's name.
+        #[arg(long)]
         role: String,
         #[arg(required = true)]
         signatures: Vec<PathBuf>,
     },
     /// Close a role's open ceremony without signing it.
     Abandon {
-        #[arg(long, value_parser = ["root", "targets", "snapshot", "timestamp"])]
+        /// root, targets, snapshot, timestamp, or a delegated role's name.
+        #[arg(long)]
         role: String,
     },
 }
@@ -361,15 +364,28 @@ fn print_pending(pending: Option<&ceremony::PendingRole>) {
 /// offline signatures (then it is not signed, whatever else was).
 fn targets_outcome(version: u64, pending: Option<&ceremony::PendingRole>) -> String {
     match pending {
-        Some(p) if p.role == Role::Targets && p.version == version => {
+        Some(p) if p.role == Role::Targets && p.delegated.is_none() && p.version == version => {
             format!("targets version {version} is NOT signed yet (waiting for offline signatures)")
         }
         Some(p) => format!(
             "signed targets version {version}; {} version {} is NOT signed yet (waiting for offline signatures)",
-            p.role, p.version
+            p.name(),
+            p.version
         ),
         None => format!("signed targets version {version}"),
     }
+}
+
+/// A top-level role (`Ok`) or a delegated role's name (`Err`), as given
+/// to `ceremony --role`.
+fn ceremony_role(arg: &str) -> Result<std::result::Result<Role, String>> {
+    if let Ok(role) = arg.parse::<Role>() {
+        return Ok(Ok(role));
+    }
+    ota_repo::delegation::validate_name(arg).map_err(|e| {
+        anyhow::anyhow!("--role {arg}: neither root, targets, snapshot, timestamp nor a delegated role ({e})")
+    })?;
+    Ok(Err(arg.to_owned()))
 }
 
 fn role_map<T>(
@@ -489,7 +505,7 @@ fn run(cli: Cli) -> Result<()> {
             let sig = ceremony::sign_payload(&payload, &key, &out, log.as_ref())?;
             println!(
                 "signed {} version {} (payload sha256 {}) with key {}; signature in {}",
-                sig.role,
+                sig.delegated.clone().unwrap_or_else(|| sig.role.to_string()),
                 sig.version,
                 sig.payload_sha256,
                 sig.keyid,
@@ -502,11 +518,15 @@ fn run(cli: Cli) -> Result<()> {
         Command::Ceremony { action } => match action {
             CeremonyAction::Export { role, out, expires } => {
                 let expires = expires.as_deref().map(parse_expiry).transpose()?;
-                let p =
-                    runtime()?.block_on(ceremony::export(&layout, role.parse()?, expires, &out))?;
+                let p = match ceremony_role(&role)? {
+                    Ok(top) => runtime()?.block_on(ceremony::export(&layout, top, expires, &out))?,
+                    Err(name) => runtime()?.block_on(ota_repo::delegation_ceremony::export(
+                        &layout, &name, expires, &out,
+                    ))?,
+                };
                 println!(
                     "exported {} version {} to {} (sha256 {}); needs: {}",
-                    p.role,
+                    p.role_name(),
                     p.version,
                     out.display(),
                     p.sha256,
@@ -521,8 +541,33 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
             CeremonyAction::Merge { role, signatures } => {
+                let top = match ceremony_role(&role)? {
+                    Ok(top) => top,
+                    Err(name) => {
+                        let m = runtime()?.block_on(ota_repo::delegation_ceremony::merge(
+                            &layout,
+                            &name,
+                            &signatures,
+                        ))?;
+                        for r in &m.not_counted {
+                            eprintln!("ota-repo: warning: not counted: {r}");
+                        }
+                        println!(
+                            "signed {} version {} with {} key(s): {}",
+                            m.name,
+                            m.version,
+                            m.counted.len(),
+                            m.counted.join(", ")
+                        );
+                        for (r, v) in &m.progress.signed {
+                            println!("signed {r} version {v}");
+                        }
+                        print_pending(m.progress.pending.as_ref());
+                        return Ok(());
+                    }
+                };
                 let m =
-                    runtime()?.block_on(ceremony::merge(&layout, role.parse()?, &signatures))?;
+                    runtime()?.block_on(ceremony::merge(&layout, top, &signatures))?;
                 for r in &m.not_counted {
                     eprintln!("ota-repo: warning: not counted: {r}");
                 }
@@ -539,7 +584,12 @@ fn run(cli: Cli) -> Result<()> {
                 print_pending(m.progress.pending.as_ref());
             }
             CeremonyAction::Abandon { role } => {
-                let v = runtime()?.block_on(ceremony::abandon(&layout, role.parse()?))?;
+                let v = match ceremony_role(&role)? {
+                    Ok(top) => runtime()?.block_on(ceremony::abandon(&layout, top))?,
+                    Err(name) => runtime()?.block_on(ota_repo::delegation_ceremony::abandon(
+                        &layout, &name,
+                    ))?,
+                };
                 println!("abandoned the {role} version {v} ceremony");
             }
         },
@@ -666,9 +716,16 @@ fn run(cli: Cli) -> Result<()> {
                 &options,
                 plan.clone(),
             ))?;
+            let outcome = match &progress.pending {
+                Some(p) if p.delegated.as_deref() == Some(role.as_str()) => format!(
+                    "{role} version {} is NOT signed yet (waiting for offline signatures)",
+                    added.targets_version
+                ),
+                _ => format!("signed {role} version {}", added.targets_version),
+            };
             println!(
-                "added {} ({} bytes, sha256 {}) to delegated role {role}; signed {role} version {}",
-                added.name, added.length, added.sha256, added.targets_version
+                "added {} ({} bytes, sha256 {}) to delegated role {role}; {outcome}",
+                added.name, added.length, added.sha256
             );
             print_pending(progress.pending.as_ref());
         }

@@ -313,7 +313,7 @@ pub async fn status(layout: &Layout, window: WarnWindow) -> Result<StatusReport>
             let _ = writeln!(
                 out,
                 "  {} version {}: {counts}\n      payload {}",
-                p.role,
+                p.name(),
                 p.version,
                 p.payload.display()
             );

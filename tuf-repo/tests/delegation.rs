@@ -350,3 +350,221 @@ fn a_team_key_given_by_a_relative_path_is_found_later() {
         "{text}"
     );
 }
+
+fn key_id_of(repo: &Path, key: &Path) -> String {
+    let out = ok(ota_repo(repo, &["keygen", "--out", s(key)]));
+    out.split_whitespace().next().expect("key id").to_owned()
+}
+
+/// repo.json lists only these key files for `role` (the others are on
+/// other machines).
+fn set_role_keys(repo: &Path, role: &str, keys: &[&Path]) {
+    let path = repo.join("repo.json");
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("repo.json")).expect("json");
+    config["delegations"][role]["keys"] = serde_json::json!(keys
+        .iter()
+        .map(|k| s(k).to_owned())
+        .collect::<Vec<_>>());
+    std::fs::write(&path, serde_json::to_vec_pretty(&config).expect("json")).expect("write");
+}
+
+#[test]
+fn a_two_of_three_delegated_role_signs_on_three_machines() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let t = tmp.path();
+    let repo = t.join("repo");
+    ok(ota_repo(&repo, &["init"]));
+    let machines: Vec<_> = (1..=3).map(|n| t.join(format!("machine-{n}"))).collect();
+    let mut keys = Vec::new();
+    for m in &machines {
+        std::fs::create_dir_all(m).expect("mkdir");
+        let key = m.join("board-a.pem");
+        let id = key_id_of(&t.join("no-repo"), &key);
+        keys.push((key, id));
+    }
+    ok(ota_repo(
+        &repo,
+        &[
+            "delegate",
+            "--name",
+            "board-a",
+            "--paths",
+            "board-a/*",
+            "--key",
+            s(&keys[0].0),
+            "--key",
+            s(&keys[1].0),
+            "--key",
+            s(&keys[2].0),
+            "--threshold",
+            "2",
+        ],
+    ));
+    // From now on the release machine holds one of the three keys.
+    set_role_keys(&repo, "board-a", &[&keys[0].0]);
+
+    let img = t.join("fw.img");
+    let content = b"board a firmware, signed by two of three".to_vec();
+    std::fs::write(&img, &content).expect("img");
+    let out = ok(add(
+        &repo,
+        &img,
+        "board-a/fw-2.img",
+        "2.0.0",
+        Some("board-a"),
+    ));
+    assert!(
+        out.contains("board-a version 2 is NOT signed yet")
+            && out.contains("board-a version 2 is pending signatures: 1 of 2 signatures")
+            && out.contains("ota-repo ceremony export --role board-a"),
+        "{out}"
+    );
+    assert!(!repo.join("metadata/2.board-a.json").exists());
+    // A second release into the role waits until this one is done.
+    let err = fails(add(&repo, &img, "board-a/fw-3.img", "3.0.0", Some("board-a")));
+    assert!(err.contains("waiting for signatures"), "{err}");
+
+    let status = ota_repo(&repo, &["status"]);
+    let text = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert_eq!(status.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("board-a version 2: 1 of 2 signatures (keys of delegated role board-a"),
+        "{text}"
+    );
+    let www = t.join("www");
+    let err = fails(ota_repo(&repo, &["publish", "--dir", s(&www)]));
+    assert!(
+        err.contains("refusing to publish") && err.contains("board-a version 2"),
+        "{err}"
+    );
+
+    let payload = t.join("board-a.payload.json");
+    let out = ok(ota_repo(
+        &repo,
+        &[
+            "ceremony", "export", "--role", "board-a", "--out", s(&payload),
+        ],
+    ));
+    assert!(
+        out.contains("exported board-a version 2")
+            && out.contains("added board-a/fw-2.img")
+            && out.contains("2 of the keys of delegated role board-a"),
+        "{out}"
+    );
+    // A payload whose key list was edited to let the targets key sign:
+    // the signature is made, but merge counts only the keys targets lists.
+    let mut forged: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&payload).expect("payload")).expect("json");
+    let targets_key = repo.join("keys/targets-1.pem");
+    let root: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo.join("metadata/1.root.json")).expect("root"))
+            .expect("json");
+    let targets_id = root["signed"]["roles"]["targets"]["keyids"][0]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    forged["keys"][&targets_id] = root["signed"]["keys"][&targets_id].clone();
+    let forged_path = t.join("forged.payload.json");
+    std::fs::write(&forged_path, serde_json::to_vec(&forged).expect("json")).expect("write");
+    let bad_sig = t.join("bad.sig.json");
+    ok(ota_repo(
+        &t.join("no-repo"),
+        &[
+            "sign",
+            "--payload",
+            s(&forged_path),
+            "--key",
+            s(&targets_key),
+            "--out",
+            s(&bad_sig),
+        ],
+    ));
+    let err = fails(ota_repo(
+        &repo,
+        &["ceremony", "merge", "--role", "board-a", s(&bad_sig)],
+    ));
+    assert!(
+        err.contains("board-a version 2 is NOT signed yet: 1 of 2")
+            && err.contains("is not one of the keys"),
+        "{err}"
+    );
+    fails(ota_repo(&repo, &["publish", "--dir", s(&www)]));
+
+    // Machine 2 signs (without a repository); the merge reaches 2 of 2.
+    let sig = machines[1].join("board-a.sig.json");
+    let out = ok(ota_repo(
+        &machines[1].join("no-repo"),
+        &[
+            "sign",
+            "--payload",
+            s(&payload),
+            "--key",
+            s(&keys[1].0),
+            "--out",
+            s(&sig),
+        ],
+    ));
+    assert!(out.contains("signed board-a version 2"), "{out}");
+    let out = ok(ota_repo(
+        &repo,
+        &["ceremony", "merge", "--role", "board-a", s(&sig)],
+    ));
+    assert!(
+        out.contains("signed board-a version 2 with 2 key(s)")
+            && out.contains("signed snapshot version 3")
+            && out.contains("signed timestamp version 3"),
+        "{out}"
+    );
+    assert!(!repo.join("ceremony/delegated/board-a.json").exists());
+    let signed: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(repo.join("metadata/2.board-a.json")).expect("role file"),
+    )
+    .expect("json");
+    let mut signers: Vec<&str> = signed["signatures"]
+        .as_array()
+        .expect("sigs")
+        .iter()
+        .map(|s| s["keyid"].as_str().expect("id"))
+        .collect();
+    signers.sort();
+    let mut want = vec![keys[0].1.as_str(), keys[1].1.as_str()];
+    want.sort();
+    assert_eq!(signers, want);
+    let o = ota_repo(&repo, &["status"]);
+    assert_eq!(o.status.code(), Some(0));
+
+    ok(ota_repo(&repo, &["publish", "--dir", s(&www)]));
+    let mut client = device(&t.join("device"), &www);
+    client.refresh().expect("a fresh device accepts the 2-of-3 role");
+    let target = client
+        .find_target("board-a/fw-2.img")
+        .expect("lookup")
+        .expect("listed");
+    let dest = t.join("downloaded");
+    client
+        .download_target(&target, &dest)
+        .expect("image verifies");
+    assert_eq!(std::fs::read(&dest).expect("image"), content);
+
+    // Re-signing by offline keys starts a ceremony of its own; abandon closes it.
+    let again = t.join("again.json");
+    let out = ok(ota_repo(
+        &repo,
+        &["ceremony", "export", "--role", "board-a", "--out", s(&again)],
+    ));
+    assert!(out.contains("exported board-a version 3"), "{out}");
+    let out = ok(ota_repo(
+        &repo,
+        &["ceremony", "abandon", "--role", "board-a"],
+    ));
+    assert!(out.contains("abandoned the board-a version 3 ceremony"), "{out}");
+    assert_eq!(ota_repo(&repo, &["status"]).status.code(), Some(0));
+    let log = std::fs::read_to_string(repo.join("audit.jsonl")).expect("log");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"action\":\"merge\"") && l.contains("\"role\":\"board-a\"")),
+        "{log}"
+    );
+    ok(ota_repo(&repo, &["audit", "verify"]));
+}
