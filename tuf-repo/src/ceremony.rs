@@ -1819,7 +1819,10 @@ fn versioned_name(file: &str) -> Option<(u64, &str)> {
 /// Versioned metadata files that open ceremonies will publish: what a
 /// pending snapshot lists, what a pending timestamp's snapshot lists, and
 /// the first version of a delegated role a pending targets introduces.
-pub(crate) fn referenced_by_ceremonies(layout: &Layout, state: &RepoState) -> Result<BTreeSet<String>> {
+pub(crate) fn referenced_by_ceremonies(
+    layout: &Layout,
+    state: &RepoState,
+) -> Result<BTreeSet<String>> {
     let mut out = BTreeSet::new();
     for role in CHAIN {
         let path = pending_path(layout, role);

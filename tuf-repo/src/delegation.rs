@@ -116,6 +116,33 @@ pub fn every_target(state: &RepoState) -> Vec<(&TargetName, &Target)> {
     out
 }
 
+/// Where a target is listed: top-level targets (`None`) or the delegated
+/// role that lists it, with its entry.
+pub fn locate<'a>(
+    state: &'a RepoState,
+    name: &str,
+) -> Option<(Option<&'a DelegatedRole>, &'a Target)> {
+    if let Some((_, t)) = state
+        .targets
+        .signed
+        .targets
+        .iter()
+        .find(|(n, _)| n.raw() == name)
+    {
+        return Some((None, t));
+    }
+    roles(state).iter().find_map(|role| {
+        role.targets.as_ref().and_then(|signed| {
+            signed
+                .signed
+                .targets
+                .iter()
+                .find(|(n, _)| n.raw() == name)
+                .map(|(_, t)| (Some(role), t))
+        })
+    })
+}
+
 /// The patterns of a delegation, as text.
 pub fn paths_of(role: &DelegatedRole) -> Vec<String> {
     match &role.paths {
@@ -605,6 +632,46 @@ pub async fn resign(
     )
     .await?;
     Ok((version, role_expires, progress))
+}
+
+/// Replaces the entry of target `name` in delegated role `role_name` with
+/// `target` and signs the role's next version (or stages it when its keys
+/// are offline), then snapshot and timestamp. `rollout set/clear` use it.
+pub async fn replace_target(
+    layout: &Layout,
+    role_name: &str,
+    name: &str,
+    target: Target,
+) -> Result<(u64, Progress)> {
+    let config = RepoConfig::load(layout)?;
+    let state = RepoState::load(layout).await?;
+    let (role, current) = find(&state, role_name)?;
+    let now = jiff::Timestamp::now();
+    let role_expires = config.delegated(role_name)?.expiry()?.resolve(now)?;
+    editor::ensure_future(Role::Targets, role_expires, now, false)?;
+    let chain = chain_expiries(layout, &config, &state, now)?;
+    crate::delegation_ceremony::refuse_open(layout, role_name, "changing its targets")?;
+    let mut content = current.signed.clone();
+    let entry = content
+        .targets
+        .iter_mut()
+        .find(|(n, _)| n.raw() == name)
+        .map(|(_, t)| t)
+        .ok_or_else(|| RepoError::UnknownTarget {
+            name: name.to_owned(),
+        })?;
+    *entry = target;
+    sign_role(
+        layout,
+        &config,
+        &state,
+        role,
+        current,
+        content,
+        role_expires,
+        chain,
+    )
+    .await
 }
 
 // ------------------------------------------------------------------ publish

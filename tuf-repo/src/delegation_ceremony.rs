@@ -14,7 +14,9 @@
 //! timestamp, in the order `ceremony::sign_or_stage` uses for targets (a
 //! snapshot or timestamp whose keys are offline waits in its own ceremony).
 
-use crate::ceremony::{self, Collected, Payload, PendingRole, Progress, Requirement, RoleMeta, Slot};
+use crate::ceremony::{
+    self, Collected, Payload, PendingRole, Progress, Requirement, RoleMeta, Slot,
+};
 use crate::config::RepoConfig;
 use crate::delegation;
 use crate::editor::{self, SignPlan};

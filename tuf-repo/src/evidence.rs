@@ -94,6 +94,9 @@ pub struct ReleaseFile {
     pub length: u64,
     pub sha256: String,
     pub sha512: String,
+    /// The role whose signed metadata lists the file: `targets`, or a
+    /// delegated role's name (its signatures are in `roles`).
+    pub signed_by: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -196,6 +199,13 @@ pub fn build(layout: &Layout, state: &RepoState, options: &EvidenceOptions) -> R
         role_evidence(Role::Snapshot, &state.snapshot, root, now)?,
         role_evidence(Role::Timestamp, &state.timestamp, root, now)?,
     ];
+    let mut roles = roles;
+    let signing_roles: BTreeSet<&str> = files.iter().map(|f| f.signed_by.as_str()).collect();
+    for role in crate::delegation::roles(state) {
+        if signing_roles.contains(role.name.as_str()) {
+            roles.push(delegated_role_evidence(state, role, now)?);
+        }
+    }
     for r in &roles {
         if !r.threshold_met {
             failures.push(format!(
@@ -254,18 +264,16 @@ fn release_files(
     state: &RepoState,
     release: &semver::Version,
 ) -> Result<Vec<ReleaseFile>> {
-    let set = crate::publish::collect(layout, state)?;
+    let mut set = crate::publish::collect(layout, state)?;
+    crate::delegation::extend_publish_set(layout, state, &mut set)?;
     let mut files = Vec::new();
     for t in set.targets {
-        let Some((_, target)) = state
-            .targets
-            .signed
-            .targets
-            .iter()
-            .find(|(n, _)| n.raw() == t.name)
-        else {
+        let Some((role, target)) = crate::delegation::locate(state, &t.name) else {
             continue;
         };
+        let signed_by = role
+            .map(|r| r.name.clone())
+            .unwrap_or_else(|| Role::Targets.to_string());
         let custom = serde_json::Value::Object(target.custom.clone().into_iter().collect());
         let Ok(r) = serde_json::from_value::<ReleaseCustom>(custom) else {
             continue;
@@ -281,6 +289,7 @@ fn release_files(
             length: t.length,
             sha256: t.sha256,
             sha512: t.sha512,
+            signed_by,
         });
     }
     if files.is_empty() {
@@ -329,6 +338,54 @@ where
         clause: CLAUSE_INTEGRITY,
         role: role.to_string(),
         version: signed.signed.version().get(),
+        expires: expires.to_string(),
+        expired: expires <= now,
+        threshold,
+        keyids: role_ids.into_iter().collect(),
+        signatures,
+        valid_signatures: valid_ids.len() as u64,
+        threshold_met: valid_ids.len() as u64 >= threshold,
+    })
+}
+
+/// The signatures of a delegated role's current metadata, checked against
+/// the keys and threshold the delegating top-level targets lists for it
+/// (what devices check).
+fn delegated_role_evidence(
+    state: &RepoState,
+    role: &tough::schema::DelegatedRole,
+    now: jiff::Timestamp,
+) -> Result<RoleEvidence> {
+    let (_, signed) = crate::delegation::find(state, &role.name)?;
+    let keys = state
+        .targets
+        .signed
+        .delegations
+        .as_ref()
+        .map(|d| &d.keys)
+        .ok_or_else(|| RepoError::Inconsistent("targets lists no delegations".to_owned()))?;
+    let role_ids: BTreeSet<String> = role.keyids.iter().map(|id| hex::encode(&**id)).collect();
+    let bytes = tough::schema::Role::canonical_form(&signed.signed)
+        .map_err(|e| RepoError::Inconsistent(format!("serializing {} metadata: {e}", role.name)))?;
+    let mut signatures = Vec::new();
+    let mut valid_ids = BTreeSet::new();
+    for sig in &signed.signatures {
+        let keyid = hex::encode(&*sig.keyid);
+        let valid = role_ids.contains(&keyid)
+            && keys
+                .get(&sig.keyid)
+                .is_some_and(|k| crate::editor::verify_signature(k, &bytes, &sig.sig));
+        if valid {
+            valid_ids.insert(keyid.clone());
+        }
+        signatures.push(SignatureEvidence { keyid, valid });
+    }
+    let expires = signed.signed.expires;
+    let threshold = role.threshold.get();
+    Ok(RoleEvidence {
+        clause: CLAUSE_INTEGRITY,
+        role: role.name.clone(),
+        version: signed.signed.version.get(),
         expires: expires.to_string(),
         expired: expires <= now,
         threshold,
@@ -480,6 +537,31 @@ fn audit_evidence(
             snapshot_versions.push(v);
         }
     }
+    // Versions of each delegated role that list every file it signed.
+    let mut delegated_versions: Vec<(String, u64)> = Vec::new();
+    for role in crate::delegation::roles(state) {
+        let mine: Vec<&ReleaseFile> = files.iter().filter(|f| f.signed_by == role.name).collect();
+        let Some(current) = role.targets.as_ref().map(|t| t.signed.version.get()) else {
+            continue;
+        };
+        if mine.is_empty() {
+            continue;
+        }
+        for v in 1..=current {
+            let Some(doc) = read_json(&meta.join(format!("{v}.{}.json", role.name))) else {
+                continue;
+            };
+            if mine.iter().all(|f| {
+                doc.pointer("/signed/targets")
+                    .and_then(|t| t.get(&f.name))
+                    .and_then(|t| t.pointer("/hashes/sha256"))
+                    .and_then(|h| h.as_str())
+                    == Some(f.sha256.as_str())
+            }) {
+                delegated_versions.push((role.name.clone(), v));
+            }
+        }
+    }
     // Older timestamps are not kept; the current one counts when it points
     // at a snapshot that contains the release.
     let timestamp_version = state.timestamp.signed.version.get();
@@ -491,7 +573,9 @@ fn audit_evidence(
             "targets" => targets_versions.contains(&e.version),
             "snapshot" => snapshot_versions.contains(&e.version),
             "timestamp" => timestamp_counts && e.version == timestamp_version,
-            _ => false,
+            other => delegated_versions
+                .iter()
+                .any(|(r, v)| r == other && *v == e.version),
         })
         .collect();
     Ok(AuditEvidence {
@@ -731,17 +815,21 @@ impl Evidence {
             o,
             "Every file of the release is listed in the signed targets metadata with these values; devices refuse any byte that does not match.\n"
         );
-        let _ = writeln!(o, "| file | hardware ids | length | SHA-256 | SHA-512 |");
-        let _ = writeln!(o, "|---|---|---|---|---|");
+        let _ = writeln!(
+            o,
+            "| file | hardware ids | length | SHA-256 | SHA-512 | signed by role |"
+        );
+        let _ = writeln!(o, "|---|---|---|---|---|---|");
         for f in &self.files {
             let _ = writeln!(
                 o,
-                "| `{}` | {} | {} | `{}` | `{}` |",
+                "| `{}` | {} | {} | `{}` | `{}` | {} |",
                 f.name,
                 f.hardware_ids.join(", "),
                 f.length,
                 f.sha256,
-                f.sha512
+                f.sha512,
+                f.signed_by
             );
         }
 

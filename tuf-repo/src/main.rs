@@ -376,6 +376,23 @@ fn targets_outcome(version: u64, pending: Option<&ceremony::PendingRole>) -> Str
     }
 }
 
+/// What happened to a delegated role's new version: signed (and what
+/// followed), or waiting for offline signatures.
+fn role_outcome(role: &str, version: u64, progress: &ceremony::Progress) -> String {
+    match &progress.pending {
+        Some(p) if p.delegated.as_deref() == Some(role) => {
+            format!("{role} version {version} is NOT signed yet (waiting for offline signatures)")
+        }
+        _ => {
+            let mut out = format!("signed {role} version {version}");
+            for (r, v) in &progress.signed {
+                out.push_str(&format!(", {r} version {v}"));
+            }
+            out
+        }
+    }
+}
+
 /// A top-level role (`Ok`) or a delegated role's name (`Err`), as given
 /// to `ceremony --role`.
 fn ceremony_role(arg: &str) -> Result<std::result::Result<Role, String>> {
@@ -383,7 +400,9 @@ fn ceremony_role(arg: &str) -> Result<std::result::Result<Role, String>> {
         return Ok(Ok(role));
     }
     ota_repo::delegation::validate_name(arg).map_err(|e| {
-        anyhow::anyhow!("--role {arg}: neither root, targets, snapshot, timestamp nor a delegated role ({e})")
+        anyhow::anyhow!(
+            "--role {arg}: neither root, targets, snapshot, timestamp nor a delegated role ({e})"
+        )
     })?;
     Ok(Err(arg.to_owned()))
 }
@@ -505,7 +524,9 @@ fn run(cli: Cli) -> Result<()> {
             let sig = ceremony::sign_payload(&payload, &key, &out, log.as_ref())?;
             println!(
                 "signed {} version {} (payload sha256 {}) with key {}; signature in {}",
-                sig.delegated.clone().unwrap_or_else(|| sig.role.to_string()),
+                sig.delegated
+                    .clone()
+                    .unwrap_or_else(|| sig.role.to_string()),
                 sig.version,
                 sig.payload_sha256,
                 sig.keyid,
@@ -519,7 +540,9 @@ fn run(cli: Cli) -> Result<()> {
             CeremonyAction::Export { role, out, expires } => {
                 let expires = expires.as_deref().map(parse_expiry).transpose()?;
                 let p = match ceremony_role(&role)? {
-                    Ok(top) => runtime()?.block_on(ceremony::export(&layout, top, expires, &out))?,
+                    Ok(top) => {
+                        runtime()?.block_on(ceremony::export(&layout, top, expires, &out))?
+                    }
                     Err(name) => runtime()?.block_on(ota_repo::delegation_ceremony::export(
                         &layout, &name, expires, &out,
                     ))?,
@@ -566,8 +589,7 @@ fn run(cli: Cli) -> Result<()> {
                         return Ok(());
                     }
                 };
-                let m =
-                    runtime()?.block_on(ceremony::merge(&layout, top, &signatures))?;
+                let m = runtime()?.block_on(ceremony::merge(&layout, top, &signatures))?;
                 for r in &m.not_counted {
                     eprintln!("ota-repo: warning: not counted: {r}");
                 }
@@ -586,9 +608,8 @@ fn run(cli: Cli) -> Result<()> {
             CeremonyAction::Abandon { role } => {
                 let v = match ceremony_role(&role)? {
                     Ok(top) => runtime()?.block_on(ceremony::abandon(&layout, top))?,
-                    Err(name) => runtime()?.block_on(ota_repo::delegation_ceremony::abandon(
-                        &layout, &name,
-                    ))?,
+                    Err(name) => runtime()?
+                        .block_on(ota_repo::delegation_ceremony::abandon(&layout, &name))?,
                 };
                 println!("abandoned the {role} version {v} ceremony");
             }
@@ -716,13 +737,7 @@ fn run(cli: Cli) -> Result<()> {
                 &options,
                 plan.clone(),
             ))?;
-            let outcome = match &progress.pending {
-                Some(p) if p.delegated.as_deref() == Some(role.as_str()) => format!(
-                    "{role} version {} is NOT signed yet (waiting for offline signatures)",
-                    added.targets_version
-                ),
-                _ => format!("signed {role} version {}", added.targets_version),
-            };
+            let outcome = role_outcome(&role, added.targets_version, &progress);
             println!(
                 "added {} ({} bytes, sha256 {}) to delegated role {role}; {outcome}",
                 added.name, added.length, added.sha256
@@ -813,6 +828,17 @@ fn run(cli: Cli) -> Result<()> {
                         );
                         print_pending(pending.first());
                     }
+                    rollout::Changed::SignedRole {
+                        role,
+                        version,
+                        progress,
+                    } => {
+                        println!(
+                            "rollout of {target} changed; {}",
+                            role_outcome(&role, version, &progress)
+                        );
+                        print_pending(progress.pending.as_ref());
+                    }
                     rollout::Changed::Unchanged => {
                         println!("{target} already has this rollout plan; nothing signed")
                     }
@@ -832,6 +858,17 @@ fn run(cli: Cli) -> Result<()> {
                             "rollout plan of {target} removed (every compatible device may install now); {}"
                         , targets_outcome(targets_version, pending.first()));
                         print_pending(pending.first());
+                    }
+                    rollout::Changed::SignedRole {
+                        role,
+                        version,
+                        progress,
+                    } => {
+                        println!(
+                            "rollout plan of {target} removed (every compatible device may install now); {}",
+                            role_outcome(&role, version, &progress)
+                        );
+                        print_pending(progress.pending.as_ref());
                     }
                     rollout::Changed::Unchanged => {
                         println!("{target} has no rollout plan; nothing signed")

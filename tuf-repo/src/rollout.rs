@@ -230,13 +230,10 @@ pub fn plan_of(name: &str, target: &Target) -> Result<Option<RolloutPlan>> {
     }
 }
 
+/// The target of that name, in top-level targets or the delegated role
+/// that lists it.
 fn find_target<'a>(state: &'a RepoState, name: &str) -> Result<&'a Target> {
-    state
-        .targets
-        .signed
-        .targets
-        .iter()
-        .find(|(n, _)| n.raw() == name)
+    crate::delegation::locate(state, name)
         .map(|(_, t)| t)
         .ok_or_else(|| RepoError::UnknownTarget {
             name: name.to_owned(),
@@ -454,10 +451,18 @@ impl PlanView {
 }
 
 /// What `rollout set` / `rollout clear` did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Changed {
     /// New targets (this version), snapshot and timestamp were signed.
     Signed { targets_version: u64 },
+    /// The target is listed by delegated role `role`: its `version` was
+    /// signed (then snapshot and timestamp), or waits in a ceremony
+    /// (`progress.pending`) when the role's keys are offline.
+    SignedRole {
+        role: String,
+        version: u64,
+        progress: crate::ceremony::Progress,
+    },
     /// The target already had exactly this plan (or none): nothing signed.
     Unchanged,
 }
@@ -512,6 +517,21 @@ pub async fn change(
         ))
     })?;
 
+    if let Some((Some(role), _)) = crate::delegation::locate(&state, target_name) {
+        // Signed by the role that lists it (and only it: top-level targets
+        // is untouched), then snapshot and timestamp.
+        let role = role.name.clone();
+        let (version, progress) =
+            crate::delegation::replace_target(layout, &role, target_name, updated).await?;
+        return Ok((
+            Changed::SignedRole {
+                role,
+                version,
+                progress,
+            },
+            new_plan,
+        ));
+    }
     let expires = add::signing_expiries(layout, &config, &state, jiff::Timestamp::now())?;
     let mut targets = state.targets.signed.clone();
     for (name, t) in targets.targets.iter_mut() {

@@ -362,10 +362,8 @@ fn set_role_keys(repo: &Path, role: &str, keys: &[&Path]) {
     let path = repo.join("repo.json");
     let mut config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&path).expect("repo.json")).expect("json");
-    config["delegations"][role]["keys"] = serde_json::json!(keys
-        .iter()
-        .map(|k| s(k).to_owned())
-        .collect::<Vec<_>>());
+    config["delegations"][role]["keys"] =
+        serde_json::json!(keys.iter().map(|k| s(k).to_owned()).collect::<Vec<_>>());
     std::fs::write(&path, serde_json::to_vec_pretty(&config).expect("json")).expect("write");
 }
 
@@ -422,7 +420,13 @@ fn a_two_of_three_delegated_role_signs_on_three_machines() {
     );
     assert!(!repo.join("metadata/2.board-a.json").exists());
     // A second release into the role waits until this one is done.
-    let err = fails(add(&repo, &img, "board-a/fw-3.img", "3.0.0", Some("board-a")));
+    let err = fails(add(
+        &repo,
+        &img,
+        "board-a/fw-3.img",
+        "3.0.0",
+        Some("board-a"),
+    ));
     assert!(err.contains("waiting for signatures"), "{err}");
 
     let status = ota_repo(&repo, &["status"]);
@@ -443,7 +447,12 @@ fn a_two_of_three_delegated_role_signs_on_three_machines() {
     let out = ok(ota_repo(
         &repo,
         &[
-            "ceremony", "export", "--role", "board-a", "--out", s(&payload),
+            "ceremony",
+            "export",
+            "--role",
+            "board-a",
+            "--out",
+            s(&payload),
         ],
     ));
     assert!(
@@ -536,7 +545,9 @@ fn a_two_of_three_delegated_role_signs_on_three_machines() {
 
     ok(ota_repo(&repo, &["publish", "--dir", s(&www)]));
     let mut client = device(&t.join("device"), &www);
-    client.refresh().expect("a fresh device accepts the 2-of-3 role");
+    client
+        .refresh()
+        .expect("a fresh device accepts the 2-of-3 role");
     let target = client
         .find_target("board-a/fw-2.img")
         .expect("lookup")
@@ -551,14 +562,24 @@ fn a_two_of_three_delegated_role_signs_on_three_machines() {
     let again = t.join("again.json");
     let out = ok(ota_repo(
         &repo,
-        &["ceremony", "export", "--role", "board-a", "--out", s(&again)],
+        &[
+            "ceremony",
+            "export",
+            "--role",
+            "board-a",
+            "--out",
+            s(&again),
+        ],
     ));
     assert!(out.contains("exported board-a version 3"), "{out}");
     let out = ok(ota_repo(
         &repo,
         &["ceremony", "abandon", "--role", "board-a"],
     ));
-    assert!(out.contains("abandoned the board-a version 3 ceremony"), "{out}");
+    assert!(
+        out.contains("abandoned the board-a version 3 ceremony"),
+        "{out}"
+    );
     assert_eq!(ota_repo(&repo, &["status"]).status.code(), Some(0));
     let log = std::fs::read_to_string(repo.join("audit.jsonl")).expect("log");
     assert!(
@@ -567,4 +588,143 @@ fn a_two_of_three_delegated_role_signs_on_three_machines() {
         "{log}"
     );
     ok(ota_repo(&repo, &["audit", "verify"]));
+}
+
+#[test]
+fn rollout_and_evidence_follow_the_role_that_lists_the_target() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let t = tmp.path();
+    let repo = t.join("repo");
+    ok(ota_repo(&repo, &["init"]));
+    ok(ota_repo(
+        &repo,
+        &[
+            "delegate",
+            "--name",
+            "board-a",
+            "--paths",
+            "board-a/*",
+            "--generate-key",
+        ],
+    ));
+    let img = t.join("fw.img");
+    std::fs::write(&img, b"board a staged release").expect("img");
+    let targets_before = std::fs::read(repo.join("metadata/2.targets.json")).expect("targets");
+    let out = ok(ota_repo(
+        &repo,
+        &[
+            "add",
+            s(&img),
+            "--name",
+            "board-a/fw-1.img",
+            "--version",
+            "1.0.0",
+            "--hardware-id",
+            "board-a",
+            "--role",
+            "board-a",
+            "--wave",
+            "canary=bench@+0h",
+            "--wave",
+            "all=100%@+3d",
+        ],
+    ));
+    assert!(out.contains("signed board-a version 2"), "{out}");
+
+    let out = ok(ota_repo(
+        &repo,
+        &[
+            "rollout",
+            "set",
+            "board-a/fw-1.img",
+            "--wave",
+            "all=100%@+1h",
+        ],
+    ));
+    assert!(
+        out.contains("rollout of board-a/fw-1.img changed; signed board-a version 3, snapshot version 4, timestamp version 4"),
+        "{out}"
+    );
+    // Top-level targets is not re-signed for a delegated target.
+    assert!(!repo.join("metadata/3.targets.json").exists());
+    assert_eq!(
+        std::fs::read(repo.join("metadata/2.targets.json")).expect("targets"),
+        targets_before
+    );
+    let www = t.join("www");
+    ok(ota_repo(&repo, &["publish", "--dir", s(&www)]));
+    let mut client = device(&t.join("device"), &www);
+    client.refresh().expect("refresh");
+    let release = client
+        .find_target("board-a/fw-1.img")
+        .expect("lookup")
+        .expect("listed")
+        .release()
+        .expect("release");
+    let plan = release.rollout.expect("signed plan");
+    assert_eq!(
+        plan.waves
+            .iter()
+            .map(|w| w.name.as_str())
+            .collect::<Vec<_>>(),
+        ["all"]
+    );
+
+    let out = ok(ota_repo(&repo, &["rollout", "clear", "board-a/fw-1.img"]));
+    assert!(out.contains("signed board-a version 4"), "{out}");
+    let out = ok(ota_repo(&repo, &["rollout", "clear", "board-a/fw-1.img"]));
+    assert!(out.contains("has no rollout plan; nothing signed"), "{out}");
+    ok(ota_repo(&repo, &["publish", "--dir", s(&www)]));
+    client.refresh().expect("refresh");
+    let release = client
+        .find_target("board-a/fw-1.img")
+        .expect("lookup")
+        .expect("listed")
+        .release()
+        .expect("release");
+    assert!(release.rollout.is_none());
+
+    // Evidence names the role that signed the file and checks its signatures.
+    let ev_dir = t.join("evidence");
+    let o = ota_repo(
+        &repo,
+        &[
+            "evidence",
+            "--release",
+            "1.0.0",
+            "--out",
+            s(&ev_dir),
+            "--published-dir",
+            s(&www),
+        ],
+    );
+    let ev: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(ev_dir.join("evidence-1.0.0.json")).expect("evidence json"),
+    )
+    .expect("json");
+    assert!(o.status.success(), "{ev:#}");
+    assert_eq!(ev["passed"], true, "{ev:#}");
+    assert_eq!(ev["files"][0]["name"], "board-a/fw-1.img");
+    assert_eq!(ev["files"][0]["signed_by"], "board-a");
+    let role = ev["roles"]
+        .as_array()
+        .expect("roles")
+        .iter()
+        .find(|r| r["role"] == "board-a")
+        .expect("the delegated role's signatures are evidence");
+    assert_eq!(role["version"], 4);
+    assert_eq!(role["threshold"], 1);
+    assert_eq!(role["threshold_met"], true);
+    assert_eq!(role["keyids"].as_array().expect("ids").len(), 1);
+    assert_eq!(ev["verification"]["passed"], true, "{ev:#}");
+    assert!(
+        ev["audit"]["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .any(|e| e["role"] == "board-a"),
+        "{ev:#}"
+    );
+    let md = std::fs::read_to_string(ev_dir.join("evidence-1.0.0.md")).expect("md");
+    assert!(md.contains("| board-a |"), "{md}");
 }
