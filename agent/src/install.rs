@@ -348,6 +348,87 @@ mod tests {
         assert!(err.keeps_checkpoint());
     }
 
+    /// An endless stream that counts what it gave and says when it is dropped.
+    struct Endless {
+        served: std::sync::Arc<std::sync::atomic::AtomicU64>,
+        dropped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        fail_after: Option<u64>,
+    }
+
+    impl Read for Endless {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            use std::sync::atomic::Ordering;
+            let served = self.served.load(Ordering::SeqCst);
+            if self.fail_after.is_some_and(|limit| served >= limit) {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "reset by peer",
+                ));
+            }
+            buf.fill(1);
+            self.served.fetch_add(buf.len() as u64, Ordering::SeqCst);
+            Ok(buf.len())
+        }
+    }
+
+    impl Drop for Endless {
+        fn drop(&mut self) {
+            self.dropped
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn an_endless_stream_is_read_at_most_one_chunk_past_the_signed_length() {
+        use std::sync::atomic::Ordering;
+        let (_d, s) = setup();
+        let served = std::sync::Arc::default();
+        let dropped = std::sync::Arc::default();
+        let stream = Endless {
+            served: std::sync::Arc::clone(&served),
+            dropped: std::sync::Arc::clone(&dropped),
+            fail_after: None,
+        };
+        let signed = vec![1u8; 1000];
+        let err = install_stream(stream, 1000, &digests_of(&signed), &s.b, &s.a, |_| {})
+            .expect_err("endless");
+        assert!(
+            matches!(err, InstallError::Verify(VerifyError::TooLong { .. })),
+            "{err}"
+        );
+        // Reading stopped at the first chunk past the end, and the stream is closed.
+        assert!(served.load(Ordering::SeqCst) <= CHUNK as u64);
+        assert!(dropped.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_dropped_connection_is_a_stream_error_that_keeps_the_written_bytes() {
+        use std::sync::atomic::Ordering;
+        let (_d, s) = setup();
+        let served = std::sync::Arc::default();
+        let dropped = std::sync::Arc::default();
+        let length = (CHUNK * 4) as u64;
+        let stream = Endless {
+            served: std::sync::Arc::clone(&served),
+            dropped: std::sync::Arc::clone(&dropped),
+            fail_after: Some((CHUNK * 2) as u64),
+        };
+        let image = vec![1u8; CHUNK * 4];
+        let err = install_stream(stream, length, &digests_of(&image), &s.b, &s.a, |_| {})
+            .expect_err("reset");
+        assert!(
+            matches!(&err, InstallError::Stream(e) if e.kind() == io::ErrorKind::ConnectionReset),
+            "{err}"
+        );
+        assert!(err.keeps_checkpoint());
+        assert!(dropped.load(Ordering::SeqCst));
+        // The two chunks before the reset were verified and written.
+        assert_eq!(
+            std::fs::metadata(&s.b.path).expect("stat").len(),
+            (CHUNK * 2) as u64
+        );
+    }
+
     #[test]
     fn refuses_to_install_into_the_booted_slot() {
         let (_d, s) = setup();
