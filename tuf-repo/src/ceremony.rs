@@ -1846,13 +1846,15 @@ pub(crate) fn referenced_by_ceremonies(
             }
             RoleMeta::Targets(t) => {
                 for d in t.delegations.iter().flat_map(|d| d.roles.iter()) {
-                    if !state
-                        .snapshot
-                        .signed
-                        .meta
-                        .contains_key(&format!("{}.json", d.name))
-                    {
-                        out.insert(format!("1.{}.json", d.name));
+                    match state.snapshot.signed.meta.get(&format!("{}.json", d.name)) {
+                        None => {
+                            out.insert(format!("1.{}.json", d.name));
+                        }
+                        // A changed delegation brings the role's next version.
+                        Some(m) if crate::delegation::changed_delegation(state, d) => {
+                            out.insert(format!("{}.{}.json", m.version.get() + 1, d.name));
+                        }
+                        Some(_) => {}
                     }
                 }
             }

@@ -143,6 +143,21 @@ pub fn locate<'a>(
     })
 }
 
+/// Whether `role` (as a new targets delegates it) differs from the
+/// delegation of that name in the trusted targets: other keys, threshold,
+/// paths or `terminating`.
+pub fn changed_delegation(state: &RepoState, role: &DelegatedRole) -> bool {
+    match roles(state).iter().find(|r| r.name == role.name) {
+        Some(r) => {
+            r.keyids != role.keyids
+                || r.threshold != role.threshold
+                || r.paths != role.paths
+                || r.terminating != role.terminating
+        }
+        None => false,
+    }
+}
+
 /// The patterns of a delegation, as text.
 pub fn paths_of(role: &DelegatedRole) -> Vec<String> {
     match &role.paths {
@@ -397,10 +412,11 @@ pub async fn delegate(layout: &Layout, options: &DelegateOptions) -> Result<Dele
     let state = RepoState::load(layout).await?;
     let name = options.name.as_str();
     validate_name(name).map_err(RepoError::InvalidArgument)?;
-    if roles(&state).iter().any(|r| r.name == name) {
-        return Err(RepoError::InvalidArgument(format!(
-            "delegated role {name} already exists (`ota-repo status` shows it)"
-        )));
+    // Delegating an existing name changes that delegation: its paths, keys,
+    // threshold and `terminating` become the ones given here.
+    let existing = roles(&state).iter().find(|r| r.name == name);
+    if existing.is_some() {
+        crate::delegation_ceremony::refuse_open(layout, name, "changing its delegation")?;
     }
     if options.paths.is_empty() || options.paths.len() > MAX_PATHS {
         return Err(RepoError::InvalidArgument(format!(
@@ -487,25 +503,39 @@ pub async fn delegate(layout: &Layout, options: &DelegateOptions) -> Result<Dele
     );
     config.save(layout)?;
 
-    // Version 1 of the role, signed by its keys, before the targets that
-    // delegate to it (unreferenced until a snapshot lists it).
+    // The role's next version (1 for a new role; for a changed one its
+    // current targets, so devices that trust the new keys see them signed by
+    // those keys), signed by its keys, before the targets that delegate to
+    // it (unreferenced until a snapshot lists it).
     let keys = role_keys(layout, &config, &role)?;
-    let mut first = Targets::new(
-        editor::SPEC_VERSION.to_owned(),
-        NonZeroU64::MIN,
-        role_expires,
-    );
-    first.delegations = None;
+    let content = match existing.and_then(|r| r.targets.as_ref()) {
+        Some(current) => {
+            let mut c = current.signed.clone();
+            c.version = next_version(&role, current)?;
+            c.expires = role_expires;
+            c
+        }
+        None => {
+            let mut first = Targets::new(
+                editor::SPEC_VERSION.to_owned(),
+                NonZeroU64::MIN,
+                role_expires,
+            );
+            first.delegations = None;
+            first
+        }
+    };
+    let version = content.version;
     let log = editor::audit_log(layout, &config);
-    let signatures = editor::signatures_as(name, &first, &keys, &log).await?;
+    let signatures = editor::signatures_as(name, &content, &keys, &log).await?;
     let bytes = editor::signed_bytes(&Signed {
-        signed: first,
+        signed: content,
         signatures,
     })?;
     editor::write_metadata(
         layout,
         &editor::MetadataFiles {
-            versioned: vec![(format!("1.{name}.json"), bytes)],
+            versioned: vec![(format!("{version}.{name}.json"), bytes.clone())],
             ..Default::default()
         },
     )?;
@@ -515,7 +545,67 @@ pub async fn delegate(layout: &Layout, options: &DelegateOptions) -> Result<Dele
     for (id, key, _) in &public {
         delegations.keys.insert(keyid_bytes(id)?, key.clone());
     }
-    delegations.roles.push(role);
+    let mut delegated = BTreeMap::new();
+    match delegations.roles.iter_mut().find(|r| r.name == name) {
+        Some(slot) => {
+            *slot = role;
+            delegated.insert(format!("{name}.json"), editor::metafile(&bytes, version));
+        }
+        None => delegations.roles.push(role),
+    }
+    drop_unused_keys(delegations);
+    let plan = SignPlan {
+        new_targets: Some(targets),
+        snapshot: true,
+        timestamp: true,
+        expires: chain,
+        delegated,
+        ..SignPlan::default()
+    };
+    let progress = ceremony::sign_or_stage(layout, &config, &state, plan).await?;
+    Ok(Delegation {
+        name: name.to_owned(),
+        keys: public.into_iter().map(|(id, _, loc)| (id, loc)).collect(),
+        targets_version: state.targets.signed.version.get() + 1,
+        progress,
+    })
+}
+
+/// Keys no delegated role lists any more leave the delegations' key list.
+fn drop_unused_keys(delegations: &mut Delegations) {
+    let used: BTreeSet<Vec<u8>> = delegations
+        .roles
+        .iter()
+        .flat_map(|r| r.keyids.iter().map(|id| id.to_vec()))
+        .collect();
+    delegations.keys.retain(|id, _| used.contains(&id.to_vec()));
+}
+
+/// What `undelegate` did.
+#[derive(Debug, Clone)]
+pub struct Undelegation {
+    /// The targets version that no longer delegates the role (signed or pending).
+    pub targets_version: u64,
+    pub progress: Progress,
+}
+
+/// `ota-repo undelegate --name ROLE`: top-level targets stops delegating to
+/// the role, so devices no longer trust anything it lists. Snapshots keep
+/// listing `ROLE.json` (TUF clients refuse a snapshot that drops a file),
+/// but no targets points at it. repo.json forgets the role once the new
+/// targets is signed.
+pub async fn undelegate(layout: &Layout, name: &str) -> Result<Undelegation> {
+    let mut config = RepoConfig::load(layout)?;
+    let state = RepoState::load(layout).await?;
+    validate_name(name).map_err(RepoError::InvalidArgument)?;
+    find(&state, name)?;
+    crate::delegation_ceremony::refuse_open(layout, name, "removing its delegation")?;
+    let chain = add::signing_expiries(layout, &config, &state, jiff::Timestamp::now())?;
+    let mut targets = state.targets.signed.clone();
+    if let Some(d) = targets.delegations.as_mut() {
+        d.roles.retain(|r| r.name != name);
+        drop_unused_keys(d);
+    }
     let plan = SignPlan {
         new_targets: Some(targets),
         snapshot: true,
@@ -524,9 +614,14 @@ pub async fn delegate(layout: &Layout, options: &DelegateOptions) -> Result<Dele
         ..SignPlan::default()
     };
     let progress = ceremony::sign_or_stage(layout, &config, &state, plan).await?;
-    Ok(Delegation {
-        name: name.to_owned(),
-        keys: public.into_iter().map(|(id, _, loc)| (id, loc)).collect(),
+    if progress
+        .signed
+        .contains(&(Role::Targets, state.targets.signed.version.get() + 1))
+    {
+        config.delegations.remove(name);
+        config.save(layout)?;
+    }
+    Ok(Undelegation {
         targets_version: state.targets.signed.version.get() + 1,
         progress,
     })
@@ -679,6 +774,22 @@ pub async fn replace_target(
 /// Adds what the delegated roles need to a publication: each role's
 /// current `N.ROLE.json` and the images it lists.
 pub fn extend_publish_set(layout: &Layout, state: &RepoState, set: &mut PublishSet) -> Result<()> {
+    // A role no longer delegated (`undelegate`) stays listed by snapshots
+    // (clients refuse a snapshot that drops a file): its listed file is
+    // published so that listing resolves, but not its images.
+    for (file, m) in &state.snapshot.signed.meta {
+        let Some(role) = file.strip_suffix(".json") else {
+            continue;
+        };
+        if role == "targets" || roles(state).iter().any(|r| r.name == role) {
+            continue;
+        }
+        let name = format!("{}.{file}", m.version);
+        let path = layout.metadata_dir().join(&name);
+        if path.exists() && !set.metadata.contains(&name) {
+            set.metadata.push(name);
+        }
+    }
     for role in roles(state) {
         let (_, signed) = find(state, &role.name)?;
         set.metadata

@@ -434,7 +434,22 @@ pub fn snapshot_meta(
     }
     for role in targets.delegations.iter().flat_map(|d| d.roles.iter()) {
         let key = format!("{}.json", role.name);
-        if meta.contains_key(&key) {
+        if updates.contains_key(&key) {
+            continue;
+        }
+        if let Some(listed) = meta.get(&key).map(|m| m.version) {
+            // A delegation changed by `delegate` (keys, threshold, paths)
+            // comes with the role's next version signed by the new keys,
+            // written before the targets (possibly merged from a ceremony
+            // much later) that changes it.
+            if crate::delegation::changed_delegation(state, role) {
+                if let Some(next) = listed.checked_add(1) {
+                    let path = layout.metadata_dir().join(format!("{next}.{key}"));
+                    if path.exists() {
+                        meta.insert(key, metafile(&read_file(&path)?, next));
+                    }
+                }
+            }
             continue;
         }
         let path = layout.metadata_dir().join(format!("1.{}", key));

@@ -126,9 +126,11 @@ enum Command {
         #[command(flatten)]
         rollout: RolloutFlags,
     },
-    /// Delegate target paths to a new targets role with its own keys:
+    /// Delegate target paths to a targets role with its own keys:
     /// top-level targets lists it (signed by the targets keys), its
     /// version 1 is signed by its keys, snapshot and timestamp follow.
+    /// For an existing role: its paths, keys, threshold and terminating
+    /// become the ones given, and its next version is signed by the new keys.
     Delegate {
         /// Role name: a-z, 0-9, '-', '_'.
         #[arg(long)]
@@ -157,6 +159,12 @@ enum Command {
         /// Expiry policy of the role's metadata (default 90d).
         #[arg(long, value_name = "WHEN")]
         expires: Option<String>,
+    },
+    /// Stop delegating to a role: top-level targets drops it (signed by the
+    /// targets keys), so devices no longer trust what it lists.
+    Undelegate {
+        #[arg(long)]
+        name: String,
     },
     /// Staged rollouts: show, change or remove a target's signed wave schedule.
     Rollout {
@@ -709,6 +717,15 @@ fn run(cli: Cli) -> Result<()> {
             for (id, location) in &d.keys {
                 println!("  {} key {id}\n      {location}", d.name);
             }
+            print_pending(pending);
+        }
+        Command::Undelegate { name } => {
+            let u = runtime()?.block_on(ota_repo::delegation::undelegate(&layout, &name))?;
+            let pending = u.progress.pending.as_ref();
+            println!(
+                "removed the delegation to {name}; {}",
+                targets_outcome(u.targets_version, pending)
+            );
             print_pending(pending);
         }
         Command::Add {

@@ -728,3 +728,137 @@ fn rollout_and_evidence_follow_the_role_that_lists_the_target() {
     let md = std::fs::read_to_string(ev_dir.join("evidence-1.0.0.md")).expect("md");
     assert!(md.contains("| board-a |"), "{md}");
 }
+
+fn names(client: &mut TufClient<FileTransport>) -> Vec<String> {
+    client.refresh().expect("refresh");
+    client
+        .all_targets()
+        .expect("list")
+        .into_iter()
+        .map(|t| t.name)
+        .collect()
+}
+
+#[test]
+fn devices_follow_a_changed_delegation_and_its_removal() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let t = tmp.path();
+    let repo = t.join("repo");
+    ok(ota_repo(&repo, &["init"]));
+    let (k1, k2) = (t.join("k1.pem"), t.join("k2.pem"));
+    let _id1 = key_id_of(&t.join("no-repo"), &k1);
+    let id2 = key_id_of(&t.join("no-repo"), &k2);
+    ok(ota_repo(
+        &repo,
+        &[
+            "delegate",
+            "--name",
+            "board-a",
+            "--paths",
+            "board-a/*",
+            "--key",
+            s(&k1),
+        ],
+    ));
+    let img = t.join("fw.img");
+    std::fs::write(&img, b"board a 1").expect("img");
+    ok(add(
+        &repo,
+        &img,
+        "board-a/fw-1.img",
+        "1.0.0",
+        Some("board-a"),
+    ));
+    let top = t.join("top.img");
+    std::fs::write(&top, b"top level").expect("img");
+    ok(add(&repo, &top, "top.img", "0.1.0", None));
+    let www = t.join("www");
+    ok(ota_repo(&repo, &["publish", "--dir", s(&www)]));
+    let mut old_device = device(&t.join("old-device"), &www);
+    assert_eq!(names(&mut old_device), ["board-a/fw-1.img", "top.img"]);
+
+    // New key, a second path: the role's next version is signed by k2 only.
+    let out = ok(ota_repo(
+        &repo,
+        &[
+            "delegate",
+            "--name",
+            "board-a",
+            "--paths",
+            "board-a/*",
+            "--paths",
+            "shared/*",
+            "--key",
+            s(&k2),
+        ],
+    ));
+    assert!(out.contains("signed targets version"), "{out}");
+    let v3: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(repo.join("metadata/3.board-a.json")).expect("next version"),
+    )
+    .expect("json");
+    assert_eq!(v3["signatures"].as_array().expect("sigs").len(), 1);
+    assert_eq!(v3["signatures"][0]["keyid"], id2.as_str());
+    let img2 = t.join("shared.img");
+    std::fs::write(&img2, b"shared image").expect("img");
+    ok(add(
+        &repo,
+        &img2,
+        "shared/fw-2.img",
+        "2.0.0",
+        Some("board-a"),
+    ));
+    let text = ok(ota_repo(&repo, &["status"]));
+    assert!(
+        text.contains("paths board-a/*, shared/*")
+            && text.contains("k2.pem")
+            && !text.contains("k1.pem"),
+        "{text}"
+    );
+    let targets: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(repo.join("metadata/4.targets.json")).expect("targets"),
+    )
+    .expect("json");
+    let keys = targets["signed"]["delegations"]["keys"]
+        .as_object()
+        .expect("keys");
+    assert_eq!(
+        keys.keys().collect::<Vec<_>>(),
+        [&id2],
+        "the old key is gone"
+    );
+    ok(ota_repo(&repo, &["publish", "--dir", s(&www)]));
+    let want = ["board-a/fw-1.img", "shared/fw-2.img", "top.img"];
+    assert_eq!(names(&mut old_device), want);
+    let mut fresh = device(&t.join("fresh-1"), &www);
+    assert_eq!(names(&mut fresh), want);
+
+    // Removing the delegation: its targets disappear for every device.
+    let out = ok(ota_repo(&repo, &["undelegate", "--name", "board-a"]));
+    assert!(
+        out.contains("removed the delegation to board-a; signed targets version 5"),
+        "{out}"
+    );
+    let err = fails(add(
+        &repo,
+        &img,
+        "board-a/fw-9.img",
+        "9.0.0",
+        Some("board-a"),
+    ));
+    assert!(err.contains("no delegated role \"board-a\""), "{err}");
+    ok(ota_repo(&repo, &["publish", "--dir", s(&www)]));
+    assert_eq!(names(&mut old_device), ["top.img"]);
+    let mut fresh = device(&t.join("fresh-2"), &www);
+    assert_eq!(names(&mut fresh), ["top.img"]);
+    // A directory published for the first time after the removal works too.
+    let www2 = t.join("www2");
+    ok(ota_repo(&repo, &["publish", "--dir", s(&www2)]));
+    let mut fresh = device(&t.join("fresh-3"), &www2);
+    assert_eq!(names(&mut fresh), ["top.img"]);
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo.join("repo.json")).expect("repo.json"))
+            .expect("json");
+    assert!(config["delegations"].get("board-a").is_none(), "{config:#}");
+    ok(ota_repo(&repo, &["audit", "verify"]));
+}
