@@ -383,7 +383,18 @@ impl Machine {
             }
         };
         let now = source.now();
-        let Some((target, tref)) = self.choose(targets, now) else {
+        let (chosen, undecided) = self.choose(targets, now);
+        if let Some((slot, old, _)) = &interrupted {
+            if undecided.contains(&old.name) {
+                // Nothing says the release was withdrawn or held: keep its
+                // fsynced bytes for the next poll rather than start over (or
+                // start a lower-ranked release in its place).
+                info!(%slot, target = %old.name,
+                    "rollout hold unknown; the interrupted download waits for the next poll");
+                return Ok(Polled::UpToDate);
+            }
+        }
+        let Some((target, tref)) = chosen else {
             if let Some((slot, old, _)) = interrupted {
                 info!(%slot, target = %old.name, "the interrupted download's release is no longer offered; abandoning it");
                 self.enter(Phase::Idle)?;
@@ -456,7 +467,13 @@ impl Machine {
     /// The newest target for our hardware, newer than what runs, not
     /// rejected, and (for a staged rollout) whose signed wave for this
     /// device is open at `now` and which the server does not hold.
-    fn choose(&self, targets: Vec<Target>, now: DateTime<Utc>) -> Option<(Target, TargetRef)> {
+    /// Also returns the staged releases passed over only because the
+    /// server's hold could not be learnt.
+    fn choose(
+        &self,
+        targets: Vec<Target>,
+        now: DateTime<Utc>,
+    ) -> (Option<(Target, TargetRef)>, Vec<String>) {
         let running = self.running_version();
         let hardware_id = &self.config.hardware_id;
         let mut candidates: Vec<(Target, TargetRef, Option<RolloutPlan>)> = Vec::new();
@@ -484,7 +501,8 @@ impl Machine {
             .sort_by(|(_, a, _), (_, b, _)| (&b.version, &b.name).cmp(&(&a.version, &a.name)));
         // The rollout gate may ask the server, so it runs only for the best
         // candidates, in order, until one may go.
-        candidates.into_iter().find_map(|(target, tref, plan)| {
+        let mut undecided = Vec::new();
+        let chosen = candidates.into_iter().find_map(|(target, tref, plan)| {
             let Some(plan) = plan else {
                 return Some((target, tref));
             };
@@ -501,13 +519,19 @@ impl Machine {
                     info!(target = %tref.name, version = %tref.version, "staged rollout: not yet: {why}");
                     None
                 }
+                Gate::Unknown(why) => {
+                    warn!(target = %tref.name, version = %tref.version, "staged rollout: not yet: {why}");
+                    undecided.push(tref.name.clone());
+                    None
+                }
                 Gate::NotForThisDevice => {
                     info!(target = %tref.name, version = %tref.version,
                         "staged rollout: no wave holds this device; release skipped");
                     None
                 }
             }
-        })
+        });
+        (chosen, undecided)
     }
 
     /// Streams the target into `slot`, from the durable checkpoint `resume_from`.

@@ -822,3 +822,76 @@ fn malformed_rollout_plan_makes_the_release_invalid() {
     let mut repo = Repo::with(vec![staged("img-2.0.0", "2.0.0", &[0x22; 1000], bad)]);
     assert_eq!(m.poll_once(&mut repo).expect("poll"), Polled::UpToDate);
 }
+
+#[test]
+fn unknown_hold_keeps_an_interrupted_staged_download_for_the_next_poll() {
+    let mut dev = Device::new();
+    dev.power_on();
+    let data = image(1_000_000);
+    let everyone =
+        serde_json::json!({"name": "all", "percent": 100, "not_before": "2000-01-01T00:00:00Z"});
+    let repo = || {
+        Repo::with(vec![
+            staged("img-3", "3.0.0", &data, everyone.clone()),
+            release("img-2", "2.0.0", &[HW], &[0x22; 1000]),
+        ])
+    };
+    let mut m = dev.agent();
+    let mut flaky = Flaky::new(repo(), &[600_000, 0, 0, 0]);
+    assert!(matches!(
+        m.poll_once(&mut flaky).expect("poll"),
+        Polled::Failed { .. }
+    ));
+    let Phase::Downloading {
+        checkpoint, target, ..
+    } = m.state().phase.clone()
+    else {
+        panic!("stays in downloading: {:?}", m.state().phase);
+    };
+    assert_eq!(target.name, "img-3");
+    assert!(checkpoint > 0);
+
+    // The server cannot be asked: the download (and its checkpoint) waits;
+    // the lower release is not started in its place.
+    dev.holds
+        .unreachable
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut good = Flaky::new(repo(), &[]);
+    assert_eq!(m.poll_once(&mut good).expect("poll"), Polled::UpToDate);
+    assert!(
+        matches!(&m.state().phase, Phase::Downloading { checkpoint: c, .. } if *c == checkpoint),
+        "{:?}",
+        m.state().phase
+    );
+    assert!(good.opened_at.borrow().is_empty());
+
+    // Reachable again: it resumes from the checkpoint.
+    dev.holds
+        .unreachable
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        m.poll_once(&mut good).expect("poll"),
+        Polled::RebootRequested
+    );
+    assert_eq!(*good.opened_at.borrow(), [checkpoint]);
+
+    // An explicit hold, by contrast, abandons an interrupted download.
+    let mut dev = Device::new();
+    dev.power_on();
+    let mut m = dev.agent();
+    let mut flaky = Flaky::new(repo(), &[600_000, 0, 0, 0]);
+    assert!(matches!(
+        m.poll_once(&mut flaky).expect("poll"),
+        Polled::Failed { .. }
+    ));
+    dev.holds.set("img-3", RolloutState::Paused);
+    let mut good = Flaky::new(repo(), &[]);
+    assert_eq!(
+        m.poll_once(&mut good).expect("poll"),
+        Polled::RebootRequested
+    );
+    match &m.state().phase {
+        Phase::Trying { target, .. } => assert_eq!(target.name, "img-2"),
+        other => panic!("{other:?}"),
+    }
+}

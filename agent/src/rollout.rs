@@ -40,6 +40,10 @@ pub enum Gate {
     Go,
     /// Not now; the reason says until when or why (for the log).
     Wait(String),
+    /// Not now: the server could not be asked whether it holds the release.
+    /// Unlike [`Gate::Wait`], nothing is known to have changed, so an
+    /// interrupted download of this release is kept for the next poll.
+    Unknown(String),
     /// No wave holds this device: this release is not for it.
     NotForThisDevice,
 }
@@ -69,7 +73,7 @@ pub fn gate(
                 h.state,
                 h.reason.as_deref().unwrap_or("no reason given")
             )),
-            Err(e) => Gate::Wait(format!(
+            Err(e) => Gate::Unknown(format!(
                 "could not ask the server whether the rollout is held ({e}); trying again next poll"
             )),
         },
@@ -163,6 +167,8 @@ impl RolloutHolds for HttpHolds {
 #[derive(Debug, Default)]
 pub struct MemoryHolds {
     pub holds: std::sync::Mutex<std::collections::HashMap<String, RolloutState>>,
+    /// When set, every question fails as if the server were unreachable.
+    pub unreachable: std::sync::atomic::AtomicBool,
 }
 
 impl MemoryHolds {
@@ -176,6 +182,12 @@ impl MemoryHolds {
 
 impl RolloutHolds for MemoryHolds {
     fn hold(&self, target: &str) -> Result<RolloutHold, HoldError> {
+        if self.unreachable.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(HoldError::Fetch {
+                url: format!("memory:{target}"),
+                detail: "unreachable".into(),
+            });
+        }
         let state = match self.holds.lock() {
             Ok(h) => h.get(target).copied(),
             Err(p) => p.into_inner().get(target).copied(),
@@ -289,7 +301,7 @@ mod tests {
             now,
             &Server(Err(()), Cell::new(0)),
         );
-        assert!(matches!(unreachable, Gate::Wait(ref r) if r.contains("next poll")));
+        assert!(matches!(unreachable, Gate::Unknown(ref r) if r.contains("next poll")));
     }
 
     #[test]
