@@ -646,3 +646,93 @@ async fn cli_lists_pauses_and_shows_status() {
     assert!(!ok);
     assert!(err.contains("invalid target path"), "{err}");
 }
+
+/// A staged release signed by a delegated role (`ota-repo delegate`, then
+/// `add --role`): the server lists it, counts devices per wave, pauses it,
+/// and the device endpoint reports the hold.
+#[tokio::test]
+async fn a_staged_release_in_a_delegated_role() {
+    use ota_repo::add::AddOptions;
+    use ota_repo::delegation::{self, DelegateOptions};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = Layout::new(dir.path().join("repo"));
+    init(&layout, &InitOptions::default())
+        .await
+        .expect("ota-repo init");
+    delegation::delegate(
+        &layout,
+        &DelegateOptions {
+            name: "board-a".to_owned(),
+            paths: vec!["board-a/*".to_owned()],
+            generate_key: Some(ota_repo::keys::KeyType::Ed25519),
+            threshold: 1,
+            ..DelegateOptions::default()
+        },
+    )
+    .await
+    .expect("delegate");
+    let image = dir.path().join("fw.img");
+    std::fs::write(&image, b"board a firmware").expect("image");
+    let target = "board-a/fw-2.0.0.img";
+    delegation::add(
+        &layout,
+        "board-a",
+        &AddOptions {
+            image,
+            version: "2.0.0".to_owned(),
+            hardware_ids: vec!["board-a".to_owned()],
+            notes: None,
+            name: Some(target.to_owned()),
+        },
+        Some(plan()),
+    )
+    .await
+    .expect("add --role");
+
+    let s = common::start_on(Backend::Sqlite).await;
+    publish(&s, &layout).await;
+    let db = db_of(&s).await;
+    let operator = credentials::create_admin_token(&db, "ops", Role::Operator)
+        .await
+        .expect("operator");
+    let mut downloading = about("downloading", &["bench"]);
+    downloading["target"] = json!(target);
+    report(&s, "bench-1", downloading).await;
+    report(&s, "bench-2", idle(&["bench"])).await;
+    let (code, list) = get_json(
+        s.client
+            .get(s.url("/admin/v1/rollouts"))
+            .bearer_auth(&operator),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{list}");
+    let listed = list
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|r| r["target"] == target)
+        .unwrap_or_else(|| panic!("delegated release listed: {list}"));
+    assert_eq!(listed["version"], "2.0.0");
+    assert_eq!(listed["waves"][0]["open"], true);
+
+    let (code, status) = get_json(
+        s.client
+            .get(s.url(&format!("/admin/v1/rollouts/{target}")))
+            .bearer_auth(&operator),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{status}");
+    let canary = wave(&status, "canary");
+    assert_eq!(canary["total"], 2, "{canary}");
+    assert_eq!(canary["downloading"], 1);
+    assert_eq!(canary["pending"], 1);
+
+    let (code, paused) = get_json(
+        change(&s, &operator, target, "pause").json(&json!({"reason": "board a reboots"})),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{paused}");
+    let seen = hold(&s, target).await;
+    assert_eq!(seen["state"], "paused");
+    assert_eq!(seen["reason"], "board a reboots");
+}
