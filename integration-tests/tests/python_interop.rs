@@ -2,7 +2,8 @@
 //!
 //! * python-tuf's `ngclient.Updater` refreshes from and downloads out of a
 //!   repository that the real `ota-repo` built and the real `ota-server` serves,
-//!   for every key type `ota-repo` can create;
+//!   for every key type `ota-repo` can create, and through a delegated role
+//!   made by `ota-repo delegate` and `add --role`;
 //! * repositories that python-tuf's Metadata API built (each key type, both
 //!   RSA-PSS salt lengths, sha512-only targets, a delegation, a root rotation)
 //!   are accepted by our `tuf-client`, and tampered copies of them are refused
@@ -60,13 +61,18 @@ struct NgclientRun {
 
 /// Runs `ngclient_download.py` against the fixture's server, trusting the repository's 1.root.json.
 fn run_ngclient(fx: &Fixture, image: &Path) -> NgclientRun {
+    let name = image.file_name().expect("image name");
+    run_ngclient_for(fx, name, image)
+}
+
+/// [`run_ngclient`] for target `name`, whose bytes must equal `image`.
+fn run_ngclient_for(fx: &Fixture, name: &OsStr, image: &Path) -> NgclientRun {
     let dir = tempfile::tempdir().expect("tempdir");
     let metadata_dir = dir.path().join("metadata");
     let download_dir = dir.path().join("download");
     std::fs::create_dir_all(&metadata_dir).expect("metadata dir");
     std::fs::create_dir_all(&download_dir).expect("download dir");
     std::fs::copy(fx.repo.initial_root(), metadata_dir.join("root.json")).expect("seed root");
-    let name = image.file_name().expect("image name");
     let metadata_url = format!("{}/metadata/", fx.server.url);
     let targets_url = format!("{}/targets/", fx.server.url);
     let output = python::run_script(
@@ -108,6 +114,55 @@ fn ngclient_downloads_from_ota_server_ecdsa() {
 #[test]
 fn ngclient_downloads_from_ota_server_rsa() {
     ngclient_downloads_from_ota_server("rsa");
+}
+
+/// python-tuf walks the delegation the real `ota-repo delegate` made and
+/// downloads what the real `ota-repo add --role` signed into that role.
+#[test]
+fn ngclient_downloads_from_a_delegated_role_built_by_ota_repo() {
+    let fx = Fixture::new().expect("fixture");
+    fx.repo
+        .run(&[
+            "delegate",
+            "--name",
+            "board-a",
+            "--paths",
+            "board-a/*",
+            "--generate-key",
+            "--key-type",
+            "ecdsa",
+        ])
+        .expect("ota-repo delegate");
+    let image = fx.dir.path().join("board-a-fw.img");
+    let bytes: Vec<u8> = (0..96 * 1024u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&image, &bytes).expect("image");
+    let name = "board-a/fw-2.0.0.img";
+    fx.repo
+        .run(&[
+            "add",
+            image.to_str().expect("utf-8 path"),
+            "--name",
+            name,
+            "--version",
+            "2.0.0",
+            "--hardware-id",
+            HARDWARE_ID,
+            "--role",
+            "board-a",
+        ])
+        .expect("ota-repo add --role");
+    fx.repo.publish(&fx.server).expect("publish");
+    let run = run_ngclient_for(&fx, OsStr::new(name), &image);
+    assert_success(&run.output, "python-tuf ngclient");
+    assert!(
+        stdout(&run.output).contains(&format!("ok: {name}")),
+        "python-tuf did not report the verified download: {}",
+        stdout(&run.output)
+    );
+    // python-tuf verified and kept the delegated role's metadata.
+    let doc = read_json(&run.metadata_dir.join("board-a.json"));
+    assert_eq!(doc["signed"]["version"], 2, "board-a python-tuf trusts");
+    assert!(doc["signed"]["targets"].get(name).is_some(), "{doc}");
 }
 
 /// The ngclient script really verifies: an image changed on the server is refused.
