@@ -612,12 +612,20 @@ fn published(data_dir: &Path, name: &str) -> serde_json::Value {
     serde_json::from_slice(&bytes).expect("json")
 }
 
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+async fn wait_until(what: &str, done: impl FnMut() -> bool) {
+    assert!(poll_until(done).await, "timed out waiting: {what}");
+}
+
+/// Polls `done` for up to 60 s (generous: the whole suite shares two cores).
+async fn poll_until(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
     while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        if Instant::now() >= deadline {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    true
 }
 
 fn fresh_device(dir: &Path, s: &common::TestServer, layout: &Layout) -> TufClient<FileTransport> {
@@ -812,7 +820,7 @@ async fn the_binary_resigns_with_a_token_key_and_never_logs_the_pin() {
         .expect("spawn ota-server");
     let pid = child.id();
     let output = tokio::task::spawn_blocking(move || child.wait_with_output());
-    wait_until("the binary re-signs", || {
+    let resigned = poll_until(|| {
         meta.join("2.snapshot.json").exists()
             && std::fs::read(meta.join("timestamp.json"))
                 .ok()
@@ -829,6 +837,10 @@ async fn the_binary_resigns_with_a_token_key_and_never_logs_the_pin() {
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        resigned,
+        "timed out waiting for the binary to re-sign; its log:\n{logs}"
     );
     assert!(logs.contains("online timestamp signing enabled"), "{logs}");
     assert!(
