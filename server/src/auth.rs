@@ -214,6 +214,22 @@ pub struct AdminAuth {
     pub db: Db,
 }
 
+/// Who the bootstrap token (`<data_dir>/admin-token` or `admin_token_file`)
+/// is in records such as a rollout's history; parentheses are not allowed
+/// in token names, so it never collides with a stored token.
+pub const BOOTSTRAP_TOKEN_NAME: &str = "(admin-token)";
+
+/// The admin token a request was authenticated with, put into the request's
+/// extensions by [`require_role`] so handlers know who acts without looking
+/// the token up again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminIdentity {
+    /// The stored token's name, or [`BOOTSTRAP_TOKEN_NAME`].
+    pub name: String,
+    /// The token's role; `None` for the bootstrap token, which holds every role.
+    pub role: Option<Role>,
+}
+
 /// Middleware state: the credentials and the role one group of routes needs.
 #[derive(Debug, Clone)]
 pub struct RequireRole {
@@ -223,9 +239,10 @@ pub struct RequireRole {
 
 /// Middleware for every `/admin/v1` route: a bearer token holding the role
 /// the route needs; 401 without a valid token, 403 with the wrong role.
+/// The handler finds who called in an [`AdminIdentity`] extension.
 pub async fn require_role(
     State(need): State<RequireRole>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let presented = bearer(request.headers()).ok_or_else(|| {
@@ -235,6 +252,10 @@ pub async fn require_role(
         )
     })?;
     if need.auth.bootstrap.matches(presented) {
+        request.extensions_mut().insert(AdminIdentity {
+            name: BOOTSTRAP_TOKEN_NAME.to_owned(),
+            role: None,
+        });
         return Ok(next.run(request).await);
     }
     let digest = token_hash(presented);
@@ -263,6 +284,10 @@ pub async fn require_role(
             ),
         ));
     }
+    request.extensions_mut().insert(AdminIdentity {
+        name: found.name,
+        role: Some(role),
+    });
     Ok(next.run(request).await)
 }
 

@@ -304,8 +304,9 @@ async fn status_holds_and_roles(backend: Backend) {
     assert_eq!(seen["reason"], "looking into crash reports");
     assert_eq!(seen["target"], STAGED);
 
-    // Resume (no body needed), then abort, which is final.
-    let (code, resumed) = get_json(change(&s, &operator, STAGED, "resume")).await;
+    // Resume (no body needed; by the bootstrap token here, to see its name
+    // in the history), then abort, which is final.
+    let (code, resumed) = get_json(change(&s, &s.token, STAGED, "resume")).await;
     assert_eq!(code, StatusCode::OK, "{resumed}");
     assert_eq!(hold(&s, STAGED).await["state"], "active");
     let (code, _) = get_json(
@@ -345,8 +346,15 @@ async fn status_holds_and_roles(backend: Backend) {
             )
         })
         .collect();
+    // Each change under the name of the token that made it: the operator's
+    // stored token, and the bootstrap admin-token.
     let ops = |st: &str| (st.to_owned(), "ops".to_owned());
-    assert_eq!(history, vec![ops("paused"), ops("active"), ops("aborted")]);
+    let bootstrap = ("active".to_owned(), "(admin-token)".to_owned());
+    assert_eq!(
+        history,
+        vec![ops("paused"), bootstrap, ops("aborted")],
+        "{status}"
+    );
 
     // An unstaged release cannot be held (devices never ask about it);
     // an unknown target is 404 for operators and active for devices.

@@ -10,23 +10,20 @@
 //! after a catch-all).
 
 use crate::api::{body_rejection, path_rejection, ApiError};
-use crate::auth::token_hash;
+use crate::auth::AdminIdentity;
 use crate::paths::TargetPath;
 use crate::rollout::{Action, RolloutError};
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::extract::{Extension, Path, State};
+use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ota_common::wire::{RolloutChange, RolloutHold, RolloutStatus, RolloutSummary};
 
 /// Largest body of a pause/resume/abort request.
 pub const MAX_CHANGE_BYTES: usize = 16 * 1024;
-/// Who changed a rollout when the bootstrap token (`<data_dir>/admin-token`)
-/// did; parentheses are not allowed in token names, so it never collides.
-pub const BOOTSTRAP_TOKEN_NAME: &str = "(admin-token)";
 
 impl From<RolloutError> for ApiError {
     fn from(e: RolloutError) -> Self {
@@ -83,11 +80,12 @@ pub async fn status(
     Ok(Json(state.rollouts.status(&target).await?))
 }
 
-/// `POST /admin/v1/rollouts/{target}/{action}`.
+/// `POST /admin/v1/rollouts/{target}/{action}`, recorded under the name of
+/// the admin token the middleware authenticated.
 pub async fn change(
     State(state): State<AppState>,
+    Extension(by): Extension<AdminIdentity>,
     uri: Uri,
-    headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<RolloutHold>, ApiError> {
@@ -118,27 +116,9 @@ pub async fn change(
             ))
         })?
     };
-    let by = caller(&state, &headers).await?;
     let hold = state
         .rollouts
-        .change(&target, action, change.reason.as_deref(), &by)
+        .change(&target, action, change.reason.as_deref(), &by.name)
         .await?;
     Ok(Json(hold))
-}
-
-/// The name of the admin token that made the request (the middleware has
-/// already checked it): a stored token's name, or the bootstrap token.
-async fn caller(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .map(|(_, t)| t.trim())
-        .unwrap_or("");
-    let found = state
-        .db
-        .admin_token_by_hash(&token_hash(presented))
-        .await
-        .map_err(|e| ApiError::internal("look up admin token", e))?;
-    Ok(found.map_or_else(|| BOOTSTRAP_TOKEN_NAME.to_owned(), |t| t.name))
 }
