@@ -62,6 +62,9 @@ struct Head {
 pub struct AuditLog {
     dir: PathBuf,
     operator: String,
+    /// The log file when it is not `dir/audit.jsonl` (a log handed to
+    /// `audit verify --log`); its head is the same name ending in `.head`.
+    file: Option<PathBuf>,
 }
 
 /// The operator: env `OTA_OPERATOR`, else the repository's `operator`
@@ -86,15 +89,46 @@ impl AuditLog {
         Self {
             dir: dir.into(),
             operator,
+            file: None,
+        }
+    }
+
+    /// Any log of this format by its file, e.g. the server's online-signing
+    /// log (`<audit_dir>/audit.jsonl`), to verify it without a repository.
+    /// The head is read beside it: `audit.jsonl` -> `audit.head` (any other
+    /// `NAME.EXT` -> `NAME.head`, so a copied pair keeps working).
+    pub fn at_file(file: impl Into<PathBuf>) -> Self {
+        let file = file.into();
+        let dir = match file.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        Self {
+            dir,
+            operator: String::new(),
+            file: Some(file),
         }
     }
 
     pub fn path(&self) -> PathBuf {
-        self.dir.join(LOG_FILE)
+        self.file.clone().unwrap_or_else(|| self.dir.join(LOG_FILE))
     }
 
     fn head_path(&self) -> PathBuf {
-        self.dir.join(HEAD_FILE)
+        match &self.file {
+            Some(f) => f.with_extension("head"),
+            None => self.dir.join(HEAD_FILE),
+        }
+    }
+
+    /// The entries of the log that parse, in order (a broken log is
+    /// reported by [`AuditLog::verify`]); none when it does not exist.
+    pub fn entries(&self) -> Vec<AuditEntry> {
+        std::fs::read_to_string(self.path())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     /// Appends one entry, durably. Refuses to extend a log whose head file
@@ -212,7 +246,10 @@ impl AuditLog {
             Some(h) if h.entries != count => Err(RepoError::Audit(format!(
                 "{} has {count} entries but {} records {}: entries were removed or appended at the end",
                 path.display(),
-                HEAD_FILE,
+                self.head_path()
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| HEAD_FILE.to_owned()),
                 h.entries
             ))),
             Some(_) => Err(broken(

@@ -63,6 +63,8 @@ pub struct EvidenceOptions {
     /// The root devices ship with; default: the repository's `metadata/1.root.json`.
     pub trusted_root: Option<PathBuf>,
     pub published: Published,
+    /// The server's online-signing log (`<audit_dir>/audit.jsonl`).
+    pub online_audit: Option<PathBuf>,
 }
 
 /// Everything the evidence files hold.
@@ -82,6 +84,8 @@ pub struct Evidence {
     pub roles: Vec<RoleEvidence>,
     pub keys: Vec<KeyEvidence>,
     pub audit: AuditEvidence,
+    /// The server's online-signing log, when `--online-audit` gave it.
+    pub online_audit: Option<OnlineAuditEvidence>,
     pub verification: Verification,
 }
 
@@ -149,6 +153,25 @@ pub struct AuditEvidence {
     pub targets_versions: Vec<u64>,
     /// snapshot versions that list one of those targets versions.
     pub snapshot_versions: Vec<u64>,
+}
+
+/// The server's online signatures (timestamp, snapshot) of the release.
+///
+/// The server numbers the versions it signs itself (they are not the
+/// repository's), so they are matched by time: its `timestamp` and
+/// `snapshot` entries from the release's first signature in the
+/// repository's log (`from`) up to the repository's first snapshot that no
+/// longer lists the release (`until`, none while it is current).
+#[derive(Debug, Clone, Serialize)]
+pub struct OnlineAuditEvidence {
+    pub clause: &'static str,
+    pub log: String,
+    pub intact: bool,
+    /// `audit log intact: N entries`, or what `audit verify --log` found.
+    pub verify_result: String,
+    pub from: Option<String>,
+    pub until: Option<String>,
+    pub entries: Vec<AuditEntry>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -223,6 +246,23 @@ pub fn build(layout: &Layout, state: &RepoState, options: &EvidenceOptions) -> R
     if !audit.intact {
         failures.push(format!("audit log: {}", audit.verify_result));
     }
+    let online_audit = match &options.online_audit {
+        Some(file) => {
+            let online =
+                online_audit_evidence(file, &crate::editor::audit_log(layout, &config), &audit)?;
+            if !online.intact {
+                failures.push(format!("online audit log: {}", online.verify_result));
+            }
+            if online.entries.is_empty() {
+                warnings.push(format!(
+                    "the online audit log {} has no timestamp or snapshot signature made while release {} was current",
+                    online.log, options.release
+                ));
+            }
+            Some(online)
+        }
+        None => None,
+    };
 
     let verification = verify_published(layout, options, &files);
     if !verification.passed {
@@ -254,6 +294,7 @@ pub fn build(layout: &Layout, state: &RepoState, options: &EvidenceOptions) -> R
         roles,
         keys,
         audit,
+        online_audit,
         verification,
     })
 }
@@ -567,7 +608,8 @@ fn audit_evidence(
     let timestamp_version = state.timestamp.signed.version.get();
     let current_snapshot = state.snapshot.signed.version.get();
     let timestamp_counts = snapshot_versions.contains(&current_snapshot);
-    let entries = read_entries(&log.path())
+    let entries = log
+        .entries()
         .into_iter()
         .filter(|e| match e.role.as_str() {
             "targets" => targets_versions.contains(&e.version),
@@ -589,20 +631,93 @@ fn audit_evidence(
     })
 }
 
+fn entry_time(e: &AuditEntry) -> Option<jiff::Timestamp> {
+    e.time.parse().ok()
+}
+
+fn online_audit_evidence(
+    file: &Path,
+    repo_log: &crate::audit::AuditLog,
+    audit: &AuditEvidence,
+) -> Result<OnlineAuditEvidence> {
+    // A missing file would verify as an empty log.
+    if !file.is_file() {
+        return Err(RepoError::InvalidArgument(format!(
+            "--online-audit {}: no such file",
+            file.display()
+        )));
+    }
+    let log = crate::audit::AuditLog::at_file(file);
+    let (intact, verify_result) = match log.verify() {
+        Ok(n) => (true, format!("audit log intact: {n} entries")),
+        Err(e) => (false, e.to_string()),
+    };
+    // The release became current with its first signature here ...
+    let from = audit.entries.iter().filter_map(entry_time).min();
+    // ... and stopped being so with a later snapshot that does not list it.
+    let last_listing = audit.snapshot_versions.iter().max().copied();
+    let until = from.and_then(|from| {
+        repo_log
+            .entries()
+            .iter()
+            .filter(|e| {
+                e.role == "snapshot"
+                    && last_listing.is_some_and(|v| e.version > v)
+                    && !audit.snapshot_versions.contains(&e.version)
+            })
+            .filter_map(entry_time)
+            .filter(|t| *t >= from)
+            .min()
+    });
+    let entries = match from {
+        Some(from) => log
+            .entries()
+            .into_iter()
+            .filter(|e| e.role == "timestamp" || e.role == "snapshot")
+            .filter(|e| entry_time(e).is_some_and(|t| t >= from && until.is_none_or(|u| t < u)))
+            .collect(),
+        None => Vec::new(),
+    };
+    Ok(OnlineAuditEvidence {
+        clause: CLAUSE_KEYS,
+        log: file.display().to_string(),
+        intact,
+        verify_result,
+        from: from.map(|t| t.to_string()),
+        until: until.map(|t| t.to_string()),
+        entries,
+    })
+}
+
+/// Audit entries as a Markdown table.
+fn entry_table(o: &mut String, entries: &[AuditEntry]) {
+    let _ = writeln!(
+        o,
+        "| seq | time (UTC) | operator | action | role | version | key id | key location | sha256 of signed bytes |"
+    );
+    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|");
+    for e in entries {
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {} | {} | `{}` | {} | `{}` |",
+            e.seq,
+            e.time,
+            e.operator,
+            e.action,
+            e.role,
+            e.version,
+            e.keyid,
+            e.key_location,
+            e.sha256
+        );
+    }
+}
+
 fn read_json(path: &Path) -> Option<serde_json::Value> {
     let file = std::fs::File::open(path).ok()?;
     let mut bytes = Vec::new();
     file.take(MAX_METADATA_BYTES).read_to_end(&mut bytes).ok()?;
     serde_json::from_slice(&bytes).ok()
-}
-
-/// The entries that parse (a broken log is reported by `verify`).
-fn read_entries(path: &Path) -> Vec<AuditEntry> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
 }
 
 fn verify_published(
@@ -942,25 +1057,17 @@ impl Evidence {
             list(&self.audit.targets_versions),
             list(&self.audit.snapshot_versions)
         );
-        let _ = writeln!(
-            o,
-            "| seq | time (UTC) | operator | action | role | version | key id | key location | sha256 of signed bytes |"
-        );
-        let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|");
-        for e in &self.audit.entries {
+        entry_table(&mut o, &self.audit.entries);
+        if let Some(online) = &self.online_audit {
+            let _ = writeln!(o, "\n### Online signing by the server ({CLAUSE_KEYS})\n");
+            let _ = writeln!(o, "Log `{}`: {}.\n", online.log, online.verify_result);
             let _ = writeln!(
                 o,
-                "| {} | {} | {} | {} | {} | {} | `{}` | {} | `{}` |",
-                e.seq,
-                e.time,
-                e.operator,
-                e.action,
-                e.role,
-                e.version,
-                e.keyid,
-                e.key_location,
-                e.sha256
+                "Its timestamp and snapshot signatures from {} (the release's first signature in the repository's log) until {} (the repository's first snapshot without the release):\n",
+                online.from.as_deref().unwrap_or("– (none in the repository's log)"),
+                online.until.as_deref().unwrap_or("now")
             );
+            entry_table(&mut o, &online.entries);
         }
 
         let v = &self.verification;

@@ -219,6 +219,11 @@ enum Command {
         /// Verify this server (URL/metadata/, URL/targets/) over HTTP(S).
         #[arg(long, value_name = "URL")]
         published_url: Option<url::Url>,
+        /// The server's online-signing log (`<audit_dir>/audit.jsonl` of
+        /// `[online_signing]`): its chain is verified and its timestamp and
+        /// snapshot signatures made while the release was current are listed.
+        #[arg(long, value_name = "FILE")]
+        online_audit: Option<PathBuf>,
     },
     /// Show roles, keys, expiry dates, targets and open ceremonies ("k of n
     /// signatures"). Exit 2 if anything expires within --warn-within or a
@@ -321,8 +326,14 @@ enum RolloutAction {
 
 #[derive(Debug, Subcommand)]
 enum AuditAction {
-    /// Check the hash chain of audit.jsonl.
-    Verify,
+    /// Check the hash chain of the repository's audit.jsonl, or of --log.
+    Verify {
+        /// Verify this log instead (no repository needed), e.g. the
+        /// server's online-signing log `<audit_dir>/audit.jsonl`; its head
+        /// file is read beside it (`audit.head`).
+        #[arg(long, value_name = "FILE")]
+        log: Option<PathBuf>,
+    },
 }
 
 fn main() {
@@ -663,7 +674,15 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Audit { action } => match action {
-            AuditAction::Verify => {
+            AuditAction::Verify { log: Some(file) } => {
+                // A missing file would verify as an empty log: refuse it.
+                if !file.is_file() {
+                    bail!("--log {}: no such file", file.display());
+                }
+                let n = ota_repo::audit::AuditLog::at_file(&file).verify()?;
+                println!("audit log intact: {n} entries");
+            }
+            AuditAction::Verify { log: None } => {
                 let config = RepoConfig::load(&layout)?;
                 let n = ota_repo::editor::audit_log(&layout, &config).verify()?;
                 println!("audit log intact: {n} entries");
@@ -982,6 +1001,7 @@ fn run(cli: Cli) -> Result<()> {
             trusted_root,
             published_dir,
             published_url,
+            online_audit,
         } => {
             // Load on a runtime that is gone before the blocking HTTP client runs.
             let state = runtime()?.block_on(RepoState::load(&layout))?;
@@ -993,6 +1013,7 @@ fn run(cli: Cli) -> Result<()> {
                     (None, Some(url)) => evidence::Published::Url(url),
                     (None, None) => evidence::Published::Repository,
                 },
+                online_audit,
             };
             let ev = evidence::build(&layout, &state, &options)?;
             let (md, json) = ev.write(&out)?;

@@ -349,3 +349,97 @@ fn token_keys_attributes_are_read_back_from_the_token() {
         .to_string()
         .contains("protection attributes not read"));
 }
+
+/// Writes one online signature to the server's log in `dir`, as ota-server does.
+fn online_sign(dir: &Path, role: &str, version: u64) {
+    ota_repo::audit::AuditLog::new(dir, "ota-server (online key)".to_owned())
+        .record(&ota_repo::audit::Event {
+            action: "online-sign",
+            role,
+            version,
+            signed_bytes: format!("{role} {version}").as_bytes(),
+            keyid: "ab12",
+            key_location: "pkcs11:token=online",
+        })
+        .expect("record");
+}
+
+#[test]
+fn evidence_lists_the_servers_online_signatures_of_the_release() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let online = tmp.path().join("online-audit");
+    let repo = tmp.path().join("repo");
+    ok(ota_repo(&repo, &["init"], &[]));
+    let image = tmp.path().join("fw-1.0.0.img");
+    std::fs::write(&image, vec![1u8; 1000]).expect("image");
+    let add = |image: &Path, version: &str| {
+        ok(ota_repo(
+            &repo,
+            &[
+                "add",
+                s(image),
+                "--version",
+                version,
+                "--hardware-id",
+                "board-a",
+            ],
+            &[],
+        ))
+    };
+    add(&image, "1.0.0");
+    // Signed while only 1.0.0 was published: not the release's.
+    online_sign(&online, "timestamp", 50);
+    // Times are in whole seconds.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let image = tmp.path().join("fw-1.2.0.img");
+    std::fs::write(&image, vec![2u8; 1000]).expect("image");
+    add(&image, "1.2.0");
+    online_sign(&online, "snapshot", 7);
+    online_sign(&online, "timestamp", 51);
+
+    let log = online.join("audit.jsonl");
+    let out = tmp.path().join("evidence");
+    let (o, ev) = evidence(&repo, &out, &["--online-audit", s(&log)], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let online_ev = &ev["online_audit"];
+    assert_eq!(online_ev["clause"], "IEC 81001-5-1 5.8.4");
+    assert_eq!(online_ev["intact"], true, "{online_ev:#}");
+    assert_eq!(online_ev["verify_result"], "audit log intact: 3 entries");
+    let signed: Vec<(String, u64)> = online_ev["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| {
+            (
+                e["role"].as_str().expect("role").to_owned(),
+                e["version"].as_u64().expect("version"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        signed,
+        [("snapshot".to_owned(), 7), ("timestamp".to_owned(), 51)]
+    );
+    let md = std::fs::read_to_string(out.join("evidence-1.2.0.md")).expect("md");
+    assert!(
+        md.contains("Online signing by the server (IEC 81001-5-1 5.8.4)"),
+        "{md}"
+    );
+    assert!(md.contains("| online-sign | timestamp | 51 |"), "{md}");
+
+    // A tampered server log fails the evidence, naming the line.
+    let content = std::fs::read_to_string(&log).expect("log");
+    std::fs::write(
+        &log,
+        content.replacen("\"version\":50", "\"version\":49", 1),
+    )
+    .expect("write");
+    let (o, ev) = evidence(&repo, &out, &["--online-audit", s(&log)], &[]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert_eq!(ev["online_audit"]["intact"], false);
+    let failures = ev["failures"].to_string();
+    assert!(
+        failures.contains("online audit log:") && failures.contains("line 2"),
+        "{failures}"
+    );
+}

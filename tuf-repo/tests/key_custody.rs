@@ -675,3 +675,75 @@ fn audit_verify_names_the_line_of_every_kind_of_tampering() {
     ok(ota_repo(&repo, &["resign"], &[]));
     assert!(ok(ota_repo(&repo, &["audit", "verify"], &[])).contains("8 entries"));
 }
+
+/// The server's online-signing log (`<audit_dir>/audit.jsonl`, written with
+/// the library as ota-server writes it) verifies without a repository and
+/// reports tampering as the repository's own log does.
+#[test]
+fn audit_verify_log_checks_the_servers_online_signing_log() {
+    use ota_repo::audit::Event;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("online-audit");
+    let log = AuditLog::new(&dir, "ota-server (online key)".to_owned());
+    for (role, version) in [("snapshot", 5), ("timestamp", 9), ("timestamp", 10)] {
+        log.record(&Event {
+            action: "online-sign",
+            role,
+            version,
+            signed_bytes: format!("{role} {version}").as_bytes(),
+            keyid: "ab12",
+            key_location: "pkcs11:token=online",
+        })
+        .expect("record");
+    }
+    let file = dir.join("audit.jsonl");
+    // No repository at --repo: none is needed.
+    let nowhere = tmp.path().join("no-repo");
+    let verify = || ota_repo(&nowhere, &["audit", "verify", "--log", s(&file)], &[]);
+    assert!(ok(verify()).contains("audit log intact: 3 entries"));
+    assert!(!nowhere.exists());
+
+    let original = std::fs::read_to_string(&file).expect("log");
+    let lines: Vec<&str> = original.lines().collect();
+    let check = |name: &str, new_lines: Vec<String>, expect: &str| {
+        std::fs::write(&file, new_lines.join("\n") + "\n").expect("write");
+        let err = fails(verify());
+        assert!(err.contains(expect), "{name}: {err}");
+    };
+    let owned = |v: &[&str]| v.iter().map(|l| l.to_string()).collect::<Vec<_>>();
+    let mut edited = owned(&lines);
+    edited[0] = edited[0].replace("\"version\":5", "\"version\":6");
+    check(
+        "edited",
+        edited,
+        "line 2: `prev` does not match the hash of line 1",
+    );
+    let mut removed = owned(&lines);
+    removed.remove(1);
+    check("removed", removed, "line 2:");
+    let mut inserted = owned(&lines);
+    inserted.insert(1, lines[2].to_owned());
+    check("inserted", inserted, "line 2:");
+    let mut reordered = owned(&lines);
+    reordered.swap(1, 2);
+    check("reordered", reordered, "line 2:");
+    let mut last_edited = owned(&lines);
+    last_edited[2] = last_edited[2].replace("online-sign", "forged");
+    check("last edited", last_edited, "line 3");
+    check(
+        "truncated",
+        owned(&lines[..2]),
+        "has 2 entries but audit.head records 3",
+    );
+
+    std::fs::write(&file, &original).expect("restore");
+    std::fs::remove_file(dir.join("audit.head")).expect("rm head");
+    assert!(fails(verify()).contains("audit.head is missing"));
+    let missing = tmp.path().join("nope.jsonl");
+    assert!(fails(ota_repo(
+        &nowhere,
+        &["audit", "verify", "--log", s(&missing)],
+        &[]
+    ))
+    .contains("no such file"));
+}
