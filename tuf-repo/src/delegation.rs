@@ -491,16 +491,26 @@ pub async fn delegate(layout: &Layout, options: &DelegateOptions) -> Result<Dele
         terminating: options.terminating,
         targets: None,
     };
-    // repo.json first: a power cut after it leaves an entry `delegate` may
-    // overwrite (the role is not in signed metadata yet).
-    config.delegations.insert(
-        name.to_owned(),
-        RoleConfig {
-            keys: key_refs,
-            threshold: options.threshold,
-            expires: policy,
-        },
-    );
+    // repo.json must find the keys of whichever delegation the signed
+    // metadata holds when the power goes: before signing it lists the old
+    // keys and the new ones (a cut leaves the old delegation signed, and the
+    // old keys still sign the role), and only once the new targets is signed
+    // the new keys alone. A role's keys are those repo.json lists *and* the
+    // delegation lists, so an extra entry never signs anything.
+    let final_entry = RoleConfig {
+        keys: key_refs.clone(),
+        threshold: options.threshold,
+        expires: policy,
+    };
+    let mut both = final_entry.clone();
+    if let Some(old) = config.delegations.get(name) {
+        for k in &old.keys {
+            if !both.keys.contains(k) {
+                both.keys.push(k.clone());
+            }
+        }
+    }
+    config.delegations.insert(name.to_owned(), both);
     config.save(layout)?;
 
     // The role's next version (1 for a new role; for a changed one its
@@ -563,6 +573,14 @@ pub async fn delegate(layout: &Layout, options: &DelegateOptions) -> Result<Dele
         ..SignPlan::default()
     };
     let progress = ceremony::sign_or_stage(layout, &config, &state, plan).await?;
+    // The new targets is signed: drop the old keys. While it waits in a
+    // ceremony the old delegation is the signed one, so both stay listed
+    // (the next `delegate` of this role, or editing repo.json, drops them).
+    let targets_signed = progress.signed.iter().any(|(r, _)| *r == Role::Targets);
+    if targets_signed && config.delegations.get(name) != Some(&final_entry) {
+        config.delegations.insert(name.to_owned(), final_entry);
+        config.save(layout)?;
+    }
     Ok(Delegation {
         name: name.to_owned(),
         keys: public.into_iter().map(|(id, _, loc)| (id, loc)).collect(),

@@ -862,3 +862,95 @@ fn devices_follow_a_changed_delegation_and_its_removal() {
     assert!(config["delegations"].get("board-a").is_none(), "{config:#}");
     ok(ota_repo(&repo, &["audit", "verify"]));
 }
+
+fn role_keys_in_repo_json(repo: &Path, role: &str) -> Vec<String> {
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo.join("repo.json")).expect("repo.json"))
+            .expect("json");
+    config["delegations"][role]["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .map(|k| k.as_str().expect("key").to_owned())
+        .collect()
+}
+
+fn signers(repo: &Path, file: &str) -> Vec<String> {
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo.join("metadata").join(file)).expect(file))
+            .expect("json");
+    doc["signatures"]
+        .as_array()
+        .expect("signatures")
+        .iter()
+        .map(|s| s["keyid"].as_str().expect("keyid").to_owned())
+        .collect()
+}
+
+/// `delegate` changing a role's keys lists old and new keys in repo.json
+/// before signing and the new ones alone after: a power cut at either
+/// point leaves a repository whose next `add --role` signs with the keys
+/// the signed delegation names. The files are those the cut leaves.
+#[test]
+fn a_power_cut_while_changing_a_delegations_keys_leaves_a_working_repository() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let t = tmp.path();
+    let repo = t.join("repo");
+    ok(ota_repo(&repo, &["init"]));
+    let (k1, k2) = (t.join("k1.pem"), t.join("k2.pem"));
+    let id1 = key_id_of(&t.join("no-repo"), &k1);
+    let id2 = key_id_of(&t.join("no-repo"), &k2);
+    let delegate = |key: &Path| {
+        ok(ota_repo(
+            &repo,
+            &[
+                "delegate",
+                "--name",
+                "board-a",
+                "--paths",
+                "board-a/*",
+                "--key",
+                s(key),
+            ],
+        ))
+    };
+    delegate(&k1);
+    let img = t.join("fw.img");
+    let add_version = |n: u32| {
+        std::fs::write(&img, format!("board a {n}")).expect("img");
+        ok(add(
+            &repo,
+            &img,
+            &format!("board-a/fw-{n}.img"),
+            &format!("1.0.{n}"),
+            Some("board-a"),
+        ))
+    };
+    add_version(1);
+    assert_eq!(signers(&repo, "2.board-a.json"), [id1.clone()]);
+
+    // Cut 1: repo.json saved (k2 and k1), nothing signed yet. The signed
+    // delegation still names k1, which still signs.
+    set_role_keys(&repo, "board-a", &[&k2, &k1]);
+    add_version(2);
+    assert_eq!(signers(&repo, "3.board-a.json"), [id1.clone()]);
+
+    // Rerunning the command completes it; repo.json then lists k2 alone.
+    delegate(&k2);
+    assert_eq!(role_keys_in_repo_json(&repo, "board-a"), [s(&k2)]);
+    assert_eq!(signers(&repo, "4.board-a.json"), [id2.clone()]);
+
+    // Cut 2: the new delegation signed, repo.json not yet narrowed to k2:
+    // k1 is no key of the role any more and signs nothing.
+    set_role_keys(&repo, "board-a", &[&k2, &k1]);
+    add_version(3);
+    assert_eq!(signers(&repo, "5.board-a.json"), [id2.clone()]);
+
+    let www = t.join("www");
+    ok(ota_repo(&repo, &["publish", "--dir", s(&www)]));
+    let mut client = device(&t.join("device"), &www);
+    assert_eq!(
+        names(&mut client),
+        ["board-a/fw-1.img", "board-a/fw-2.img", "board-a/fw-3.img"]
+    );
+}
