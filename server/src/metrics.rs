@@ -26,6 +26,28 @@ pub struct Metrics {
     /// Operator changes by action (pause, resume, abort).
     rollout_changes: RwLock<BTreeMap<String, AtomicU64>>,
     rollout_automatic_pauses: AtomicU64,
+    /// (role, trigger) → signatures made with the online keys and published.
+    online_signatures: RwLock<BTreeMap<(&'static str, &'static str), AtomicU64>>,
+    /// Role → attempts to sign with an online key that failed.
+    online_signing_failures: RwLock<BTreeMap<&'static str, AtomicU64>>,
+    /// Role → `signed.expires` (Unix seconds) of the published online role.
+    metadata_expires: RwLock<BTreeMap<&'static str, i64>>,
+}
+
+/// Why an online role was signed: the periodic re-signing, or a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SigningTrigger {
+    Schedule,
+    Publication,
+}
+
+impl SigningTrigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SigningTrigger::Schedule => "schedule",
+            SigningTrigger::Publication => "publication",
+        }
+    }
 }
 
 /// Adds one to the counter under `key`, creating it on first use. The write
@@ -86,6 +108,24 @@ impl Metrics {
     pub fn rollout_automatic_pause(&self) {
         self.rollout_automatic_pauses
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One `role` (timestamp, snapshot) signature with an online key,
+    /// counted once what it signed is published.
+    pub fn online_signature(&self, role: &'static str, trigger: SigningTrigger) {
+        bump(&self.online_signatures, &(role, trigger.as_str()));
+    }
+
+    pub fn online_signing_failure(&self, role: &'static str) {
+        bump(&self.online_signing_failures, &role);
+    }
+
+    /// The expiry of the published `role`, so an alert can fire on
+    /// `ota_metadata_expires_timestamp_seconds - time() < X`.
+    pub fn set_metadata_expiry(&self, role: &'static str, unix_seconds: i64) {
+        if let Ok(mut map) = self.metadata_expires.write() {
+            map.insert(role, unix_seconds);
+        }
     }
 
     /// The text exposition format, version 0.0.4.
@@ -186,6 +226,51 @@ impl Metrics {
             "Rollouts this instance paused because a wave failed too often",
             load(&self.rollout_automatic_pauses),
         );
+        header(
+            &mut out,
+            "ota_online_signatures_total",
+            "counter",
+            "Online-key signatures published by this instance, by role and by trigger \
+             (schedule: periodic re-signing; publication: at a commit)",
+        );
+        if let Ok(map) = self.online_signatures.read() {
+            for ((role, trigger), n) in map.iter() {
+                let _ = writeln!(
+                    out,
+                    "ota_online_signatures_total{{role=\"{role}\",trigger=\"{trigger}\"}} {}",
+                    load(n)
+                );
+            }
+        }
+        header(
+            &mut out,
+            "ota_online_signing_failures_total",
+            "counter",
+            "Periodic re-signings and publication signings with the online keys that failed, by role",
+        );
+        if let Ok(map) = self.online_signing_failures.read() {
+            for (role, n) in map.iter() {
+                let _ = writeln!(
+                    out,
+                    "ota_online_signing_failures_total{{role=\"{role}\"}} {}",
+                    load(n)
+                );
+            }
+        }
+        header(
+            &mut out,
+            "ota_metadata_expires_timestamp_seconds",
+            "gauge",
+            "Expiry (Unix time) of the published metadata of each online-signed role",
+        );
+        if let Ok(map) = self.metadata_expires.read() {
+            for (role, at) in map.iter() {
+                let _ = writeln!(
+                    out,
+                    "ota_metadata_expires_timestamp_seconds{{role=\"{role}\"}} {at}"
+                );
+            }
+        }
         out
     }
 }
@@ -234,5 +319,26 @@ mod tests {
         assert!(text.contains("ota_http_connections_open 1\n"));
         assert!(text.contains("# TYPE ota_http_requests_total counter\n"));
         assert_eq!(escape("a\"b\\c\n"), "a\\\"b\\\\c\\n");
+    }
+
+    #[test]
+    fn renders_online_signing() {
+        let m = Metrics::default();
+        m.online_signature("timestamp", SigningTrigger::Schedule);
+        m.online_signature("timestamp", SigningTrigger::Schedule);
+        m.online_signature("snapshot", SigningTrigger::Publication);
+        m.online_signing_failure("timestamp");
+        m.set_metadata_expiry("timestamp", 1_800_000_000);
+        m.set_metadata_expiry("timestamp", 1_800_000_060);
+        let text = m.render();
+        assert!(text
+            .contains("ota_online_signatures_total{role=\"timestamp\",trigger=\"schedule\"} 2\n"));
+        assert!(text.contains(
+            "ota_online_signatures_total{role=\"snapshot\",trigger=\"publication\"} 1\n"
+        ));
+        assert!(text.contains("ota_online_signing_failures_total{role=\"timestamp\"} 1\n"));
+        assert!(text
+            .contains("ota_metadata_expires_timestamp_seconds{role=\"timestamp\"} 1800000060\n"));
+        assert!(text.contains("# TYPE ota_metadata_expires_timestamp_seconds gauge\n"));
     }
 }

@@ -55,6 +55,10 @@ fn key_file(layout: &Layout, role: &str) -> PathBuf {
 /// timestamp last: a repository already being served, which the background
 /// job then re-signs (a publication would have the server sign at commit).
 fn seed(s: &common::TestServer, layout: &Layout) {
+    seed_into(&s.data_dir, layout)
+}
+
+fn seed_into(data_dir: &Path, layout: &Layout) {
     let mut names: Vec<String> = std::fs::read_dir(layout.metadata_dir())
         .expect("metadata")
         .map(|e| e.expect("entry").file_name().into_string().expect("name"))
@@ -62,7 +66,9 @@ fn seed(s: &common::TestServer, layout: &Layout) {
     names.sort_by_key(|n| n == "timestamp.json");
     for name in names {
         let bytes = std::fs::read(layout.metadata_dir().join(&name)).expect("read");
-        s.put_repo_file(&format!("metadata/{name}"), &bytes);
+        let dest = data_dir.join("repository/metadata");
+        std::fs::create_dir_all(&dest).expect("mkdir");
+        std::fs::write(dest.join(&name), &bytes).expect("write");
     }
 }
 
@@ -70,6 +76,16 @@ fn seed(s: &common::TestServer, layout: &Layout) {
 /// publish --server`, through ota-repo's own code.
 async fn release(
     s: &common::TestServer,
+    layout: &Layout,
+    image_name: &str,
+    version: &str,
+) -> Result<ota_repo::publish::ServerPublished, ota_repo::error::RepoError> {
+    release_to(&s.base, &s.token, layout, image_name, version).await
+}
+
+async fn release_to(
+    base: &str,
+    token: &str,
     layout: &Layout,
     image_name: &str,
     version: &str,
@@ -90,7 +106,7 @@ async fn release(
     )
     .await
     .expect("ota-repo add");
-    publish_with_ota_repo(s, layout).await
+    publish_to(base, token, layout).await
 }
 
 /// `ota-repo publish --server` (blocking HTTP client: off the runtime).
@@ -98,7 +114,15 @@ async fn publish_with_ota_repo(
     s: &common::TestServer,
     layout: &Layout,
 ) -> Result<ota_repo::publish::ServerPublished, ota_repo::error::RepoError> {
-    let (base, token, repo) = (s.base.clone(), s.token.clone(), layout.root().to_owned());
+    publish_to(&s.base, &s.token, layout).await
+}
+
+async fn publish_to(
+    base: &str,
+    token: &str,
+    layout: &Layout,
+) -> Result<ota_repo::publish::ServerPublished, ota_repo::error::RepoError> {
+    let (base, token, repo) = (base.to_owned(), token.to_owned(), layout.root().to_owned());
     tokio::task::spawn_blocking(move || {
         let layout = Layout::new(repo);
         let state = tokio::runtime::Handle::current()
@@ -865,4 +889,152 @@ async fn the_binary_resigns_with_a_token_key_and_never_logs_the_pin() {
         "{entries}"
     );
     assert!(!entries.contains(PIN), "{entries}");
+}
+
+// ------------------------------------------------------------ metrics
+
+/// The real router and the real re-signing job over `data_dir`, assembled
+/// as `Server::bind` does, with the job counting into the metrics that
+/// `/metrics` renders (`Resigner::with_metrics`). Returns the base URL and
+/// the bootstrap token; everything stops when the runtime ends.
+async fn serve_with_metrics(
+    data_dir: &Path,
+    settings: &OnlineSigning,
+) -> (String, String, std::sync::Arc<ota_server::resign::Resigner>) {
+    use ota_server::auth::{AdminAuth, AdminToken, DeviceAuth};
+    use std::sync::Arc;
+    common::install_crypto();
+    std::fs::create_dir_all(data_dir).expect("data dir");
+    let config = ota_server::Config::new("127.0.0.1:0".parse().expect("addr"), data_dir.into());
+    let storage = Arc::new(ota_server::storage::Storage::open(data_dir).expect("storage"));
+    let db = ota_server::db::Db::open(&config.database())
+        .await
+        .expect("db");
+    let metrics = Arc::new(ota_server::metrics::Metrics::default());
+    let resigner = Arc::new(
+        ota_server::resign::Resigner::new(settings, Arc::clone(&storage), db.clone())
+            .await
+            .expect("resigner")
+            .with_metrics(Arc::clone(&metrics)),
+    );
+    let state = ota_server::AppState {
+        storage: Arc::clone(&storage),
+        db: db.clone(),
+        etags: Default::default(),
+        max_upload_bytes: config.max_upload_bytes,
+        metrics: Arc::clone(&metrics),
+        device_auth: DeviceAuth::None,
+        rollouts: Arc::new(ota_server::rollout::Rollouts {
+            db: db.clone(),
+            storage,
+            metrics,
+            settings: config.rollouts,
+        }),
+        resigner: Some(Arc::clone(&resigner)),
+    };
+    let token = "metrics-test-token".to_owned();
+    let auth = Arc::new(AdminAuth {
+        bootstrap: AdminToken::from_secret(&token),
+        db,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let router = ota_server::router(state, auth);
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Arc::clone(&resigner).spawn();
+    (base, token, resigner)
+}
+
+async fn scrape(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text")
+}
+
+/// The value of one series, if present.
+fn series(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_online_signatures_and_show_expiries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = repository(dir.path(), 3).await;
+    let data_dir = dir.path().join("data");
+    let settings = file_settings(&layout, true, Duration::from_secs(3600));
+    let (base, token, _resigner) = serve_with_metrics(&data_dir, &settings).await;
+    seed_into(&data_dir, &layout);
+
+    // The timestamp (3 s) is re-signed on schedule; the snapshot is not due.
+    wait_until("timestamp re-signing", || published_version(&data_dir) >= 2).await;
+    let text = scrape(&base).await;
+    let ts = "ota_online_signatures_total{role=\"timestamp\",trigger=\"schedule\"}";
+    assert_eq!(series(&text, ts), Some(1.0), "{text}");
+    assert_eq!(
+        series(
+            &text,
+            "ota_online_signatures_total{role=\"snapshot\",trigger=\"schedule\"}"
+        ),
+        None,
+        "{text}"
+    );
+    let expiry = |text: &str, role: &str| {
+        series(
+            text,
+            &format!("ota_metadata_expires_timestamp_seconds{{role=\"{role}\"}}"),
+        )
+        .unwrap_or_else(|| panic!("{role} expiry in {text}")) as i64
+    };
+    let published_expiry = |name: &str| {
+        let doc = published(&data_dir, name);
+        chrono::DateTime::parse_from_rfc3339(doc["signed"]["expires"].as_str().expect("expires"))
+            .expect("rfc3339")
+            .timestamp()
+    };
+    assert_eq!(
+        expiry(&text, "timestamp"),
+        published_expiry("timestamp.json")
+    );
+    assert_eq!(
+        expiry(&text, "snapshot"),
+        published_expiry("1.snapshot.json")
+    );
+    assert!(
+        !text.contains("ota_online_signing_failures_total{"),
+        "{text}"
+    );
+
+    // A publication: the server signs the timestamp at the commit.
+    let done = release_to(&base, &token, &layout, "fw.img", "2.0.0")
+        .await
+        .expect("publication");
+    let issued = done.committed.online_timestamp_version.expect("issued");
+    let text = scrape(&base).await;
+    assert_eq!(
+        series(
+            &text,
+            "ota_online_signatures_total{role=\"timestamp\",trigger=\"publication\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(published_version(&data_dir), issued);
+    assert_eq!(
+        expiry(&text, "timestamp"),
+        published_expiry("timestamp.json")
+    );
+    let snapshot = published(&data_dir, "timestamp.json")["signed"]["meta"]["snapshot.json"]
+        ["version"]
+        .as_u64()
+        .expect("snapshot version");
+    assert_eq!(
+        expiry(&text, "snapshot"),
+        published_expiry(&format!("{snapshot}.snapshot.json"))
+    );
 }

@@ -48,6 +48,7 @@ pub use settings::{
 };
 
 use crate::db::{Db, DbError};
+use crate::metrics::{Metrics, SigningTrigger};
 use crate::storage::{Storage, StorageError};
 use metadata::{Document, Root};
 use ota_repo::audit::{AuditLog, Event as AuditEvent};
@@ -97,6 +98,18 @@ pub enum ResignError {
     Db(#[from] DbError),
 }
 
+impl ResignError {
+    /// The role a failure is counted under: the key's role when a key
+    /// failed, else timestamp, whose renewal every re-signing ends with and
+    /// which did not happen.
+    fn role(&self) -> &'static str {
+        match self {
+            ResignError::Key { role, .. } | ResignError::NotListed { role, .. } => role,
+            _ => "timestamp",
+        }
+    }
+}
+
 /// What one re-signing published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Resigned {
@@ -113,6 +126,8 @@ pub struct Resigner {
     snapshot_key: Option<OnlineKey>,
     storage: Arc<Storage>,
     db: Db,
+    /// Where signatures, failures and expiries are counted.
+    metrics: Arc<Metrics>,
 }
 
 impl Resigner {
@@ -135,6 +150,7 @@ impl Resigner {
             snapshot_key,
             storage,
             db,
+            metrics: Arc::new(Metrics::default()),
         };
         match resigner.newest_root().await? {
             Some(root) => {
@@ -157,6 +173,13 @@ impl Resigner {
             );
         }
         Ok(resigner)
+    }
+
+    /// Counts into `metrics` (the ones `/metrics` renders) instead of a
+    /// private set nobody scrapes.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Resigner {
+        self.metrics = metrics;
+        self
     }
 
     fn keys(&self) -> impl Iterator<Item = &OnlineKey> {
@@ -196,6 +219,12 @@ impl Resigner {
     /// published, or `None` when nothing was due (or there is no repository
     /// yet).
     pub async fn resign_if_due(&self) -> Result<Option<Resigned>, ResignError> {
+        self.resign_locked()
+            .await
+            .inspect_err(|e| self.metrics.online_signing_failure(e.role()))
+    }
+
+    async fn resign_locked(&self) -> Result<Option<Resigned>, ResignError> {
         let local = self.storage.lock_commits().await;
         let shared = self.db.lock_publications().await?;
         let result = async {
@@ -218,6 +247,9 @@ impl Resigner {
             self.storage.commit_locked(&local, &id).await?;
             // The evidence of every online signature: what, which key, until when.
             for s in &plan.signed {
+                self.metrics
+                    .online_signature(s.role, SigningTrigger::Schedule);
+                s.observe_expiry(&self.metrics);
                 tracing::info!(
                     publication = %id,
                     role = s.role,
@@ -247,6 +279,9 @@ impl Resigner {
             return Ok(None);
         };
         let timestamp = Document::parse("timestamp.json", &ts_bytes)?;
+        // Read at every check: the gauge follows what is published, also
+        // when another instance signed it.
+        observe_expiry(&self.metrics, "timestamp", timestamp.expires()?);
         let margin = |d: Duration| {
             chrono::Duration::from_std(d).map_err(|e| ResignError::Metadata(e.to_string()))
         };
@@ -265,6 +300,7 @@ impl Resigner {
                 ))
             })?;
             let snapshot = Document::parse(&name, &bytes)?;
+            observe_expiry(&self.metrics, "snapshot", snapshot.expires()?);
             if snapshot.expires()? - now <= resign_before {
                 let next = checked_next(current, "snapshot")?;
                 let next_name = format!("{next}.snapshot.json");
@@ -416,6 +452,21 @@ struct Signed<'a> {
     key: &'a OnlineKey,
     /// The canonical bytes signed.
     canonical: Vec<u8>,
+}
+
+impl Signed<'_> {
+    /// Sets the expiry gauge of this role to what was signed (published by then).
+    fn observe_expiry(&self, metrics: &Metrics) {
+        match chrono::DateTime::parse_from_rfc3339(&self.expires) {
+            Ok(at) => metrics.set_metadata_expiry(self.role, at.timestamp()),
+            Err(e) => tracing::warn!(role = self.role, "unreadable expiry {}: {e}", self.expires),
+        }
+    }
+}
+
+/// Sets the expiry gauge of the published `role`.
+fn observe_expiry(metrics: &Metrics, role: &'static str, at: chrono::DateTime<chrono::Utc>) {
+    metrics.set_metadata_expiry(role, at.timestamp());
 }
 
 fn checked_next(version: u64, role: &str) -> Result<u64, ResignError> {

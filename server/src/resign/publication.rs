@@ -23,7 +23,8 @@
 //! The caller holds the commit locks, from this call to the commit.
 
 use super::metadata::{snapshot_meta, Document, Root};
-use super::{checked_next, expiry, ResignError, Resigner, Signed};
+use super::{checked_next, expiry, observe_expiry, ResignError, Resigner, Signed};
+use crate::metrics::{Metrics, SigningTrigger};
 use crate::paths::MetadataName;
 use sha2::Digest;
 
@@ -49,6 +50,11 @@ pub struct Issued {
 pub struct PublicationIssue<'a> {
     pub issued: Issued,
     signed: Vec<Signed<'a>>,
+    metrics: &'a Metrics,
+    /// The expiry of the snapshot the timestamp names, when the server
+    /// holds the snapshot key (the snapshot is an online role then) but
+    /// published it as uploaded.
+    snapshot_expires: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl std::fmt::Debug for PublicationIssue<'_> {
@@ -61,9 +67,16 @@ impl std::fmt::Debug for PublicationIssue<'_> {
 
 impl PublicationIssue<'_> {
     /// The evidence of each online signature, once the publication is
-    /// visible: the same log line as the periodic re-signing.
+    /// visible: the same log line as the periodic re-signing, and the same
+    /// metrics (signatures, expiries).
     pub fn log_committed(&self, publication: &str) {
+        if let Some(at) = self.snapshot_expires {
+            observe_expiry(self.metrics, "snapshot", at);
+        }
         for s in &self.signed {
+            self.metrics
+                .online_signature(s.role, SigningTrigger::Publication);
+            s.observe_expiry(self.metrics);
             tracing::info!(
                 publication,
                 role = s.role,
@@ -99,6 +112,16 @@ impl Resigner {
         &self,
         id: &str,
     ) -> Result<Option<PublicationIssue<'_>>, ResignError> {
+        self.issue(id).await.inspect_err(|e| {
+            // A refused upload is the publisher's to fix, not a failure
+            // of the online keys.
+            if !matches!(e, ResignError::Malformed(_) | ResignError::Refused(_)) {
+                self.metrics.online_signing_failure(e.role());
+            }
+        })
+    }
+
+    async fn issue(&self, id: &str) -> Result<Option<PublicationIssue<'_>>, ResignError> {
         let now = chrono::Utc::now();
         let staged = self.storage.staged_metadata_names(id).await?;
         let mut staged_snapshots = Vec::new();
@@ -322,6 +345,11 @@ impl Resigner {
             named
         };
 
+        let snapshot_expires = match (&self.snapshot_key, reissued) {
+            (Some(_), None) => Some(final_snapshot.doc.expires()?),
+            _ => None,
+        };
+
         // Timestamp: always, past the published one.
         let template = uploaded_ts
             .as_ref()
@@ -416,6 +444,8 @@ impl Resigner {
                 uploaded_snapshot: staged_snapshot.map(|(v, _)| v),
             },
             signed,
+            metrics: &self.metrics,
+            snapshot_expires,
         }))
     }
 
