@@ -927,24 +927,24 @@ fn a_power_cut_while_changing_a_delegations_keys_leaves_a_working_repository() {
         ))
     };
     add_version(1);
-    assert_eq!(signers(&repo, "2.board-a.json"), [id1.clone()]);
+    assert_eq!(signers(&repo, "2.board-a.json"), [id1.as_str()]);
 
     // Cut 1: repo.json saved (k2 and k1), nothing signed yet. The signed
     // delegation still names k1, which still signs.
     set_role_keys(&repo, "board-a", &[&k2, &k1]);
     add_version(2);
-    assert_eq!(signers(&repo, "3.board-a.json"), [id1.clone()]);
+    assert_eq!(signers(&repo, "3.board-a.json"), [id1.as_str()]);
 
     // Rerunning the command completes it; repo.json then lists k2 alone.
     delegate(&k2);
     assert_eq!(role_keys_in_repo_json(&repo, "board-a"), [s(&k2)]);
-    assert_eq!(signers(&repo, "4.board-a.json"), [id2.clone()]);
+    assert_eq!(signers(&repo, "4.board-a.json"), [id2.as_str()]);
 
     // Cut 2: the new delegation signed, repo.json not yet narrowed to k2:
     // k1 is no key of the role any more and signs nothing.
     set_role_keys(&repo, "board-a", &[&k2, &k1]);
     add_version(3);
-    assert_eq!(signers(&repo, "5.board-a.json"), [id2.clone()]);
+    assert_eq!(signers(&repo, "5.board-a.json"), [id2.as_str()]);
 
     let www = t.join("www");
     ok(ota_repo(&repo, &["publish", "--dir", s(&www)]));
