@@ -2,7 +2,9 @@
 //! the admin API land in the bucket (images by streamed multipart upload,
 //! timestamp.json last), metadata is served with content-hash ETags and 304,
 //! images with ranges, a conflict leaves nothing visible, and two servers
-//! sharing one bucket and one database serve each other's publications.
+//! sharing one bucket and one database serve each other's publications;
+//! with `[online_signing]`, publications and the periodic re-signing both
+//! go through the bucket and a device follows them through the server.
 //!
 //! Each test starts its own `s3s-fs` (installed by `.ci/s3`) on a free
 //! loopback port with a temporary root and fixed credentials, and stops it
@@ -508,4 +510,139 @@ async fn two_instances_share_one_bucket_and_one_database() {
     );
     assert_eq!(timestamp_version(&a).await, 3);
     assert_eq!(timestamp_version(&b).await, 3);
+}
+
+// ------------------------------------------------ online signing over S3
+
+/// `ota-repo add IMAGE` then `ota-repo publish --server`, through
+/// ota-repo's own code (blocking HTTP client: off the runtime).
+async fn release_with_ota_repo(
+    s: &TestServer,
+    layout: &ota_repo::layout::Layout,
+    image_name: &str,
+    version: &str,
+) -> ota_repo::publish::ServerPublished {
+    let dir = layout.root().join("images");
+    std::fs::create_dir_all(&dir).expect("images");
+    let image = dir.join(image_name);
+    std::fs::write(&image, format!("{image_name} {version}").repeat(500)).expect("image");
+    ota_repo::add::add(
+        layout,
+        &ota_repo::add::AddOptions {
+            image,
+            version: version.to_owned(),
+            hardware_ids: vec!["board".to_owned()],
+            notes: None,
+            name: None,
+        },
+    )
+    .await
+    .expect("ota-repo add");
+    let (base, token, repo) = (s.base.clone(), s.token.clone(), layout.root().to_owned());
+    tokio::task::spawn_blocking(move || {
+        let layout = ota_repo::layout::Layout::new(repo);
+        let state = tokio::runtime::Handle::current()
+            .block_on(ota_repo::state::RepoState::load(&layout))
+            .expect("state");
+        let set = ota_repo::publish::collect(&layout, &state).expect("collect");
+        let admin =
+            ota_repo::publish::AdminClient::new(base.parse().expect("url"), token).expect("client");
+        ota_repo::publish::publish_server(&layout, &set, &admin)
+    })
+    .await
+    .expect("join")
+    .expect("ota-repo publish --server")
+}
+
+/// The key file `ota-repo init` made for `role`.
+fn repo_key(layout: &ota_repo::layout::Layout, role: &str) -> PathBuf {
+    std::fs::read_dir(layout.keys_dir())
+        .expect("keys")
+        .map(|e| e.expect("entry").path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(role))
+        })
+        .unwrap_or_else(|| panic!("a {role} key"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_signing_over_the_bucket_follows_publications_and_resignings() {
+    use ota_common::tuf::http::HttpTransport;
+    use ota_common::tuf::{ClientOptions, TufClient};
+    use ota_server::resign::OnlineSigning;
+
+    let s3 = S3Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = ota_repo::layout::Layout::new(dir.path().join("repo"));
+    ota_repo::init::init(&layout, &ota_repo::init::InitOptions::default())
+        .await
+        .expect("ota-repo init");
+    let store = s3.config();
+    // What the server signs lives 4 s and is renewed within 2 s of expiry:
+    // a periodic re-signing comes about 2 s after each publication.
+    let settings = OnlineSigning {
+        key: ota_repo::key_ref::KeyRef::File(repo_key(&layout, "timestamp")),
+        timestamp_expiry: Duration::from_secs(4),
+        resign_before: Duration::from_secs(2),
+        snapshot: None,
+        audit_dir: None,
+    };
+    let s = common::start_with(move |c| {
+        c.object_store = Some(store);
+        c.online_signing = Some(settings);
+    })
+    .await;
+
+    let first = release_with_ota_repo(&s, &layout, "fw-a.img", "1.0.0").await;
+    let issued = first.committed.online_timestamp_version.expect("issued");
+    assert_eq!(timestamp_version(&s).await, issued);
+    // The object store holds what the server signed.
+    let in_bucket: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(s3.object_file("metadata/timestamp.json")).expect("timestamp in bucket"),
+    )
+    .expect("json");
+    assert_eq!(in_bucket["signed"]["version"], issued);
+
+    // The background job re-signs from and into the bucket.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while timestamp_version(&s).await <= issued {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timestamp {issued} was not re-signed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let resigned = timestamp_version(&s).await;
+
+    // The second publication comes after the server's own versions.
+    let second = release_with_ota_repo(&s, &layout, "fw-b.img", "2.0.0").await;
+    let issued = second.committed.online_timestamp_version.expect("issued");
+    assert!(issued > resigned, "timestamp {issued} after {resigned}");
+
+    // A device flashed with root 1 follows, reading from the server.
+    let root = std::fs::read(layout.metadata_dir().join("1.root.json")).expect("root");
+    let trusted = dir.path().join("device");
+    let base = s.base.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        TufClient::<HttpTransport>::init(&trusted, &root).expect("init");
+        let url = |sub: &str| url::Url::parse(&format!("{base}/{sub}/")).expect("url");
+        let transport = HttpTransport::new(Duration::from_secs(10), "s3-test").expect("transport");
+        let mut device = TufClient::open(
+            &trusted,
+            ClientOptions::new(url("metadata"), url("targets")),
+            transport,
+        )
+        .expect("open client");
+        device.refresh().expect("a fresh device follows");
+        let target = device
+            .find_target("fw-b.img")
+            .expect("lookup")
+            .expect("fw-b.img");
+        target.release().expect("release").version.to_string()
+    })
+    .await
+    .expect("join");
+    assert_eq!(found, "2.0.0");
 }
