@@ -968,8 +968,10 @@ async fn metrics_count_online_signatures_and_show_expiries() {
     let layout = repository(dir.path(), 3).await;
     let data_dir = dir.path().join("data");
     let settings = file_settings(&layout, true, Duration::from_secs(3600));
-    let (base, token, _resigner) = serve_with_metrics(&data_dir, &settings).await;
+    // Seeded before the job starts: it must never read a half-written file
+    // (which would count as a failure).
     seed_into(&data_dir, &layout);
+    let (base, token, _resigner) = serve_with_metrics(&data_dir, &settings).await;
 
     // The timestamp (3 s) is re-signed on schedule; the snapshot is not due.
     wait_until("timestamp re-signing", || published_version(&data_dir) >= 2).await;
