@@ -128,7 +128,9 @@ impl Server {
         let metrics = Arc::new(Metrics::default());
         let resigner = match config.online_signing.as_ref() {
             Some(o) => Some(Arc::new(
-                resign::Resigner::new(o, Arc::clone(&storage), db.clone()).await?,
+                resign::Resigner::new(o, Arc::clone(&storage), db.clone())
+                    .await?
+                    .with_metrics(Arc::clone(&metrics)),
             )),
             None => None,
         };

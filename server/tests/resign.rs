@@ -893,58 +893,24 @@ async fn the_binary_resigns_with_a_token_key_and_never_logs_the_pin() {
 
 // ------------------------------------------------------------ metrics
 
-/// The real router and the real re-signing job over `data_dir`, assembled
-/// as `Server::bind` does, with the job counting into the metrics that
-/// `/metrics` renders (`Resigner::with_metrics`). Returns the base URL and
-/// the bootstrap token; everything stops when the runtime ends.
-async fn serve_with_metrics(
-    data_dir: &Path,
-    settings: &OnlineSigning,
-) -> (String, String, std::sync::Arc<ota_server::resign::Resigner>) {
-    use ota_server::auth::{AdminAuth, AdminToken, DeviceAuth};
-    use std::sync::Arc;
+/// The real server (`Server::bind`, as the binary runs it) over `data_dir`
+/// with online signing: its re-signing job counts into the metrics that
+/// `/metrics` renders. Returns the base URL and the bootstrap token;
+/// everything stops when the runtime ends.
+async fn serve_with_metrics(data_dir: &Path, settings: &OnlineSigning) -> (String, String) {
     common::install_crypto();
     std::fs::create_dir_all(data_dir).expect("data dir");
-    let config = ota_server::Config::new("127.0.0.1:0".parse().expect("addr"), data_dir.into());
-    let storage = Arc::new(ota_server::storage::Storage::open(data_dir).expect("storage"));
-    let db = ota_server::db::Db::open(&config.database())
+    let mut config = ota_server::Config::new("127.0.0.1:0".parse().expect("addr"), data_dir.into());
+    config.online_signing = Some(settings.clone());
+    let server = ota_server::Server::bind(&config)
         .await
-        .expect("db");
-    let metrics = Arc::new(ota_server::metrics::Metrics::default());
-    let resigner = Arc::new(
-        ota_server::resign::Resigner::new(settings, Arc::clone(&storage), db.clone())
-            .await
-            .expect("resigner")
-            .with_metrics(Arc::clone(&metrics)),
-    );
-    let state = ota_server::AppState {
-        storage: Arc::clone(&storage),
-        db: db.clone(),
-        etags: Default::default(),
-        max_upload_bytes: config.max_upload_bytes,
-        metrics: Arc::clone(&metrics),
-        device_auth: DeviceAuth::None,
-        rollouts: Arc::new(ota_server::rollout::Rollouts {
-            db: db.clone(),
-            storage,
-            metrics,
-            settings: config.rollouts,
-        }),
-        resigner: Some(Arc::clone(&resigner)),
-    };
-    let token = "metrics-test-token".to_owned();
-    let auth = Arc::new(AdminAuth {
-        bootstrap: AdminToken::from_secret(&token),
-        db,
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let router = ota_server::router(state, auth);
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    Arc::clone(&resigner).spawn();
-    (base, token, resigner)
+        .expect("server starts");
+    let base = format!("http://{}", server.local_addr());
+    tokio::spawn(server.run(std::future::pending::<()>()));
+    let token = std::fs::read_to_string(data_dir.join("admin-token"))
+        .map(|t| t.trim().to_owned())
+        .expect("admin token");
+    (base, token)
 }
 
 async fn scrape(base: &str) -> String {
@@ -971,7 +937,7 @@ async fn metrics_count_online_signatures_and_show_expiries() {
     // Seeded before the job starts: it must never read a half-written file
     // (which would count as a failure).
     seed_into(&data_dir, &layout);
-    let (base, token, _resigner) = serve_with_metrics(&data_dir, &settings).await;
+    let (base, token) = serve_with_metrics(&data_dir, &settings).await;
 
     // The timestamp (3 s) is re-signed on schedule; the snapshot is not due.
     wait_until("timestamp re-signing", || published_version(&data_dir) >= 2).await;
