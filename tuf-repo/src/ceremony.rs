@@ -90,6 +90,13 @@ pub struct Payload {
     /// the type of its metadata). A signature names the same role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delegated: Option<String>,
+    /// For version 1 of a delegated role whose keys were not at hand when
+    /// it was delegated: base64 of the top-level targets file (signed by
+    /// the targets keys at `delegate` time) that creates the delegation.
+    /// Merge verifies it against root and commits it after `1.ROLE.json`:
+    /// the repository cannot list a delegation before the role's file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegating_targets: Option<String>,
 }
 
 impl Payload {
@@ -346,6 +353,7 @@ impl Payload {
             requirements,
             summary,
             delegated: None,
+            delegating_targets: None,
         })
     }
 }
@@ -1137,6 +1145,31 @@ fn current_metafile(
     let path = layout.metadata_dir().join(format!("{version}.{role}.json"));
     let bytes = std::fs::read(&path).map_err(RepoError::io(&path))?;
     Ok(editor::metafile(&bytes, version))
+}
+
+/// Commits `targets`, already signed (by `delegate`, for a delegated role
+/// whose version 1 was signed in a ceremony), then signs (or stages) a
+/// snapshot listing it and `delegated`, and a timestamp.
+pub(crate) async fn commit_signed_targets(
+    layout: &Layout,
+    config: &RepoConfig,
+    state: &RepoState,
+    targets: Signed<Targets>,
+    expires: &BTreeMap<Role, jiff::Timestamp>,
+    delegated: &BTreeMap<String, Metafile>,
+) -> Result<Progress> {
+    refuse_open_chain(layout, "signing new metadata")?;
+    let expires = chain_expiries(config, expires, jiff::Timestamp::now())?;
+    run_chain(
+        layout,
+        config,
+        state,
+        Step::Signed(RoleMeta::Targets(targets.signed), targets.signatures),
+        &expires,
+        None,
+        delegated,
+    )
+    .await
 }
 
 /// Expiries for the chain roles, from `given` or else the policy in repo.json.

@@ -239,14 +239,6 @@ fn local_keys(
     Ok((usable, problems))
 }
 
-fn role_keys(layout: &Layout, config: &RepoConfig, role: &DelegatedRole) -> Result<Vec<LoadedKey>> {
-    let (usable, problems) = local_keys(layout, config, role)?;
-    if (usable.len() as u64) < role.threshold.get() {
-        return Err(threshold_error(role, usable.len(), &problems));
-    }
-    Ok(usable)
-}
-
 fn threshold_error(role: &DelegatedRole, available: usize, problems: &[String]) -> RepoError {
     let mut details = if problems.is_empty() {
         String::new()
@@ -387,6 +379,10 @@ pub struct DelegateOptions {
     pub paths: Vec<String>,
     /// Existing keys (files or `pkcs11:` URIs).
     pub keys: Vec<KeyRef>,
+    /// Public keys (TUF key JSON files, `key export-pub`) of holders who
+    /// sign elsewhere: version 1 then waits in a ceremony when the keys
+    /// here stay below the threshold (new roles only).
+    pub public_keys: Vec<PathBuf>,
     /// Generate a key file `keys/<name>-1.pem` of this type.
     pub generate_key: Option<KeyType>,
     pub threshold: u64,
@@ -415,9 +411,14 @@ pub async fn delegate(layout: &Layout, options: &DelegateOptions) -> Result<Dele
     // Delegating an existing name changes that delegation: its paths, keys,
     // threshold and `terminating` become the ones given here.
     let existing = roles(&state).iter().find(|r| r.name == name);
-    if existing.is_some() {
-        crate::delegation_ceremony::refuse_open(layout, name, "changing its delegation")?;
-    }
+    // Also for a new name: its version 1 may be waiting (`--key-pub`).
+    crate::delegation_ceremony::refuse_open(layout, name, "changing its delegation")?;
+    // Read before anything is created: a bad file must change nothing.
+    let offline = options
+        .public_keys
+        .iter()
+        .map(|p| Ok((keys::read_public_key(p)?, p)))
+        .collect::<Result<Vec<_>>>()?;
     if options.paths.is_empty() || options.paths.len() > MAX_PATHS {
         return Err(RepoError::InvalidArgument(format!(
             "give 1 to {MAX_PATHS} --paths patterns (e.g. --paths 'board-a/*')"
@@ -428,10 +429,10 @@ pub async fn delegate(layout: &Layout, options: &DelegateOptions) -> Result<Dele
         .iter()
         .map(|p| validate_pattern(p))
         .collect::<Result<Vec<_>>>()?;
-    let n_keys = options.keys.len() + usize::from(options.generate_key.is_some());
+    let n_keys = options.keys.len() + usize::from(options.generate_key.is_some()) + offline.len();
     if n_keys == 0 || n_keys > MAX_KEYS {
         return Err(RepoError::InvalidArgument(format!(
-            "give 1 to {MAX_KEYS} keys: --key FILE, --key-uri URI or --generate-key"
+            "give 1 to {MAX_KEYS} keys: --key FILE, --key-uri URI, --key-pub FILE or --generate-key"
         )));
     }
     if options.threshold == 0 || options.threshold > n_keys as u64 {
@@ -478,6 +479,20 @@ pub async fn delegate(layout: &Layout, options: &DelegateOptions) -> Result<Dele
         }
         public.push((id, key, k.describe(Some(layout))));
     }
+    for (key, path) in offline {
+        let id = keys::key_id(&key)?;
+        if public.iter().any(|(i, _, _)| *i == id) {
+            return Err(RepoError::InvalidArgument(format!(
+                "key {id} (--key-pub {}) is given twice",
+                path.display()
+            )));
+        }
+        public.push((
+            id,
+            key,
+            format!("held elsewhere (public key {})", path.display()),
+        ));
+    }
     let threshold = NonZeroU64::new(options.threshold)
         .ok_or_else(|| RepoError::InvalidArgument("--threshold must be at least 1".to_owned()))?;
     let role = DelegatedRole {
@@ -517,7 +532,25 @@ pub async fn delegate(layout: &Layout, options: &DelegateOptions) -> Result<Dele
     // current targets, so devices that trust the new keys see them signed by
     // those keys), signed by its keys, before the targets that delegate to
     // it (unreferenced until a snapshot lists it).
-    let keys = role_keys(layout, &config, &role)?;
+    let (keys, problems) = local_keys(layout, &config, &role)?;
+    if (keys.len() as u64) < role.threshold.get() {
+        if existing.is_some() || options.public_keys.is_empty() || !problems.is_empty() {
+            // Changing a delegation signs the role's next version with the
+            // new keys before the targets that trusts them: they must be here.
+            return Err(threshold_error(&role, keys.len(), &problems));
+        }
+        return delegate_offline(
+            layout,
+            &config,
+            &state,
+            role,
+            public,
+            keys,
+            role_expires,
+            chain,
+        )
+        .await;
+    }
     let content = match existing.and_then(|r| r.targets.as_ref()) {
         Some(current) => {
             let mut c = current.signed.clone();
@@ -550,20 +583,11 @@ pub async fn delegate(layout: &Layout, options: &DelegateOptions) -> Result<Dele
         },
     )?;
 
-    let mut targets = state.targets.signed.clone();
-    let delegations = targets.delegations.get_or_insert_with(Delegations::new);
-    for (id, key, _) in &public {
-        delegations.keys.insert(keyid_bytes(id)?, key.clone());
-    }
+    let (targets, replaced) = with_delegation(&state, &public, role)?;
     let mut delegated = BTreeMap::new();
-    match delegations.roles.iter_mut().find(|r| r.name == name) {
-        Some(slot) => {
-            *slot = role;
-            delegated.insert(format!("{name}.json"), editor::metafile(&bytes, version));
-        }
-        None => delegations.roles.push(role),
+    if replaced {
+        delegated.insert(format!("{name}.json"), editor::metafile(&bytes, version));
     }
-    drop_unused_keys(delegations);
     let plan = SignPlan {
         new_targets: Some(targets),
         snapshot: true,
@@ -586,6 +610,102 @@ pub async fn delegate(layout: &Layout, options: &DelegateOptions) -> Result<Dele
         keys: public.into_iter().map(|(id, _, loc)| (id, loc)).collect(),
         targets_version: state.targets.signed.version.get() + 1,
         progress,
+    })
+}
+
+/// The current top-level targets with `role` (and its keys `public`)
+/// delegated; whether it replaced a delegation of that name.
+fn with_delegation(
+    state: &RepoState,
+    public: &[(String, Key, String)],
+    role: DelegatedRole,
+) -> Result<(Targets, bool)> {
+    let mut targets = state.targets.signed.clone();
+    let delegations = targets.delegations.get_or_insert_with(Delegations::new);
+    for (id, key, _) in public {
+        delegations.keys.insert(keyid_bytes(id)?, key.clone());
+    }
+    let replaced = match delegations.roles.iter_mut().find(|r| r.name == role.name) {
+        Some(slot) => {
+            *slot = role;
+            true
+        }
+        None => {
+            delegations.roles.push(role);
+            false
+        }
+    };
+    drop_unused_keys(delegations);
+    Ok((targets, replaced))
+}
+
+/// `delegate` of a new role whose keys here stay below its threshold
+/// (`--key-pub`): version 1 is signed by the keys here and waits in the
+/// role's ceremony together with the top-level targets that delegates it,
+/// signed now by the targets keys. `ceremony merge --role ROLE` commits
+/// both (the role's file first), then snapshot and timestamp: until then
+/// the repository is unchanged, as devices must never see a delegation
+/// whose role file does not exist.
+// The repository context, the new delegation, the keys here and two expiry
+// choices: a struct would only rename these arguments.
+#[allow(clippy::too_many_arguments)]
+async fn delegate_offline(
+    layout: &Layout,
+    config: &RepoConfig,
+    state: &RepoState,
+    role: DelegatedRole,
+    public: Vec<(String, Key, String)>,
+    keys: Vec<LoadedKey>,
+    role_expires: jiff::Timestamp,
+    chain: BTreeMap<Role, jiff::Timestamp>,
+) -> Result<Delegation> {
+    // A targets version waiting in a ceremony would be forked by this one.
+    ceremony::refuse_open_chain(layout, "delegating a role whose keys are elsewhere")?;
+    let name = role.name.clone();
+    let mut content = Targets::new(
+        editor::SPEC_VERSION.to_owned(),
+        NonZeroU64::MIN,
+        role_expires,
+    );
+    content.delegations = None;
+    let log = editor::audit_log(layout, config);
+    let signatures = editor::signatures_as(&name, &content, &keys, &log).await?;
+    let (targets, _) = with_delegation(state, &public, role.clone())?;
+    let files = editor::sign_plan(
+        layout,
+        config,
+        state,
+        SignPlan {
+            new_targets: Some(targets),
+            expires: chain,
+            ..SignPlan::default()
+        },
+    )
+    .await?;
+    let bytes = files
+        .versioned
+        .into_iter()
+        .find(|(f, _)| f.ends_with(".targets.json"))
+        .map(|(_, b)| b)
+        .ok_or_else(|| RepoError::Inconsistent("no targets was signed".to_owned()))?;
+    let delegating: Signed<Targets> = serde_json::from_slice(&bytes)
+        .map_err(|e| RepoError::Inconsistent(format!("reading the signed targets back: {e}")))?;
+    let pending = crate::delegation_ceremony::stage_first(
+        layout,
+        &role,
+        &delegating,
+        &bytes,
+        &content,
+        &signatures,
+    )?;
+    Ok(Delegation {
+        name,
+        keys: public.into_iter().map(|(id, _, loc)| (id, loc)).collect(),
+        targets_version: delegating.signed.version.get(),
+        progress: Progress {
+            signed: Vec::new(),
+            pending: Some(pending),
+        },
     })
 }
 

@@ -25,10 +25,11 @@ use crate::expiry::Expiry;
 use crate::layout::Layout;
 use crate::role::Role;
 use crate::state::RepoState;
+use base64::Engine as _;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use tough::schema::key::Key;
-use tough::schema::{DelegatedRole, Signature, Targets};
+use tough::schema::{DelegatedRole, Signature, Signed, Targets};
 
 /// Subdirectory of `ceremony/` for delegated roles (their names cannot
 /// collide with the top-level roles' files there, but a directory of their
@@ -75,9 +76,15 @@ fn requirement(
     state: &RepoState,
     role: &DelegatedRole,
 ) -> Result<(Vec<Requirement>, BTreeMap<String, Key>)> {
-    let listed = state
-        .targets
-        .signed
+    requirement_in(&state.targets.signed, role)
+}
+
+/// The keys and threshold `delegating` (a top-level targets) lists for `role`.
+fn requirement_in(
+    delegating: &Targets,
+    role: &DelegatedRole,
+) -> Result<(Vec<Requirement>, BTreeMap<String, Key>)> {
+    let listed = delegating
         .delegations
         .as_ref()
         .map(|d| &d.keys)
@@ -97,7 +104,7 @@ fn requirement(
         vec![Requirement {
             what: format!(
                 "keys of delegated role {} listed by targets version {}",
-                role.name, state.targets.signed.version
+                role.name, delegating.version
             ),
             threshold: role.threshold.get(),
             keyids: keys.keys().cloned().collect(),
@@ -149,6 +156,53 @@ pub(crate) fn stage(
         summary,
     )?;
     payload.delegated = Some(role.name.clone());
+    open_with(layout, role, payload, local)
+}
+
+/// Opens the ceremony of version 1 of a new delegated role whose keys here
+/// stay below its threshold. `delegating` is the top-level targets that
+/// creates the delegation, already signed by the targets keys: it is
+/// committed by `merge`, after `1.ROLE.json` (a repository cannot list a
+/// delegation before the role's file), and its keys and threshold are the
+/// ones that count.
+pub(crate) fn stage_first(
+    layout: &Layout,
+    role: &DelegatedRole,
+    delegating: &Signed<Targets>,
+    delegating_bytes: &[u8],
+    content: &Targets,
+    local: &[Signature],
+) -> Result<PendingRole> {
+    let (requirements, keys) = requirement_in(&delegating.signed, role)?;
+    let summary = vec![
+        format!(
+            "NEW delegated role {} version {}, expires {} (no targets yet)",
+            role.name, content.version, content.expires
+        ),
+        format!(
+            "trusted for paths {} by targets version {} (signed by the targets keys, committed when this ceremony completes)",
+            delegation::paths_of(role).join(", "),
+            delegating.signed.version
+        ),
+    ];
+    let mut payload = Payload::from_meta(
+        &RoleMeta::Targets(content.clone()),
+        keys,
+        requirements,
+        summary,
+    )?;
+    payload.delegated = Some(role.name.clone());
+    payload.delegating_targets =
+        Some(base64::engine::general_purpose::STANDARD.encode(delegating_bytes));
+    open_with(layout, role, payload, local)
+}
+
+fn open_with(
+    layout: &Layout,
+    role: &DelegatedRole,
+    payload: Payload,
+    local: &[Signature],
+) -> Result<PendingRole> {
     let detached: Vec<_> = local
         .iter()
         .map(|s| ceremony::DetachedSignature {
@@ -327,6 +381,23 @@ pub async fn merge(layout: &Layout, name: &str, sig_files: &[PathBuf]) -> Result
             "the {name} payload does not hold targets metadata"
         )));
     };
+    if let Some(delegating) = &stored.delegating_targets {
+        let delegating = delegating_targets(&state, name, delegating)?;
+        return merge_first(
+            layout,
+            &config,
+            &state,
+            FirstVersion {
+                name,
+                stored: &stored,
+                bytes: &bytes,
+                content,
+                delegating,
+            },
+            sig_files,
+        )
+        .await;
+    }
     let (role, current) = delegation::find(&state, name)?;
     let expected = delegation::next_version(role, current)?;
     if content.version != expected {
@@ -386,6 +457,136 @@ pub async fn merge(layout: &Layout, name: &str, sig_files: &[PathBuf]) -> Result
     })
 }
 
+/// The top-level targets a version-1 ceremony commits: it must verify
+/// against the trusted root's targets keys (an edited payload cannot add a
+/// key) and be the repository's next targets version (a targets signed
+/// since `delegate` would be overwritten otherwise).
+fn delegating_targets(state: &RepoState, name: &str, encoded: &str) -> Result<Signed<Targets>> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|e| {
+            RepoError::Ceremony(format!(
+                "the {name} payload's delegating targets is not base64: {e}"
+            ))
+        })?;
+    let signed: Signed<Targets> = serde_json::from_slice(&bytes).map_err(|e| {
+        RepoError::Ceremony(format!(
+            "the {name} payload's delegating targets is not targets metadata: {e}"
+        ))
+    })?;
+    state.root.signed.verify_role(&signed).map_err(|e| {
+        RepoError::Ceremony(format!(
+            "the {name} payload's delegating targets is not signed by the targets keys of root version {}: {e}",
+            state.root.signed.version
+        ))
+    })?;
+    let next = state.targets.signed.version.get() + 1;
+    if signed.signed.version.get() != next {
+        return Err(RepoError::Ceremony(format!(
+            "top-level targets changed since {name} was delegated (the delegating targets is version {}, the repository's next is {next}); abandon with `ota-repo ceremony abandon --role {name}` and run `ota-repo delegate` again",
+            signed.signed.version
+        )));
+    }
+    if delegation::roles(state).iter().any(|r| r.name == name) {
+        return Err(RepoError::Ceremony(format!(
+            "targets already delegates {name}; abandon this ceremony with `ota-repo ceremony abandon --role {name}`"
+        )));
+    }
+    if signed.signed.expires <= jiff::Timestamp::now() {
+        return Err(RepoError::Ceremony(format!(
+            "the targets version {} delegating {name} expired at {}; abandon and run `ota-repo delegate` again",
+            signed.signed.version, signed.signed.expires
+        )));
+    }
+    Ok(signed)
+}
+
+/// A version-1 ceremony being merged.
+struct FirstVersion<'a> {
+    name: &'a str,
+    stored: &'a Payload,
+    bytes: &'a [u8],
+    content: Targets,
+    delegating: Signed<Targets>,
+}
+
+/// Merge of version 1 of a role delegated with keys not at hand: at the
+/// threshold of the keys the delegating targets lists, writes
+/// `1.ROLE.json`, then commits the delegating targets and signs (or
+/// stages) snapshot and timestamp after it.
+async fn merge_first(
+    layout: &Layout,
+    config: &RepoConfig,
+    state: &RepoState,
+    first: FirstVersion<'_>,
+    sig_files: &[PathBuf],
+) -> Result<DelegatedMerged> {
+    let FirstVersion {
+        name,
+        stored,
+        bytes,
+        content,
+        delegating,
+    } = first;
+    let role = delegating
+        .signed
+        .delegations
+        .as_ref()
+        .and_then(|d| d.roles.iter().find(|r| r.name == name))
+        .ok_or_else(|| {
+            RepoError::Ceremony(format!(
+                "the {name} payload's delegating targets does not delegate {name}"
+            ))
+        })?;
+    if content.version.get() != 1 {
+        return Err(RepoError::Ceremony(format!(
+            "the {name} payload carries a delegating targets but is for version {}, not 1",
+            content.version
+        )));
+    }
+    let now = jiff::Timestamp::now();
+    if content.expires <= now {
+        return Err(RepoError::Ceremony(format!(
+            "the {name} version 1 being signed expired at {}; abandon it and run `ota-repo delegate` again",
+            content.expires
+        )));
+    }
+    let chain = delegation::chain_expiries(layout, config, state, now)?;
+    let (requirements, keys) = requirement_in(&delegating.signed, role)?;
+    let deciding = Payload {
+        requirements,
+        keys,
+        ..stored.clone()
+    };
+    let slot = slot(layout, name);
+    let Collected {
+        signatures,
+        counted,
+        rejected,
+    } = ceremony::collect(layout, config, &slot, &deciding, bytes, sig_files)?;
+    let version = content.version;
+    let file = RoleMeta::Targets(content).signed_file(signatures)?;
+    editor::write_metadata(
+        layout,
+        &editor::MetadataFiles {
+            versioned: vec![(format!("{version}.{name}.json"), file.clone())],
+            ..Default::default()
+        },
+    )?;
+    let delegated = BTreeMap::from([(format!("{name}.json"), editor::metafile(&file, version))]);
+    let progress =
+        ceremony::commit_signed_targets(layout, config, state, delegating, &chain, &delegated)
+            .await?;
+    ceremony::close_slot(&slot)?;
+    Ok(DelegatedMerged {
+        name: name.to_owned(),
+        version: version.get(),
+        counted,
+        not_counted: rejected,
+        progress,
+    })
+}
+
 /// `ceremony abandon --role ROLE` for a delegated role. Nothing of the
 /// pending version is in `metadata/`, so closing is all there is.
 pub async fn abandon(layout: &Layout, name: &str) -> Result<u64> {
@@ -397,5 +598,13 @@ pub async fn abandon(layout: &Layout, name: &str) -> Result<u64> {
     }
     let payload = read_payload(layout, name)?;
     ceremony::close_slot(&slot(layout, name))?;
+    // Version 1 of a role delegated with `--key-pub`: nothing delegates it,
+    // so repo.json forgets where its keys are (as after `undelegate`).
+    if payload.delegating_targets.is_some() {
+        let mut config = RepoConfig::load(layout)?;
+        if config.delegations.remove(name).is_some() {
+            config.save(layout)?;
+        }
+    }
     Ok(payload.version)
 }

@@ -148,6 +148,42 @@ pub fn public_key(path: &Path) -> Result<Key> {
     Ok(load_signer(path)?.tuf_key())
 }
 
+/// Largest public key file read (an RSA-4096 key is under 1 KiB of JSON).
+const MAX_PUBLIC_KEY_FILE: u64 = 64 * 1024;
+
+/// The TUF JSON of a public key (`{"keytype":..,"scheme":..,"keyval":{"public":..}}`,
+/// as root and targets metadata list it): what `key export-pub` writes and
+/// `delegate --key-pub` reads, so a key holder hands over only that.
+pub fn public_key_json(key: &Key) -> Result<Vec<u8>> {
+    let mut out = serde_json::to_vec_pretty(key)
+        .map_err(|e| RepoError::Inconsistent(format!("serializing a public key: {e}")))?;
+    out.push(b'\n');
+    Ok(out)
+}
+
+/// Reads a public key file in the TUF JSON format of [`public_key_json`].
+pub fn read_public_key(path: &Path) -> Result<Key> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path).map_err(RepoError::io(path))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_PUBLIC_KEY_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(RepoError::io(path))?;
+    if bytes.len() as u64 > MAX_PUBLIC_KEY_FILE {
+        return Err(RepoError::InvalidArgument(format!(
+            "{}: larger than {MAX_PUBLIC_KEY_FILE} bytes, not a public key file",
+            path.display()
+        )));
+    }
+    let key: Key = serde_json::from_slice(&bytes).map_err(|e| {
+        RepoError::InvalidArgument(format!(
+            "{}: not a TUF public key (expected JSON like {{\"keytype\":\"ed25519\",\"scheme\":\"ed25519\",\"keyval\":{{\"public\":\"<hex>\"}}}}, as `ota-repo key export-pub` writes): {e}",
+            path.display()
+        ))
+    })?;
+    Ok(key)
+}
+
 /// TUF key id (sha256 of the canonical JSON of the public key), as hex.
 pub fn key_id(key: &Key) -> Result<String> {
     key.key_id()

@@ -35,6 +35,19 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+enum KeyAction {
+    /// Write a key's public half as TUF key JSON (what `delegate --key-pub` reads).
+    ExportPub {
+        #[arg(long, conflicts_with = "key_uri", required_unless_present = "key_uri")]
+        key: Option<PathBuf>,
+        #[arg(long)]
+        key_uri: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum Command {
     /// Create keys and sign version 1 of every role.
     Init {
@@ -69,6 +82,11 @@ enum Command {
         /// Generate inside a PKCS#11 token, non-extractable.
         #[arg(long)]
         key_uri: Option<String>,
+    },
+    /// Key files and tokens: what a key holder hands over.
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
     },
     /// Sign a ceremony payload with one key, writing a detached signature.
     Sign {
@@ -145,6 +163,12 @@ enum Command {
         /// A key in a PKCS#11 token (repeatable).
         #[arg(long = "key-uri", value_name = "PKCS11_URI")]
         key_uris: Vec<String>,
+        /// The public key of a holder who signs elsewhere (repeatable): TUF
+        /// key JSON as `ota-repo key export-pub` writes. With fewer than
+        /// --threshold private keys here, version 1 of a new role waits in
+        /// `ceremony export/merge --role NAME`.
+        #[arg(long = "key-pub", value_name = "FILE")]
+        key_pubs: Vec<PathBuf>,
         /// Generate a key file keys/<name>-1.pem.
         #[arg(long)]
         generate_key: bool,
@@ -521,6 +545,26 @@ fn run(cli: Cli) -> Result<()> {
             let id = ota_repo::keys::key_id(&key.public_key(None)?)?;
             println!("{id} {}", key.describe(None));
         }
+        Command::Key {
+            action: KeyAction::ExportPub { key, key_uri, out },
+        } => {
+            let key = match (key, key_uri) {
+                (Some(path), _) => KeyRef::File(path),
+                (None, Some(uri)) => KeyRef::Pkcs11(uri.parse()?),
+                (None, None) => bail!("pass --key FILE or --key-uri URI"),
+            };
+            // Where the holder stands: no repository is needed.
+            let public = key.public_key(None)?;
+            let id = ota_repo::keys::key_id(&public)?;
+            let json = ota_repo::keys::public_key_json(&public)?;
+            ota_common::atomic::write_atomic(&out, &json)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "public key {id} ({}) written to {}",
+                ota_repo::keys::describe(&public),
+                out.display()
+            );
+        }
         Command::Sign {
             payload,
             key,
@@ -693,6 +737,7 @@ fn run(cli: Cli) -> Result<()> {
             paths,
             keys,
             key_uris,
+            key_pubs,
             generate_key,
             key_type,
             threshold,
@@ -716,6 +761,7 @@ fn run(cli: Cli) -> Result<()> {
                 name,
                 paths,
                 keys: key_refs,
+                public_keys: key_pubs,
                 generate_key: generate_key
                     .then(|| key_type.parse::<KeyType>())
                     .transpose()?,
@@ -725,13 +771,22 @@ fn run(cli: Cli) -> Result<()> {
             };
             let d = runtime()?.block_on(ota_repo::delegation::delegate(&layout, &options))?;
             let pending = d.progress.pending.as_ref();
+            let outcome = match pending {
+                // `--key-pub`: the targets is signed but waits with version 1.
+                Some(p) if p.delegated.as_deref() == Some(d.name.as_str()) && p.version == 1 => {
+                    format!(
+                        "targets version {} and {} version 1 are NOT committed yet: {} version 1 waits for offline signatures",
+                        d.targets_version, d.name, d.name
+                    )
+                }
+                _ => targets_outcome(d.targets_version, pending),
+            };
             println!(
-                "delegated {} to role {} ({} key(s), threshold {}); {}",
+                "delegated {} to role {} ({} key(s), threshold {}); {outcome}",
                 options.paths.join(", "),
                 d.name,
                 d.keys.len(),
                 options.threshold,
-                targets_outcome(d.targets_version, pending)
             );
             for (id, location) in &d.keys {
                 println!("  {} key {id}\n      {location}", d.name);

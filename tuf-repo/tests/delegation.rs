@@ -954,3 +954,237 @@ fn a_power_cut_while_changing_a_delegations_keys_leaves_a_working_repository() {
         ["board-a/fw-1.img", "board-a/fw-2.img", "board-a/fw-3.img"]
     );
 }
+
+/// Export, sign on each holder's machine (no repository there), merge.
+fn sign_offline(
+    repo: &Path,
+    t: &Path,
+    role: &str,
+    holders: &[(&Path, &Path)],
+    tag: &str,
+) -> String {
+    let payload = t.join(format!("{role}-{tag}.payload.json"));
+    ok(ota_repo(
+        repo,
+        &["ceremony", "export", "--role", role, "--out", s(&payload)],
+    ));
+    let mut sigs = Vec::new();
+    for (dir, key) in holders {
+        let sig = dir.join(format!("{tag}.sig.json"));
+        ok(ota_repo(
+            &dir.join("no-repo"),
+            &[
+                "sign",
+                "--payload",
+                s(&payload),
+                "--key",
+                s(key),
+                "--out",
+                s(&sig),
+            ],
+        ));
+        sigs.push(sig);
+    }
+    let mut args = vec!["ceremony", "merge", "--role", role];
+    args.extend(sigs.iter().map(|p| s(p)));
+    ok(ota_repo(repo, &args))
+}
+
+#[test]
+fn a_role_whose_keys_are_all_elsewhere_is_delegated_through_a_ceremony() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let t = tmp.path();
+    let repo = t.join("repo");
+    ok(ota_repo(&repo, &["init"]));
+    // Each holder keeps the private key in a directory of their own and
+    // hands over only the public key JSON.
+    let mut holders = Vec::new();
+    for who in ["holder-a", "holder-b"] {
+        let dir = t.join(who);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let key = dir.join("board-a.pem");
+        let id = key_id_of(&dir.join("no-repo"), &key);
+        let public = dir.join("board-a.pub.json");
+        let out = ok(ota_repo(
+            &dir.join("no-repo"),
+            &["key", "export-pub", "--key", s(&key), "--out", s(&public)],
+        ));
+        assert!(out.contains(&id), "{out}");
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&public).expect("pub")).expect("json");
+        assert_eq!(json["keytype"], "ed25519", "{json}");
+        assert!(json["keyval"]["public"].is_string(), "{json}");
+        holders.push((dir, key, public, id));
+    }
+    let bad = t.join("bad.json");
+    std::fs::write(&bad, b"{\"keytype\":").expect("write");
+    let delegate = |pubs: [&Path; 2]| {
+        ota_repo(
+            &repo,
+            &[
+                "delegate",
+                "--name",
+                "board-a",
+                "--paths",
+                "board-a/*",
+                "--key-pub",
+                s(pubs[0]),
+                "--key-pub",
+                s(pubs[1]),
+                "--threshold",
+                "2",
+            ],
+        )
+    };
+    let err = fails(delegate([&holders[0].2, &bad]));
+    assert!(err.contains("not a TUF public key"), "{err}");
+
+    let out = ok(delegate([&holders[0].2, &holders[1].2]));
+    assert!(
+        out.contains("board-a version 1 are NOT committed yet")
+            && out.contains("board-a version 1 is pending signatures: 0 of 2 signatures"),
+        "{out}"
+    );
+    // Nothing is in metadata/ until the role's file can be: a targets that
+    // delegates to a missing file would break every client.
+    assert!(!repo.join("metadata/1.board-a.json").exists());
+    assert!(!repo.join("metadata/2.targets.json").exists());
+    let status = ota_repo(&repo, &["status"]);
+    assert_eq!(status.status.code(), Some(2));
+    let www = t.join("www");
+    let err = fails(ota_repo(&repo, &["publish", "--dir", s(&www)]));
+    assert!(
+        err.contains("refusing to publish") && err.contains("board-a version 1"),
+        "{err}"
+    );
+    // Delegating the name again would fork the pending version.
+    let err = fails(delegate([&holders[0].2, &holders[1].2]));
+    assert!(err.contains("waiting for signatures"), "{err}");
+
+    // Holder A signs; one signature of two is kept and nothing is committed.
+    let payload = t.join("board-a.payload.json");
+    ok(ota_repo(
+        &repo,
+        &[
+            "ceremony",
+            "export",
+            "--role",
+            "board-a",
+            "--out",
+            s(&payload),
+        ],
+    ));
+    let sig_a = holders[0].0.join("one.sig.json");
+    ok(ota_repo(
+        &holders[0].0.join("no-repo"),
+        &[
+            "sign",
+            "--payload",
+            s(&payload),
+            "--key",
+            s(&holders[0].1),
+            "--out",
+            s(&sig_a),
+        ],
+    ));
+    // An edited pending payload cannot swap the delegating targets for an
+    // unsigned one (it must verify against root's targets keys).
+    let pending = repo.join("ceremony/delegated/board-a.json");
+    let original = std::fs::read(&pending).expect("pending");
+    let mut edited: serde_json::Value = serde_json::from_slice(&original).expect("json");
+    let mut unsigned: serde_json::Value = serde_json::from_slice(&base64_decode(
+        edited["delegating_targets"].as_str().expect("delegating"),
+    ))
+    .expect("json");
+    unsigned["signatures"] = serde_json::json!([]);
+    edited["delegating_targets"] =
+        serde_json::Value::String(base64_encode(&serde_json::to_vec(&unsigned).expect("json")));
+    std::fs::write(&pending, serde_json::to_vec(&edited).expect("json")).expect("write");
+    let err = fails(ota_repo(
+        &repo,
+        &["ceremony", "merge", "--role", "board-a", s(&sig_a)],
+    ));
+    assert!(err.contains("not signed by the targets keys"), "{err}");
+    std::fs::write(&pending, &original).expect("restore");
+    let err = fails(ota_repo(
+        &repo,
+        &["ceremony", "merge", "--role", "board-a", s(&sig_a)],
+    ));
+    assert!(err.contains("1 of 2"), "{err}");
+    assert!(!repo.join("metadata/2.targets.json").exists());
+
+    let both = [
+        (holders[0].0.as_path(), holders[0].1.as_path()),
+        (holders[1].0.as_path(), holders[1].1.as_path()),
+    ];
+    let out = sign_offline(&repo, t, "board-a", &both, "v1");
+    assert!(
+        out.contains("signed board-a version 1 with 2 key(s)")
+            && out.contains("signed snapshot version 2")
+            && out.contains("signed timestamp version 2"),
+        "{out}"
+    );
+    assert!(repo.join("metadata/1.board-a.json").exists());
+    assert!(repo.join("metadata/2.targets.json").exists());
+    assert!(!pending.exists());
+    assert_eq!(ota_repo(&repo, &["status"]).status.code(), Some(0));
+
+    // A release into the role: no key of it is here, so it waits too.
+    let img = t.join("fw.img");
+    let content = b"board a firmware, signed where the keys are".to_vec();
+    std::fs::write(&img, &content).expect("img");
+    let out = ok(add(
+        &repo,
+        &img,
+        "board-a/fw-1.img",
+        "1.0.0",
+        Some("board-a"),
+    ));
+    assert!(out.contains("board-a version 2 is NOT signed yet"), "{out}");
+    fails(ota_repo(&repo, &["publish", "--dir", s(&www)]));
+    let out = sign_offline(&repo, t, "board-a", &both, "v2");
+    assert!(
+        out.contains("signed board-a version 2 with 2 key(s)"),
+        "{out}"
+    );
+
+    ok(ota_repo(&repo, &["publish", "--dir", s(&www)]));
+    let mut client = device(&t.join("device"), &www);
+    client.refresh().expect("a fresh device accepts the role");
+    let target = client
+        .find_target("board-a/fw-1.img")
+        .expect("lookup")
+        .expect("listed");
+    let dest = t.join("downloaded");
+    client
+        .download_target(&target, &dest)
+        .expect("image verifies");
+    assert_eq!(std::fs::read(&dest).expect("image"), content);
+    let signed: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(repo.join("metadata/1.board-a.json")).expect("role file"),
+    )
+    .expect("json");
+    let mut got: Vec<&str> = signed["signatures"]
+        .as_array()
+        .expect("sigs")
+        .iter()
+        .map(|s| s["keyid"].as_str().expect("id"))
+        .collect();
+    got.sort_unstable();
+    let mut want = vec![holders[0].3.as_str(), holders[1].3.as_str()];
+    want.sort_unstable();
+    assert_eq!(got, want);
+    ok(ota_repo(&repo, &["audit", "verify"]));
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .expect("base64")
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
