@@ -113,6 +113,13 @@ fn requirement_in(
     ))
 }
 
+/// `name` becomes part of file paths under `ceremony/delegated/`: refuse
+/// anything but a valid role name before it gets there (the CLI checks too,
+/// but these functions are public).
+fn check_name(name: &str) -> Result<()> {
+    delegation::validate_name(name).map_err(RepoError::InvalidArgument)
+}
+
 fn read_payload(layout: &Layout, name: &str) -> Result<Payload> {
     let path = pending_path(layout, name);
     let payload: Payload = ceremony::read_json(&path)?;
@@ -305,6 +312,7 @@ pub async fn export(
     expires: Option<Expiry>,
     out: &Path,
 ) -> Result<Payload> {
+    check_name(name)?;
     let config = RepoConfig::load(layout)?;
     let state = RepoState::load(layout).await?;
     ceremony::heal(layout, &state)?;
@@ -365,6 +373,7 @@ pub struct DelegatedMerged {
 /// listing it and a timestamp. Below it, fails naming what is missing and
 /// keeps the valid signatures for the next merge.
 pub async fn merge(layout: &Layout, name: &str, sig_files: &[PathBuf]) -> Result<DelegatedMerged> {
+    check_name(name)?;
     let config = RepoConfig::load(layout)?;
     let state = RepoState::load(layout).await?;
     ceremony::heal(layout, &state)?;
@@ -590,6 +599,7 @@ async fn merge_first(
 /// `ceremony abandon --role ROLE` for a delegated role. Nothing of the
 /// pending version is in `metadata/`, so closing is all there is.
 pub async fn abandon(layout: &Layout, name: &str) -> Result<u64> {
+    check_name(name)?;
     if !pending_path(layout, name).exists() {
         return Err(RepoError::Ceremony(format!(
             "no {name} ceremony is open ({} missing)",
