@@ -12,45 +12,14 @@ use ota_repo::key_ref::KeyRef;
 use ota_repo::role::Role;
 use ota_repo::state::dir_url;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+mod common;
+
+use common::{fails, ok, s, Token, MODULE};
 
 fn ota_repo(repo: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ota-repo"));
-    cmd.arg("--repo").arg(repo).args(args);
-    cmd.env_remove("OTA_PKCS11_PIN")
-        .env("OTA_OPERATOR", "carol");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run ota-repo")
-}
-
-fn ok(o: Output) -> String {
-    assert!(
-        o.status.success(),
-        "exit {:?}: {}{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn fails(o: Output) -> String {
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "expected a refusal: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
+    common::ota_repo_as("carol", repo, args, env)
 }
 
 fn key_id(path: &Path) -> String {
@@ -58,47 +27,6 @@ fn key_id(path: &Path) -> String {
         .open(None)
         .expect("key opens")
         .key_id
-}
-
-/// A SoftHSM2 token in its own directory (its own `SOFTHSM2_CONF`).
-struct Token {
-    conf: PathBuf,
-}
-
-impl Token {
-    fn new(dir: &Path, label: &str) -> Self {
-        let tokens = dir.join("tokens");
-        std::fs::create_dir_all(&tokens).expect("tokendir");
-        let conf = dir.join("softhsm2.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                tokens.display()
-            ),
-        )
-        .expect("conf");
-        let o = Command::new("softhsm2-util")
-            .env("SOFTHSM2_CONF", &conf)
-            .args([
-                "--init-token",
-                "--free",
-                "--label",
-                label,
-                "--so-pin",
-                "5678",
-                "--pin",
-                "1234",
-            ])
-            .output()
-            .expect("softhsm2-util (Debian package softhsm2) must be installed");
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        Token { conf }
-    }
-
-    fn env(&self) -> [(&str, &str); 2] {
-        [("SOFTHSM2_CONF", s(&self.conf)), ("OTA_PKCS11_PIN", "1234")]
-    }
 }
 
 /// A device that trusts only `root` (a fresh client state) and reads a

@@ -8,41 +8,12 @@ use ota_repo::state::dir_url;
 use std::path::Path;
 use std::process::{Command, Output};
 
+mod common;
+
+use common::{fails, ok, s};
+
 fn ota_repo(repo: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ota-repo"))
-        .arg("--repo")
-        .arg(repo)
-        .args(args)
-        .env_remove("OTA_PKCS11_PIN")
-        .env("OTA_OPERATOR", "dana")
-        .output()
-        .expect("run ota-repo")
-}
-
-fn ok(o: Output) -> String {
-    assert!(
-        o.status.success(),
-        "exit {:?}: {}{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn fails(o: Output) -> String {
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "expected a refusal: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
+    common::ota_repo_as("dana", repo, args, &[])
 }
 
 /// A device that trusts only version 1 of root, reading a published directory.
