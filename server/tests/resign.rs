@@ -1006,3 +1006,58 @@ async fn metrics_count_online_signatures_and_show_expiries() {
         published_expiry(&format!("{snapshot}.snapshot.json"))
     );
 }
+
+/// An uploaded timestamp that hashes the snapshot with an algorithm the
+/// server cannot compute is the publisher's mistake: 400 naming it, not a
+/// 500, and nothing is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uploaded_timestamp_with_an_unknown_hash_is_a_400() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = repository(dir.path(), 3600).await;
+    let s = common::start_with(|c| {
+        c.online_signing = Some(file_settings(&layout, false, Duration::from_secs(3600)))
+    })
+    .await;
+    let resp = s
+        .admin(Method::POST, "/admin/v1/publications")
+        .send()
+        .await
+        .expect("open");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let id = resp.json::<serde_json::Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    for entry in std::fs::read_dir(layout.metadata_dir()).expect("metadata") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().and_then(|n| n.to_str()).expect("name");
+        let mut body = std::fs::read(&path).expect("read");
+        if name == "timestamp.json" {
+            let mut doc: serde_json::Value = serde_json::from_slice(&body).expect("json");
+            doc["signed"]["meta"]["snapshot.json"]["hashes"] = serde_json::json!({"md5": "00"});
+            body = serde_json::to_vec(&doc).expect("encode");
+        }
+        let resp = s
+            .admin(
+                Method::PUT,
+                &format!("/admin/v1/publications/{id}/metadata/{name}"),
+            )
+            .body(body)
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT, "{name}");
+    }
+    let resp = s
+        .admin(Method::POST, &format!("/admin/v1/publications/{id}/commit"))
+        .send()
+        .await
+        .expect("commit");
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let text = resp.text().await.expect("body");
+    assert!(text.contains("md5"), "{text}");
+    assert!(!s
+        .data_dir
+        .join("repository/metadata/timestamp.json")
+        .exists());
+}

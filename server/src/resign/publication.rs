@@ -375,11 +375,17 @@ impl Resigner {
         let keyid = root.listed_keyid(key)?;
         let expires = expiry(now, self.settings.timestamp_expiry)?;
         let mut timestamp = template.clone();
-        timestamp.set_snapshot_meta(snapshot_meta(
-            template,
-            final_snapshot.version,
-            &final_snapshot.bytes,
-        )?)?;
+        let entry = snapshot_meta(template, final_snapshot.version, &final_snapshot.bytes)
+            // An uploaded timestamp hashing with an algorithm the server
+            // cannot compute is the publisher's to fix, not a server fault.
+            .map_err(|e| {
+                if uploaded_ts.is_some() {
+                    to_malformed(e)
+                } else {
+                    e
+                }
+            })?;
+        timestamp.set_snapshot_meta(entry)?;
         let (ts_bytes, canonical) = timestamp.successor(version, &expires, &keyid, key).await?;
         signed.push(Signed {
             role: "timestamp",
