@@ -19,7 +19,7 @@ pub mod settings;
 
 pub use settings::{RolloutSettings, RolloutsFile};
 
-use crate::db::rollout_store::StateChange;
+use crate::db::rollout_store::{RolloutRecord, StateChange};
 use crate::db::{Db, DbError};
 use crate::metrics::Metrics;
 use crate::storage::Storage;
@@ -235,21 +235,30 @@ impl Rollouts {
     /// the limit; returns the reason when it paused. Only active rollouts
     /// of published releases with a plan are touched.
     pub async fn evaluate(&self, target: &str) -> Result<Option<String>, RolloutError> {
+        // The hold first (one primary-key lookup): once a rollout is held,
+        // the failure reports that keep coming read no metadata.
+        let record = self.db.rollout_record(target).await?;
+        if !is_active(record.as_ref()) {
+            return Ok(None);
+        }
         let Some(release) = catalog::release(&self.storage, target).await? else {
             return Ok(None);
         };
-        self.evaluate_release(&release).await
+        let paused = self.evaluate_release(&release, record.as_ref()).await?;
+        if paused.is_some() {
+            self.refresh_gauge().await;
+        }
+        Ok(paused)
     }
 
-    async fn evaluate_release(&self, release: &Release) -> Result<Option<String>, RolloutError> {
+    /// [`Self::evaluate`] for a release whose hold (`record`) is active.
+    /// The caller refreshes the gauge.
+    async fn evaluate_release(
+        &self,
+        release: &Release,
+        record: Option<&RolloutRecord>,
+    ) -> Result<Option<String>, RolloutError> {
         if release.plan.is_none() {
-            return Ok(None);
-        }
-        let record = self.db.rollout_record(&release.target).await?;
-        if record
-            .as_ref()
-            .is_some_and(|r| r.state != RolloutState::Active)
-        {
             return Ok(None);
         }
         let reports = self.db.target_reports(&release.target).await?;
@@ -258,7 +267,7 @@ impl Rollouts {
             &reports,
             self.settings.max_failure_rate,
             self.settings.min_devices,
-            record.as_ref().map(|r| r.changed_at.as_str()),
+            record.map(|r| r.changed_at.as_str()),
         ) else {
             return Ok(None);
         };
@@ -277,7 +286,6 @@ impl Rollouts {
         }
         tracing::warn!(target = %release.target, reason, "rollout paused automatically");
         self.metrics.rollout_automatic_pause();
-        self.refresh_gauge().await;
         Ok(Some(reason))
     }
 
@@ -303,8 +311,10 @@ impl Rollouts {
         };
         let result = async {
             let mut paused = 0;
+            let records = self.db.rollout_records().await?;
             for release in catalog::published(&self.storage).await? {
-                if self.evaluate_release(&release).await?.is_some() {
+                let record = records.iter().find(|r| r.target == release.target);
+                if is_active(record) && self.evaluate_release(&release, record).await?.is_some() {
                     paused += 1;
                 }
             }
@@ -369,6 +379,11 @@ impl Rollouts {
             Err(e) => tracing::debug!("rollout gauge not updated: {e}"),
         }
     }
+}
+
+/// A target without a stored hold is active.
+fn is_active(record: Option<&RolloutRecord>) -> bool {
+    record.is_none_or(|r| r.state == RolloutState::Active)
 }
 
 fn not_published(target: &str) -> RolloutError {
