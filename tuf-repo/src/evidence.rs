@@ -544,10 +544,7 @@ fn audit_evidence(
     files: &[ReleaseFile],
 ) -> Result<AuditEvidence> {
     let log = crate::editor::audit_log(layout, config);
-    let (intact, verify_result) = match log.verify() {
-        Ok(n) => (true, format!("audit log intact: {n} entries")),
-        Err(e) => (false, e.to_string()),
-    };
+    let (intact, verify_result) = verify_log(&log);
     let meta = layout.metadata_dir();
     // Targets versions that list every file of the release with the same hashes.
     let mut targets_versions = Vec::new();
@@ -555,14 +552,7 @@ fn audit_evidence(
         let Some(doc) = read_json(&meta.join(format!("{v}.targets.json"))) else {
             continue;
         };
-        let listed = files.iter().all(|f| {
-            doc.pointer("/signed/targets")
-                .and_then(|t| t.get(&f.name))
-                .and_then(|t| t.pointer("/hashes/sha256"))
-                .and_then(|h| h.as_str())
-                == Some(f.sha256.as_str())
-        });
-        if listed {
+        if lists_all(&doc, files.iter()) {
             targets_versions.push(v);
         }
     }
@@ -592,13 +582,7 @@ fn audit_evidence(
             let Some(doc) = read_json(&meta.join(format!("{v}.{}.json", role.name))) else {
                 continue;
             };
-            if mine.iter().all(|f| {
-                doc.pointer("/signed/targets")
-                    .and_then(|t| t.get(&f.name))
-                    .and_then(|t| t.pointer("/hashes/sha256"))
-                    .and_then(|h| h.as_str())
-                    == Some(f.sha256.as_str())
-            }) {
+            if lists_all(&doc, mine.iter().copied()) {
                 delegated_versions.push((role.name.clone(), v));
             }
         }
@@ -631,6 +615,28 @@ fn audit_evidence(
     })
 }
 
+/// Whether targets metadata `doc` lists each of `files` with its sha256.
+fn lists_all<'a>(
+    doc: &serde_json::Value,
+    mut files: impl Iterator<Item = &'a ReleaseFile>,
+) -> bool {
+    files.all(|f| {
+        doc.pointer("/signed/targets")
+            .and_then(|t| t.get(&f.name))
+            .and_then(|t| t.pointer("/hashes/sha256"))
+            .and_then(|h| h.as_str())
+            == Some(f.sha256.as_str())
+    })
+}
+
+/// `(intact, what audit verify said)` for an audit log.
+fn verify_log(log: &crate::audit::AuditLog) -> (bool, String) {
+    match log.verify() {
+        Ok(n) => (true, format!("audit log intact: {n} entries")),
+        Err(e) => (false, e.to_string()),
+    }
+}
+
 fn entry_time(e: &AuditEntry) -> Option<jiff::Timestamp> {
     e.time.parse().ok()
 }
@@ -648,10 +654,7 @@ fn online_audit_evidence(
         )));
     }
     let log = crate::audit::AuditLog::at_file(file);
-    let (intact, verify_result) = match log.verify() {
-        Ok(n) => (true, format!("audit log intact: {n} entries")),
-        Err(e) => (false, e.to_string()),
-    };
+    let (intact, verify_result) = verify_log(&log);
     // The release became current with its first signature here ...
     let from = audit.entries.iter().filter_map(entry_time).min();
     // ... and stopped being so with a later snapshot that does not list it.
