@@ -30,6 +30,7 @@ async fn repository(dir: &Path, timestamp_secs: i64) -> Layout {
     options
         .expires
         .insert(Role::Timestamp, Expiry::After(timestamp_secs));
+    let _writing = TOKEN_WRITES.lock().await;
     init(&layout, &options).await.expect("ota-repo init");
     layout
 }
@@ -577,6 +578,12 @@ fn hsm() -> &'static Hsm {
     })
 }
 
+/// Held while anything writes to the shared token (key generation) and by
+/// the test whose `ota-server` child process uses the token: SoftHSM2's
+/// file store failed now and then ("unrecoverable error") under concurrent
+/// writers on two cores.
+static TOKEN_WRITES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The URI of key `object` in the test token, PIN from a file.
 fn token_key(object: &str) -> Pkcs11Uri {
     let hsm = hsm();
@@ -758,7 +765,10 @@ async fn start_is_refused_when_root_does_not_list_the_token_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let layout = token_repository(dir.path(), "refuse", KeyType::Ed25519, 3600, 3600).await;
     let stranger = token_key("stranger-refuse");
-    stranger.generate(KeyType::Ed25519).expect("generate");
+    {
+        let _writing = TOKEN_WRITES.lock().await;
+        stranger.generate(KeyType::Ed25519).expect("generate");
+    }
     let stranger_id = KeyRef::Pkcs11(stranger.clone())
         .open(None)
         .expect("open")
@@ -811,6 +821,8 @@ async fn start_is_refused_when_root_does_not_list_the_token_key() {
 async fn the_binary_resigns_with_a_token_key_and_never_logs_the_pin() {
     let dir = tempfile::tempdir().expect("tempdir");
     let layout = token_repository(dir.path(), "binary", KeyType::Ed25519, 3, 3).await;
+    // No key is generated in this process while the child uses the token.
+    let _child_uses_token = TOKEN_WRITES.lock().await;
     let data = dir.path().join("data");
     let meta = data.join("repository/metadata");
     std::fs::create_dir_all(&meta).expect("mkdir");
