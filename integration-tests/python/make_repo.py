@@ -29,6 +29,12 @@ Variants (each expected to be refused):
   timestamp-expired: timestamp re-signed with an expiry in the past
   signature-removed: the role listing the target (threshold 2) keeps one signature
   signature-duplicated: that role's one valid signature, listed twice
+  duplicate-keyid-<role>: every valid signature of <role> kept and its first
+      one listed again at the end (the threshold is met, but a key id appears
+      twice, which the spec forbids); the files that list <role> re-signed
+      for the new bytes, so the repetition is the only fault. <role> is
+      timestamp, snapshot, targets, the delegated role, and (rotation cases)
+      the new root
   root-new-keys-only (rotation cases only): 2.root signed by the new root key alone
 """
 
@@ -285,6 +291,63 @@ class RepoBuilder:
             with open(os.path.join(target_dir, name), "wb") as f:
                 f.write(self.image)
 
+    def meta_file_for(self, version: int, data: bytes) -> MetaFile:
+        """meta_file() for bytes that no Metadata object can hold."""
+        if self.case == "snapshot-hashes":
+            return MetaFile.from_data(version, data, ["sha256"])
+        return MetaFile(version=version)
+
+    def write_duplicated_keyid(self, repo: str, role: str) -> None:
+        """Rewrites `role` in `repo` with its first signature listed twice.
+
+        python-tuf's Metadata keeps signatures in a dict by key id and cannot
+        hold the repetition, so the bytes are written by hand; the roles
+        that list `role` are signed again over them (builder state is left
+        as it was: later variants start from the valid repository)."""
+        meta_dir = os.path.join(repo, "metadata")
+
+        def duplicated(md: Metadata) -> bytes:
+            doc = md.to_dict()
+            doc["signatures"].append(copy.deepcopy(doc["signatures"][0]))
+            return json.dumps(doc, indent=1, ensure_ascii=False).encode("utf-8")
+
+        def write(name: str, data: bytes) -> None:
+            with open(os.path.join(meta_dir, name), "wb") as f:
+                f.write(data)
+
+        if role == "root":
+            root = self.roots[-1]
+            write(f"{root.signed.version}.root.json", duplicated(root))
+            return
+        if role == "timestamp":
+            write("timestamp.json", duplicated(self.timestamp))
+            return
+        if role == "snapshot":
+            snapshot_bytes = duplicated(self.snapshot)
+        else:
+            md = self.role_docs[role]
+            data = duplicated(md)
+            write(self.meta_name(role, md.signed.version), data)
+            snapshot = copy.deepcopy(self.snapshot.signed)
+            snapshot.meta[f"{role}.json"] = self.meta_file_for(md.signed.version, data)
+            snapshot_bytes = self._signed(snapshot, self.signers["snapshot"]).to_bytes(
+                self.serializer
+            )
+        snapshot_version = self.snapshot.signed.version
+        write(self.meta_name("snapshot", snapshot_version), snapshot_bytes)
+        timestamp = copy.deepcopy(self.timestamp.signed)
+        timestamp.snapshot_meta = self.meta_file_for(snapshot_version, snapshot_bytes)
+        write(
+            "timestamp.json",
+            self._signed(timestamp, self.signers["timestamp"]).to_bytes(self.serializer),
+        )
+
+    def duplicate_keyid_roles(self) -> list[str]:
+        roles = ["timestamp", "snapshot", *self.role_docs]
+        if len(self.roots) > 1:
+            roles.append("root")
+        return roles
+
     def holder_file(self, repo: str) -> str:
         md = self.role_docs[self.holder]
         return os.path.join(repo, "metadata", self.meta_name(self.holder, md.signed.version))
@@ -341,6 +404,10 @@ def build(case: str, out: str) -> dict:
 
     edit_json(builder.holder_file(repo), duplicate_first)
 
+    for role in builder.duplicate_keyid_roles():
+        builder.write_duplicated_keyid(variant(f"duplicate-keyid-{role}"), role)
+
+    # Last: it changes the builder's timestamp.
     repo = variant("timestamp-expired")
     builder.sign_timestamp(in_days(-1))
     builder.timestamp.to_file(
@@ -399,7 +466,12 @@ def reference_verdict(repo: str, trusted_root: str, target_name: str, work: str)
             return "target not found"
         path = updater.download_target(info)
     except Exception as e:  # noqa: BLE001 - any refusal is the verdict
-        return f"{type(e).__name__}: {e}"
+        # The cause too: a deserialization error names its reason only there.
+        causes = []
+        while e is not None:
+            causes.append(f"{type(e).__name__}: {e}")
+            e = e.__cause__ or e.__context__
+        return " <- ".join(causes)
     with open(path, "rb") as f:
         return None if f.read() == read(os.path.join(os.path.dirname(repo), "expected.img")) else "wrong bytes"
 

@@ -209,6 +209,8 @@ struct PythonRepo {
     expected: PathBuf,
     trusted_root: PathBuf,
     repos: Value,
+    /// What python-tuf itself said of each variant.
+    reference_verdicts: Value,
 }
 
 fn make_repo(case: &str) -> PythonRepo {
@@ -228,6 +230,7 @@ fn make_repo(case: &str) -> PythonRepo {
         expected: PathBuf::from(field("expected")),
         trusted_root: PathBuf::from(field("root")),
         repos: manifest["repos"].clone(),
+        reference_verdicts: manifest["reference_verdicts"].clone(),
         _dir: dir,
     }
 }
@@ -375,13 +378,23 @@ fn our_client_reads_python_repo(case: &str, refusals: &[(&str, String)]) -> Clie
             Vec::<PathBuf>::new(),
             "{case}/{variant}: nothing may be left in the target directory"
         );
+        // The reference refuses a repeated key id for the same reason, not
+        // by accident of some other check.
+        if variant.starts_with("duplicate-keyid-") {
+            let verdict = built.reference_verdicts[*variant].as_str().unwrap_or("");
+            assert!(
+                verdict.contains("Multiple signatures found for keyid"),
+                "{case}/{variant}: python-tuf's verdict: {verdict:?}"
+            );
+        }
     }
     valid_run
 }
 
 /// The attacks every case is checked against; `holder` is the role listing the target.
-fn common_refusals(holder: &str, hash: &str) -> Vec<(&'static str, String)> {
-    vec![
+fn common_refusals(holder: &'static str, hash: &str) -> Vec<(&'static str, String)> {
+    let repeated = |role: &str| format!("{role} metadata is invalid: key id");
+    let mut refusals = vec![
         ("image-flipped", format!("{hash} mismatch")),
         (
             "targets-modified",
@@ -391,15 +404,21 @@ fn common_refusals(holder: &str, hash: &str) -> Vec<(&'static str, String)> {
             "signature-removed",
             format!("{holder} metadata has 1 valid signature(s) of the 2 required"),
         ),
-        (
-            "signature-duplicated",
-            format!("{holder} metadata has 1 valid signature(s) of the 2 required"),
-        ),
+        // One valid signature listed twice: invalid before any counting.
+        ("signature-duplicated", repeated(holder)),
         (
             "timestamp-expired",
             "timestamp metadata expired at".to_owned(),
         ),
-    ]
+        // Every signature valid and the threshold met, one key id repeated.
+        ("duplicate-keyid-timestamp", repeated("timestamp")),
+        ("duplicate-keyid-snapshot", repeated("snapshot")),
+        ("duplicate-keyid-targets", repeated("targets")),
+    ];
+    if holder == "board-a" {
+        refusals.push(("duplicate-keyid-board-a", repeated("board-a")));
+    }
+    refusals
 }
 
 #[test]
@@ -514,6 +533,10 @@ fn rotation_refusals() -> Vec<(&'static str, String)> {
     refusals.push((
         "root-new-keys-only",
         "root metadata has 0 valid signature(s) of the 1 required".to_owned(),
+    ));
+    refusals.push((
+        "duplicate-keyid-root",
+        "root metadata is invalid: key id".to_owned(),
     ));
     refusals
 }

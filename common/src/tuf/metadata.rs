@@ -44,14 +44,26 @@ impl Envelope {
             Some(Value::Array(a)) => a,
             _ => return Err(malformed("no \"signatures\" array".into())),
         };
-        let mut signatures = Vec::with_capacity(sigs.len());
+        let mut signatures: Vec<(String, String)> = Vec::with_capacity(sigs.len());
         for s in sigs {
             let keyid = s.get("keyid").and_then(Value::as_str);
             let sig = s.get("sig").and_then(Value::as_str);
-            match (keyid, sig) {
-                (Some(k), Some(v)) => signatures.push((k.to_owned(), v.to_owned())),
-                _ => return Err(malformed("a signature without keyid or sig".into())),
+            let (Some(keyid), Some(sig)) = (keyid, sig) else {
+                return Err(malformed("a signature without keyid or sig".into()));
+            };
+            // The specification makes a key id unique within `signatures`.
+            // Counting a repeated key id once would be safe for the
+            // threshold, but the document is invalid all the same, and
+            // accepting it would make this client disagree with others on
+            // which metadata is valid. Signature lists are short (one entry
+            // per key of a role), so the quadratic scan costs nothing.
+            if signatures.iter().any(|(k, _)| k == keyid) {
+                return Err(TufError::DuplicateSignature {
+                    role: role.to_owned(),
+                    keyid: keyid.to_owned(),
+                });
             }
+            signatures.push((keyid.to_owned(), sig.to_owned()));
         }
         let found = signed.get("_type").and_then(Value::as_str).unwrap_or("");
         if found != expected_type {
@@ -71,8 +83,8 @@ impl Envelope {
     }
 
     /// Checks that a threshold of `role_keys`' keys (looked up in `keys`)
-    /// signed this document. Each key id counts once however many
-    /// signatures carry it; key ids are trusted as the delegator lists them.
+    /// signed this document. [`Envelope::parse`] already refused a key id
+    /// that signs twice; key ids are trusted as the delegator lists them.
     pub(crate) fn verify(
         &self,
         role_keys: &RoleKeys,
@@ -84,9 +96,9 @@ impl Envelope {
             let signed_by_it = self
                 .signatures
                 .iter()
-                .filter(|(k, _)| k == keyid)
-                .filter_map(|(_, sig)| hex::decode(sig).ok())
-                .any(|sig| key.verify(&self.canonical, &sig));
+                .find(|(k, _)| k == keyid)
+                .and_then(|(_, sig)| hex::decode(sig).ok())
+                .is_some_and(|sig| key.verify(&self.canonical, &sig));
             if signed_by_it {
                 valid += 1;
             }

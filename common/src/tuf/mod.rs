@@ -238,6 +238,11 @@ pub enum TufError {
         expected: String,
         found: String,
     },
+    #[error(
+        "{role} metadata is invalid: key id {keyid} appears more than once in its signatures \
+         (the TUF specification allows one signature per key id)"
+    )]
+    DuplicateSignature { role: String, keyid: String },
     #[error("malformed {role} metadata: {detail}")]
     Malformed { role: String, detail: String },
     #[error("{role} metadata has unsupported spec_version {version:?} (major version 1 required)")]

@@ -162,6 +162,16 @@ fn sign_with(signed: &Value, keys: &[&TestKey]) -> Vec<u8> {
     serde_json::to_vec_pretty(&json!({"signed": signed, "signatures": sigs})).expect("json")
 }
 
+/// `bytes` with its first signature listed once more at the end: every
+/// signature still valid, the key id repeated.
+fn repeat_first_signature(bytes: &[u8]) -> Vec<u8> {
+    let mut doc: Value = serde_json::from_slice(bytes).expect("signed json");
+    let sigs = doc["signatures"].as_array_mut().expect("signatures");
+    let first = sigs[0].clone();
+    sigs.push(first);
+    serde_json::to_vec_pretty(&doc).expect("json")
+}
+
 fn keys_obj(keys: &[&TestKey]) -> Value {
     let mut m = serde_json::Map::new();
     for k in keys {
@@ -220,6 +230,8 @@ struct Repo {
     root_expires: String,
     /// Extra fields put into every `signed` (unknown to the client).
     extra: Value,
+    /// A role whose next documents list their first signature twice.
+    repeat_keyid_of: Option<String>,
 }
 
 impl Repo {
@@ -249,6 +261,7 @@ impl Repo {
             targets_expires: FUTURE.into(),
             root_expires: FUTURE.into(),
             extra: json!({"x-vendor": {"note": "unknown fields are signed too"}}),
+            repeat_keyid_of: None,
         };
         r.publish_root(&[]);
         r
@@ -256,6 +269,16 @@ impl Repo {
 
     fn meta_dir(&self) -> PathBuf {
         self.dir.join("metadata")
+    }
+
+    /// `sign_with`, plus the repetition `repeat_keyid_of` asks for.
+    fn sign(&self, role: &str, signed: &Value, keys: &[&TestKey]) -> Vec<u8> {
+        let bytes = sign_with(signed, keys);
+        if self.repeat_keyid_of.as_deref() == Some(role) {
+            repeat_first_signature(&bytes)
+        } else {
+            bytes
+        }
     }
 
     fn with_extra(&self, mut v: Value) -> Value {
@@ -294,7 +317,7 @@ impl Repo {
         let signed = self.root_signed();
         let mut signers: Vec<&TestKey> = self.root_keys.iter().collect();
         signers.extend_from_slice(old_signers);
-        let bytes = sign_with(&signed, &signers);
+        let bytes = self.sign("root", &signed, &signers);
         self.write_meta(&format!("{}.root.json", self.root_version), &bytes);
         bytes
     }
@@ -365,7 +388,7 @@ impl Repo {
             &self.targets,
             &self.delegations,
         );
-        let targets_bytes = sign_with(&t, &[&self.targets_key]);
+        let targets_bytes = self.sign("targets", &t, &[&self.targets_key]);
         self.write_meta(
             &self.meta_name("targets", self.targets_version),
             &targets_bytes,
@@ -379,7 +402,7 @@ impl Repo {
             self.delegated[i].version += 1;
             let d = &self.delegated[i];
             let signed = self.targets_signed(d.version, FUTURE, &d.targets, &d.delegations);
-            let bytes = sign_with(&signed, &[&d.key]);
+            let bytes = self.sign(&d.name, &signed, &[&d.key]);
             self.write_meta(&self.meta_name(&d.name, d.version), &bytes);
             // Delegated roles listed by version only, as many repositories do.
             meta.insert(format!("{}.json", d.name), meta_entry(d.version, None));
@@ -387,7 +410,7 @@ impl Repo {
         self.snap_version += 1;
         let s = self.with_extra(json!({"_type": "snapshot", "spec_version": "1.0.34",
             "version": self.snap_version, "expires": self.snap_expires, "meta": meta}));
-        let snap_bytes = sign_with(&s, &[&self.snap_key]);
+        let snap_bytes = self.sign("snapshot", &s, &[&self.snap_key]);
         self.write_meta(&self.meta_name("snapshot", self.snap_version), &snap_bytes);
         self.publish_timestamp(&snap_bytes);
     }
@@ -397,7 +420,7 @@ impl Repo {
         let ts = self.with_extra(json!({"_type": "timestamp", "spec_version": "1.0.34",
             "version": self.ts_version, "expires": self.ts_expires,
             "meta": {"snapshot.json": meta_entry(self.snap_version, Some(snap_bytes))}}));
-        let bytes = sign_with(&ts, &[&self.ts_key]);
+        let bytes = self.sign("timestamp", &ts, &[&self.ts_key]);
         self.write_meta("timestamp.json", &bytes);
     }
 
@@ -1046,11 +1069,115 @@ fn key_revoked_by_root_rotation_no_longer_counts() {
     );
 }
 
+fn expect_repeated_keyid(err: TufError, want_role: &str, want_keyid: &str) {
+    assert!(
+        matches!(err, TufError::DuplicateSignature { ref role, ref keyid } if role == want_role && keyid == want_keyid),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("appears more than once"),
+        "the message says what is wrong: {err}"
+    );
+}
+
+/// Spec 4.2: a key id is unique within `signatures`. The threshold is met in
+/// every case below (each signature is valid), so only the repetition refuses.
 #[test]
-fn same_key_signing_twice_counts_once() {
+fn a_key_id_signing_twice_is_refused_for_every_top_level_role() {
+    for role in ["timestamp", "snapshot", "targets"] {
+        let mut repo = basic_repo();
+        let (state, mut c) = repo.client();
+        c.refresh().expect("refresh");
+        repo.add_target("next.img", b"next release");
+        repo.repeat_keyid_of = Some(role.to_owned());
+        repo.publish();
+        let keyid = match role {
+            "timestamp" => repo.ts_key.id.clone(),
+            "snapshot" => repo.snap_key.id.clone(),
+            _ => repo.targets_key.id.clone(),
+        };
+        let err = c.refresh().expect_err("repeated key id");
+        expect_repeated_keyid(err, role, &keyid);
+        // Nothing of the refused document is trusted, now or after a restart.
+        drop(c);
+        let mut c = TufClient::open(state.path(), repo.options(), FileTransport).expect("open");
+        assert!(
+            c.find_target("next.img").expect("find").is_none(),
+            "{role}: the refused release is not trusted"
+        );
+    }
+}
+
+#[test]
+fn a_key_id_signing_twice_is_refused_even_if_the_repeat_is_garbage() {
+    let mut repo = basic_repo();
+    let (_s, mut c) = repo.client();
+    c.refresh().expect("refresh");
+    repo.publish();
+    let mut doc: Value = serde_json::from_slice(&repo.read_meta("timestamp.json")).expect("json");
+    let sigs = doc["signatures"].as_array_mut().expect("signatures");
+    let mut repeat = sigs[0].clone();
+    repeat["sig"] = json!("00".repeat(64));
+    sigs.push(repeat);
+    repo.write_meta("timestamp.json", &serde_json::to_vec(&doc).expect("json"));
+    let err = c.refresh().expect_err("repeated key id");
+    expect_repeated_keyid(err, "timestamp", &repo.ts_key.id);
+}
+
+#[test]
+fn a_root_rotation_with_a_key_id_signing_twice_is_refused() {
+    let mut repo = basic_repo();
+    let (state, mut c) = repo.client();
+    c.refresh().expect("refresh");
+    let old = std::mem::take(&mut repo.root_keys);
+    repo.root_keys = vec![ed25519()];
+    // 2.root signed by the new key and the old one, the new key's signature repeated.
+    repo.repeat_keyid_of = Some("root".into());
+    repo.publish_root(&old.iter().collect::<Vec<_>>());
+    let new_key = repo.root_keys[0].id.clone();
+    let err = c.refresh().expect_err("repeated key id in the new root");
+    expect_repeated_keyid(err, "root", &new_key);
+    drop(c);
+    let root = std::fs::read(state.path().join("root.json")).expect("trusted root");
+    let root: Value = serde_json::from_slice(&root).expect("json");
+    assert_eq!(
+        root["signed"]["version"], 1,
+        "the trusted root stays version 1"
+    );
+}
+
+#[test]
+fn a_trusted_root_with_a_key_id_signing_twice_is_not_provisioned() {
     let repo = basic_repo();
-    let root = repo.root_signed();
-    let mut root = root.clone();
+    let bytes = repeat_first_signature(&repo.root_bytes(1));
+    let state = tempfile::tempdir().expect("tempdir");
+    let err = TufClient::<FileTransport>::init(state.path(), &bytes).expect_err("refused");
+    expect_repeated_keyid(err, "root", &repo.root_keys[0].id);
+    assert!(
+        !state.path().join("root.json").exists(),
+        "nothing is provisioned"
+    );
+}
+
+#[test]
+fn a_delegated_role_with_a_key_id_signing_twice_is_refused() {
+    let mut repo = delegating_repo();
+    repo.repeat_keyid_of = Some("a".into());
+    repo.publish();
+    let (_s, mut c) = repo.client();
+    c.refresh().expect("top-level roles are fine");
+    let err = c
+        .find_target("a/one.img")
+        .expect_err("repeated key id in a");
+    let keyid = repo.delegated[0].key.id.clone();
+    expect_repeated_keyid(err, "a", &keyid);
+}
+
+#[test]
+fn a_role_listing_a_key_id_twice_still_counts_it_once() {
+    // Not the signatures array but the delegator's keyids: counted as a set.
+    let repo = basic_repo();
+    let mut root = repo.root_signed();
     root["roles"]["timestamp"]["threshold"] = json!(2);
     root["roles"]["timestamp"]["keyids"] = json!([repo.ts_key.id, repo.ts_key.id]);
     let root_keys: Vec<&TestKey> = repo.root_keys.iter().collect();
@@ -1059,10 +1186,7 @@ fn same_key_signing_twice_counts_once() {
     TufClient::<FileTransport>::init(state.path(), &bytes).expect("init");
     let ts = json!({"_type": "timestamp", "spec_version": "1.0.34", "version": 5, "expires": FUTURE,
         "meta": {"snapshot.json": {"version": 1}}});
-    repo.write_meta(
-        "timestamp.json",
-        &sign_with(&ts, &[&repo.ts_key, &repo.ts_key]),
-    );
+    repo.write_meta("timestamp.json", &sign_with(&ts, &[&repo.ts_key]));
     let mut c = TufClient::open(state.path(), repo.options(), FileTransport).expect("open");
     let err = c.refresh().expect_err("threshold");
     assert!(
