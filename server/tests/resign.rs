@@ -30,7 +30,6 @@ async fn repository(dir: &Path, timestamp_secs: i64) -> Layout {
     options
         .expires
         .insert(Role::Timestamp, Expiry::After(timestamp_secs));
-    let _writing = TOKEN_WRITES.lock().await;
     init(&layout, &options).await.expect("ota-repo init");
     layout
 }
@@ -578,11 +577,12 @@ fn hsm() -> &'static Hsm {
     })
 }
 
-/// Held while anything writes to the shared token (key generation) and by
-/// the test whose `ota-server` child process uses the token: SoftHSM2's
-/// file store failed now and then ("unrecoverable error") under concurrent
-/// writers on two cores.
-static TOKEN_WRITES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// Held for the whole of each test that uses the shared token: SoftHSM2's
+/// file store failed now and then ("unrecoverable error" in key generation)
+/// when one test generated keys while another test's server signed with the
+/// same token, in this process or in an `ota-server` child. The token tests
+/// take a few seconds each; running them one at a time costs little.
+static TOKEN_IN_USE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The URI of key `object` in the test token, PIN from a file.
 fn token_key(object: &str) -> Pkcs11Uri {
@@ -667,6 +667,7 @@ fn fresh_device(dir: &Path, s: &common::TestServer, layout: &Layout) -> TufClien
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_keys_of_every_type_resign_the_timestamp() {
+    let _token = TOKEN_IN_USE.lock().await;
     for (tag, key_type) in [
         ("every-ed25519", KeyType::Ed25519),
         ("every-ecdsa", KeyType::Ecdsa),
@@ -700,6 +701,7 @@ async fn token_keys_of_every_type_resign_the_timestamp() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn online_snapshot_is_resigned_and_a_later_publication_follows_it() {
+    let _token = TOKEN_IN_USE.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let layout = token_repository(dir.path(), "snap", KeyType::Ecdsa, 3600, 3).await;
     let s = common::start_with(|c| {
@@ -761,14 +763,12 @@ async fn online_snapshot_is_resigned_and_a_later_publication_follows_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_is_refused_when_root_does_not_list_the_token_key() {
+    let _token = TOKEN_IN_USE.lock().await;
     common::install_crypto();
     let dir = tempfile::tempdir().expect("tempdir");
     let layout = token_repository(dir.path(), "refuse", KeyType::Ed25519, 3600, 3600).await;
     let stranger = token_key("stranger-refuse");
-    {
-        let _writing = TOKEN_WRITES.lock().await;
-        stranger.generate(KeyType::Ed25519).expect("generate");
-    }
+    stranger.generate(KeyType::Ed25519).expect("generate");
     let stranger_id = KeyRef::Pkcs11(stranger.clone())
         .open(None)
         .expect("open")
@@ -819,10 +819,9 @@ async fn start_is_refused_when_root_does_not_list_the_token_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_resigns_with_a_token_key_and_never_logs_the_pin() {
+    let _token = TOKEN_IN_USE.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let layout = token_repository(dir.path(), "binary", KeyType::Ed25519, 3, 3).await;
-    // No key is generated in this process while the child uses the token.
-    let _child_uses_token = TOKEN_WRITES.lock().await;
     let data = dir.path().join("data");
     let meta = data.join("repository/metadata");
     std::fs::create_dir_all(&meta).expect("mkdir");
