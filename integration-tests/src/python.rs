@@ -14,16 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-/// What the venv installs (`python/requirements.txt`, which `./test` reads
-/// too): python-tuf 7 and securesystemslib with the `cryptography` backend it
-/// needs to sign and verify ed25519, ECDSA and RSA.
-pub fn requirements() -> Vec<&'static str> {
-    include_str!("../python/requirements.txt")
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .collect()
-}
+/// What the venv installs: python-tuf 7 and securesystemslib with the
+/// `cryptography` backend it needs to sign and verify ed25519, ECDSA and RSA.
+pub const REQUIREMENTS: &[&str] = &["tuf>=7,<8", "securesystemslib[crypto]>=1,<2"];
 
 /// Written into the venv after a successful install; its content names the
 /// requirements, so changing them rebuilds the venv.
@@ -66,14 +59,14 @@ fn find_or_install() -> anyhow::Result<PathBuf> {
             format!(
                 "OTA_PYTHON={} cannot run python-tuf 7 (pip install {})",
                 python.display(),
-                requirements().join(" ")
+                REQUIREMENTS.join(" ")
             )
         })?;
         return Ok(python);
     }
     let venv = target_dir()?.join("python-venv");
     let python = venv.join("bin").join("python");
-    let wanted_marker = requirements().join("\n");
+    let wanted_marker = REQUIREMENTS.join("\n");
     if marker_matches(&venv, &wanted_marker) {
         return Ok(python);
     }
@@ -111,7 +104,7 @@ fn install(venv: &Path, python: &Path) -> anyhow::Result<()> {
     eprintln!(
         "creating {} with {} (once; later runs reuse it)",
         venv.display(),
-        requirements().join(" ")
+        REQUIREMENTS.join(" ")
     );
     let out = match Command::new("python3")
         .arg("-m")
@@ -144,14 +137,14 @@ fn install(venv: &Path, python: &Path) -> anyhow::Result<()> {
             "--quiet",
             "--disable-pip-version-check",
         ])
-        .args(requirements())
+        .args(REQUIREMENTS)
         .env("PIP_NO_INPUT", "1")
         .output()
         .context("running pip install in the venv")?;
     if !out.status.success() {
         bail!(
             "pip install {} failed ({}):\n{}",
-            requirements().join(" "),
+            REQUIREMENTS.join(" "),
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
