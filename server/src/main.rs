@@ -167,6 +167,21 @@ async fn manage(config: Config, command: Command) -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let server = Server::bind(&config).await?;
+    // SIGHUP's default action ends the process, so the handler must be in
+    // place before anyone is told the server is up: a supervisor may send
+    // its reload the moment it reads the line below.
+    let sighup_reload = server.tls().and_then(|store| {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(hup) => Some((store, hup)),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot watch SIGHUP ({e}); certificates reload on file change only"
+                );
+                None
+            }
+        }
+    });
     {
         // Tests and supervisors read this exact line for the real port.
         let mut out = std::io::stdout().lock();
@@ -181,8 +196,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     // After SIGTERM, in-flight requests (a device halfway through an image
     // download) get a grace period, not forever: a supervisor's stop must stop.
-    if let Some(store) = server.tls() {
-        tokio::spawn(reload_on_sighup(store));
+    if let Some((store, hup)) = sighup_reload {
+        tokio::spawn(reload_on_sighup(store, hup));
     }
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
     let run = server.run(async move {
@@ -205,15 +220,10 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Reloads the TLS certificate on each SIGHUP (the files are also watched;
 /// this is for operators and certbot hooks that want it now).
-async fn reload_on_sighup(store: std::sync::Arc<ota_server::tls::CertStore>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(h) => h,
-        Err(e) => {
-            tracing::warn!("cannot watch SIGHUP ({e}); certificates reload on file change only");
-            return;
-        }
-    };
+async fn reload_on_sighup(
+    store: std::sync::Arc<ota_server::tls::CertStore>,
+    mut hup: tokio::signal::unix::Signal,
+) {
     while hup.recv().await.is_some() {
         let store = std::sync::Arc::clone(&store);
         match tokio::task::spawn_blocking(move || store.reload()).await {
