@@ -933,6 +933,19 @@ async fn scrape(base: &str) -> String {
         .expect("text")
 }
 
+/// A scrape that shows `name`. The job counts a signature just after its
+/// publication commits, so the file can be visible a moment before the count.
+async fn scrape_once_present(base: &str, name: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = scrape(base).await;
+        if series(&text, name).is_some() || Instant::now() >= deadline {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The value of one series, if present.
 fn series(text: &str, name: &str) -> Option<f64> {
     text.lines()
@@ -952,8 +965,8 @@ async fn metrics_count_online_signatures_and_show_expiries() {
 
     // The timestamp (3 s) is re-signed on schedule; the snapshot is not due.
     wait_until("timestamp re-signing", || published_version(&data_dir) >= 2).await;
-    let text = scrape(&base).await;
     let ts = "ota_online_signatures_total{role=\"timestamp\",trigger=\"schedule\"}";
+    let text = scrape_once_present(&base, ts).await;
     assert_eq!(series(&text, ts), Some(1.0), "{text}");
     assert_eq!(
         series(
