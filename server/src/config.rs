@@ -63,6 +63,9 @@ pub struct Config {
     pub online_signing: Option<OnlineSigning>,
     /// `[rollouts]`: automatic pause and fleet-status settings.
     pub rollouts: RolloutSettings,
+    /// How often the metadata held in memory is compared with the store, to
+    /// pick up publications committed by other instances.
+    pub metadata_refresh: Duration,
 }
 
 impl Config {
@@ -84,6 +87,7 @@ impl Config {
             device_ca: None,
             online_signing: None,
             rollouts: RolloutSettings::default(),
+            metadata_refresh: crate::storage::published::DEFAULT_REFRESH,
         }
     }
 
@@ -181,6 +185,16 @@ impl Config {
             ));
         }
 
+        let metadata_refresh = match file_cfg.metadata_refresh_ms {
+            None => crate::storage::published::DEFAULT_REFRESH,
+            Some(ms @ 100..=60_000) => Duration::from_millis(ms),
+            Some(ms) => {
+                return Err(ConfigError::Invalid(format!(
+                    "metadata_refresh_ms must be between 100 and 60000, not {ms}"
+                )))
+            }
+        };
+
         let device_auth = file_cfg.device_auth.unwrap_or_default();
         match (device_auth, &file_cfg.device_ca, &tls) {
             (DeviceAuth::Mtls, Some(_), Some(_)) => {}
@@ -232,6 +246,7 @@ impl Config {
             device_ca: file_cfg.device_ca,
             online_signing,
             rollouts,
+            metadata_refresh,
         })
     }
 }
@@ -270,6 +285,7 @@ struct FileConfig {
     header_read_timeout_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
     max_connections: Option<usize>,
+    metadata_refresh_ms: Option<u64>,
     object_store: Option<ObjectStoreFile>,
     device_auth: Option<DeviceAuth>,
     device_ca: Option<PathBuf>,
@@ -374,7 +390,8 @@ mod tests {
         std::fs::write(
             &file,
             "database_url = \"sqlite:///file.db\"\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\n\
-             header_read_timeout_secs = 5\nidle_timeout_secs = 60\nmax_connections = 10\n",
+             header_read_timeout_secs = 5\nidle_timeout_secs = 60\nmax_connections = 10\n\
+             metadata_refresh_ms = 250\n",
         )
         .expect("write");
         let env = env_of(&[("OTA_SERVER_DATABASE_URL", "postgres://ota@db/ota")]);
@@ -393,11 +410,14 @@ mod tests {
         assert_eq!(c.header_read_timeout, Duration::from_secs(5));
         assert_eq!(c.idle_timeout, Duration::from_secs(60));
         assert_eq!(c.max_connections, 10);
+        assert_eq!(c.metadata_refresh, Duration::from_millis(250));
 
         for (text, needle) in [
             ("tls_cert = \"/c.pem\"\n", "tls_key"),
             ("idle_timeout_secs = 0\n", "idle_timeout_secs"),
             ("max_connections = 0\n", "max_connections"),
+            ("metadata_refresh_ms = 10\n", "metadata_refresh_ms"),
+            ("metadata_refresh_ms = 3600000\n", "metadata_refresh_ms"),
             ("database_url = \"mysql://x/y\"\n", "database_url"),
         ] {
             std::fs::write(&file, text).expect("write");

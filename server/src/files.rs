@@ -8,7 +8,7 @@
 
 use crate::api::ApiError;
 use crate::paths::TargetPath;
-use crate::storage::{ObjectRepository, Storage};
+use crate::storage::{MetadataFile, ObjectRepository, Storage};
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -39,22 +39,12 @@ pub enum EtagKind {
     FileIdentity,
 }
 
-/// Caches content-hash ETags by (path, inode, size, mtime), so the idle poll of
-/// every device (`timestamp.json`, answered 304 nearly always) costs one
-/// `open` + `fstat` and a map look-up.
+/// Caches content-hash ETags by (path, inode, size, mtime) for metadata too
+/// large to be held in memory (the rest is answered by
+/// [`serve_prepared`]), so a 304 costs one `open` + `fstat` and a look-up.
 #[derive(Debug, Default)]
 pub struct EtagCache {
     entries: RwLock<HashMap<PathBuf, (FileId, String)>>,
-    /// Object store: key -> (the store's ETag, size, our content-hash ETag),
-    /// so an idle poll costs one HEAD and no body transfer.
-    objects: RwLock<HashMap<String, (ObjectId, String)>>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct ObjectId {
-    store_etag: Option<String>,
-    size: u64,
-    modified: SystemTime,
 }
 
 /// Bounds the cache: metadata versions accumulate over the years.
@@ -92,25 +82,6 @@ impl EtagCache {
                 map.clear();
             }
             map.insert(path.to_owned(), (id, etag));
-        }
-    }
-
-    fn get_object(&self, key: &str, id: &ObjectId) -> Option<String> {
-        let map = self.objects.read().ok()?;
-        match map.get(key) {
-            // Without a store ETag the size and time alone could miss a
-            // same-second, same-size replacement: never trust the cache then.
-            Some((cached, etag)) if cached == id && id.store_etag.is_some() => Some(etag.clone()),
-            _ => None,
-        }
-    }
-
-    fn put_object(&self, key: &str, id: ObjectId, etag: String) {
-        if let Ok(mut map) = self.objects.write() {
-            if map.len() >= ETAG_CACHE_MAX {
-                map.clear();
-            }
-            map.insert(key.to_owned(), (id, etag));
         }
     }
 }
@@ -187,10 +158,12 @@ async fn serve_file_inner(
     };
     let modified = meta.modified().unwrap_or(UNIX_EPOCH);
     let described = Described {
-        etag,
+        etag: header_value(&etag),
+        last_modified: header_value(&httpdate::fmt_http_date(modified)),
         modified,
+        content_length: None,
         size,
-        what,
+        what: What("", what),
         cache_control: opts.cache_control,
         json: is_json(path.to_str().unwrap_or_default()),
     };
@@ -210,16 +183,30 @@ async fn serve_file_inner(
     Ok((status, base, Body::from_stream(stream)).into_response())
 }
 
+/// Names a file in error messages, put together only when one is written
+/// (not on every poll): a prefix and a name.
+#[derive(Debug, Clone, Copy)]
+pub struct What<'a>(pub &'static str, pub &'a str);
+
+impl std::fmt::Display for What<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}", self.0, self.1)
+    }
+}
+
 /// What the conditional and range logic needs to know about a file.
 #[derive(Debug)]
 struct Described<'a> {
-    etag: String,
+    etag: HeaderValue,
+    last_modified: HeaderValue,
     modified: SystemTime,
     size: u64,
     /// Names the file in a 416.
-    what: &'a str,
+    what: What<'a>,
     cache_control: &'static str,
     json: bool,
+    /// The whole size as a header value, when prepared in advance.
+    content_length: Option<HeaderValue>,
 }
 
 /// The answer decided from the request's headers alone.
@@ -238,22 +225,23 @@ enum Answer {
 
 fn answer(method: &Method, headers: &HeaderMap, d: &Described<'_>) -> Answer {
     let size = d.size;
-    let mut base = HeaderMap::new();
-    insert(&mut base, header::ETAG, &d.etag);
-    insert(
-        &mut base,
-        header::LAST_MODIFIED,
-        &httpdate::fmt_http_date(d.modified),
+    let mut base = HeaderMap::with_capacity(8);
+    base.insert(header::ETAG, d.etag.clone());
+    base.insert(header::LAST_MODIFIED, d.last_modified.clone());
+    base.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(d.cache_control),
     );
-    insert(&mut base, header::CACHE_CONTROL, d.cache_control);
     base.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    // Every ETag here is built from ASCII we control.
+    let etag = d.etag.to_str().unwrap_or_default();
 
-    if not_modified(headers, &d.etag, d.modified) {
+    if not_modified(headers, etag, d.modified) {
         return Answer::Done((StatusCode::NOT_MODIFIED, base).into_response());
     }
 
     let range = match headers.get(header::RANGE) {
-        Some(v) if if_range_allows(headers, &d.etag) => parse_range(v.as_bytes(), size),
+        Some(v) if if_range_allows(headers, etag) => parse_range(v.as_bytes(), size),
         _ => RangeRequest::Full,
     };
     let (status, start, len) = match range {
@@ -280,7 +268,13 @@ fn answer(method: &Method, headers: &HeaderMap, d: &Described<'_>) -> Answer {
             return Answer::Done(resp);
         }
     };
-    base.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    base.insert(
+        header::CONTENT_LENGTH,
+        match &d.content_length {
+            Some(prepared) if len == size => prepared.clone(),
+            _ => HeaderValue::from(len),
+        },
+    );
     base.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(if d.json {
@@ -297,6 +291,40 @@ fn answer(method: &Method, headers: &HeaderMap, d: &Described<'_>) -> Answer {
         headers: base,
         start,
         len,
+    }
+}
+
+/// Answers `GET`/`HEAD` for a metadata file held in memory: everything
+/// but the header map and the response itself is prepared in advance.
+pub fn serve_prepared(
+    file: &MetadataFile,
+    what: What<'_>,
+    method: &Method,
+    headers: &HeaderMap,
+    cache_control: &'static str,
+) -> Response {
+    let described = Described {
+        etag: file.etag.clone(),
+        last_modified: file.last_modified.clone(),
+        modified: file.modified,
+        content_length: Some(file.content_length.clone()),
+        size: file.bytes.len() as u64,
+        what,
+        cache_control,
+        json: true,
+    };
+    match answer(method, headers, &described) {
+        Answer::Done(response) => response,
+        Answer::Send {
+            status,
+            headers,
+            start,
+            len,
+        } => {
+            // start + len <= size (checked by parse_range).
+            let body = file.bytes.slice(start as usize..(start + len) as usize);
+            (status, headers, Body::from(body)).into_response()
+        }
     }
 }
 
@@ -326,10 +354,12 @@ pub async fn serve_repository(
         return serve_file(&path, what, method, headers, opts).await;
     };
     let result = match file {
-        RepoFile::Metadata(name) => {
-            let rel = format!("metadata/{name}");
-            serve_small_object(objects, &rel, what, method, headers, opts).await
-        }
+        // Metadata in a bucket is always answered from memory
+        // (`Storage::published_metadata`); only images are streamed.
+        RepoFile::Metadata(name) => Err(ApiError::internal(
+            "serve metadata",
+            format!("metadata/{name} must be answered from memory"),
+        )),
         RepoFile::Target(target) => {
             let rel = format!("targets/{}", target.as_str());
             serve_large_object(objects, &rel, what, method, headers, opts).await
@@ -340,77 +370,6 @@ pub async fn serve_repository(
 
 fn object_modified(meta: &object_store::ObjectMeta) -> SystemTime {
     SystemTime::from(meta.last_modified)
-}
-
-/// Metadata from the bucket: the ETag is the SHA-256 of the content, as for
-/// local files, cached per (key, store ETag, size, time); a 304 costs one
-/// HEAD. A body is read whole (metadata is small and bounded) and the ETag
-/// recomputed from the very bytes sent.
-async fn serve_small_object(
-    objects: &ObjectRepository,
-    rel: &str,
-    what: &str,
-    method: &Method,
-    headers: &HeaderMap,
-    opts: ServeOptions<'_>,
-) -> Result<Response, ApiError> {
-    let storage_err = |e| ApiError::internal(&format!("object {rel}"), e);
-    let not_found = || ApiError::not_found(format!("{what} not found"));
-    let json = is_json(rel);
-    let Some(meta) = objects.head(rel).await.map_err(storage_err)? else {
-        return Err(not_found());
-    };
-    let id = ObjectId {
-        store_etag: meta.e_tag.clone(),
-        size: meta.size,
-        modified: object_modified(&meta),
-    };
-    if let Some(etag) = opts.etag_cache.and_then(|c| c.get_object(rel, &id)) {
-        let described = Described {
-            etag,
-            modified: id.modified,
-            size: id.size,
-            what,
-            cache_control: opts.cache_control,
-            json,
-        };
-        if let Answer::Done(response) = answer(method, headers, &described) {
-            return Ok(response);
-        }
-    }
-    let Some((meta, bytes)) = objects.get_small(rel).await.map_err(storage_err)? else {
-        return Err(not_found());
-    };
-    let etag = format!("\"{}\"", hex::encode(Sha256::digest(&bytes)));
-    let id = ObjectId {
-        store_etag: meta.e_tag.clone(),
-        size: bytes.len() as u64,
-        modified: object_modified(&meta),
-    };
-    if let Some(cache) = opts.etag_cache {
-        cache.put_object(rel, id.clone(), etag.clone());
-    }
-    let described = Described {
-        etag,
-        modified: id.modified,
-        size: id.size,
-        what,
-        cache_control: opts.cache_control,
-        json,
-    };
-    match answer(method, headers, &described) {
-        Answer::Done(response) => Ok(response),
-        Answer::Send {
-            status,
-            headers,
-            start,
-            len,
-        } => {
-            // start + len <= size = bytes.len() (checked by parse_range).
-            let body = bytes.slice(start as usize..(start + len) as usize);
-            Ok((status, headers, Body::from(body)).into_response())
-        }
-    }
 }
 
 /// Images from the bucket: described by a HEAD, the requested range streamed
@@ -430,10 +389,12 @@ async fn serve_large_object(
     let modified = object_modified(&meta);
     let etag = identity_etag(meta.e_tag.as_deref(), meta.size, modified);
     let described = Described {
-        etag,
+        etag: header_value(&etag),
+        last_modified: header_value(&httpdate::fmt_http_date(modified)),
         modified,
+        content_length: None,
         size: meta.size,
-        what,
+        what: What("", what),
         cache_control: opts.cache_control,
         json: is_json(rel),
     };
@@ -480,6 +441,12 @@ fn is_json(name: &str) -> bool {
 fn is_not_found(e: &std::io::Error) -> bool {
     // A path component that is a file (ENOTDIR) is also "no such file".
     e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(20)
+}
+
+/// A header value from text we built (ASCII we control); an impossible
+/// failure gives an empty value rather than a panic.
+fn header_value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 fn insert(headers: &mut HeaderMap, name: header::HeaderName, value: &str) {

@@ -97,6 +97,9 @@ pub struct Server {
     resigner: Option<Arc<resign::Resigner>>,
     /// The periodic rollout check (automatic pause).
     rollouts: Arc<rollout::Rollouts>,
+    /// The repository, whose in-memory metadata is refreshed periodically.
+    storage: Arc<Storage>,
+    metadata_refresh: std::time::Duration,
 }
 
 impl Server {
@@ -112,6 +115,11 @@ impl Server {
             &config.data_dir,
             config.object_store.as_ref(),
         )?);
+        // The first polls are answered from memory too; an unreachable
+        // bucket is not fatal here (readiness reports it; the refresh retries).
+        if let Err(e) = storage.refresh_published(&[]).await {
+            tracing::warn!("cannot load the published metadata: {e}");
+        }
         match storage.clean_stale_staging(storage::STALE_STAGING_AGE) {
             Ok(0) => {}
             Ok(n) => tracing::info!("removed {n} abandoned publication(s)"),
@@ -141,7 +149,7 @@ impl Server {
             settings: config.rollouts,
         });
         let state = AppState {
-            storage,
+            storage: Arc::clone(&storage),
             db: db.clone(),
             etags: Arc::new(EtagCache::default()),
             max_upload_bytes: config.max_upload_bytes,
@@ -186,6 +194,8 @@ impl Server {
             client_auth,
             resigner,
             rollouts,
+            storage,
+            metadata_refresh: config.metadata_refresh,
         })
     }
 
@@ -226,6 +236,7 @@ impl Server {
         };
         let resign_job = self.resigner.as_ref().map(|r| Arc::clone(r).spawn());
         let rollout_job = Arc::clone(&self.rollouts).spawn();
+        let refresh_job = self.storage.spawn_published_refresh(self.metadata_refresh);
         http::serve(
             self.listener,
             self.router,
@@ -239,6 +250,7 @@ impl Server {
             job.abort();
         }
         rollout_job.abort();
+        refresh_job.abort();
         self.db.close().await;
         Ok(())
     }
@@ -291,32 +303,51 @@ async fn log_request(
     request: Request,
     next: Next,
 ) -> Response {
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    // The route template, not the path: a bounded set of label values.
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |m| m.as_str())
-        .to_owned();
+    // Only what the log line needs, and only when it will be written: the
+    // idle poll of a fleet should cost no allocation here.
+    let is_read = matches!(*request.method(), Method::GET | Method::HEAD);
+    let logged = if is_read {
+        tracing::enabled!(tracing::Level::DEBUG)
+    } else {
+        tracing::enabled!(tracing::Level::INFO)
+    };
+    let line = logged.then(|| (request.method().clone(), request.uri().path().to_owned()));
+    // The route template, not the path: a bounded set of label values
+    // (`MatchedPath` is a shared string, cloned without copying).
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16();
-    metrics.request(&route, status);
-    let counter = Arc::clone(&metrics);
-    let response = response.map(|body| {
-        Body::new(body.map_frame(move |frame| {
-            if let Some(data) = frame.data_ref() {
-                counter.body_bytes_sent(data.len() as u64);
-            }
-            frame
-        }))
-    });
-    let ms = started.elapsed().as_millis() as u64;
-    if method == Method::GET || method == Method::HEAD {
-        tracing::debug!(%method, path, status, ms, "request");
-    } else {
-        tracing::info!(%method, path, status, ms, "request");
+    metrics.request(
+        route.as_ref().map_or("unmatched", MatchedPath::as_str),
+        status,
+    );
+    // A body whose length is known in advance (metadata from memory, errors)
+    // is counted now; only streamed bodies are counted frame by frame.
+    let response = match axum::body::HttpBody::size_hint(response.body()).exact() {
+        Some(len) => {
+            metrics.body_bytes_sent(len);
+            response
+        }
+        None => {
+            let counter = Arc::clone(&metrics);
+            response.map(|body| {
+                Body::new(body.map_frame(move |frame| {
+                    if let Some(data) = frame.data_ref() {
+                        counter.body_bytes_sent(data.len() as u64);
+                    }
+                    frame
+                }))
+            })
+        }
+    };
+    if let Some((method, path)) = line {
+        let ms = started.elapsed().as_millis() as u64;
+        if is_read {
+            tracing::debug!(%method, path, status, ms, "request");
+        } else {
+            tracing::info!(%method, path, status, ms, "request");
+        }
     }
     response
 }

@@ -12,8 +12,9 @@ use std::sync::RwLock;
 /// Every counter the server exports.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// (route template, status) → requests.
-    requests: RwLock<BTreeMap<(String, u16), AtomicU64>>,
+    /// Route template → status → requests. Two levels, so that counting a
+    /// request looks up a borrowed `&str` and allocates nothing.
+    requests: RwLock<BTreeMap<String, BTreeMap<u16, AtomicU64>>>,
     body_bytes_sent: AtomicU64,
     /// Reported status → reports recorded.
     device_reports: RwLock<BTreeMap<String, AtomicU64>>,
@@ -69,7 +70,20 @@ fn bump<K: Ord + Clone>(map: &RwLock<BTreeMap<K, AtomicU64>>, key: &K) {
 
 impl Metrics {
     pub fn request(&self, route: &str, status: u16) {
-        bump(&self.requests, &(route.to_owned(), status));
+        if let Ok(read) = self.requests.read() {
+            if let Some(counter) = read.get(route).and_then(|by| by.get(&status)) {
+                counter.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        if let Ok(mut write) = self.requests.write() {
+            write
+                .entry(route.to_owned())
+                .or_default()
+                .entry(status)
+                .or_default()
+                .fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub fn body_bytes_sent(&self, n: u64) {
@@ -139,13 +153,15 @@ impl Metrics {
             "HTTP requests answered, by route template and status",
         );
         if let Ok(map) = self.requests.read() {
-            for ((route, status), n) in map.iter() {
-                let _ = writeln!(
-                    out,
-                    "ota_http_requests_total{{route=\"{}\",status=\"{status}\"}} {}",
-                    escape(route),
-                    load(n)
-                );
+            for (route, by_status) in map.iter() {
+                for (status, n) in by_status {
+                    let _ = writeln!(
+                        out,
+                        "ota_http_requests_total{{route=\"{}\",status=\"{status}\"}} {}",
+                        escape(route),
+                        load(n)
+                    );
+                }
             }
         }
         single(

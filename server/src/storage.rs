@@ -19,8 +19,10 @@
 //! ([`object`]); staging stays on the local disk either way.
 
 pub mod object;
+pub mod published;
 
 pub use object::{ObjectRepository, ObjectStoreConfig};
+pub use published::{Lookup, MetadataFile};
 
 use crate::paths::{MetadataName, TargetPath};
 use bytes::Bytes;
@@ -73,6 +75,8 @@ pub struct Storage {
     /// `Some`: the repository is in a bucket and the two directories above
     /// are unused.
     objects: Option<ObjectRepository>,
+    /// The metadata devices poll, in memory ([`published`]).
+    published: published::Published,
 }
 
 impl Storage {
@@ -95,6 +99,7 @@ impl Storage {
             staging_dir: data_dir.join("staging"),
             commit_lock: tokio::sync::Mutex::new(()),
             objects,
+            published: published::Published::default(),
         };
         let mut dirs = vec![&storage.staging_dir];
         if storage.objects.is_none() {
@@ -424,6 +429,16 @@ impl Storage {
         _guard: &CommitGuard<'_>,
         id: &str,
     ) -> Result<Vec<String>, StorageError> {
+        let files = self.place(id).await?;
+        // Devices see the publication from memory from here on. A failure
+        // here leaves the commit done and the view one refresh period late.
+        if let Err(e) = self.refresh_published(&files).await {
+            tracing::warn!("committed, but cannot refresh the published metadata: {e}");
+        }
+        Ok(files)
+    }
+
+    async fn place(self: &Arc<Self>, id: &str) -> Result<Vec<String>, StorageError> {
         let dir = self.publication_dir(id)?;
         if let Some(objects) = &self.objects {
             let files = objects.commit(&dir).await?;

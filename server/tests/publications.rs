@@ -485,3 +485,65 @@ async fn commit_waits_for_the_shared_publication_lock() {
         .exists());
     other.close().await;
 }
+
+/// Devices are answered from memory: a commit replaces what they see at
+/// once (the periodic refresh set to a minute here, so it cannot be what
+/// did it), and with the metadata directory gone the poll (200 and 304) and
+/// the root probe (404) are still answered without the file system.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_is_served_at_once_and_polls_need_no_disk() {
+    let s = common::start_with(|c| c.metadata_refresh = std::time::Duration::from_secs(60)).await;
+    let root = doc("root", 1);
+    let timestamp = |s: &TestServer| {
+        let resp = s.client.get(s.url("/metadata/timestamp.json")).send();
+        async move {
+            let resp = resp.await.expect("poll");
+            assert_eq!(resp.status(), StatusCode::OK);
+            let etag = resp.headers()[reqwest::header::ETAG].clone();
+            let ts: serde_json::Value = resp.json().await.expect("json");
+            (ts["signed"]["version"].as_u64().expect("version"), etag)
+        }
+    };
+    assert_eq!(
+        publish(&s, 1, b"one", &root).await.1.status(),
+        StatusCode::OK
+    );
+    assert_eq!(timestamp(&s).await.0, 1);
+    assert_eq!(
+        publish(&s, 2, b"two", &root).await.1.status(),
+        StatusCode::OK
+    );
+    let (version, etag) = timestamp(&s).await;
+    assert_eq!(version, 2, "the commit is served at once");
+    let probe = || s.client.get(s.url("/metadata/2.root.json")).send();
+    assert_eq!(
+        probe().await.expect("probe").status(),
+        StatusCode::NOT_FOUND
+    );
+
+    let metadata = s.data_dir.join("repository/metadata");
+    let aside = s.data_dir.join("repository/metadata.aside");
+    std::fs::rename(&metadata, &aside).expect("move aside");
+    assert_eq!(timestamp(&s).await, (2, etag.clone()));
+    let resp = s
+        .client
+        .get(s.url("/metadata/timestamp.json"))
+        .header(reqwest::header::IF_NONE_MATCH, etag)
+        .send()
+        .await
+        .expect("poll");
+    assert_eq!(resp.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(
+        probe().await.expect("probe").status(),
+        StatusCode::NOT_FOUND
+    );
+    // The snapshot the timestamp names was read into memory by the commit.
+    let resp = s
+        .client
+        .get(s.url("/metadata/2.snapshot.json"))
+        .send()
+        .await
+        .expect("snapshot");
+    assert_eq!(resp.status(), StatusCode::OK);
+    std::fs::rename(&aside, &metadata).expect("move back");
+}

@@ -229,6 +229,24 @@ async fn timestamp_version(s: &TestServer) -> u64 {
     ts["signed"]["version"].as_u64().expect("version")
 }
 
+/// Waits until `s` serves timestamp version `version`: another instance's
+/// publication reaches this one's memory at its next refresh (100 ms in
+/// the tests), not at once.
+async fn eventually_timestamp_version(s: &TestServer, version: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let seen = timestamp_version(s).await;
+        if seen == version {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still serving timestamp version {seen}, not {version}, 5 s after the commit"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publication_lands_in_the_bucket_timestamp_last() {
     let s3 = S3Server::start();
@@ -459,7 +477,9 @@ async fn two_instances_share_one_bucket_and_one_database() {
 
     let image = image_of(200_000, 7);
     assert_eq!(publish(&a, 1, &image).await.status(), StatusCode::OK);
-    assert_eq!(timestamp_version(&b).await, 1);
+    // The committing instance serves its publication at once.
+    assert_eq!(timestamp_version(&a).await, 1);
+    eventually_timestamp_version(&b, 1).await;
     let sha256 = hex::encode(Sha256::digest(&image));
     let resp = b
         .client
@@ -477,6 +497,8 @@ async fn two_instances_share_one_bucket_and_one_database() {
         publish(&b, 2, b"second image").await.status(),
         StatusCode::OK
     );
+    assert_eq!(timestamp_version(&b).await, 2);
+    eventually_timestamp_version(&a, 2).await;
     let resp = a
         .client
         .get(a.url("/metadata/timestamp.json"))
@@ -485,7 +507,6 @@ async fn two_instances_share_one_bucket_and_one_database() {
         .await
         .expect("poll");
     assert_eq!(resp.status(), StatusCode::OK);
-    assert_eq!(timestamp_version(&a).await, 2);
 
     // Concurrent commits through both instances: one timestamp wins, the
     // other is refused as not newer; never a mix.
@@ -508,8 +529,66 @@ async fn two_instances_share_one_bucket_and_one_database() {
         statuses.contains(&StatusCode::OK) && statuses.contains(&StatusCode::CONFLICT),
         "{statuses:?}"
     );
-    assert_eq!(timestamp_version(&a).await, 3);
-    assert_eq!(timestamp_version(&b).await, 3);
+    eventually_timestamp_version(&a, 3).await;
+    eventually_timestamp_version(&b, 3).await;
+    let by = |s: &TestServer| {
+        let s = s.client.get(s.url("/metadata/timestamp.json")).send();
+        async move {
+            let ts: serde_json::Value = s.await.expect("get").json().await.expect("json");
+            ts["signed"]["by"].clone()
+        }
+    };
+    assert_eq!(by(&a).await, by(&b).await, "both serve the winner");
+}
+
+/// With the repository in a bucket, the idle poll touches the bucket not
+/// at all: with the object store gone, the poll (200 and 304) and the root
+/// probe (404) are still answered, from memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polls_are_answered_from_memory_without_the_bucket() {
+    let s3 = S3Server::start();
+    let s = start_server(&s3, Backend::Sqlite, None).await;
+    assert_eq!(publish(&s, 1, b"image").await.status(), StatusCode::OK);
+    let first = get(&s, "/metadata/timestamp.json").await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let etag = first.headers()[header::ETAG].clone();
+    let body = first.bytes().await.expect("body");
+    assert_eq!(
+        get(&s, "/metadata/2.root.json").await.status(),
+        StatusCode::NOT_FOUND
+    );
+
+    drop(s3);
+    for _ in 0..3 {
+        let resp = get(&s, "/metadata/timestamp.json").await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()[header::ETAG], etag);
+        assert_eq!(resp.bytes().await.expect("body"), body);
+        let resp = s
+            .client
+            .get(s.url("/metadata/timestamp.json"))
+            .header(header::IF_NONE_MATCH, etag.clone())
+            .send()
+            .await
+            .expect("poll");
+        assert_eq!(resp.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(
+            get(&s, "/metadata/2.root.json").await.status(),
+            StatusCode::NOT_FOUND
+        );
+        // Across a refresh period, which fails and keeps the view.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // What the commit made visible was read into memory then, asked for
+    // or not; a name never seen needs the bucket, which is gone.
+    assert_eq!(
+        get(&s, "/metadata/1.snapshot.json").await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(&s, "/metadata/7.targets.json").await.status(),
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
 }
 
 // ------------------------------------------------ online signing over S3

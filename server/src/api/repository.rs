@@ -2,8 +2,9 @@
 //! `GET|HEAD /targets/{path..}`, the endpoints every device polls.
 
 use crate::api::{path_rejection, ApiError};
-use crate::files::{self, EtagKind, RepoFile, ServeOptions};
+use crate::files::{self, EtagKind, RepoFile, ServeOptions, What};
 use crate::paths::{MetadataName, TargetPath};
+use crate::storage::Lookup;
 use crate::AppState;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -29,19 +30,31 @@ pub async fn metadata(
     } else {
         files::NO_CACHE
     };
-    files::serve_repository(
-        &state.storage,
-        RepoFile::Metadata(&name),
-        &format!("metadata file {name}"),
-        &method,
-        &headers,
-        ServeOptions {
-            etag: EtagKind::ContentHash,
-            cache_control,
-            etag_cache: Some(&state.etags),
-        },
-    )
-    .await
+    let what = What("metadata file ", &name);
+    match state.storage.published_metadata(&name).await {
+        Ok(Lookup::Found(file)) => {
+            files::serve_prepared(&file, what, &method, &headers, cache_control)
+        }
+        Ok(Lookup::Missing) => ApiError::not_found(format!("{what} not found")).into_response(),
+        // Larger than metadata is held in memory (local disk only; a bucket
+        // refuses such objects): streamed as an image would be.
+        Ok(Lookup::TooLarge) => {
+            files::serve_repository(
+                &state.storage,
+                RepoFile::Metadata(&name),
+                &what.to_string(),
+                &method,
+                &headers,
+                ServeOptions {
+                    etag: EtagKind::ContentHash,
+                    cache_control,
+                    etag_cache: Some(&state.etags),
+                },
+            )
+            .await
+        }
+        Err(e) => ApiError::internal(&format!("read metadata/{name}"), e).into_response(),
+    }
 }
 
 pub async fn target(

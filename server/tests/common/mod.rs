@@ -57,6 +57,9 @@ pub async fn start_on_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -
     let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = dir.path().join("data");
     let mut config = Config::new("127.0.0.1:0".parse().expect("addr"), data_dir.clone());
+    // Files written straight into the repository (as another instance
+    // would) reach the in-memory view within this period.
+    config.metadata_refresh = std::time::Duration::from_millis(100);
     let pg = match backend {
         Backend::Sqlite => None,
         Backend::Postgres => {
