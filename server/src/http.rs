@@ -29,7 +29,9 @@
 
 use crate::auth::PeerDevice;
 use crate::metrics::Metrics;
+use crate::storage::Storage;
 use axum::Router;
+use futures_util::future::Either;
 use hyper::body::Incoming;
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -62,6 +64,15 @@ pub const H2_MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 /// 12.5 MiB instead of hyper's default 400 KiB each.
 pub const H2_MAX_SEND_BUF_BYTES: usize = 128 * 1024;
 
+/// What answers the idle poll before the router (see
+/// [`crate::api::repository::answer_from_memory`]).
+#[derive(Debug)]
+struct FastPath {
+    router: Router,
+    storage: Arc<Storage>,
+    metrics: Arc<Metrics>,
+}
+
 /// The protocol a TLS connection agreed on by ALPN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Alpn {
@@ -87,8 +98,14 @@ pub async fn serve(
     tls: Option<TlsAcceptor>,
     limits: Limits,
     metrics: Arc<Metrics>,
+    storage: Arc<Storage>,
     shutdown: impl Future<Output = ()>,
 ) {
+    let fast = Arc::new(FastPath {
+        router,
+        storage,
+        metrics: Arc::clone(&metrics),
+    });
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -125,8 +142,8 @@ pub async fn serve(
             inner: stream,
             activity: Arc::clone(&activity),
         };
-        let router = router.clone();
         let metrics = Arc::clone(&metrics);
+        let fast = Arc::clone(&fast);
         let tls = tls.clone();
         // Registered before the handshake, so shutdown waits for it too.
         let watcher = graceful.watcher();
@@ -134,7 +151,7 @@ pub async fn serve(
             metrics.connection_opened();
             match tls {
                 None => {
-                    serve_connection(io, router, limits, &activity, watcher, None, Alpn::None).await
+                    serve_connection(io, &fast, limits, &activity, watcher, None, Alpn::None).await
                 }
                 Some(acceptor) => {
                     let handshake =
@@ -147,7 +164,7 @@ pub async fn serve(
                                 Some(_) => Alpn::Http11,
                                 None => Alpn::None,
                             };
-                            serve_connection(tls_io, router, limits, &activity, watcher, peer, alpn)
+                            serve_connection(tls_io, &fast, limits, &activity, watcher, peer, alpn)
                                 .await
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
@@ -165,7 +182,7 @@ pub async fn serve(
 
 async fn serve_connection<I>(
     io: I,
-    router: Router,
+    fast: &Arc<FastPath>,
     limits: Limits,
     activity: &Activity,
     watcher: hyper_util::server::graceful::Watcher,
@@ -176,13 +193,23 @@ async fn serve_connection<I>(
 {
     let requested = Arc::new(AtomicBool::new(false));
     let seen = Arc::clone(&requested);
+    let fast = Arc::clone(fast);
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         seen.store(true, Ordering::Relaxed);
         // The identity the TLS handshake proved, for the handlers (reports).
         if let Some(peer) = &peer {
             request.extensions_mut().insert(peer.clone());
         }
-        router.clone().oneshot(request)
+        match crate::api::repository::answer_from_memory(
+            &fast.storage,
+            &fast.metrics,
+            request.method(),
+            request.uri(),
+            request.headers(),
+        ) {
+            Some(response) => Either::Left(std::future::ready(Ok(response))),
+            None => Either::Right(fast.router.clone().oneshot(request)),
+        }
     });
     let builder = connection_builder(limits, alpn);
     let connection = watcher.watch(builder.serve_connection(TokioIo::new(io), service));

@@ -243,6 +243,7 @@ impl Server {
             acceptor,
             self.limits,
             self.metrics,
+            Arc::clone(&self.storage),
             shutdown,
         )
         .await;

@@ -11,6 +11,52 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
 
+/// The route template metadata requests are counted under.
+pub const METADATA_ROUTE: &str = "/metadata/{file}";
+
+/// The idle poll without the router: a `GET`/`HEAD` of a metadata name held
+/// in memory (present, or a root version known to be missing) is answered
+/// here, before routing, exactly as [`metadata`] would answer it. Anything
+/// else (`None`) takes the normal path.
+pub fn answer_from_memory(
+    storage: &crate::storage::Storage,
+    metrics: &crate::metrics::Metrics,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Option<Response> {
+    if method != Method::GET && method != Method::HEAD {
+        return None;
+    }
+    let name = uri.path().strip_prefix("/metadata/")?;
+    // Escaped names are decoded (and judged) by the router's path extractor.
+    if name.contains('%') {
+        return None;
+    }
+    let kind = MetadataName::parse(name).ok()?;
+    let cache_control = if kind.is_immutable() {
+        files::IMMUTABLE
+    } else {
+        files::NO_CACHE
+    };
+    let what = What("metadata file ", name);
+    let response = match storage.cached_metadata(name) {
+        crate::storage::published::Cached::Present(file) => {
+            files::serve_prepared(&file, what, method, headers, cache_control)
+        }
+        crate::storage::published::Cached::Absent => {
+            ApiError::not_found(format!("{what} not found")).into_response()
+        }
+        crate::storage::published::Cached::Unknown => return None,
+    };
+    metrics.request(METADATA_ROUTE, response.status().as_u16());
+    if let Some(len) = axum::body::HttpBody::size_hint(response.body()).exact() {
+        metrics.body_bytes_sent(len);
+    }
+    tracing::debug!(%method, path = uri.path(), status = response.status().as_u16(), "request");
+    Some(response)
+}
+
 pub async fn metadata(
     State(state): State<AppState>,
     method: Method,

@@ -252,6 +252,11 @@ enum Whole {
 }
 
 impl Storage {
+    /// What memory holds for `name`, without asking the store.
+    pub fn cached_metadata(&self, name: &str) -> Cached {
+        self.published.get(name)
+    }
+
     /// `name` from memory, or from the store (then remembered).
     pub async fn published_metadata(&self, name: &str) -> Result<Lookup, StorageError> {
         match self.published.get(name) {
