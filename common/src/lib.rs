@@ -5,10 +5,12 @@
 //! * [`wire`]: the JSON types exchanged between devices, the server and `ota-repo`.
 //! * [`hash`]: streaming SHA-256/SHA-512 hashing and verification.
 //! * [`atomic`]: power-cut-safe file replacement.
+//! * [`id`]: the character rule for device, hardware, wave and group ids.
 //! * [`rollout`]: staged rollouts: the signed wave schedule and a device's wave.
 
 pub mod atomic;
 pub mod hash;
+pub mod id;
 pub mod rollout;
 pub mod tuf;
 pub mod wire;

@@ -116,7 +116,7 @@ impl RolloutPlan {
         let mut last_time: Option<DateTime<Utc>> = None;
         let mut last_percent = 0u8;
         for (index, wave) in waves.iter().enumerate() {
-            if !crate::wire::is_valid_id(&wave.name) {
+            if !crate::id::is_valid_id(&wave.name) {
                 return Err(PlanError::Name {
                     index,
                     name: wave.name.clone(),
@@ -131,7 +131,7 @@ impl RolloutPlan {
             if wave.groups.len() > MAX_GROUPS {
                 return Err(PlanError::TooManyGroups(wave.name.clone()));
             }
-            if let Some(group) = wave.groups.iter().find(|g| !crate::wire::is_valid_id(g)) {
+            if let Some(group) = wave.groups.iter().find(|g| !crate::id::is_valid_id(g)) {
                 return Err(PlanError::Group {
                     name: wave.name.clone(),
                     group: group.clone(),

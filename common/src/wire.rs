@@ -15,6 +15,9 @@
 
 use serde::{Deserialize, Serialize};
 
+// Ids are checked by the rollout plan too, so they live below both.
+pub use crate::id::is_valid_id;
+
 /// Largest device report the server accepts, in bytes.
 pub const MAX_REPORT_BYTES: usize = 16 * 1024;
 /// Longest free-text reason a device may report, in characters.
@@ -102,16 +105,6 @@ pub struct DeviceReport {
     /// server can place the device in the same wave the device does.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
-}
-
-/// Device ids and hardware ids: 1 to 128 characters of `[A-Za-z0-9._:-]`,
-/// so they are safe in URLs, file names, logs and SQL alike.
-pub fn is_valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 /// The server's view of one device (`GET /admin/v1/devices`).

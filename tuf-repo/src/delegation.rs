@@ -226,7 +226,7 @@ fn local_keys(
         .map(|c| c.keys.as_slice())
         .unwrap_or(&[]);
     for key_ref in keys {
-        match key_ref.open(Some(layout)) {
+        match key_ref.open(Some(layout.root())) {
             Ok(k) if usable.iter().any(|u| u.key_id == k.key_id) => {}
             Ok(k) if listed.contains(&k.key_id) => usable.push(k),
             Ok(k) => problems.push(format!(
@@ -469,15 +469,15 @@ pub async fn delegate(layout: &Layout, options: &DelegateOptions) -> Result<Dele
     }
     let mut public: Vec<(String, Key, String)> = Vec::new();
     for k in &key_refs {
-        let key = k.public_key(Some(layout))?;
+        let key = k.public_key(Some(layout.root()))?;
         let id = keys::key_id(&key)?;
         if public.iter().any(|(i, _, _)| *i == id) {
             return Err(RepoError::InvalidArgument(format!(
                 "key {id} ({}) is given twice",
-                k.describe(Some(layout))
+                k.describe(Some(layout.root()))
             )));
         }
-        public.push((id, key, k.describe(Some(layout))));
+        public.push((id, key, k.describe(Some(layout.root()))));
     }
     for (key, path) in offline {
         let id = keys::key_id(&key)?;

@@ -55,7 +55,7 @@ pub fn local_keys(
     let mut usable: Vec<LoadedKey> = Vec::new();
     let mut problems = Vec::new();
     for key_ref in &role_config.keys {
-        match key_ref.open(Some(layout)) {
+        match key_ref.open(Some(layout.root())) {
             Ok(k) if usable.iter().any(|u| u.key_id == k.key_id) => {}
             Ok(k) if listed.contains(&k.key_id) => usable.push(k),
             Ok(k) => problems.push(format!(

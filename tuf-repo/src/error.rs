@@ -125,4 +125,19 @@ impl RepoError {
     }
 }
 
+impl From<ota_signing::SigningError> for RepoError {
+    fn from(e: ota_signing::SigningError) -> Self {
+        use ota_signing::SigningError as S;
+        match e {
+            S::Io { path, source } => RepoError::Io { path, source },
+            S::InvalidArgument(m) => RepoError::InvalidArgument(m),
+            S::Key { path, detail } => RepoError::Key { path, detail },
+            S::KeyGeneration { key_type } => RepoError::KeyGeneration { key_type },
+            S::Pkcs11 { key, detail } => RepoError::Pkcs11 { key, detail },
+            S::Audit(m) => RepoError::Audit(m),
+            S::Inconsistent(m) => RepoError::Inconsistent(m),
+        }
+    }
+}
+
 pub type Result<T, E = RepoError> = std::result::Result<T, E>;

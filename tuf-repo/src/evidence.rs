@@ -448,7 +448,7 @@ fn key_inventory(
     for role in Role::ALL {
         for key_ref in &config.role(role)?.keys {
             match key_ref
-                .public_key(Some(layout))
+                .public_key(Some(layout.root()))
                 .and_then(|k| keys::key_id(&k))
             {
                 Ok(id) => {
@@ -483,14 +483,14 @@ fn key_inventory(
             match refs.get(&keyid) {
                 Some(r @ KeyRef::File(_)) => {
                     k.storage = "software-file";
-                    k.location = r.describe(Some(layout));
+                    k.location = r.describe(Some(layout.root()));
                     warnings.push(format!(
                         "{role} key {keyid} is a software key file (development only): not acceptable for production releases"
                     ));
                 }
                 Some(r @ KeyRef::Pkcs11(uri)) => {
                     k.storage = "pkcs11";
-                    k.location = r.describe(Some(layout));
+                    k.location = r.describe(Some(layout.root()));
                     match uri.key_protection() {
                         Ok(p) => {
                             for weak in weaknesses(&p) {

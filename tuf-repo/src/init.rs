@@ -80,7 +80,7 @@ pub async fn init(layout: &Layout, options: &InitOptions) -> Result<RepoConfig> 
                     uri.generate(config.key_type)?;
                 }
             }
-            let loaded = key_ref.open(Some(layout))?;
+            let loaded = key_ref.open(Some(layout.root()))?;
             let public = loaded.signer.tuf_key();
             let id = public
                 .key_id()

@@ -15,7 +15,6 @@
 //! * `targets/[dir/]<sha256>.<basename>` and `targets/[dir/]<sha512>.<basename>`: the images.
 
 pub mod add;
-pub mod audit;
 pub mod ceremony;
 pub mod config;
 pub mod delegation;
@@ -25,10 +24,7 @@ pub mod error;
 pub mod evidence;
 pub mod expiry;
 pub mod init;
-pub mod key_ref;
-pub mod keys;
 pub mod layout;
-pub mod pkcs11;
 pub mod progress;
 pub mod publish;
 pub mod resign;
@@ -40,3 +36,7 @@ pub mod status;
 pub mod target_name;
 
 pub use error::RepoError;
+// The signing code lives in its own crate (tuf-repo/signing) so that
+// ota-server can sign online without the rest of the release tool; these
+// paths keep `ota_repo::keys` and friends working for the tool and its tests.
+pub use ota_signing::{audit, key_ref, keys, pkcs11};

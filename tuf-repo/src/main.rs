@@ -518,7 +518,7 @@ fn run(cli: Cli) -> Result<()> {
             );
             for role in Role::ALL {
                 for k in &config.role(role)?.keys {
-                    println!("  {role}: {}", k.describe(Some(&layout)));
+                    println!("  {role}: {}", k.describe(Some(layout.root())));
                 }
             }
         }

@@ -98,7 +98,7 @@ pub async fn rotate(layout: &Layout, options: &RotateOptions) -> Result<Rotated>
     }
     let mut added_ids = Vec::new();
     for key_ref in &options.add_keys {
-        let public = key_ref.public_key(Some(layout))?;
+        let public = key_ref.public_key(Some(layout.root()))?;
         let id = public
             .key_id()
             .map_err(|e| RepoError::Inconsistent(format!("computing a key id: {e}")))?;
@@ -138,7 +138,7 @@ pub async fn rotate(layout: &Layout, options: &RotateOptions) -> Result<Rotated>
         .get_mut(&options.role)
         .ok_or_else(|| RepoError::Inconsistent(format!("repo.json has no {}", options.role)))?;
     rc.keys.retain(|k| {
-        k.public_key(Some(layout))
+        k.public_key(Some(layout.root()))
             .and_then(|p| keys::key_id(&p))
             .map(|id| !removed.contains(&id))
             .unwrap_or(true)
@@ -246,7 +246,7 @@ fn loaded_root_keys(
     };
     rc.keys
         .iter()
-        .filter_map(|k| k.open(Some(layout)).ok())
+        .filter_map(|k| k.open(Some(layout.root())).ok())
         .filter(|k| ids.contains(&k.key_id))
         .collect()
 }

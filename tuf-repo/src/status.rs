@@ -96,11 +96,11 @@ pub async fn status(layout: &Layout, window: WarnWindow) -> Result<StatusReport>
     for role in Role::ALL {
         for key_ref in &config.role(role)?.keys {
             match key_ref
-                .public_key(Some(layout))
+                .public_key(Some(layout.root()))
                 .and_then(|k| keys::key_id(&k))
             {
                 Ok(id) => {
-                    locations.insert(id, key_ref.describe(Some(layout)));
+                    locations.insert(id, key_ref.describe(Some(layout.root())));
                 }
                 Err(e) => unreachable.push(format!("{role}: {e}")),
             }
@@ -219,11 +219,11 @@ pub async fn status(layout: &Layout, window: WarnWindow) -> Result<StatusReport>
             .unwrap_or(&[])
         {
             match key_ref
-                .public_key(Some(layout))
+                .public_key(Some(layout.root()))
                 .and_then(|k| keys::key_id(&k))
             {
                 Ok(id) => {
-                    role_locations.insert(id, key_ref.describe(Some(layout)));
+                    role_locations.insert(id, key_ref.describe(Some(layout.root())));
                 }
                 Err(e) => {
                     let _ = writeln!(out, "  key not reachable: {e}");

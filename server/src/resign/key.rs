@@ -14,7 +14,7 @@
 //! the same key (same key id), or nothing is signed.
 
 use super::ResignError;
-use ota_repo::key_ref::{KeyRef, LoadedKey};
+use ota_signing::key_ref::{KeyRef, LoadedKey};
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
 

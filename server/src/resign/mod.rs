@@ -51,7 +51,7 @@ use crate::db::{Db, DbError};
 use crate::metrics::{Metrics, SigningTrigger};
 use crate::storage::{Storage, StorageError};
 use metadata::{Document, Root};
-use ota_repo::audit::{AuditLog, Event as AuditEvent};
+use ota_signing::audit::{AuditLog, Event as AuditEvent};
 use sha2::Digest;
 use std::sync::Arc;
 use std::time::Duration;

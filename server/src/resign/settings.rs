@@ -18,7 +18,7 @@
 //! a PKCS#8 PEM file path, or an RFC 7512 `pkcs11:` URI whose PIN comes from
 //! `pin-source=file:PATH` or env `OTA_PKCS11_PIN` (`pin-value` is refused).
 
-use ota_repo::key_ref::KeyRef;
+use ota_signing::key_ref::KeyRef;
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //! the PEM armour and hands the DER to tough's `parse_keypair`, which then
 //! recognises all three types. Key material is never printed or logged.
 
-use crate::error::{RepoError, Result};
+use crate::error::{Result, SigningError};
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rsa::KeySize;
 use aws_lc_rs::signature::{
@@ -51,14 +51,14 @@ impl fmt::Display for KeyType {
 }
 
 impl FromStr for KeyType {
-    type Err = RepoError;
+    type Err = SigningError;
 
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "ed25519" => Ok(KeyType::Ed25519),
             "ecdsa" => Ok(KeyType::Ecdsa),
             "rsa" => Ok(KeyType::Rsa),
-            other => Err(RepoError::InvalidArgument(format!(
+            other => Err(SigningError::InvalidArgument(format!(
                 "unknown key type {other:?}: expected ed25519, ecdsa or rsa"
             ))),
         }
@@ -67,7 +67,7 @@ impl FromStr for KeyType {
 
 /// Generates a private key and returns it as a PKCS#8 PEM document.
 pub fn generate_pem(key_type: KeyType) -> Result<String> {
-    let failed = |_| RepoError::KeyGeneration {
+    let failed = |_| SigningError::KeyGeneration {
         key_type: key_type.as_str(),
     };
     let der: Vec<u8> = match key_type {
@@ -121,11 +121,11 @@ fn pem_decode(text: &str) -> std::result::Result<Vec<u8>, String> {
 
 /// Reads and parses a key file into a tough signer.
 pub fn load_signer(path: &Path) -> Result<Box<dyn Sign>> {
-    let bytes = std::fs::read(path).map_err(|e| RepoError::Key {
+    let bytes = std::fs::read(path).map_err(|e| SigningError::Key {
         path: path.to_owned(),
         detail: format!("cannot read: {e}"),
     })?;
-    parse_signer(&bytes).map_err(|detail| RepoError::Key {
+    parse_signer(&bytes).map_err(|detail| SigningError::Key {
         path: path.to_owned(),
         detail,
     })
@@ -156,7 +156,7 @@ const MAX_PUBLIC_KEY_FILE: u64 = 64 * 1024;
 /// `delegate --key-pub` reads, so a key holder hands over only that.
 pub fn public_key_json(key: &Key) -> Result<Vec<u8>> {
     let mut out = serde_json::to_vec_pretty(key)
-        .map_err(|e| RepoError::Inconsistent(format!("serializing a public key: {e}")))?;
+        .map_err(|e| SigningError::Inconsistent(format!("serializing a public key: {e}")))?;
     out.push(b'\n');
     Ok(out)
 }
@@ -164,19 +164,19 @@ pub fn public_key_json(key: &Key) -> Result<Vec<u8>> {
 /// Reads a public key file in the TUF JSON format of [`public_key_json`].
 pub fn read_public_key(path: &Path) -> Result<Key> {
     use std::io::Read as _;
-    let file = std::fs::File::open(path).map_err(RepoError::io(path))?;
+    let file = std::fs::File::open(path).map_err(SigningError::io(path))?;
     let mut bytes = Vec::new();
     file.take(MAX_PUBLIC_KEY_FILE + 1)
         .read_to_end(&mut bytes)
-        .map_err(RepoError::io(path))?;
+        .map_err(SigningError::io(path))?;
     if bytes.len() as u64 > MAX_PUBLIC_KEY_FILE {
-        return Err(RepoError::InvalidArgument(format!(
+        return Err(SigningError::InvalidArgument(format!(
             "{}: larger than {MAX_PUBLIC_KEY_FILE} bytes, not a public key file",
             path.display()
         )));
     }
     let key: Key = serde_json::from_slice(&bytes).map_err(|e| {
-        RepoError::InvalidArgument(format!(
+        SigningError::InvalidArgument(format!(
             "{}: not a TUF public key (expected JSON like {{\"keytype\":\"ed25519\",\"scheme\":\"ed25519\",\"keyval\":{{\"public\":\"<hex>\"}}}}, as `ota-repo key export-pub` writes): {e}",
             path.display()
         ))
@@ -188,7 +188,7 @@ pub fn read_public_key(path: &Path) -> Result<Key> {
 pub fn key_id(key: &Key) -> Result<String> {
     key.key_id()
         .map(|id| hex::encode(&*id))
-        .map_err(|e| RepoError::Inconsistent(format!("computing a key id: {e}")))
+        .map_err(|e| SigningError::Inconsistent(format!("computing a key id: {e}")))
 }
 
 /// `keytype/scheme` of a public key, as written in root metadata.
@@ -222,7 +222,7 @@ impl KeySource for PemKeySource {
         _value: &str,
         _key_id_hex: &str,
     ) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
-        Err(Box::new(RepoError::Key {
+        Err(Box::new(SigningError::Key {
             path: self.path.clone(),
             detail: "ota-repo never rewrites key files through tough".to_owned(),
         }))

@@ -9,7 +9,7 @@
 //! `sync_data` before the signed metadata is written: a signature without
 //! its log entry cannot reach a device.
 
-use crate::error::{RepoError, Result};
+use crate::error::{Result, SigningError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::Write;
@@ -140,7 +140,7 @@ impl AuditLog {
             Some(h) => {
                 let (count, last) = last_line(&path)?;
                 if count != h.entries || last != h.last {
-                    return Err(RepoError::Audit(format!(
+                    return Err(SigningError::Audit(format!(
                         "{} does not match {} (run `ota-repo audit verify`); refusing to append",
                         path.display(),
                         self.head_path().display()
@@ -149,7 +149,7 @@ impl AuditLog {
                 (h.entries + 1, h.last.clone())
             }
             None if path.exists() && std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) > 0 => {
-                return Err(RepoError::Audit(format!(
+                return Err(SigningError::Audit(format!(
                     "{} exists without {}; refusing to append",
                     path.display(),
                     self.head_path().display()
@@ -161,7 +161,7 @@ impl AuditLog {
             seq,
             time: jiff::Timestamp::now()
                 .round(jiff::Unit::Second)
-                .map_err(|e| RepoError::Audit(e.to_string()))?
+                .map_err(|e| SigningError::Audit(e.to_string()))?
                 .to_string(),
             operator: self.operator.clone(),
             action: event.action.to_owned(),
@@ -173,24 +173,25 @@ impl AuditLog {
             prev,
         };
         let line = serde_json::to_string(&entry)
-            .map_err(|e| RepoError::Audit(format!("serializing an entry: {e}")))?;
-        ota_common::atomic::create_dir_all_durable(&self.dir).map_err(RepoError::io(&self.dir))?;
+            .map_err(|e| SigningError::Audit(format!("serializing an entry: {e}")))?;
+        ota_common::atomic::create_dir_all_durable(&self.dir)
+            .map_err(SigningError::io(&self.dir))?;
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
-            .map_err(RepoError::io(&path))?;
+            .map_err(SigningError::io(&path))?;
         file.write_all(format!("{line}\n").as_bytes())
             .and_then(|()| file.sync_data())
-            .map_err(RepoError::io(&path))?;
+            .map_err(SigningError::io(&path))?;
         let new_head = Head {
             entries: seq,
             last: sha256_hex(line.as_bytes()),
         };
         let head_bytes = serde_json::to_vec(&new_head)
-            .map_err(|e| RepoError::Audit(format!("serializing the head: {e}")))?;
+            .map_err(|e| SigningError::Audit(format!("serializing the head: {e}")))?;
         ota_common::atomic::write_atomic(&self.head_path(), &head_bytes)
-            .map_err(RepoError::io(self.head_path()))?;
+            .map_err(SigningError::io(self.head_path()))?;
         Ok(entry)
     }
 
@@ -199,9 +200,9 @@ impl AuditLog {
         match std::fs::read(&path) {
             Ok(b) => serde_json::from_slice(&b)
                 .map(Some)
-                .map_err(|e| RepoError::Audit(format!("{}: {e}", path.display()))),
+                .map_err(|e| SigningError::Audit(format!("{}: {e}", path.display()))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(RepoError::Io { path, source: e }),
+            Err(e) => Err(SigningError::Io { path, source: e }),
         }
     }
 
@@ -211,10 +212,10 @@ impl AuditLog {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(RepoError::Io { path, source: e }),
+            Err(e) => return Err(SigningError::Io { path, source: e }),
         };
         let broken = |line: usize, detail: String| {
-            RepoError::Audit(format!("{} line {line}: {detail}", path.display()))
+            SigningError::Audit(format!("{} line {line}: {detail}", path.display()))
         };
         let mut prev_hash = GENESIS.to_owned();
         let mut count = 0u64;
@@ -243,7 +244,7 @@ impl AuditLog {
         }
         match self.read_head()? {
             Some(h) if h.entries == count && h.last == prev_hash => Ok(count),
-            Some(h) if h.entries != count => Err(RepoError::Audit(format!(
+            Some(h) if h.entries != count => Err(SigningError::Audit(format!(
                 "{} has {count} entries but {} records {}: entries were removed or appended at the end",
                 path.display(),
                 self.head_path()
@@ -257,7 +258,7 @@ impl AuditLog {
                 "does not match the recorded hash of the last entry: the last line was edited".to_owned(),
             )),
             None if count == 0 => Ok(0),
-            None => Err(RepoError::Audit(format!(
+            None => Err(SigningError::Audit(format!(
                 "{} is missing: the log cannot be checked to its end",
                 self.head_path().display()
             ))),
@@ -271,7 +272,7 @@ fn last_line(path: &Path) -> Result<(u64, String)> {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, GENESIS.to_owned())),
         Err(e) => {
-            return Err(RepoError::Io {
+            return Err(SigningError::Io {
                 path: path.to_owned(),
                 source: e,
             })

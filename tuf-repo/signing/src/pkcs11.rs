@@ -10,7 +10,7 @@
 //! from env `OTA_PKCS11_PIN`; a `pin-value` in the URI is refused so a PIN can
 //! never end up in repo.json, shell history or a process listing.
 
-use crate::error::{RepoError, Result};
+use crate::error::{Result, SigningError};
 use crate::keys::KeyType;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
@@ -58,8 +58,8 @@ impl fmt::Debug for Pkcs11Uri {
     }
 }
 
-fn invalid(uri: &str, detail: impl fmt::Display) -> RepoError {
-    RepoError::InvalidArgument(format!("invalid PKCS#11 URI {uri:?}: {detail}"))
+fn invalid(uri: &str, detail: impl fmt::Display) -> SigningError {
+    SigningError::InvalidArgument(format!("invalid PKCS#11 URI {uri:?}: {detail}"))
 }
 
 fn percent_decode(uri: &str, s: &str) -> Result<Vec<u8>> {
@@ -100,7 +100,7 @@ fn percent_encode(bytes: &[u8], all: bool) -> String {
 }
 
 impl FromStr for Pkcs11Uri {
-    type Err = RepoError;
+    type Err = SigningError;
 
     fn from_str(uri: &str) -> Result<Self> {
         Self::parse(uri, true)
@@ -242,14 +242,14 @@ impl Pkcs11Uri {
         Ok(AuthPin::from(pin))
     }
 
-    fn error(&self, detail: impl fmt::Display) -> RepoError {
-        RepoError::Pkcs11 {
+    fn error(&self, detail: impl fmt::Display) -> SigningError {
+        SigningError::Pkcs11 {
             key: self.describe(),
             detail: detail.to_string(),
         }
     }
 
-    fn ck(&self, what: &'static str) -> impl FnOnce(cryptoki::error::Error) -> RepoError + '_ {
+    fn ck(&self, what: &'static str) -> impl FnOnce(cryptoki::error::Error) -> SigningError + '_ {
         move |e| self.error(format!("{what}: {e}"))
     }
 

@@ -3,13 +3,12 @@
 //! URI without a PIN). Both are plain strings in repo.json, so older
 //! repositories that list only paths still load.
 
-use crate::error::{RepoError, Result};
+use crate::error::{Result, SigningError};
 use crate::keys;
-use crate::layout::Layout;
 use crate::pkcs11::Pkcs11Uri;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use tough::schema::key::Key;
 use tough::sign::Sign;
@@ -22,13 +21,13 @@ pub enum KeyRef {
 }
 
 impl FromStr for KeyRef {
-    type Err = RepoError;
+    type Err = SigningError;
 
     fn from_str(s: &str) -> Result<Self> {
         if s.starts_with("pkcs11:") {
             Ok(KeyRef::Pkcs11(s.parse()?))
         } else if s.is_empty() {
-            Err(RepoError::InvalidArgument(
+            Err(SigningError::InvalidArgument(
                 "empty key reference: expected a key file path or a pkcs11: URI".to_owned(),
             ))
         } else {
@@ -77,11 +76,17 @@ impl fmt::Debug for LoadedKey {
 }
 
 impl KeyRef {
+    /// A key file's path: relative ones are relative to `base` (the
+    /// repository directory) when there is one.
+    fn file_path(p: &Path, base: Option<&Path>) -> PathBuf {
+        base.map(|b| b.join(p)).unwrap_or_else(|| p.to_owned())
+    }
+
     /// "PKCS#11 token X, object Y" or "software key file PATH (development only)".
-    pub fn describe(&self, layout: Option<&Layout>) -> String {
+    pub fn describe(&self, base: Option<&Path>) -> String {
         match self {
             KeyRef::File(p) => {
-                let path = layout.map(|l| l.resolve(p)).unwrap_or_else(|| p.clone());
+                let path = Self::file_path(p, base);
                 format!("software key file {} (development only)", path.display())
             }
             KeyRef::Pkcs11(u) => u.describe(),
@@ -89,25 +94,22 @@ impl KeyRef {
     }
 
     /// Opens the key for signing (reads the file, or logs in to the token).
-    pub fn open(&self, layout: Option<&Layout>) -> Result<LoadedKey> {
+    pub fn open(&self, base: Option<&Path>) -> Result<LoadedKey> {
         let signer: Box<dyn Sign> = match self {
-            KeyRef::File(p) => {
-                let path = layout.map(|l| l.resolve(p)).unwrap_or_else(|| p.clone());
-                keys::load_signer(&path)?
-            }
+            KeyRef::File(p) => keys::load_signer(&Self::file_path(p, base))?,
             KeyRef::Pkcs11(u) => Box::new(u.signer()?),
         };
         Ok(LoadedKey {
             key_id: keys::key_id(&signer.tuf_key())?,
-            location: self.describe(layout),
+            location: self.describe(base),
             signer,
         })
     }
 
     /// The public key (a token's public key object is read without a PIN).
-    pub fn public_key(&self, layout: Option<&Layout>) -> Result<Key> {
+    pub fn public_key(&self, base: Option<&Path>) -> Result<Key> {
         match self {
-            KeyRef::File(_) => Ok(self.open(layout)?.signer.tuf_key()),
+            KeyRef::File(_) => Ok(self.open(base)?.signer.tuf_key()),
             KeyRef::Pkcs11(u) => u.public_key(),
         }
     }
