@@ -204,7 +204,24 @@ fn tampered_metadata_is_rejected() {
     let mut ts: serde_json::Value = serde_json::from_str(&text).expect("json");
     let v = ts["signed"]["version"].as_u64().expect("version");
     ts["signed"]["version"] = serde_json::json!(v + 1);
-    std::fs::write(&ts_path, serde_json::to_vec(&ts).expect("encode")).expect("tamper");
+    let tampered = serde_json::to_vec(&ts).expect("encode");
+    std::fs::write(&ts_path, &tampered).expect("tamper");
+    // Written behind the server's back, the file reaches what it serves at
+    // its next refresh of the published metadata (at most a second).
+    let client = integration_tests::server::http_client().expect("client");
+    let url = format!("{}/metadata/timestamp.json", fx.server.url);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let served = client.get(&url).send().and_then(|r| r.bytes());
+        if served.as_deref().ok() == Some(&tampered[..]) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server never served the tampered timestamp"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     let dev = fx.device("dev-1").expect("device");
     dev.power_on().expect("boot");
