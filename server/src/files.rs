@@ -438,7 +438,7 @@ fn is_json(name: &str) -> bool {
     name.ends_with(".json")
 }
 
-fn is_not_found(e: &std::io::Error) -> bool {
+pub(crate) fn is_not_found(e: &std::io::Error) -> bool {
     // A path component that is a file (ENOTDIR) is also "no such file".
     e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(20)
 }

@@ -33,11 +33,12 @@ pub fn answer_from_memory(
     if name.contains('%') {
         return None;
     }
-    let kind = MetadataName::parse(name).ok()?;
-    let cache_control = if kind.is_immutable() {
-        files::IMMUTABLE
-    } else {
+    // Only names the handler below validated are ever in memory, so the
+    // poll need not parse the name again (which would allocate the role).
+    let cache_control = if crate::storage::published::is_mutable(name) {
         files::NO_CACHE
+    } else {
+        files::IMMUTABLE
     };
     let what = What("metadata file ", name);
     let response = match storage.cached_metadata(name) {

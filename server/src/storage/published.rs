@@ -32,7 +32,7 @@ use axum::http::HeaderValue;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
-use std::io::{self, Read};
+use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -251,6 +251,12 @@ enum Whole {
     TooLarge,
 }
 
+/// Whether `name` is one replaced in place (revalidated by every cache),
+/// as opposed to a versioned, immutable one.
+pub fn is_mutable(name: &str) -> bool {
+    MUTABLE.contains(&name)
+}
+
 impl Storage {
     /// What memory holds for `name`, without asking the store.
     pub fn cached_metadata(&self, name: &str) -> Cached {
@@ -369,7 +375,7 @@ impl Storage {
         blocking(move || match std::fs::metadata(&path) {
             Ok(meta) if meta.is_file() => Ok(Some(SourceId::of_file(&meta))),
             Ok(_) => Ok(None),
-            Err(e) if is_missing(&e) => Ok(None),
+            Err(e) if crate::files::is_not_found(&e) => Ok(None),
             Err(e) => Err(io_err(format!("stat {}", path.display()))(e)),
         })
         .await
@@ -394,7 +400,7 @@ impl Storage {
             // meanwhile cannot pair one file's content with another's stat.
             let mut file = match std::fs::File::open(&path) {
                 Ok(f) => f,
-                Err(e) if is_missing(&e) => return Ok(Whole::Missing),
+                Err(e) if crate::files::is_not_found(&e) => return Ok(Whole::Missing),
                 Err(e) => return Err(io_err(format!("open {}", path.display()))(e)),
             };
             let meta = file
@@ -423,9 +429,4 @@ impl Storage {
         })
         .await
     }
-}
-
-fn is_missing(e: &io::Error) -> bool {
-    // A path component that is a file (ENOTDIR) is also "no such file".
-    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(20)
 }
