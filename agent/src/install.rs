@@ -8,6 +8,8 @@ use ota_common::hash::{Digests, StreamVerifier, VerifyError};
 use ota_common::tuf::{FetchError, TufError};
 use rand::Rng;
 use std::io::{self, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::time::Duration;
 
 /// Bytes read from the network and written per step (within the 64 KiB..1 MiB
@@ -99,8 +101,10 @@ pub struct Download<'a> {
     pub booted: &'a Slot,
     /// Durable checkpoint to resume from (0: from the start).
     pub resume_from: u64,
-    /// fsync and persist the offset after every this many bytes.
+    /// fsync and persist the offset after every this many bytes...
     pub checkpoint_every: u64,
+    /// ...once at least this long after the previous checkpoint.
+    pub checkpoint_interval: Duration,
     pub retry: RetryPolicy,
 }
 
@@ -142,6 +146,7 @@ pub fn install_stream<'r>(
         booted,
         resume_from: 0,
         checkpoint_every: u64::MAX,
+        checkpoint_interval: Duration::ZERO,
         retry: RetryPolicy {
             retries: 0,
             initial: Duration::ZERO,
@@ -157,25 +162,137 @@ pub fn install_stream<'r>(
     )
 }
 
+/// How many bytes the install writes before it asks the follower thread to
+/// make them durable (at most; `checkpoint_every` when smaller). Small
+/// enough that the disk writes while the network delivers, instead of
+/// idling until a large flush at the end; large enough that the flushes
+/// cost little.
+const FLUSH_EVERY: u64 = 8 * 1024 * 1024;
+
 /// The resumable install. Resuming at a checkpoint first re-hashes the
 /// slot's bytes before it (one pass, one buffer) so the image is verified as
 /// a whole; then streams the rest, re-opening the stream with a Range
 /// request from the last written byte when the network fails (bounded
-/// retries, exponential backoff with jitter); every `checkpoint_every`
-/// bytes it fsyncs the slot and only then lets the caller persist the
-/// offset. Finally fsync, read back from storage, verify again.
+/// retries, exponential backoff with jitter).
+///
+/// Two threads: this one receives, checks and writes; a follower makes
+/// what was written durable (fdatasync), reports each durable offset back,
+/// and reads back from storage and hashes the range it just made durable
+/// (`slot::ReadBack`). Only a durable offset becomes a checkpoint (every
+/// `checkpoint_every` bytes, at most once per `checkpoint_interval`), so
+/// a checkpoint never names bytes a power cut could take away; and no fsync
+/// ever stalls the stream. After the last chunk: the final fsync, the rest
+/// of the read-back, and the whole slot's digest must match.
 pub fn install<'r>(
     job: &Download<'_>,
     hooks: &mut dyn InstallHooks<'r>,
 ) -> Result<(), InstallError> {
     let mut verifier = StreamVerifier::new(job.digests.clone(), job.length)?;
     let mut writer = SlotWriter::open_at(job.slot, job.booted, job.length, job.resume_from)?;
+    let mut read_back = writer.read_back(job.digests)?;
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let (written_tx, written_rx) = mpsc::channel::<u64>();
+        let (durable_tx, durable_rx) = mpsc::channel::<u64>();
+        let stop = &stop;
+        let follower = scope.spawn(move || {
+            while let Ok(mut upto) = written_rx.recv() {
+                // Marks that queued up while the last range was read back
+                // are made durable in one flush.
+                while let Ok(later) = written_rx.try_recv() {
+                    upto = later;
+                }
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                read_back.sync()?;
+                // The main thread may have finished already; then this
+                // offset is of no use to it.
+                let _ = durable_tx.send(upto);
+                read_back.catch_up(upto, stop)?;
+            }
+            Ok::<_, SlotError>(read_back)
+        });
+        let streamed = stream(
+            job,
+            hooks,
+            &mut verifier,
+            &mut writer,
+            &mut Follower {
+                written: &written_tx,
+                durable: &durable_rx,
+                is_finished: &|| follower.is_finished(),
+            },
+        );
+        if let Err(e) = streamed {
+            if e.keeps_checkpoint() {
+                // The bytes written so far are good: make them durable and
+                // record them, so the next try starts after them.
+                let _ = written_tx.send(writer.written());
+                drop(written_tx);
+                let _ = join(follower);
+                if let Some(durable) = durable_rx.try_iter().last() {
+                    let _ = hooks.checkpoint(durable);
+                }
+            } else {
+                stop.store(true, Ordering::Relaxed);
+                drop(written_tx);
+                // The stream's error is the one to tell; the follower only read.
+                let _ = join(follower);
+            }
+            return Err(e);
+        }
+        drop(written_tx);
+        // A read-back that failed midway (an I/O error) is told first.
+        let read_back = join(follower)?;
+        verifier.finish()?;
+        let written = writer.finish()?;
+        crate::crashpoint::hit(crate::crashpoint::INSTALL_BEFORE_READ_BACK);
+        read_back.finish(&written)?;
+        Ok(())
+    })
+}
+
+/// The stream's side of the channels to the follower thread.
+struct Follower<'a> {
+    /// Offsets written (not yet durable), for the follower to flush.
+    written: &'a mpsc::Sender<u64>,
+    /// Offsets the follower has made durable.
+    durable: &'a mpsc::Receiver<u64>,
+    /// True once the follower has stopped, which it does only on an error.
+    is_finished: &'a dyn Fn() -> bool,
+}
+
+/// The follower's result; a panic in it is re-raised here, as a panic in
+/// this thread would be.
+fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    handle
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// Streams the image from `verifier.len()` to its end into `writer`,
+/// handing written offsets to the follower and recording the durable ones
+/// it hands back as checkpoints. Returns early (Ok) when the follower has
+/// failed: its error is the install's.
+fn stream<'r>(
+    job: &Download<'_>,
+    hooks: &mut dyn InstallHooks<'r>,
+    verifier: &mut StreamVerifier,
+    writer: &mut SlotWriter,
+    follower: &mut Follower<'_>,
+) -> Result<(), InstallError> {
     if writer.written() > 0 {
-        writer.rehash_prefix(&mut verifier)?;
+        writer.rehash_prefix(verifier)?;
         tracing::info!(slot = %job.slot.id, offset = writer.written(), length = job.length,
             "resuming the download after the bytes already in the slot");
+        // The prefix is read back like the rest.
+        let _ = follower.written.send(writer.written());
     }
+    let flush_every = job.checkpoint_every.min(FLUSH_EVERY);
+    let mut last_flush = writer.written();
     let mut last_checkpoint = writer.written();
+    let mut last_checkpoint_at = std::time::Instant::now();
     let mut buf = vec![0u8; CHUNK];
     let mut reader: Option<Box<dyn Read + Send + 'r>> = None;
     let mut failures = 0u32;
@@ -219,32 +336,36 @@ pub fn install<'r>(
             Err(e) => return Err(InstallError::Stream(e)),
         };
         if n == 0 {
-            break;
+            return Ok(());
         }
         failures = 0;
-        let chunk = &buf[..n];
-        // Verified first: bytes beyond the signed length never reach the slot.
-        verifier.update(chunk)?;
-        writer.write_chunk(chunk)?;
+        // Checked against the signed length first: bytes beyond it never
+        // reach the slot. The write overlaps the chunk's sha512.
+        verifier.update_with(&buf[..n], |chunk| writer.write_chunk(chunk))??;
         crate::crashpoint::hit(crate::crashpoint::DOWNLOAD_CHUNK_WRITTEN);
         hooks.progress(verifier.len());
-        if writer.written() - last_checkpoint >= job.checkpoint_every
-            && writer.written() < job.length
-        {
-            // Durable first, recorded second: a checkpoint never names bytes
-            // that a power cut could still take away.
-            writer.sync()?;
-            hooks
-                .checkpoint(writer.written())
-                .map_err(InstallError::Checkpoint)?;
-            last_checkpoint = writer.written();
+        if writer.written() - last_flush >= flush_every && writer.written() < job.length {
+            // The follower's flush covers the bytes written before this.
+            let _ = follower.written.send(writer.written());
+            last_flush = writer.written();
+        }
+        if let Some(durable) = follower.durable.try_iter().last() {
+            if durable - last_checkpoint >= job.checkpoint_every
+                && last_checkpoint_at.elapsed() >= job.checkpoint_interval
+            {
+                // Durable first (the follower's fdatasync), recorded second.
+                hooks
+                    .checkpoint(durable)
+                    .map_err(InstallError::Checkpoint)?;
+                last_checkpoint = durable;
+                last_checkpoint_at = std::time::Instant::now();
+            }
+        }
+        if (follower.is_finished)() {
+            // The follower stops only on an error, which ends the install.
+            return Ok(());
         }
     }
-    verifier.finish()?;
-    let written = writer.finish()?;
-    crate::crashpoint::hit(crate::crashpoint::INSTALL_BEFORE_READ_BACK);
-    written.verify_read_back(job.digests)?;
-    Ok(())
 }
 
 /// Reads until `buf` is full or the stream ends; returns the bytes read.
@@ -266,6 +387,7 @@ mod tests {
     use super::*;
     use crate::slot::tests::digests_of;
     use crate::slot::Slots;
+    use ota_common::hash::Digests;
 
     fn setup() -> (tempfile::TempDir, Slots) {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -427,6 +549,91 @@ mod tests {
             std::fs::metadata(&s.b.path).expect("stat").len(),
             (CHUNK * 2) as u64
         );
+    }
+
+    /// Hooks over an in-memory image that record checkpoints.
+    struct Recorder<'a> {
+        image: &'a [u8],
+        checkpoints: Vec<u64>,
+        /// A slow link: a pause after each chunk, which gives the follower's
+        /// flushes time to come back.
+        pace: Duration,
+    }
+
+    impl<'a> InstallHooks<'a> for Recorder<'a> {
+        fn open(&mut self, offset: u64) -> Result<Box<dyn Read + Send + 'a>, TufError> {
+            Ok(Box::new(&self.image[offset as usize..]))
+        }
+        fn progress(&mut self, _done: u64) {
+            std::thread::sleep(self.pace);
+        }
+        fn checkpoint(&mut self, durable: u64) -> Result<(), String> {
+            self.checkpoints.push(durable);
+            Ok(())
+        }
+    }
+
+    fn job<'a>(
+        s: &'a Slots,
+        digests: &'a Digests,
+        length: u64,
+        interval: Duration,
+    ) -> Download<'a> {
+        Download {
+            length,
+            digests,
+            slot: &s.b,
+            booted: &s.a,
+            resume_from: 0,
+            checkpoint_every: CHUNK as u64,
+            checkpoint_interval: interval,
+            retry: RetryPolicy {
+                retries: 0,
+                initial: Duration::ZERO,
+                max: Duration::ZERO,
+            },
+        }
+    }
+
+    #[test]
+    fn checkpoints_need_both_the_bytes_and_the_interval() {
+        let (_d, s) = setup();
+        let image: Vec<u8> = (0..CHUNK * 4).map(|i| (i % 253) as u8).collect();
+        let digests = digests_of(&image);
+        let mut every_chunk = Recorder {
+            image: &image,
+            checkpoints: Vec::new(),
+            pace: Duration::from_millis(100),
+        };
+        let length = image.len() as u64;
+        install(&job(&s, &digests, length, Duration::ZERO), &mut every_chunk).expect("install");
+        // Each at a chunk boundary the follower had made durable, in order,
+        // none at the end (the install's own final fsync covers it). Which
+        // boundaries depends on how fast the follower's flushes come back.
+        let c = &every_chunk.checkpoints;
+        assert!(
+            !c.is_empty(),
+            "a 100 ms pause per chunk leaves time to flush"
+        );
+        assert!(c.windows(2).all(|w| w[0] < w[1]), "{c:?}");
+        assert!(
+            c.iter()
+                .all(|&d| d % CHUNK as u64 == 0 && d > 0 && d < length),
+            "{c:?}"
+        );
+
+        let mut hourly = Recorder {
+            image: &image,
+            checkpoints: Vec::new(),
+            pace: Duration::from_millis(100),
+        };
+        install(
+            &job(&s, &digests, length, Duration::from_secs(3600)),
+            &mut hourly,
+        )
+        .expect("install");
+        assert!(hourly.checkpoints.is_empty(), "{:?}", hourly.checkpoints);
+        assert_eq!(std::fs::read(&s.b.path).expect("slot"), image);
     }
 
     #[test]

@@ -552,6 +552,7 @@ impl Machine {
             booted: self.slots.get(self.booted),
             resume_from,
             checkpoint_every: dl.checkpoint_bytes,
+            checkpoint_interval: Duration::from_millis(dl.checkpoint_interval_ms),
             retry: RetryPolicy {
                 retries: dl.retries,
                 initial: Duration::from_millis(dl.retry_initial_ms),

@@ -61,6 +61,7 @@ retries = 3
 retry_initial_ms = 1
 retry_max_ms = 5
 checkpoint_bytes = 65536
+checkpoint_interval_ms = 0
 [slots]
 a = "{a}"
 b = "{b}"

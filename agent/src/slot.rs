@@ -5,12 +5,13 @@
 use ota_common::hash::{Digests, StreamVerifier, VerifyError};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Size of the buffer used to read a slot back.
-const READ_BACK_CHUNK: usize = 256 * 1024;
+const READ_BACK_CHUNK: usize = 1024 * 1024;
 
 /// One of the two slots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -355,6 +356,12 @@ impl SlotWriter {
         self.written
     }
 
+    /// A read-back of this slot for an image with `digests`, to follow the
+    /// writer range by range as it makes them durable (see [`ReadBack`]).
+    pub fn read_back(&self, digests: &Digests) -> Result<ReadBack, SlotError> {
+        ReadBack::of(&self.slot, &self.file, self.is_block, self.length, digests)
+    }
+
     /// Makes the written bytes durable (fsync), trimming a file slot to the image length.
     pub fn finish(mut self) -> Result<WrittenSlot, SlotError> {
         let slot = &self.slot;
@@ -399,76 +406,207 @@ impl WrittenSlot {
     /// (hardware-accelerated on x86 and ARMv8 devices), else sha512: see
     /// `Digests::one`. The second digest was about half of the read-back's
     /// time (docs/BENCHMARKS.md, "Install: throughput and memory").
-    pub fn verify_read_back(mut self, digests: &Digests) -> Result<(), SlotError> {
-        let digests = digests.one();
-        drop_page_cache(&self.file, self.is_block);
-        self.file
-            .seek(SeekFrom::Start(0))
-            .map_err(self.slot.io("seek"))?;
-        verify_prefix(&mut self.file, self.length, &digests).map_err(|e| match e {
-            PrefixError::Io(source) => SlotError::Io {
-                slot: self.slot.id,
-                path: self.slot.path.clone(),
-                action: "reading back",
-                source,
-            },
-            PrefixError::Verify(source) => SlotError::ReadBack {
-                slot: self.slot.id,
-                path: self.slot.path.clone(),
-                source,
-            },
-        })
+    pub fn verify_read_back(self, digests: &Digests) -> Result<(), SlotError> {
+        let mut read_back =
+            ReadBack::of(&self.slot, &self.file, self.is_block, self.length, digests)?;
+        read_back.catch_up(self.length, &AtomicBool::new(false))?;
+        read_back.finish(&self)
+    }
+
+    pub fn length(&self) -> u64 {
+        self.length
     }
 }
 
-/// Asks the kernel to drop the cached pages of `file`, so the read-back sees
-/// what storage holds rather than what we just wrote into memory: the block
-/// device's buffer cache (BLKFLSBUF) and the pages of the file. Advisory: on
-/// failure the read-back still catches everything but media errors.
-fn drop_page_cache(file: &File, is_block: bool) {
-    use std::os::fd::AsRawFd;
-    if is_block {
-        if let Err(e) = crate::blockdev::flush_buffers(file) {
-            tracing::debug!(error = %e, "BLKFLSBUF failed; read-back may hit the buffer cache");
-        }
+/// The read-back of a slot that follows its writer: every range the writer
+/// has made durable (fsynced) is dropped from the page cache, read again
+/// from storage and hashed, while the next range is still downloading. By
+/// the time the last byte is written only the last range is left to read,
+/// so the read-back costs the install little more than that range instead
+/// of a second pass over the whole image (docs/BENCHMARKS.md, "Install at
+/// the speed of the disk").
+///
+/// It proves what the read-back after the final fsync proved: storage
+/// returns, for every byte, what was verified and written, read after that
+/// byte was durable and its cached copy dropped. The digest is the one of
+/// [`Digests::one`] (see [`WrittenSlot::verify_read_back`]).
+#[derive(Debug)]
+pub struct ReadBack {
+    slot: Slot,
+    file: File,
+    /// `file` was opened with O_DIRECT: reads come from the device, never
+    /// from the page cache, and need `DIRECT_ALIGN`-aligned offsets,
+    /// lengths and memory.
+    direct: bool,
+    is_block: bool,
+    verifier: StreamVerifier,
+    buf: Vec<u8>,
+    /// Where the `DIRECT_ALIGN`-aligned window of `buf` starts.
+    start: usize,
+}
+
+/// Alignment of direct reads: a multiple of every logical block size in
+/// use (512 and 4096 bytes).
+const DIRECT_ALIGN: usize = 4096;
+
+impl ReadBack {
+    fn of(
+        slot: &Slot,
+        file: &File,
+        is_block: bool,
+        length: u64,
+        digests: &Digests,
+    ) -> Result<ReadBack, SlotError> {
+        let verifier =
+            StreamVerifier::new(digests.one(), length).map_err(|source| SlotError::ReadBack {
+                slot: slot.id,
+                path: slot.path.clone(),
+                source,
+            })?;
+        let (file, direct) = match reopen_direct(file) {
+            Some(direct) => (direct, true),
+            // Positioned reads only (pread), so sharing the writer's file
+            // description and its offset is harmless.
+            None => (
+                file.try_clone()
+                    .map_err(slot.io("duplicating the slot's descriptor"))?,
+                false,
+            ),
+        };
+        let buf = vec![0u8; READ_BACK_CHUNK + DIRECT_ALIGN];
+        let start = (DIRECT_ALIGN - buf.as_ptr() as usize % DIRECT_ALIGN) % DIRECT_ALIGN;
+        Ok(ReadBack {
+            slot: slot.clone(),
+            file,
+            direct,
+            is_block,
+            verifier,
+            buf,
+            start,
+        })
     }
+
+    /// Makes everything written into the slot so far durable: fdatasync
+    /// on this descriptor flushes the file (or device) whichever descriptor
+    /// wrote it, so the writer's thread need not wait for it.
+    pub fn sync(&self) -> Result<(), SlotError> {
+        self.file.sync_data().map_err(self.slot.io("fsync"))
+    }
+
+    /// Bytes read back and hashed so far.
+    pub fn done(&self) -> u64 {
+        self.verifier.len()
+    }
+
+    /// Reads back everything up to `durable` (bytes the writer has fsynced)
+    /// not read yet. Returns early, with what it has, once `stop` is set.
+    pub fn catch_up(&mut self, durable: u64, stop: &AtomicBool) -> Result<(), SlotError> {
+        use std::os::unix::fs::FileExt;
+        let from = self.done();
+        if durable <= from {
+            return Ok(());
+        }
+        if !self.direct {
+            drop_page_cache(&self.file, from, durable - from);
+        }
+        let align = if self.direct { DIRECT_ALIGN as u64 } else { 1 };
+        let mut offset = from;
+        while offset < durable {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            // A direct read starts on the block boundary at or before
+            // `offset` and asks for whole blocks; the bytes around the
+            // wanted range are read and not hashed.
+            let at = offset - offset % align;
+            let skip = (offset - at) as usize;
+            let wanted = usize::try_from(durable - offset)
+                .unwrap_or(usize::MAX)
+                .min(READ_BACK_CHUNK - skip);
+            let ask = (skip + wanted).next_multiple_of(align as usize);
+            let window = &mut self.buf[self.start..self.start + ask];
+            let n = match self.file.read_at(window, at) {
+                Ok(n) if n > skip => (n - skip).min(wanted),
+                Ok(_) => {
+                    return Err(SlotError::Io {
+                        slot: self.slot.id,
+                        path: self.slot.path.clone(),
+                        action: "reading back",
+                        source: io::Error::from(io::ErrorKind::UnexpectedEof),
+                    })
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err((self.slot.io("reading back"))(e)),
+            };
+            let bytes = &self.buf[self.start + skip..self.start + skip + n];
+            self.verifier
+                .update(bytes)
+                .map_err(|source| SlotError::ReadBack {
+                    slot: self.slot.id,
+                    path: self.slot.path.clone(),
+                    source,
+                })?;
+            offset += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Reads back what is left of `written` (now fsynced whole) and checks
+    /// the digest of everything read back.
+    pub fn finish(mut self, written: &WrittenSlot) -> Result<(), SlotError> {
+        if self.is_block && !self.direct {
+            // The block device's own buffer cache, beside the pages dropped per range.
+            if let Err(e) = crate::blockdev::flush_buffers(&self.file) {
+                tracing::debug!(error = %e, "BLKFLSBUF failed; read-back may hit the buffer cache");
+            }
+        }
+        self.catch_up(written.length, &AtomicBool::new(false))?;
+        let slot = &self.slot;
+        self.verifier
+            .finish()
+            .map_err(|source| SlotError::ReadBack {
+                slot: slot.id,
+                path: slot.path.clone(),
+                source,
+            })
+    }
+}
+
+/// The slot's file opened again (the same inode, through /proc/self/fd)
+/// for reading with O_DIRECT, or `None` where the file system refuses
+/// direct I/O (tmpfs) or /proc is not mounted: then the read-back reads
+/// through the page cache after dropping its pages. Direct reads copy
+/// nothing through the page cache and leave it as it was, which on a device
+/// with 64 MiB of RAM keeps a GiB-sized read-back from evicting everything
+/// else.
+fn reopen_direct(file: &File) -> Option<File> {
+    use std::os::fd::AsRawFd;
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_DIRECT.bits())
+        .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .inspect_err(|e| tracing::debug!(error = %e, "no direct I/O for the read-back; reading through the page cache"))
+        .ok()
+}
+
+/// Asks the kernel to drop the cached pages of `len` bytes of `file` from
+/// `offset`, so the read-back sees what storage holds rather than what we
+/// just wrote into memory. Advisory: on failure the read-back still
+/// catches everything but media errors. The pages are clean (fsynced)
+/// before this is called, so none is skipped for being dirty.
+fn drop_page_cache(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
     if let Err(e) = nix::fcntl::posix_fadvise(
         file.as_raw_fd(),
-        0,
-        0,
+        offset,
+        len,
         nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
     ) {
         tracing::debug!(error = %e, "posix_fadvise(DONTNEED) failed; read-back may hit the page cache");
     }
-}
-
-enum PrefixError {
-    Io(io::Error),
-    Verify(VerifyError),
-}
-
-fn verify_prefix(
-    reader: &mut impl Read,
-    length: u64,
-    digests: &Digests,
-) -> Result<(), PrefixError> {
-    let mut verifier = StreamVerifier::new(digests.clone(), length).map_err(PrefixError::Verify)?;
-    let mut buf = vec![0u8; READ_BACK_CHUNK];
-    let mut remaining = length;
-    while remaining > 0 {
-        let want = usize::try_from(remaining)
-            .unwrap_or(usize::MAX)
-            .min(buf.len());
-        let n = match reader.read(&mut buf[..want]) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(PrefixError::Io(e)),
-        };
-        verifier.update(&buf[..n]).map_err(PrefixError::Verify)?;
-        remaining -= n as u64;
-    }
-    verifier.finish().map_err(PrefixError::Verify)
 }
 
 /// True when `path` exists and is a block device.
@@ -562,6 +700,43 @@ pub(crate) mod tests {
         let err = written
             .verify_read_back(&digests_of(&data))
             .expect_err("corrupt");
+        assert!(matches!(err, SlotError::ReadBack { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_read_back_following_the_writer_reads_storage_range_by_range() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = slots(dir.path(), None);
+        // Ranges that end off the 4 KiB grid exercise the direct reads' alignment.
+        let data: Vec<u8> = (0..(3 * READ_BACK_CHUNK + 5000) as u32)
+            .map(|i| (i % 249) as u8)
+            .collect();
+        let digests = digests_of(&data);
+        let never = AtomicBool::new(false);
+        let follow = |tamper: Option<usize>| -> Result<(), SlotError> {
+            let mut w = SlotWriter::open(&s.b, &s.a, data.len() as u64)?;
+            let mut read_back = w.read_back(&digests)?;
+            for (i, chunk) in data.chunks(READ_BACK_CHUNK + 1234).enumerate() {
+                w.write_chunk(chunk)?;
+                read_back.sync()?;
+                if tamper == Some(i) {
+                    // Storage flips a byte of this range once it is durable,
+                    // before the read-back reaches it.
+                    use std::os::unix::fs::FileExt;
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .open(&s.b.path)
+                        .expect("open");
+                    f.write_all_at(&[0xff], w.written() - 7).expect("flip");
+                    f.sync_all().expect("sync");
+                }
+                read_back.catch_up(w.written(), &never)?;
+                assert_eq!(read_back.done(), w.written());
+            }
+            read_back.finish(&w.finish()?)
+        };
+        follow(None).expect("untouched storage reads back");
+        let err = follow(Some(1)).expect_err("flipped byte");
         assert!(matches!(err, SlotError::ReadBack { .. }), "{err}");
     }
 

@@ -99,6 +99,16 @@ pub enum VerifyError {
     NoDigest,
 }
 
+/// Smallest chunk whose sha512 is worth a thread of its own (see
+/// [`StreamVerifier::update_with`]).
+pub const PARALLEL_MIN: usize = 128 * 1024;
+
+/// Whether this machine has a second CPU to hash on (asked once).
+fn several_cpus() -> bool {
+    static SEVERAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SEVERAL.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1))
+}
+
 /// Hashes bytes as they stream and enforces a signed length as they arrive,
 /// so an endless or oversized stream is cut off at the first extra byte.
 #[derive(Debug, Clone)]
@@ -127,6 +137,26 @@ impl StreamVerifier {
 
     /// Feeds the next chunk. Fails, without hashing it, if it would exceed the signed length.
     pub fn update(&mut self, chunk: &[u8]) -> Result<(), VerifyError> {
+        self.update_with(chunk, |_| ())
+    }
+
+    /// Feeds the next chunk like [`StreamVerifier::update`] and, once the
+    /// chunk is known to fit the signed length, runs `alongside` on it
+    /// while it is hashed; `alongside` never sees a chunk that was refused.
+    ///
+    /// With both digests listed, a chunk of at least [`PARALLEL_MIN`]
+    /// bytes and more than one CPU, sha512 runs on a second thread while
+    /// this one computes sha256 and then `alongside` (the install's write
+    /// into the slot). sha512 has no hardware support on most devices and
+    /// costs about three times sha256 per byte, so on one thread it, not
+    /// the disk, set the install's pace (docs/BENCHMARKS.md, "Install at
+    /// the speed of the disk"). A scoped thread per chunk costs tens of
+    /// microseconds against the milliseconds a chunk takes to hash.
+    pub fn update_with<T>(
+        &mut self,
+        chunk: &[u8],
+        alongside: impl FnOnce(&[u8]) -> T,
+    ) -> Result<T, VerifyError> {
         let next = self.seen.saturating_add(chunk.len() as u64);
         if next > self.expected_len {
             return Err(VerifyError::TooLong {
@@ -134,13 +164,24 @@ impl StreamVerifier {
             });
         }
         self.seen = next;
-        if let Some(h) = self.sha256.as_mut() {
-            h.update(chunk);
+        match (self.sha256.as_mut(), self.sha512.as_mut()) {
+            (Some(sha256), Some(sha512)) if chunk.len() >= PARALLEL_MIN && several_cpus() => {
+                Ok(std::thread::scope(|scope| {
+                    scope.spawn(|| sha512.update(chunk));
+                    sha256.update(chunk);
+                    alongside(chunk)
+                }))
+            }
+            (sha256, sha512) => {
+                if let Some(h) = sha256 {
+                    h.update(chunk);
+                }
+                if let Some(h) = sha512 {
+                    h.update(chunk);
+                }
+                Ok(alongside(chunk))
+            }
         }
-        if let Some(h) = self.sha512.as_mut() {
-            h.update(chunk);
-        }
-        Ok(())
     }
 
     /// Bytes accepted so far.
@@ -318,6 +359,48 @@ mod tests {
         }
         v.finish().expect("aws-lc agrees with sha2");
         assert_eq!(sha256_hex(b"abc"), hex::encode(Sha256::digest(b"abc")));
+    }
+
+    #[test]
+    fn large_chunks_hash_both_digests_on_two_threads_and_still_catch_each() {
+        // Chunks above PARALLEL_MIN take the two-thread path.
+        let data: Vec<u8> = (0..(PARALLEL_MIN * 5 + 77) as u32)
+            .map(|i| (i * 13 % 251) as u8)
+            .collect();
+        let chunk = PARALLEL_MIN * 2;
+        let mut v = StreamVerifier::new(digests_of(&data), data.len() as u64).expect("new");
+        let mut copy = Vec::new();
+        for c in data.chunks(chunk) {
+            v.update_with(c, |c| copy.extend_from_slice(c))
+                .expect("update");
+        }
+        assert_eq!(copy, data);
+        v.finish().expect("both digests agree with sha2");
+
+        for algorithm in ["sha256", "sha512"] {
+            let mut d = digests_of(&data);
+            match algorithm {
+                "sha256" => d.sha256 = Some([1u8; 32]),
+                _ => d.sha512 = Some([1u8; 64]),
+            }
+            let mut v = StreamVerifier::new(d, data.len() as u64).expect("new");
+            for c in data.chunks(chunk) {
+                v.update_with(c, |_| ()).expect("update");
+            }
+            match v.finish() {
+                Err(VerifyError::DigestMismatch { algorithm: a, .. }) => assert_eq!(a, algorithm),
+                other => panic!("{algorithm}: {other:?}"),
+            }
+        }
+
+        // A chunk past the signed length never reaches `alongside`.
+        let mut v = StreamVerifier::new(digests_of(&data), 10).expect("new");
+        let mut called = false;
+        assert_eq!(
+            v.update_with(&data[..chunk], |_| called = true),
+            Err(VerifyError::TooLong { expected: 10 })
+        );
+        assert!(!called);
     }
 
     #[test]

@@ -161,7 +161,7 @@ impl World {
         )
         .expect("device");
         let mut text = std::fs::read_to_string(dev.config_path()).expect("config");
-        text.push_str("\n[download]\ncheckpoint_bytes = 262144\n");
+        text.push_str("\n[download]\ncheckpoint_bytes = 262144\ncheckpoint_interval_ms = 0\n");
         std::fs::write(dev.config_path(), text).expect("config");
         dev
     }

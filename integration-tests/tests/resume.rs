@@ -15,7 +15,7 @@ fn tune_downloads(dev: &SimDevice) {
     let path = dev.config_path();
     let mut text = std::fs::read_to_string(&path).expect("config");
     text.push_str(
-        "\n[download]\nretries = 5\nretry_initial_ms = 50\nretry_max_ms = 400\ncheckpoint_bytes = 262144\n",
+        "\n[download]\nretries = 5\nretry_initial_ms = 50\nretry_max_ms = 400\ncheckpoint_bytes = 262144\ncheckpoint_interval_ms = 0\n",
     );
     std::fs::write(&path, text).expect("write config");
 }

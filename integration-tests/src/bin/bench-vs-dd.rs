@@ -117,7 +117,10 @@ fn run() -> Result<()> {
     println!("load average before: {}", loadavg());
 
     let bench = Published::new(args.size)?;
-    let slot = LoopDevice::attach(&bench.fixture.dir.path().join("loop-backing.img"), args.size)?;
+    let slot = LoopDevice::attach(
+        &bench.fixture.dir.path().join("loop-backing.img"),
+        args.size,
+    )?;
     let mut dd = Vec::new();
     let mut agent = Vec::new();
     for round in 0..args.runs {
@@ -145,11 +148,7 @@ fn run() -> Result<()> {
     let agent_secs: Vec<f64> = agent.iter().map(|r| r.secs).collect();
     let agent_median = median(&agent_secs);
     println!("load average after: {}", loadavg());
-    println!(
-        "dd bs=4M conv=fsync, {} runs: {} s",
-        dd.len(),
-        list(&dd)
-    );
+    println!("dd bs=4M conv=fsync, {} runs: {} s", dd.len(), list(&dd));
     println!(
         "ota-agent install,  {} runs: {} s (user CPU {} s, sys CPU {} s)",
         agent.len(),
@@ -221,8 +220,8 @@ impl Published {
     fn drop_local_copies(&self) -> Result<()> {
         std::fs::remove_file(&self.image)?;
         let targets = self.fixture.repo.dir.join("targets");
-        for entry in std::fs::read_dir(&targets)
-            .with_context(|| format!("reading {}", targets.display()))?
+        for entry in
+            std::fs::read_dir(&targets).with_context(|| format!("reading {}", targets.display()))?
         {
             let path = entry?.path();
             if path.is_file() && path.metadata()?.len() > MIB {
@@ -246,6 +245,9 @@ impl Published {
                 run.end,
                 device.log_tail()
             );
+        }
+        if std::env::var_os("BENCH_SHOW_LOG").is_some() {
+            eprintln!("{}", device.log_tail());
         }
         let _ = std::fs::remove_dir_all(&device.dir);
         Ok(Install {
@@ -307,6 +309,7 @@ impl LoopDevice {
         let status = Command::new("dd")
             .arg("if=/dev/zero")
             .arg(format!("of={}", path.display()))
+            .arg(format!("count={}", size.div_ceil(4 * MIB)))
             .args(["bs=4M", "conv=fsync", "status=none"])
             .status()
             .context("running dd")?;
@@ -355,7 +358,7 @@ fn loadavg() -> String {
 }
 
 fn human(bytes: u64) -> String {
-    if bytes % (1024 * MIB) == 0 {
+    if bytes.is_multiple_of(1024 * MIB) {
         format!("{} GiB", bytes / (1024 * MIB))
     } else {
         format!("{} MiB", bytes / MIB)
