@@ -195,24 +195,35 @@ pub fn install<'r>(
         let (written_tx, written_rx) = mpsc::channel::<u64>();
         let (durable_tx, durable_rx) = mpsc::channel::<u64>();
         let stop = &stop;
-        let follower = scope.spawn(move || {
-            while let Ok(mut upto) = written_rx.recv() {
-                // Marks that queued up while the last range was read back
-                // are made durable in one flush.
-                while let Ok(later) = written_rx.try_recv() {
-                    upto = later;
+        let spawned = std::thread::Builder::new()
+            .name("slot-follower".into())
+            .spawn_scoped(scope, move || {
+                while let Ok(mut upto) = written_rx.recv() {
+                    // Marks that queued up while the last range was read back
+                    // are made durable in one flush.
+                    while let Ok(later) = written_rx.try_recv() {
+                        upto = later;
+                    }
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    read_back.sync()?;
+                    // The main thread may have finished already; then this
+                    // offset is of no use to it.
+                    let _ = durable_tx.send(upto);
+                    read_back.catch_up(upto, stop)?;
                 }
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                read_back.sync()?;
-                // The main thread may have finished already; then this
-                // offset is of no use to it.
-                let _ = durable_tx.send(upto);
-                read_back.catch_up(upto, stop)?;
-            }
-            Ok::<_, SlotError>(read_back)
-        });
+                Ok::<_, SlotError>(read_back)
+            });
+        // Nothing is written yet when the system refuses a thread.
+        let follower = spawned.map_err(|e| {
+            InstallError::Slot(SlotError::Io {
+                slot: job.slot.id,
+                path: job.slot.path.clone(),
+                action: "starting the read-back thread",
+                source: e,
+            })
+        })?;
         let streamed = stream(
             job,
             hooks,
