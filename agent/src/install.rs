@@ -163,7 +163,7 @@ pub fn install_stream<'r>(
 }
 
 /// How many bytes the install writes before it asks the follower thread to
-/// make them durable (at most; `checkpoint_every` when smaller). Small
+/// make them durable, between checkpoints. Small
 /// enough that the disk writes while the network delivers, instead of
 /// idling until a large flush at the end; large enough that the flushes
 /// cost little.
@@ -178,11 +178,12 @@ const FLUSH_EVERY: u64 = 8 * 1024 * 1024;
 /// Two threads: this one receives, checks and writes; a follower makes
 /// what was written durable (fdatasync), reports each durable offset back,
 /// and reads back from storage and hashes the range it just made durable
-/// (`slot::ReadBack`). Only a durable offset becomes a checkpoint (every
-/// `checkpoint_every` bytes, at most once per `checkpoint_interval`), so
-/// a checkpoint never names bytes a power cut could take away; and no fsync
-/// ever stalls the stream. After the last chunk: the final fsync, the rest
-/// of the read-back, and the whole slot's digest must match.
+/// (`slot::ReadBack`). A checkpoint (every `checkpoint_every` bytes, at
+/// most once per `checkpoint_interval`) waits for the follower to report
+/// its offset durable before the caller records it, so it never names bytes
+/// a power cut could take away; between checkpoints no fsync stalls the
+/// stream. After the last chunk: the final fsync, the rest of the
+/// read-back, and the whole slot's digest must match.
 pub fn install<'r>(
     job: &Download<'_>,
     hooks: &mut dyn InstallHooks<'r>,
@@ -236,21 +237,10 @@ pub fn install<'r>(
             },
         );
         if let Err(e) = streamed {
-            if e.keeps_checkpoint() {
-                // The bytes written so far are good: make them durable and
-                // record them, so the next try starts after them.
-                let _ = written_tx.send(writer.written());
-                drop(written_tx);
-                let _ = join(follower);
-                if let Some(durable) = durable_rx.try_iter().last() {
-                    let _ = hooks.checkpoint(durable);
-                }
-            } else {
-                stop.store(true, Ordering::Relaxed);
-                drop(written_tx);
-                // The stream's error is the one to tell; the follower only read.
-                let _ = join(follower);
-            }
+            stop.store(true, Ordering::Relaxed);
+            drop(written_tx);
+            // The stream's error is the one to tell; the follower only read.
+            let _ = join(follower);
             return Err(e);
         }
         drop(written_tx);
@@ -283,9 +273,9 @@ fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
 }
 
 /// Streams the image from `verifier.len()` to its end into `writer`,
-/// handing written offsets to the follower and recording the durable ones
-/// it hands back as checkpoints. Returns early (Ok) when the follower has
-/// failed: its error is the install's.
+/// handing written offsets to the follower to flush and recording
+/// checkpoints once it reports them durable. Returns early (Ok) when the
+/// follower has failed: its error is the install's.
 fn stream<'r>(
     job: &Download<'_>,
     hooks: &mut dyn InstallHooks<'r>,
@@ -300,7 +290,6 @@ fn stream<'r>(
         // The prefix is read back like the rest.
         let _ = follower.written.send(writer.written());
     }
-    let flush_every = job.checkpoint_every.min(FLUSH_EVERY);
     let mut last_flush = writer.written();
     let mut last_checkpoint = writer.written();
     let mut last_checkpoint_at = std::time::Instant::now();
@@ -355,23 +344,36 @@ fn stream<'r>(
         verifier.update_with(&buf[..n], |chunk| writer.write_chunk(chunk))??;
         crate::crashpoint::hit(crate::crashpoint::DOWNLOAD_CHUNK_WRITTEN);
         hooks.progress(verifier.len());
-        if writer.written() - last_flush >= flush_every && writer.written() < job.length {
-            // The follower's flush covers the bytes written before this.
-            let _ = follower.written.send(writer.written());
-            last_flush = writer.written();
-        }
-        if let Some(durable) = follower.durable.try_iter().last() {
-            if durable - last_checkpoint >= job.checkpoint_every
-                && last_checkpoint_at.elapsed() >= job.checkpoint_interval
-            {
-                // Durable first (the follower's fdatasync), recorded second.
-                hooks
-                    .checkpoint(durable)
-                    .map_err(InstallError::Checkpoint)?;
-                last_checkpoint = durable;
-                last_checkpoint_at = std::time::Instant::now();
+        let written = writer.written();
+        if written - last_checkpoint >= job.checkpoint_every
+            && last_checkpoint_at.elapsed() >= job.checkpoint_interval
+            && written < job.length
+        {
+            // Durable first (the follower's fdatasync), recorded second: a
+            // checkpoint never names bytes a power cut could take away. The
+            // wait is short: the follower has been flushing all along.
+            let _ = follower.written.send(written);
+            last_flush = written;
+            loop {
+                match follower.durable.recv() {
+                    Ok(durable) if durable >= written => break,
+                    Ok(_) => continue,
+                    // The follower stopped, which it does only on an error.
+                    Err(_) => return Ok(()),
+                }
             }
+            hooks
+                .checkpoint(written)
+                .map_err(InstallError::Checkpoint)?;
+            last_checkpoint = written;
+            last_checkpoint_at = std::time::Instant::now();
+        } else if written - last_flush >= FLUSH_EVERY && written < job.length {
+            // The follower's flush covers the bytes written before this.
+            let _ = follower.written.send(written);
+            last_flush = written;
         }
+        // Offsets flushed between checkpoints are of no further use here.
+        follower.durable.try_iter().for_each(drop);
         if (follower.is_finished)() {
             // The follower stops only on an error, which ends the install.
             return Ok(());
@@ -566,8 +568,7 @@ mod tests {
     struct Recorder<'a> {
         image: &'a [u8],
         checkpoints: Vec<u64>,
-        /// A slow link: a pause after each chunk, which gives the follower's
-        /// flushes time to come back.
+        /// A slow link: a pause after each chunk.
         pace: Duration,
     }
 
@@ -614,7 +615,7 @@ mod tests {
         let mut every_chunk = Recorder {
             image: &image,
             checkpoints: Vec::new(),
-            pace: Duration::from_millis(100),
+            pace: Duration::from_millis(5),
         };
         let length = image.len() as u64;
         install(&job(&s, &digests, length, Duration::ZERO), &mut every_chunk).expect("install");
@@ -636,7 +637,7 @@ mod tests {
         let mut hourly = Recorder {
             image: &image,
             checkpoints: Vec::new(),
-            pace: Duration::from_millis(100),
+            pace: Duration::from_millis(5),
         };
         install(
             &job(&s, &digests, length, Duration::from_secs(3600)),
