@@ -606,7 +606,7 @@ fn run(cli: Cli) -> Result<()> {
                     Ok(top) => {
                         runtime()?.block_on(ceremony::export(&layout, top, expires, &out))?
                     }
-                    Err(name) => runtime()?.block_on(ota_repo::delegation_ceremony::export(
+                    Err(name) => runtime()?.block_on(ota_repo::ceremony::delegated::export(
                         &layout, &name, expires, &out,
                     ))?,
                 };
@@ -630,7 +630,7 @@ fn run(cli: Cli) -> Result<()> {
                 let top = match ceremony_role(&role)? {
                     Ok(top) => top,
                     Err(name) => {
-                        let m = runtime()?.block_on(ota_repo::delegation_ceremony::merge(
+                        let m = runtime()?.block_on(ota_repo::ceremony::delegated::merge(
                             &layout,
                             &name,
                             &signatures,
@@ -672,7 +672,7 @@ fn run(cli: Cli) -> Result<()> {
                 let v = match ceremony_role(&role)? {
                     Ok(top) => runtime()?.block_on(ceremony::abandon(&layout, top))?,
                     Err(name) => runtime()?
-                        .block_on(ota_repo::delegation_ceremony::abandon(&layout, &name))?,
+                        .block_on(ota_repo::ceremony::delegated::abandon(&layout, &name))?,
                 };
                 println!("abandoned the {role} version {v} ceremony");
             }
