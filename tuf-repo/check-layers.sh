@@ -42,7 +42,7 @@ fail=0
 modules=()
 for f in "$src"/*.rs "$src"/*/; do
     m="$(basename "${f%/}" .rs)"
-    case "$m" in lib | main) continue ;; esac
+    case "$m" in lib | main | cli) continue ;; esac
     [[ " ${modules[*]:-} " == *" $m "* ]] || modules+=("$m")
 done
 modules+=(cli)

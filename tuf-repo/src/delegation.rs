@@ -28,10 +28,9 @@ use crate::expiry::Expiry;
 use crate::key_ref::{KeyRef, LoadedKey};
 use crate::keys::{self, KeyType};
 use crate::layout::Layout;
-use crate::publish::{PublishSet, TargetFile};
+use crate::publish::PublishSet;
 use crate::role::Role;
 use crate::state::RepoState;
-use crate::target_name;
 use ota_common::rollout::RolloutPlan;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -87,15 +86,39 @@ fn keyid_bytes(id: &str) -> Result<Decoded<Hex>> {
         .into())
 }
 
+/// When a delegated role's next version and the snapshot and timestamp
+/// that follow it expire.
+struct Expiries {
+    role: jiff::Timestamp,
+    chain: BTreeMap<Role, jiff::Timestamp>,
+}
+
+/// The expiries of delegated role `role_name`'s next version under
+/// `policy`, checked (and the chain checked signable) before anything is
+/// written; refused while the role's own ceremony is open (`doing` says why
+/// it would be changed).
+fn next_expiries(
+    layout: &Layout,
+    config: &RepoConfig,
+    state: &RepoState,
+    role_name: &str,
+    policy: Expiry,
+    allow_expired: bool,
+    doing: &str,
+) -> Result<Expiries> {
+    let now = jiff::Timestamp::now();
+    let role = policy.resolve(now)?;
+    editor::ensure_future(Role::Targets, role, now, allow_expired)?;
+    let chain = chain_expiries(layout, config, state, now)?;
+    crate::ceremony::delegated::refuse_open(layout, role_name, doing)?;
+    Ok(Expiries { role, chain })
+}
+
 /// Signs `content` as the next version of delegated role `name` with its
 /// keys here, writes `N.ROLE.json`, then signs (or stages) a snapshot that
 /// lists it and a timestamp. When the keys here stay below the role's
 /// threshold, the version waits in a ceremony instead
-/// (`delegation_ceremony`) and nothing else is signed yet.
-// The repository context (layout, config, state), the role (its delegation
-// and current file), the new content and two expiry choices: grouping them
-// in a struct would only rename these arguments.
-#[allow(clippy::too_many_arguments)]
+/// (`ceremony::delegated`) and nothing else is signed yet.
 async fn sign_role(
     layout: &Layout,
     config: &RepoConfig,
@@ -103,9 +126,12 @@ async fn sign_role(
     role: &DelegatedRole,
     current: &Signed<Targets>,
     mut content: Targets,
-    role_expires: jiff::Timestamp,
-    chain: BTreeMap<Role, jiff::Timestamp>,
+    expiries: Expiries,
 ) -> Result<(u64, Progress)> {
+    let Expiries {
+        role: role_expires,
+        chain,
+    } = expiries;
     let (keys, short) = usable_keys(layout, config, role)?;
     content.version = next_version(role, current)?;
     content.expires = role_expires;
@@ -580,11 +606,16 @@ pub async fn add(
         source,
     })?;
     add::check_not_published(&state, &name, &release)?;
-    let now = jiff::Timestamp::now();
-    let role_expires = config.delegated(role_name)?.expiry()?.resolve(now)?;
-    editor::ensure_future(Role::Targets, role_expires, now, false)?;
-    let chain = chain_expiries(layout, &config, &state, now)?;
-    crate::ceremony::delegated::refuse_open(layout, role_name, "adding to it")?;
+    let policy = config.delegated(role_name)?.expiry()?;
+    let expiries = next_expiries(
+        layout,
+        &config,
+        &state,
+        role_name,
+        policy,
+        false,
+        "adding to it",
+    )?;
     // The role's keys must open (or be offline by design) before the image is copied.
     usable_keys(layout, &config, role)?;
 
@@ -595,17 +626,8 @@ pub async fn add(
     let tname =
         TargetName::new(name.clone()).map_err(RepoError::tough(format!("target name {name:?}")))?;
     content.targets.insert(tname, target);
-    let (version, progress) = sign_role(
-        layout,
-        &config,
-        &state,
-        role,
-        current,
-        content,
-        role_expires,
-        chain,
-    )
-    .await?;
+    let (version, progress) =
+        sign_role(layout, &config, &state, role, current, content, expiries).await?;
     Ok((
         Added {
             name,
@@ -628,27 +650,23 @@ pub async fn resign(
     let config = RepoConfig::load(layout)?;
     let state = RepoState::load(layout).await?;
     let (role, current) = find(&state, role_name)?;
-    let now = jiff::Timestamp::now();
     let policy = match expires {
         Some(e) => e,
         None => config.delegated(role_name)?.expiry()?,
     };
-    let role_expires = policy.resolve(now)?;
-    editor::ensure_future(Role::Targets, role_expires, now, allow_expired)?;
-    let chain = chain_expiries(layout, &config, &state, now)?;
-    crate::ceremony::delegated::refuse_open(layout, role_name, "re-signing it")?;
-    let content = current.signed.clone();
-    let (version, progress) = sign_role(
+    let expiries = next_expiries(
         layout,
         &config,
         &state,
-        role,
-        current,
-        content,
-        role_expires,
-        chain,
-    )
-    .await?;
+        role_name,
+        policy,
+        allow_expired,
+        "re-signing it",
+    )?;
+    let role_expires = expiries.role;
+    let content = current.signed.clone();
+    let (version, progress) =
+        sign_role(layout, &config, &state, role, current, content, expiries).await?;
     Ok((version, role_expires, progress))
 }
 
@@ -664,11 +682,9 @@ pub async fn replace_target(
     let config = RepoConfig::load(layout)?;
     let state = RepoState::load(layout).await?;
     let (role, current) = find(&state, role_name)?;
-    let now = jiff::Timestamp::now();
-    let role_expires = config.delegated(role_name)?.expiry()?.resolve(now)?;
-    editor::ensure_future(Role::Targets, role_expires, now, false)?;
-    let chain = chain_expiries(layout, &config, &state, now)?;
-    crate::ceremony::delegated::refuse_open(layout, role_name, "changing its targets")?;
+    let policy = config.delegated(role_name)?.expiry()?;
+    let doing = "changing its targets";
+    let expiries = next_expiries(layout, &config, &state, role_name, policy, false, doing)?;
     let mut content = current.signed.clone();
     let entry = content
         .targets
@@ -679,17 +695,7 @@ pub async fn replace_target(
             name: name.to_owned(),
         })?;
     *entry = target;
-    sign_role(
-        layout,
-        &config,
-        &state,
-        role,
-        current,
-        content,
-        role_expires,
-        chain,
-    )
-    .await
+    sign_role(layout, &config, &state, role, current, content, expiries).await
 }
 
 // ------------------------------------------------------------------ publish
@@ -720,37 +726,7 @@ pub fn extend_publish_set(layout: &Layout, state: &RepoState, set: &mut PublishS
         let mut listed: Vec<_> = signed.signed.targets.iter().collect();
         listed.sort_by(|a, b| a.0.raw().cmp(b.0.raw()));
         for (name, target) in listed {
-            let name = name.raw().to_owned();
-            let sha256 = hex::encode(&*target.hashes.sha256);
-            let sha512 = target
-                .hashes
-                ._extra
-                .get("sha512")
-                .and_then(|v| v.as_str())
-                .map(str::to_owned)
-                .ok_or_else(|| RepoError::Inconsistent(format!("target {name} lists no sha512")))?;
-            let t = TargetFile {
-                by_sha256: target_name::hashed_path(&name, &sha256)?,
-                by_sha512: target_name::hashed_path(&name, &sha512)?,
-                name,
-                length: target.length,
-                sha256,
-                sha512,
-            };
-            for rel in [&t.by_sha256, &t.by_sha512] {
-                let path = layout.targets_dir().join(rel);
-                let len = std::fs::metadata(&path)
-                    .map_err(RepoError::io(&path))?
-                    .len();
-                if len != t.length {
-                    return Err(RepoError::Inconsistent(format!(
-                        "{} has {len} bytes, the signed length of target {} is {}",
-                        path.display(),
-                        t.name,
-                        t.length
-                    )));
-                }
-            }
+            let t = crate::publish::target_file(layout, name, target)?;
             if !set.targets.iter().any(|x| x.by_sha256 == t.by_sha256) {
                 set.targets.push(t);
             }
