@@ -317,15 +317,10 @@ pub async fn export(
     let config = RepoConfig::load(layout)?;
     let state = RepoState::load(layout).await?;
     ceremony::heal(layout, &state)?;
-    let payload = if pending_path(layout, name).exists() {
+    let slot = slot(layout, name);
+    let payload = if slot.payload.exists() {
         let p = read_payload(layout, name)?;
-        if expires.is_some() {
-            return Err(RepoError::Ceremony(format!(
-                "{name} version {} is already staged ({}); --expires applies only when starting a ceremony",
-                p.version,
-                pending_path(layout, name).display()
-            )));
-        }
+        slot.refuse_new_expiry(name, p.version, expires.as_ref())?;
         p
     } else {
         let (role, current) = delegated::find(&state, name)?;
@@ -378,12 +373,7 @@ pub async fn merge(layout: &Layout, name: &str, sig_files: &[PathBuf]) -> Result
     let config = RepoConfig::load(layout)?;
     let state = RepoState::load(layout).await?;
     ceremony::heal(layout, &state)?;
-    if !pending_path(layout, name).exists() {
-        return Err(RepoError::Ceremony(format!(
-            "no {name} ceremony is open ({} missing); start one with `ota-repo ceremony export --role {name} --out FILE`",
-            pending_path(layout, name).display()
-        )));
-    }
+    slot(layout, name).require_open(name, true)?;
     let stored = read_payload(layout, name)?;
     let bytes = stored.signed_bytes()?;
     let RoleMeta::Targets(content) = stored.meta()? else {
@@ -601,14 +591,10 @@ async fn merge_first(
 /// pending version is in `metadata/`, so closing is all there is.
 pub async fn abandon(layout: &Layout, name: &str) -> Result<u64> {
     check_name(name)?;
-    if !pending_path(layout, name).exists() {
-        return Err(RepoError::Ceremony(format!(
-            "no {name} ceremony is open ({} missing)",
-            pending_path(layout, name).display()
-        )));
-    }
+    let slot = slot(layout, name);
+    slot.require_open(name, false)?;
     let payload = read_payload(layout, name)?;
-    ceremony::close_slot(&slot(layout, name))?;
+    ceremony::close_slot(&slot)?;
     // Version 1 of a role delegated with `--key-pub`: nothing delegates it,
     // so repo.json forgets where its keys are (as after `undelegate`).
     if payload.delegating_targets.is_some() {

@@ -14,16 +14,10 @@ pub async fn export(
     let config = RepoConfig::load(layout)?;
     let state = RepoState::load(layout).await?;
     heal(layout, &state)?;
-    let pending = pending_path(layout, role);
-    let payload = if pending.exists() {
-        let p: Payload = read_json(&pending)?;
-        if expires.is_some() {
-            return Err(ceremony_err(format!(
-                "{role} version {} is already staged ({}); --expires applies only when starting a ceremony",
-                p.version,
-                pending.display()
-            )));
-        }
+    let slot = Slot::top(layout, role);
+    let payload = if slot.payload.exists() {
+        let p: Payload = read_json(&slot.payload)?;
+        slot.refuse_new_expiry(role, p.version, expires.as_ref())?;
         p
     } else {
         let now = jiff::Timestamp::now();
@@ -81,14 +75,9 @@ pub async fn export(
 /// so they were never published, and leaving them would block the next
 /// version of that number.
 pub async fn abandon(layout: &Layout, role: Role) -> Result<u64> {
-    let pending = pending_path(layout, role);
-    if !pending.exists() {
-        return Err(ceremony_err(format!(
-            "no {role} ceremony is open ({} missing)",
-            pending.display()
-        )));
-    }
-    let payload: Payload = read_json(&pending)?;
+    let slot = Slot::top(layout, role);
+    slot.require_open(role, false)?;
+    let payload: Payload = read_json(&slot.payload)?;
     close(layout, role)?;
     if role != Role::Root {
         let state = RepoState::load(layout).await?;

@@ -82,12 +82,7 @@ pub async fn merge(layout: &Layout, role: Role, sig_files: &[PathBuf]) -> Result
     let state = RepoState::load(layout).await?;
     heal(layout, &state)?;
     let pending = pending_path(layout, role);
-    if !pending.exists() {
-        return Err(ceremony_err(format!(
-            "no {role} ceremony is open ({} missing); start one with `ota-repo ceremony export --role {role} --out FILE`",
-            pending.display()
-        )));
-    }
+    Slot::top(layout, role).require_open(role, true)?;
     let stored_payload: Payload = read_json(&pending)?;
     if stored_payload.role != role {
         return Err(ceremony_err(format!(

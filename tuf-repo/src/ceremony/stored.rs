@@ -2,6 +2,44 @@
 
 use super::*;
 
+/// The checks every ceremony command makes on its slot, whatever the role.
+impl Slot {
+    /// Refuses unless a ceremony of role `name` is open in this slot; with
+    /// `hint`, the error says how to open one.
+    pub(crate) fn require_open(&self, name: impl std::fmt::Display, hint: bool) -> Result<()> {
+        if self.payload.exists() {
+            return Ok(());
+        }
+        let mut msg = format!(
+            "no {name} ceremony is open ({} missing)",
+            self.payload.display()
+        );
+        if hint {
+            msg.push_str(&format!(
+                "; start one with `ota-repo ceremony export --role {name} --out FILE`"
+            ));
+        }
+        Err(ceremony_err(msg))
+    }
+
+    /// Refuses `--expires` for version `version` of role `name`, already
+    /// staged in this slot with the expiry it was started with.
+    pub(crate) fn refuse_new_expiry(
+        &self,
+        name: impl std::fmt::Display,
+        version: u64,
+        expires: Option<&Expiry>,
+    ) -> Result<()> {
+        if expires.is_none() {
+            return Ok(());
+        }
+        Err(ceremony_err(format!(
+            "{name} version {version} is already staged ({}); --expires applies only when starting a ceremony",
+            self.payload.display()
+        )))
+    }
+}
+
 pub(crate) fn stored_signatures_in(slot: &Slot) -> Result<Vec<(PathBuf, DetachedSignature)>> {
     let dir = slot.signatures.clone();
     let entries = match std::fs::read_dir(&dir) {
