@@ -210,7 +210,7 @@ pub(crate) fn check_not_published(
     name: &str,
     release: &ReleaseCustom,
 ) -> Result<()> {
-    for (existing_name, target) in crate::delegation::every_target(state) {
+    for (existing_name, target) in crate::delegated::every_target(state) {
         if existing_name.raw() == name {
             return Err(RepoError::TargetExists {
                 name: name.to_owned(),

@@ -121,7 +121,7 @@ impl RepoConfig {
             rc.expiry().map_err(|e| format!("role {role}: {e}"))?;
         }
         for (name, rc) in &self.delegations {
-            crate::delegation::validate_name(name).map_err(|e| format!("delegations: {e}"))?;
+            crate::delegated::validate_name(name).map_err(|e| format!("delegations: {e}"))?;
             if rc.threshold == 0 {
                 return Err(format!("delegated role {name} has threshold 0"));
             }

@@ -28,10 +28,9 @@ use crate::expiry::Expiry;
 use crate::key_ref::{KeyRef, LoadedKey};
 use crate::keys::{self, KeyType};
 use crate::layout::Layout;
-use crate::publish::{PublishSet, TargetFile};
+use crate::publish::PublishSet;
 use crate::role::Role;
 use crate::state::RepoState;
-use crate::target_name;
 use ota_common::rollout::RolloutPlan;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -49,140 +48,17 @@ pub const MAX_KEYS: usize = 16;
 /// Most path patterns one delegation may list.
 pub const MAX_PATHS: usize = 64;
 
-/// A delegated role name: 1 to 64 of `a-z 0-9 - _`, starting with a letter
-/// or digit, and not a top-level role. The name becomes part of file names
-/// (`N.ROLE.json`, here, on the server and on devices), so nothing that
-/// needs encoding is allowed.
-pub fn validate_name(name: &str) -> std::result::Result<(), String> {
-    let ok_chars = name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    let first_ok = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    if name.is_empty() || name.len() > 64 || !ok_chars || !first_ok {
-        return Err(format!(
-            "invalid delegated role name {name:?}: expected 1 to 64 of a-z, 0-9, '-' and '_', starting with a letter or digit"
-        ));
-    }
-    if Role::ALL.iter().any(|r| r.as_str() == name) {
-        return Err(format!(
-            "{name:?} is a top-level role; a delegated role needs another name"
-        ));
-    }
-    Ok(())
-}
-
-/// The roles top-level targets delegates to, in search order.
-pub fn roles(state: &RepoState) -> &[DelegatedRole] {
-    state
-        .targets
-        .signed
-        .delegations
-        .as_ref()
-        .map(|d| d.roles.as_slice())
-        .unwrap_or(&[])
-}
-
-/// A delegated role and its signed metadata, as loaded (and verified) by tough.
-pub fn find<'a>(
-    state: &'a RepoState,
-    name: &str,
-) -> Result<(&'a DelegatedRole, &'a Signed<Targets>)> {
-    let role = roles(state).iter().find(|r| r.name == name).ok_or_else(|| {
-        RepoError::InvalidArgument(format!(
-            "no delegated role {name:?} in the signed targets metadata (`ota-repo delegate` creates one; `ota-repo status` lists them)"
-        ))
-    })?;
-    let targets = role.targets.as_ref().ok_or_else(|| {
-        RepoError::Inconsistent(format!(
-            "delegated role {name} has no metadata listed in snapshot"
-        ))
-    })?;
-    Ok((role, targets))
-}
-
-/// Every target the repository lists: top-level first, then each delegated
-/// role's (a name listed twice is refused when added, so order is only
-/// for display).
-pub fn every_target(state: &RepoState) -> Vec<(&TargetName, &Target)> {
-    let mut out: Vec<(&TargetName, &Target)> = state.targets.signed.targets.iter().collect();
-    for role in roles(state) {
-        if let Some(t) = &role.targets {
-            out.extend(t.signed.targets.iter());
-        }
-    }
-    out
-}
-
-/// Where a target is listed: top-level targets (`None`) or the delegated
-/// role that lists it, with its entry.
-pub fn locate<'a>(
-    state: &'a RepoState,
-    name: &str,
-) -> Option<(Option<&'a DelegatedRole>, &'a Target)> {
-    if let Some((_, t)) = state
-        .targets
-        .signed
-        .targets
-        .iter()
-        .find(|(n, _)| n.raw() == name)
-    {
-        return Some((None, t));
-    }
-    roles(state).iter().find_map(|role| {
-        role.targets.as_ref().and_then(|signed| {
-            signed
-                .signed
-                .targets
-                .iter()
-                .find(|(n, _)| n.raw() == name)
-                .map(|(_, t)| (Some(role), t))
-        })
-    })
-}
-
-/// Whether `role` (as a new targets delegates it) differs from the
-/// delegation of that name in the trusted targets: other keys, threshold,
-/// paths or `terminating`.
-pub fn changed_delegation(state: &RepoState, role: &DelegatedRole) -> bool {
-    match roles(state).iter().find(|r| r.name == role.name) {
-        Some(r) => {
-            r.keyids != role.keyids
-                || r.threshold != role.threshold
-                || r.paths != role.paths
-                || r.terminating != role.terminating
-        }
-        None => false,
-    }
-}
-
-/// The patterns of a delegation, as text.
-pub fn paths_of(role: &DelegatedRole) -> Vec<String> {
-    match &role.paths {
-        PathSet::Paths(p) => p.iter().map(|p| p.value().to_owned()).collect(),
-        PathSet::PathHashPrefixes(p) => p
-            .iter()
-            .map(|p| format!("sha256 prefix {}", p.value()))
-            .collect(),
-    }
-}
-
-/// Whether devices trust `role` for `name` (their matcher, their rules).
-fn covers(role: &DelegatedRole, name: &str) -> bool {
-    match &role.paths {
-        PathSet::Paths(p) => p
-            .iter()
-            .any(|p| ota_common::tuf::path_pattern_matches(p.value(), name)),
-        PathSet::PathHashPrefixes(prefixes) => {
-            let hash = ota_common::hash::sha256_hex(name.as_bytes());
-            prefixes
-                .iter()
-                .any(|p| hash.starts_with(&p.value().to_ascii_lowercase()))
-        }
-    }
-}
+use crate::ceremony::delegated_keys::{
+    chain_expiries, local_keys, next_version, threshold_error, usable_keys,
+};
+pub use crate::delegated::changed_delegation;
+use crate::delegated::covers;
+pub use crate::delegated::every_target;
+pub use crate::delegated::find;
+pub use crate::delegated::locate;
+pub use crate::delegated::paths_of;
+pub use crate::delegated::roles;
+pub use crate::delegated::validate_name;
 
 fn validate_pattern(pattern: &str) -> Result<PathPattern> {
     let bad =
@@ -210,107 +86,39 @@ fn keyid_bytes(id: &str) -> Result<Decoded<Hex>> {
         .into())
 }
 
-/// The role's keys that repo.json lists, open here and that the delegation
-/// lists, with a description of each listed key that could not be used.
-fn local_keys(
-    layout: &Layout,
-    config: &RepoConfig,
-    role: &DelegatedRole,
-) -> Result<(Vec<LoadedKey>, Vec<String>)> {
-    let listed: BTreeSet<String> = role.keyids.iter().map(|id| hex::encode(&**id)).collect();
-    let mut usable: Vec<LoadedKey> = Vec::new();
-    let mut problems = Vec::new();
-    let keys = config
-        .delegations
-        .get(&role.name)
-        .map(|c| c.keys.as_slice())
-        .unwrap_or(&[]);
-    for key_ref in keys {
-        match key_ref.open(Some(layout.root())) {
-            Ok(k) if usable.iter().any(|u| u.key_id == k.key_id) => {}
-            Ok(k) if listed.contains(&k.key_id) => usable.push(k),
-            Ok(k) => problems.push(format!(
-                "{}: key {} is not a key of delegated role {} in the targets metadata",
-                k.location, k.key_id, role.name
-            )),
-            Err(e) => problems.push(e.to_string()),
-        }
-    }
-    Ok((usable, problems))
+/// When a delegated role's next version and the snapshot and timestamp
+/// that follow it expire.
+struct Expiries {
+    role: jiff::Timestamp,
+    chain: BTreeMap<Role, jiff::Timestamp>,
 }
 
-fn threshold_error(role: &DelegatedRole, available: usize, problems: &[String]) -> RepoError {
-    let mut details = if problems.is_empty() {
-        String::new()
-    } else {
-        format!(": {}", problems.join("; "))
-    };
-    details.push_str(&format!(
-        " (repo.json \"delegations\".\"{}\".\"keys\" lists where this role's keys are)",
-        role.name
-    ));
-    RepoError::ThresholdUnreachable {
-        role: format!("delegated role {}", role.name),
-        threshold: role.threshold.get(),
-        available,
-        details,
-    }
-}
-
-/// The keys of `role` usable here, and whether they stay below its
-/// threshold (the rest then sign in a ceremony). A key repo.json lists
-/// that does not open is an error when the threshold is not reached
-/// without it: a missing PIN or a moved file must not silently turn a
-/// release into a ceremony.
-pub(crate) fn usable_keys(
-    layout: &Layout,
-    config: &RepoConfig,
-    role: &DelegatedRole,
-) -> Result<(Vec<LoadedKey>, bool)> {
-    let (usable, problems) = local_keys(layout, config, role)?;
-    let short = (usable.len() as u64) < role.threshold.get();
-    if short && !problems.is_empty() {
-        return Err(threshold_error(role, usable.len(), &problems));
-    }
-    Ok((usable, short))
-}
-
-/// The role's next version number.
-pub(crate) fn next_version(role: &DelegatedRole, current: &Signed<Targets>) -> Result<NonZeroU64> {
-    current.signed.version.checked_add(1).ok_or_else(|| {
-        RepoError::Inconsistent(format!("delegated role {} version cannot grow", role.name))
-    })
-}
-
-/// The expiries for snapshot and timestamp (and a check that they can be
-/// signed or staged) before any file is written.
-pub(crate) fn chain_expiries(
+/// The expiries of delegated role `role_name`'s next version under
+/// `policy`, checked (and the chain checked signable) before anything is
+/// written; refused while the role's own ceremony is open (`doing` says why
+/// it would be changed).
+fn next_expiries(
     layout: &Layout,
     config: &RepoConfig,
     state: &RepoState,
-    now: jiff::Timestamp,
-) -> Result<BTreeMap<Role, jiff::Timestamp>> {
-    editor::ensure_not_expired(Role::Root, state.root.signed.expires, now)?;
-    ceremony::heal(layout, state)?;
-    let mut expires = BTreeMap::new();
-    for role in [Role::Snapshot, Role::Timestamp] {
-        let t = config.role(role)?.expiry()?.resolve(now)?;
-        editor::ensure_future(role, t, now, false)?;
-        expires.insert(role, t);
-        ceremony::ensure_signable(layout, config, role, &state.root.signed)?;
-    }
-    Ok(expires)
+    role_name: &str,
+    policy: Expiry,
+    allow_expired: bool,
+    doing: &str,
+) -> Result<Expiries> {
+    let now = jiff::Timestamp::now();
+    let role = policy.resolve(now)?;
+    editor::ensure_future(Role::Targets, role, now, allow_expired)?;
+    let chain = chain_expiries(layout, config, state, now)?;
+    crate::ceremony::delegated::refuse_open(layout, role_name, doing)?;
+    Ok(Expiries { role, chain })
 }
 
 /// Signs `content` as the next version of delegated role `name` with its
 /// keys here, writes `N.ROLE.json`, then signs (or stages) a snapshot that
 /// lists it and a timestamp. When the keys here stay below the role's
 /// threshold, the version waits in a ceremony instead
-/// (`delegation_ceremony`) and nothing else is signed yet.
-// The repository context (layout, config, state), the role (its delegation
-// and current file), the new content and two expiry choices: grouping them
-// in a struct would only rename these arguments.
-#[allow(clippy::too_many_arguments)]
+/// (`ceremony::delegated`) and nothing else is signed yet.
 async fn sign_role(
     layout: &Layout,
     config: &RepoConfig,
@@ -318,9 +126,12 @@ async fn sign_role(
     role: &DelegatedRole,
     current: &Signed<Targets>,
     mut content: Targets,
-    role_expires: jiff::Timestamp,
-    chain: BTreeMap<Role, jiff::Timestamp>,
+    expiries: Expiries,
 ) -> Result<(u64, Progress)> {
+    let Expiries {
+        role: role_expires,
+        chain,
+    } = expiries;
     let (keys, short) = usable_keys(layout, config, role)?;
     content.version = next_version(role, current)?;
     content.expires = role_expires;
@@ -328,7 +139,7 @@ async fn sign_role(
     let log = editor::audit_log(layout, config);
     let signatures = editor::signatures_as(&role.name, &content, &keys, &log).await?;
     if short {
-        let pending = crate::delegation_ceremony::stage(
+        let pending = crate::ceremony::delegated::stage(
             layout,
             state,
             role,
@@ -412,7 +223,7 @@ pub async fn delegate(layout: &Layout, options: &DelegateOptions) -> Result<Dele
     // threshold and `terminating` become the ones given here.
     let existing = roles(&state).iter().find(|r| r.name == name);
     // Also for a new name: its version 1 may be waiting (`--key-pub`).
-    crate::delegation_ceremony::refuse_open(layout, name, "changing its delegation")?;
+    crate::ceremony::delegated::refuse_open(layout, name, "changing its delegation")?;
     // Read before anything is created: a bad file must change nothing.
     let offline = options
         .public_keys
@@ -690,7 +501,7 @@ async fn delegate_offline(
         .ok_or_else(|| RepoError::Inconsistent("no targets was signed".to_owned()))?;
     let delegating: Signed<Targets> = serde_json::from_slice(&bytes)
         .map_err(|e| RepoError::Inconsistent(format!("reading the signed targets back: {e}")))?;
-    let pending = crate::delegation_ceremony::stage_first(
+    let pending = crate::ceremony::delegated::stage_first(
         layout,
         &role,
         &delegating,
@@ -737,7 +548,7 @@ pub async fn undelegate(layout: &Layout, name: &str) -> Result<Undelegation> {
     let state = RepoState::load(layout).await?;
     validate_name(name).map_err(RepoError::InvalidArgument)?;
     find(&state, name)?;
-    crate::delegation_ceremony::refuse_open(layout, name, "removing its delegation")?;
+    crate::ceremony::delegated::refuse_open(layout, name, "removing its delegation")?;
     let chain = add::signing_expiries(layout, &config, &state, jiff::Timestamp::now())?;
     let mut targets = state.targets.signed.clone();
     if let Some(d) = targets.delegations.as_mut() {
@@ -795,11 +606,16 @@ pub async fn add(
         source,
     })?;
     add::check_not_published(&state, &name, &release)?;
-    let now = jiff::Timestamp::now();
-    let role_expires = config.delegated(role_name)?.expiry()?.resolve(now)?;
-    editor::ensure_future(Role::Targets, role_expires, now, false)?;
-    let chain = chain_expiries(layout, &config, &state, now)?;
-    crate::delegation_ceremony::refuse_open(layout, role_name, "adding to it")?;
+    let policy = config.delegated(role_name)?.expiry()?;
+    let expiries = next_expiries(
+        layout,
+        &config,
+        &state,
+        role_name,
+        policy,
+        false,
+        "adding to it",
+    )?;
     // The role's keys must open (or be offline by design) before the image is copied.
     usable_keys(layout, &config, role)?;
 
@@ -810,17 +626,8 @@ pub async fn add(
     let tname =
         TargetName::new(name.clone()).map_err(RepoError::tough(format!("target name {name:?}")))?;
     content.targets.insert(tname, target);
-    let (version, progress) = sign_role(
-        layout,
-        &config,
-        &state,
-        role,
-        current,
-        content,
-        role_expires,
-        chain,
-    )
-    .await?;
+    let (version, progress) =
+        sign_role(layout, &config, &state, role, current, content, expiries).await?;
     Ok((
         Added {
             name,
@@ -843,27 +650,23 @@ pub async fn resign(
     let config = RepoConfig::load(layout)?;
     let state = RepoState::load(layout).await?;
     let (role, current) = find(&state, role_name)?;
-    let now = jiff::Timestamp::now();
     let policy = match expires {
         Some(e) => e,
         None => config.delegated(role_name)?.expiry()?,
     };
-    let role_expires = policy.resolve(now)?;
-    editor::ensure_future(Role::Targets, role_expires, now, allow_expired)?;
-    let chain = chain_expiries(layout, &config, &state, now)?;
-    crate::delegation_ceremony::refuse_open(layout, role_name, "re-signing it")?;
-    let content = current.signed.clone();
-    let (version, progress) = sign_role(
+    let expiries = next_expiries(
         layout,
         &config,
         &state,
-        role,
-        current,
-        content,
-        role_expires,
-        chain,
-    )
-    .await?;
+        role_name,
+        policy,
+        allow_expired,
+        "re-signing it",
+    )?;
+    let role_expires = expiries.role;
+    let content = current.signed.clone();
+    let (version, progress) =
+        sign_role(layout, &config, &state, role, current, content, expiries).await?;
     Ok((version, role_expires, progress))
 }
 
@@ -879,11 +682,9 @@ pub async fn replace_target(
     let config = RepoConfig::load(layout)?;
     let state = RepoState::load(layout).await?;
     let (role, current) = find(&state, role_name)?;
-    let now = jiff::Timestamp::now();
-    let role_expires = config.delegated(role_name)?.expiry()?.resolve(now)?;
-    editor::ensure_future(Role::Targets, role_expires, now, false)?;
-    let chain = chain_expiries(layout, &config, &state, now)?;
-    crate::delegation_ceremony::refuse_open(layout, role_name, "changing its targets")?;
+    let policy = config.delegated(role_name)?.expiry()?;
+    let doing = "changing its targets";
+    let expiries = next_expiries(layout, &config, &state, role_name, policy, false, doing)?;
     let mut content = current.signed.clone();
     let entry = content
         .targets
@@ -894,17 +695,7 @@ pub async fn replace_target(
             name: name.to_owned(),
         })?;
     *entry = target;
-    sign_role(
-        layout,
-        &config,
-        &state,
-        role,
-        current,
-        content,
-        role_expires,
-        chain,
-    )
-    .await
+    sign_role(layout, &config, &state, role, current, content, expiries).await
 }
 
 // ------------------------------------------------------------------ publish
@@ -935,37 +726,7 @@ pub fn extend_publish_set(layout: &Layout, state: &RepoState, set: &mut PublishS
         let mut listed: Vec<_> = signed.signed.targets.iter().collect();
         listed.sort_by(|a, b| a.0.raw().cmp(b.0.raw()));
         for (name, target) in listed {
-            let name = name.raw().to_owned();
-            let sha256 = hex::encode(&*target.hashes.sha256);
-            let sha512 = target
-                .hashes
-                ._extra
-                .get("sha512")
-                .and_then(|v| v.as_str())
-                .map(str::to_owned)
-                .ok_or_else(|| RepoError::Inconsistent(format!("target {name} lists no sha512")))?;
-            let t = TargetFile {
-                by_sha256: target_name::hashed_path(&name, &sha256)?,
-                by_sha512: target_name::hashed_path(&name, &sha512)?,
-                name,
-                length: target.length,
-                sha256,
-                sha512,
-            };
-            for rel in [&t.by_sha256, &t.by_sha512] {
-                let path = layout.targets_dir().join(rel);
-                let len = std::fs::metadata(&path)
-                    .map_err(RepoError::io(&path))?
-                    .len();
-                if len != t.length {
-                    return Err(RepoError::Inconsistent(format!(
-                        "{} has {len} bytes, the signed length of target {} is {}",
-                        path.display(),
-                        t.name,
-                        t.length
-                    )));
-                }
-            }
+            let t = crate::publish::target_file(layout, name, target)?;
             if !set.targets.iter().any(|x| x.by_sha256 == t.by_sha256) {
                 set.targets.push(t);
             }
@@ -980,26 +741,6 @@ pub fn extend_publish_set(layout: &Layout, state: &RepoState, set: &mut PublishS
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn role_names_are_file_name_safe_and_not_top_level() {
-        for ok in ["board-a", "b", "team_1", "0x"] {
-            assert!(validate_name(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "",
-            "Board",
-            "-a",
-            "a.b",
-            "a/b",
-            "targets",
-            "root",
-            "a b",
-            &"x".repeat(65),
-        ] {
-            assert!(validate_name(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn patterns_are_relative_and_clean() {

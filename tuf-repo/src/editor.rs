@@ -442,7 +442,7 @@ pub fn snapshot_meta(
             // comes with the role's next version signed by the new keys,
             // written before the targets (possibly merged from a ceremony
             // much later) that changes it.
-            if crate::delegation::changed_delegation(state, role) {
+            if crate::delegated::changed_delegation(state, role) {
                 if let Some(next) = listed.checked_add(1) {
                     let path = layout.metadata_dir().join(format!("{next}.{key}"));
                     if path.exists() {

@@ -17,8 +17,9 @@
 pub mod add;
 pub mod ceremony;
 pub mod config;
+pub mod delegated;
 pub mod delegation;
-pub mod delegation_ceremony;
+
 pub mod editor;
 pub mod error;
 pub mod evidence;
@@ -35,6 +36,7 @@ pub mod state;
 pub mod status;
 pub mod target_name;
 
+pub use ceremony::delegated as delegation_ceremony;
 pub use error::RepoError;
 // The signing code lives in its own crate (tuf-repo/signing) so that
 // ota-server can sign online without the rest of the release tool; these

@@ -14,6 +14,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
+use tough::schema::Target;
+use tough::TargetName;
 use url::Url;
 
 /// Largest metadata file the server accepts.
@@ -46,42 +48,52 @@ pub struct PublishSet {
     pub expired_roles: Vec<String>,
 }
 
+/// The files of one signed target, checked against its signed length.
+pub(crate) fn target_file(
+    layout: &Layout,
+    name: &TargetName,
+    target: &Target,
+) -> Result<TargetFile> {
+    let name = name.raw().to_owned();
+    let sha256 = hex::encode(&*target.hashes.sha256);
+    let sha512 = target
+        .hashes
+        ._extra
+        .get("sha512")
+        .and_then(|v| v.as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| RepoError::Inconsistent(format!("target {name} lists no sha512")))?;
+    let t = TargetFile {
+        by_sha256: target_name::hashed_path(&name, &sha256)?,
+        by_sha512: target_name::hashed_path(&name, &sha512)?,
+        name,
+        length: target.length,
+        sha256,
+        sha512,
+    };
+    for rel in [&t.by_sha256, &t.by_sha512] {
+        let path = layout.targets_dir().join(rel);
+        let len = std::fs::metadata(&path)
+            .map_err(RepoError::io(&path))?
+            .len();
+        if len != t.length {
+            return Err(RepoError::Inconsistent(format!(
+                "{} has {len} bytes, the signed length of target {} is {}",
+                path.display(),
+                t.name,
+                t.length
+            )));
+        }
+    }
+    Ok(t)
+}
+
 pub fn collect(layout: &Layout, state: &RepoState) -> Result<PublishSet> {
     let mut targets = Vec::new();
     let mut listed: Vec<_> = state.targets.signed.targets.iter().collect();
     listed.sort_by(|a, b| a.0.raw().cmp(b.0.raw()));
     for (name, target) in listed {
-        let name = name.raw().to_owned();
-        let sha256 = hex::encode(&*target.hashes.sha256);
-        let sha512 = target
-            .hashes
-            ._extra
-            .get("sha512")
-            .and_then(|v| v.as_str())
-            .map(str::to_owned)
-            .ok_or_else(|| RepoError::Inconsistent(format!("target {name} lists no sha512")))?;
-        let t = TargetFile {
-            by_sha256: target_name::hashed_path(&name, &sha256)?,
-            by_sha512: target_name::hashed_path(&name, &sha512)?,
-            name,
-            length: target.length,
-            sha256,
-            sha512,
-        };
-        for rel in [&t.by_sha256, &t.by_sha512] {
-            let path = layout.targets_dir().join(rel);
-            let len = std::fs::metadata(&path)
-                .map_err(RepoError::io(&path))?
-                .len();
-            if len != t.length {
-                return Err(RepoError::Inconsistent(format!(
-                    "{} has {len} bytes, the signed length of target {} is {}",
-                    path.display(),
-                    t.name,
-                    t.length
-                )));
-            }
-        }
+        let t = target_file(layout, name, target)?;
         targets.push(t);
     }
 

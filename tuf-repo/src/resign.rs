@@ -13,7 +13,7 @@ use crate::expiry::Expiry;
 use crate::layout::Layout;
 use crate::role::Role;
 use crate::state::RepoState;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Default)]
 pub struct ResignOptions {
@@ -31,24 +31,7 @@ pub struct Resigned {
     pub roles: Vec<(Role, u64, String)>,
 }
 
-/// The roles actually signed for a request, with their dependents.
-pub fn expand(roles: &[Role], expires: &BTreeMap<Role, Expiry>) -> BTreeSet<Role> {
-    let mut set: BTreeSet<Role> = roles
-        .iter()
-        .copied()
-        .chain(expires.keys().copied())
-        .collect();
-    if set.is_empty() {
-        set.insert(Role::Timestamp);
-    }
-    if set.contains(&Role::Targets) {
-        set.insert(Role::Snapshot);
-    }
-    if set.contains(&Role::Snapshot) {
-        set.insert(Role::Timestamp);
-    }
-    set
-}
+pub use crate::role::expand;
 
 pub async fn resign(layout: &Layout, options: &ResignOptions) -> Result<Resigned> {
     let config = RepoConfig::load(layout)?;
@@ -107,25 +90,4 @@ pub async fn resign(layout: &Layout, options: &ResignOptions) -> Result<Resigned
             .map(|r| (*r, version_of(*r), expires[r].to_string()))
             .collect(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cascades_to_dependent_roles() {
-        let none = BTreeMap::new();
-        assert_eq!(expand(&[], &none), BTreeSet::from([Role::Timestamp]));
-        assert_eq!(
-            expand(&[Role::Targets], &none),
-            BTreeSet::from([Role::Targets, Role::Snapshot, Role::Timestamp])
-        );
-        assert_eq!(expand(&[Role::Root], &none), BTreeSet::from([Role::Root]));
-        let exp = BTreeMap::from([(Role::Snapshot, Expiry::After(60))]);
-        assert_eq!(
-            expand(&[], &exp),
-            BTreeSet::from([Role::Snapshot, Role::Timestamp])
-        );
-    }
 }

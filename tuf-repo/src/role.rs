@@ -1,7 +1,9 @@
 //! The four top-level TUF roles and `ROLE=VALUE` command-line pairs.
 
 use crate::error::{RepoError, Result};
+use crate::expiry::Expiry;
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 
@@ -77,6 +79,25 @@ pub fn parse_role_pair(arg: &str) -> Result<(Role, String)> {
     Ok((role.trim().parse()?, value.trim().to_owned()))
 }
 
+/// The roles actually signed for a request, with their dependents.
+pub fn expand(roles: &[Role], expires: &BTreeMap<Role, Expiry>) -> BTreeSet<Role> {
+    let mut set: BTreeSet<Role> = roles
+        .iter()
+        .copied()
+        .chain(expires.keys().copied())
+        .collect();
+    if set.is_empty() {
+        set.insert(Role::Timestamp);
+    }
+    if set.contains(&Role::Targets) {
+        set.insert(Role::Snapshot);
+    }
+    if set.contains(&Role::Snapshot) {
+        set.insert(Role::Timestamp);
+    }
+    set
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,5 +110,21 @@ mod tests {
         );
         assert!(parse_role_pair("targets").is_err());
         assert!(parse_role_pair("mirrors=1").is_err());
+    }
+
+    #[test]
+    fn cascades_to_dependent_roles() {
+        let none = BTreeMap::new();
+        assert_eq!(expand(&[], &none), BTreeSet::from([Role::Timestamp]));
+        assert_eq!(
+            expand(&[Role::Targets], &none),
+            BTreeSet::from([Role::Targets, Role::Snapshot, Role::Timestamp])
+        );
+        assert_eq!(expand(&[Role::Root], &none), BTreeSet::from([Role::Root]));
+        let exp = BTreeMap::from([(Role::Snapshot, Expiry::After(60))]);
+        assert_eq!(
+            expand(&[], &exp),
+            BTreeSet::from([Role::Snapshot, Role::Timestamp])
+        );
     }
 }

@@ -233,7 +233,7 @@ pub fn plan_of(name: &str, target: &Target) -> Result<Option<RolloutPlan>> {
 /// The target of that name, in top-level targets or the delegated role
 /// that lists it.
 fn find_target<'a>(state: &'a RepoState, name: &str) -> Result<&'a Target> {
-    crate::delegation::locate(state, name)
+    crate::delegated::locate(state, name)
         .map(|(_, t)| t)
         .ok_or_else(|| RepoError::UnknownTarget {
             name: name.to_owned(),
@@ -517,7 +517,7 @@ pub async fn change(
         ))
     })?;
 
-    if let Some((Some(role), _)) = crate::delegation::locate(&state, target_name) {
+    if let Some((Some(role), _)) = crate::delegated::locate(&state, target_name) {
         // Signed by the role that lists it (and only it: top-level targets
         // is untouched), then snapshot and timestamp.
         let role = role.name.clone();

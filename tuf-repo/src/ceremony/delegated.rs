@@ -14,11 +14,12 @@
 //! timestamp, in the order `ceremony::sign_or_stage` uses for targets (a
 //! snapshot or timestamp whose keys are offline waits in its own ceremony).
 
+use crate::ceremony::delegated_keys;
 use crate::ceremony::{
     self, Collected, Payload, PendingRole, Progress, Requirement, RoleMeta, Slot,
 };
 use crate::config::RepoConfig;
-use crate::delegation;
+use crate::delegated;
 use crate::editor::{self, SignPlan};
 use crate::error::{RepoError, Result};
 use crate::expiry::Expiry;
@@ -117,7 +118,7 @@ fn requirement_in(
 /// anything but a valid role name before it gets there (the CLI checks too,
 /// but these functions are public).
 fn check_name(name: &str) -> Result<()> {
-    delegation::validate_name(name).map_err(RepoError::InvalidArgument)
+    delegated::validate_name(name).map_err(RepoError::InvalidArgument)
 }
 
 fn read_payload(layout: &Layout, name: &str) -> Result<Payload> {
@@ -151,7 +152,7 @@ pub(crate) fn stage(
         ),
         format!(
             "trusted for paths {} (delegated by targets version {})",
-            delegation::paths_of(role).join(", "),
+            delegated::paths_of(role).join(", "),
             state.targets.signed.version
         ),
     ];
@@ -188,7 +189,7 @@ pub(crate) fn stage_first(
         ),
         format!(
             "trusted for paths {} by targets version {} (signed by the targets keys, committed when this ceremony completes)",
-            delegation::paths_of(role).join(", "),
+            delegated::paths_of(role).join(", "),
             delegating.signed.version
         ),
     ];
@@ -247,7 +248,7 @@ fn open_names(layout: &Layout) -> Result<Vec<String>> {
             continue;
         };
         // Anything else there is not ours to interpret.
-        if delegation::validate_name(name).is_ok() && path.is_file() {
+        if delegated::validate_name(name).is_ok() && path.is_file() {
             names.push(name.to_owned());
         }
     }
@@ -316,18 +317,13 @@ pub async fn export(
     let config = RepoConfig::load(layout)?;
     let state = RepoState::load(layout).await?;
     ceremony::heal(layout, &state)?;
-    let payload = if pending_path(layout, name).exists() {
+    let slot = slot(layout, name);
+    let payload = if slot.payload.exists() {
         let p = read_payload(layout, name)?;
-        if expires.is_some() {
-            return Err(RepoError::Ceremony(format!(
-                "{name} version {} is already staged ({}); --expires applies only when starting a ceremony",
-                p.version,
-                pending_path(layout, name).display()
-            )));
-        }
+        slot.refuse_new_expiry(name, p.version, expires.as_ref())?;
         p
     } else {
-        let (role, current) = delegation::find(&state, name)?;
+        let (role, current) = delegated::find(&state, name)?;
         let now = jiff::Timestamp::now();
         let policy = match expires {
             Some(e) => e,
@@ -335,14 +331,14 @@ pub async fn export(
         };
         let when = policy.resolve(now)?;
         editor::ensure_future(Role::Targets, when, now, false)?;
-        let (keys, short) = delegation::usable_keys(layout, &config, role)?;
+        let (keys, short) = delegated_keys::usable_keys(layout, &config, role)?;
         if !short {
             return Err(RepoError::Ceremony(format!(
                 "the {name} keys here reach its threshold: re-sign with `ota-repo resign --role {name}` instead of a ceremony"
             )));
         }
         let mut content = current.signed.clone();
-        content.version = delegation::next_version(role, current)?;
+        content.version = delegated_keys::next_version(role, current)?;
         content.expires = when;
         let log = editor::audit_log(layout, &config);
         let sigs = editor::signatures_as(name, &content, &keys, &log).await?;
@@ -377,12 +373,7 @@ pub async fn merge(layout: &Layout, name: &str, sig_files: &[PathBuf]) -> Result
     let config = RepoConfig::load(layout)?;
     let state = RepoState::load(layout).await?;
     ceremony::heal(layout, &state)?;
-    if !pending_path(layout, name).exists() {
-        return Err(RepoError::Ceremony(format!(
-            "no {name} ceremony is open ({} missing); start one with `ota-repo ceremony export --role {name} --out FILE`",
-            pending_path(layout, name).display()
-        )));
-    }
+    slot(layout, name).require_open(name, true)?;
     let stored = read_payload(layout, name)?;
     let bytes = stored.signed_bytes()?;
     let RoleMeta::Targets(content) = stored.meta()? else {
@@ -407,8 +398,8 @@ pub async fn merge(layout: &Layout, name: &str, sig_files: &[PathBuf]) -> Result
         )
         .await;
     }
-    let (role, current) = delegation::find(&state, name)?;
-    let expected = delegation::next_version(role, current)?;
+    let (role, current) = delegated::find(&state, name)?;
+    let expected = delegated_keys::next_version(role, current)?;
     if content.version != expected {
         return Err(RepoError::Ceremony(format!(
             "the open {name} ceremony is for version {} but the repository's next {name} version is {expected}; abandon it with `ota-repo ceremony abandon --role {name}` and start again",
@@ -424,7 +415,7 @@ pub async fn merge(layout: &Layout, name: &str, sig_files: &[PathBuf]) -> Result
     }
     // Snapshot and timestamp must be signable (or stageable) before the
     // role's file is written: nothing half-done if they are not.
-    let chain = delegation::chain_expiries(layout, &config, &state, now)?;
+    let chain = delegated_keys::chain_expiries(layout, &config, &state, now)?;
     let (requirements, keys) = requirement(&state, role)?;
     let deciding = Payload {
         requirements,
@@ -496,7 +487,7 @@ fn delegating_targets(state: &RepoState, name: &str, encoded: &str) -> Result<Si
             signed.signed.version
         )));
     }
-    if delegation::roles(state).iter().any(|r| r.name == name) {
+    if delegated::roles(state).iter().any(|r| r.name == name) {
         return Err(RepoError::Ceremony(format!(
             "targets already delegates {name}; abandon this ceremony with `ota-repo ceremony abandon --role {name}`"
         )));
@@ -560,7 +551,7 @@ async fn merge_first(
             content.expires
         )));
     }
-    let chain = delegation::chain_expiries(layout, config, state, now)?;
+    let chain = delegated_keys::chain_expiries(layout, config, state, now)?;
     let (requirements, keys) = requirement_in(&delegating.signed, role)?;
     let deciding = Payload {
         requirements,
@@ -600,14 +591,10 @@ async fn merge_first(
 /// pending version is in `metadata/`, so closing is all there is.
 pub async fn abandon(layout: &Layout, name: &str) -> Result<u64> {
     check_name(name)?;
-    if !pending_path(layout, name).exists() {
-        return Err(RepoError::Ceremony(format!(
-            "no {name} ceremony is open ({} missing)",
-            pending_path(layout, name).display()
-        )));
-    }
+    let slot = slot(layout, name);
+    slot.require_open(name, false)?;
     let payload = read_payload(layout, name)?;
-    ceremony::close_slot(&slot(layout, name))?;
+    ceremony::close_slot(&slot)?;
     // Version 1 of a role delegated with `--key-pub`: nothing delegates it,
     // so repo.json forgets where its keys are (as after `undelegate`).
     if payload.delegating_targets.is_some() {

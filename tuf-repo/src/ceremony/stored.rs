@@ -1,0 +1,282 @@
+//! What a ceremony keeps in `ceremony/`: its slot, signatures and status.
+
+use super::*;
+
+/// The checks every ceremony command makes on its slot, whatever the role.
+impl Slot {
+    /// Refuses unless a ceremony of role `name` is open in this slot; with
+    /// `hint`, the error says how to open one.
+    pub(crate) fn require_open(&self, name: impl std::fmt::Display, hint: bool) -> Result<()> {
+        if self.payload.exists() {
+            return Ok(());
+        }
+        let mut msg = format!(
+            "no {name} ceremony is open ({} missing)",
+            self.payload.display()
+        );
+        if hint {
+            msg.push_str(&format!(
+                "; start one with `ota-repo ceremony export --role {name} --out FILE`"
+            ));
+        }
+        Err(ceremony_err(msg))
+    }
+
+    /// Refuses `--expires` for version `version` of role `name`, already
+    /// staged in this slot with the expiry it was started with.
+    pub(crate) fn refuse_new_expiry(
+        &self,
+        name: impl std::fmt::Display,
+        version: u64,
+        expires: Option<&Expiry>,
+    ) -> Result<()> {
+        if expires.is_none() {
+            return Ok(());
+        }
+        Err(ceremony_err(format!(
+            "{name} version {version} is already staged ({}); --expires applies only when starting a ceremony",
+            self.payload.display()
+        )))
+    }
+}
+
+pub(crate) fn stored_signatures_in(slot: &Slot) -> Result<Vec<(PathBuf, DetachedSignature)>> {
+    let dir = slot.signatures.clone();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(RepoError::Io {
+                path: dir,
+                source: e,
+            })
+        }
+    };
+    let mut paths = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(RepoError::io(&dir))?.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            paths.push(path);
+        }
+        if paths.len() > MAX_STORED_SIGNATURES {
+            return Err(ceremony_err(format!(
+                "{} holds more than {MAX_STORED_SIGNATURES} signature files",
+                dir.display()
+            )));
+        }
+    }
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|p| read_json(&p).map(|s| (p, s)))
+        .collect()
+}
+
+pub(crate) fn store_signature_in(slot: &Slot, sig: &DetachedSignature) -> Result<()> {
+    // Key ids are hex (they matched a key of the role): safe as a file name.
+    if !sig.keyid.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(ceremony_err(format!("key id {:?} is not hex", sig.keyid)));
+    }
+    write_json(&slot.signatures.join(format!("{}.json", sig.keyid)), sig)
+}
+
+/// Ends a ceremony: the payload first (its presence is what "open" means),
+/// then the signatures kept for it.
+pub(super) fn close(layout: &Layout, role: Role) -> Result<()> {
+    close_slot(&Slot::top(layout, role))
+}
+
+pub(crate) fn close_slot(slot: &Slot) -> Result<()> {
+    let pending = slot.payload.clone();
+    match std::fs::remove_file(&pending) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(RepoError::Io {
+                path: pending,
+                source: e,
+            })
+        }
+    }
+    let dir = slot.signatures.clone();
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(RepoError::Io {
+                path: dir,
+                source: e,
+            })
+        }
+    }
+    let ceremony_dir = slot.dir.clone();
+    if !ceremony_dir.exists() {
+        return Ok(());
+    }
+    ota_common::atomic::fsync_dir(&ceremony_dir).map_err(RepoError::io(&ceremony_dir))
+}
+
+/// Opens a ceremony: old signatures out, the local ones in, the payload last.
+pub(super) fn open(layout: &Layout, payload: &Payload, local: &[DetachedSignature]) -> Result<()> {
+    open_slot(&Slot::top(layout, payload.role), payload, local)
+}
+
+pub(crate) fn open_slot(slot: &Slot, payload: &Payload, local: &[DetachedSignature]) -> Result<()> {
+    close_slot(slot)?;
+    for sig in local {
+        store_signature_in(slot, sig)?;
+    }
+    write_json(&slot.payload, payload)
+}
+
+/// Stores `new_root` as the pending root ceremony of the repository.
+pub fn stage(layout: &Layout, current: &Root, new_root: &Root) -> Result<Payload> {
+    let payload = payload_for(current, new_root)?;
+    open(layout, &payload, &[])?;
+    Ok(payload)
+}
+
+/// A role version waiting for signatures.
+#[derive(Debug, Clone)]
+pub struct PendingRole {
+    pub role: Role,
+    /// The delegated targets role waiting (`role` is then `targets`).
+    pub delegated: Option<String>,
+    pub version: u64,
+    /// Per requirement: what, signatures counted, threshold, keys.
+    pub counts: Vec<(String, u64, u64, usize)>,
+    pub payload: PathBuf,
+}
+
+impl PendingRole {
+    /// e.g. "targets version 3 is pending signatures: 1 of 2 signatures
+    /// from the targets keys of root version 1 (3 keys)".
+    pub fn describe(&self) -> String {
+        format!(
+            "{} version {} is pending signatures: {}",
+            self.name(),
+            self.version,
+            self.counts
+                .iter()
+                .map(|(what, have, need, n)| format!(
+                    "{have} of {need} signatures from the {what} ({n} key(s))"
+                ))
+                .collect::<Vec<_>>()
+                .join(" and ")
+        )
+    }
+
+    /// The commands that finish it.
+    /// `targets`, or the delegated role's name.
+    pub fn name(&self) -> String {
+        self.delegated
+            .clone()
+            .unwrap_or_else(|| self.role.as_str().to_owned())
+    }
+
+    pub fn next_steps(&self) -> String {
+        let r = self.name();
+        format!(
+            "`ota-repo ceremony export --role {r} --out FILE`, `ota-repo sign --payload FILE` by each key holder, then `ota-repo ceremony merge --role {r} SIG...` (or `ota-repo ceremony abandon --role {r}`)"
+        )
+    }
+}
+
+pub(super) fn pending_status(layout: &Layout, payload: &Payload) -> Result<PendingRole> {
+    pending_status_in(&Slot::top(layout, payload.role), payload)
+}
+
+pub(crate) fn pending_status_in(slot: &Slot, payload: &Payload) -> Result<PendingRole> {
+    let bytes = payload.signed_bytes()?;
+    let t = tally(payload, &bytes, &stored_signatures_in(slot)?);
+    Ok(PendingRole {
+        role: payload.role,
+        delegated: payload.delegated.clone(),
+        version: payload.version,
+        counts: t
+            .counts
+            .iter()
+            .map(|(r, have)| (r.what.clone(), *have, r.threshold, r.keyids.len()))
+            .collect(),
+        payload: slot.payload.clone(),
+    })
+}
+
+/// Every open ceremony, with the signatures it has so far.
+pub fn pending(layout: &Layout) -> Result<Vec<PendingRole>> {
+    let mut out = Vec::new();
+    for role in Role::ALL {
+        let path = pending_path(layout, role);
+        if !path.exists() {
+            continue;
+        }
+        let payload: Payload = read_json(&path)?;
+        if payload.role != role {
+            return Err(ceremony_err(format!(
+                "{} holds a {} payload",
+                path.display(),
+                payload.role
+            )));
+        }
+        out.push(pending_status(layout, &payload)?);
+    }
+    out.extend(delegated::pending(layout)?);
+    Ok(out)
+}
+
+/// The gate `publish` passes first: no role below its threshold. A
+/// pending version is not in `metadata/` yet, so publishing now would ship
+/// the previous one while the release engineer believes the new one is out.
+pub fn ensure_nothing_pending(layout: &Layout) -> Result<()> {
+    let open = pending(layout)?;
+    if open.is_empty() {
+        return Ok(());
+    }
+    Err(ceremony_err(format!(
+        "refusing to publish: {}. Collect the signatures with {}",
+        open.iter()
+            .map(PendingRole::describe)
+            .collect::<Vec<_>>()
+            .join("; "),
+        open.iter()
+            .map(PendingRole::next_steps)
+            .collect::<Vec<_>>()
+            .join("; ")
+    )))
+}
+
+pub(super) fn open_in_chain(layout: &Layout) -> Option<Role> {
+    CHAIN
+        .into_iter()
+        .find(|r| pending_path(layout, *r).exists())
+}
+
+pub(crate) fn refuse_open_chain(layout: &Layout, doing: &str) -> Result<()> {
+    if let Some(open) = open_in_chain(layout) {
+        return Err(ceremony_err(format!(
+            "{open} is waiting for signatures ({}); finish it with `ota-repo ceremony merge --role {open} SIG...` or abandon it with `ota-repo ceremony abandon --role {open}` before {doing}",
+            pending_path(layout, open).display()
+        )));
+    }
+    Ok(())
+}
+
+/// The check `add` (and any new targets content) makes for each role
+/// before irreversible work: no targets/snapshot/timestamp version is
+/// already waiting for signatures, and every key repo.json lists for
+/// `role` opens. Fewer keys than the threshold is fine (the rest sign in
+/// a ceremony); a listed key that fails is not: a missing PIN or a
+/// revoked key must not silently turn a release into a ceremony.
+pub fn ensure_signable(
+    layout: &Layout,
+    config: &RepoConfig,
+    role: Role,
+    root: &Root,
+) -> Result<()> {
+    refuse_open_chain(layout, "signing new metadata")?;
+    let local = editor::local_keys(layout, config, role, root)?;
+    if (local.usable.len() as u64) < local.threshold && !local.problems.is_empty() {
+        return Err(editor::threshold_unreachable(role, &local));
+    }
+    Ok(())
+}
