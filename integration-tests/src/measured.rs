@@ -161,3 +161,37 @@ fn vm_hwm(pid: i32) -> Option<u64> {
         .ok()?;
     Some(kib * 1024)
 }
+
+/// The CPU's model name, from /proc/cpuinfo ("?" when it cannot be read).
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+/// What a command prints, trimmed ("?" when it cannot run), for the
+/// machine line of a benchmark's report.
+pub fn command_output(argv: &[&str]) -> String {
+    argv.split_first()
+        .and_then(|(p, a)| Command::new(p).args(a).output().ok())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "?".into())
+}
+
+/// The workspace's commit, whatever the working directory.
+pub fn workspace_commit() -> String {
+    command_output(&[
+        "git",
+        "-C",
+        env!("CARGO_MANIFEST_DIR"),
+        "rev-parse",
+        "--short",
+        "HEAD",
+    ])
+}

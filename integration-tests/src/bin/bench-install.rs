@@ -562,27 +562,14 @@ fn baseline_table(rows: &[BaselineRow]) -> String {
 
 /// Machine and versions, for the record.
 fn machine_summary() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| "?".into());
+    let cpu = integration_tests::measured::cpu_model();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let output = |argv: &[&str]| -> String {
-        argv.split_first()
-            .and_then(|(p, a)| Command::new(p).args(a).output().ok())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .unwrap_or_else(|| "?".into())
-    };
+    let output = integration_tests::measured::command_output;
     format!(
         "* machine: {cores} cores, {cpu}; kernel {}; {}\n* {}; commit {}",
         output(&["uname", "-r"]),
         output(&["sh", "-c", "df -h --output=source,fstype /tmp | tail -n 1"]),
         output(&["rustc", "--version"]),
-        output(&["git", "rev-parse", "--short", "HEAD"]),
+        integration_tests::measured::workspace_commit(),
     )
 }

@@ -123,7 +123,14 @@ fn run() -> Result<()> {
     )?;
     let mut dd = Vec::new();
     let mut agent = Vec::new();
+    let mut curl = Vec::new();
     for round in 0..args.runs {
+        // The network path alone, for the record: the same server sending
+        // the same file over loopback into /dev/null, from a cold cache.
+        drop_caches()?;
+        let secs = bench.curl_once()?;
+        eprintln!("round {round}: curl {secs:.2} s");
+        curl.push(secs);
         // Alternate the order so neither always runs right after the other.
         for which in if round % 2 == 0 { [0, 1] } else { [1, 0] } {
             if which == 0 {
@@ -155,6 +162,12 @@ fn run() -> Result<()> {
         list(&agent_secs),
         list(&agent.iter().map(|r| r.user).collect::<Vec<_>>()),
         list(&agent.iter().map(|r| r.sys).collect::<Vec<_>>()),
+    );
+    println!(
+        "curl -o /dev/null (server to loopback only), {} runs: {} s, median {:.2} s",
+        curl.len(),
+        list(&curl),
+        median(&curl)
     );
     println!(
         "{}: dd median {dd_median:.2} s ({:.0} MB/s), agent median {agent_median:.2} s ({:.0} MB/s), ratio agent/dd {:.2}",
@@ -214,6 +227,32 @@ impl Published {
             t.elapsed().as_secs_f64()
         );
         Ok(Published { fixture, image })
+    }
+
+    /// Seconds for `curl` to fetch the image from the server into /dev/null.
+    fn curl_once(&self) -> Result<f64> {
+        let targets = self.fixture.server.repository_dir().join("targets");
+        let mut name = None;
+        for entry in
+            std::fs::read_dir(&targets).with_context(|| format!("reading {}", targets.display()))?
+        {
+            let entry = entry?;
+            if entry.metadata()?.len() > MIB {
+                name = Some(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        let name = name.context("the server holds no image")?;
+        let url = format!("{}/targets/{name}", self.fixture.server.url);
+        let t = Instant::now();
+        let status = Command::new("curl")
+            .args(["-sf", "-o", "/dev/null", &url])
+            .status()
+            .context("running curl")?;
+        let secs = t.elapsed().as_secs_f64();
+        if !status.success() {
+            bail!("curl {url} failed: {status}");
+        }
+        Ok(secs)
     }
 
     /// Deletes the image and the repository's copy of it.
@@ -367,26 +406,13 @@ fn human(bytes: u64) -> String {
 
 /// Machine and versions, for the record.
 fn machine_summary() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| "?".into());
+    let cpu = integration_tests::measured::cpu_model();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let output = |argv: &[&str]| -> String {
-        argv.split_first()
-            .and_then(|(p, a)| Command::new(p).args(a).output().ok())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .unwrap_or_else(|| "?".into())
-    };
+    let output = integration_tests::measured::command_output;
     format!(
         "machine: {cores} cores, {cpu}; kernel {}; {}; commit {}",
         output(&["uname", "-r"]),
         output(&["rustc", "--version"]),
-        output(&["git", "rev-parse", "--short", "HEAD"]),
+        integration_tests::measured::workspace_commit(),
     )
 }
