@@ -24,6 +24,13 @@ use tokio_util::io::ReaderStream;
 
 const CHUNK: usize = 64 * 1024;
 
+/// Read size when streaming a file body. Every read of a tokio file is a
+/// hop to the blocking pool; at 64 KiB that was 16 384 hops per GiB and the
+/// server alone took longer to send an image over loopback than `dd` took
+/// to copy it to disk (docs/BENCHMARKS.md, "Install at the speed of the
+/// disk"). The cost is this much memory per download in flight.
+const BODY_CHUNK: usize = 256 * 1024;
+
 /// `Cache-Control` for files whose name is never reused with other content.
 pub const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 /// `Cache-Control` for files replaced in place (timestamp.json, root.json):
@@ -179,7 +186,7 @@ async fn serve_file_inner(
     file.seek(SeekFrom::Start(start))
         .await
         .map_err(|e| ApiError::internal(&format!("seek {}", path.display()), e))?;
-    let stream = ReaderStream::with_capacity(file.take(len), CHUNK);
+    let stream = ReaderStream::with_capacity(file.take(len), BODY_CHUNK);
     Ok((status, base, Body::from_stream(stream)).into_response())
 }
 
