@@ -596,8 +596,15 @@ fn reopen_direct(file: &File) -> Option<File> {
 /// before this is called, so none is skipped for being dirty.
 fn drop_page_cache(file: &File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
-    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
-        return;
+    // off_t is 32 bits on armv7: a range it cannot express drops the whole
+    // file's pages instead (offset 0, length 0), as the read-back did before
+    // it followed the writer.
+    let (offset, len) = match (
+        nix::libc::off_t::try_from(offset),
+        nix::libc::off_t::try_from(len),
+    ) {
+        (Ok(offset), Ok(len)) => (offset, len),
+        _ => (0, 0),
     };
     if let Err(e) = nix::fcntl::posix_fadvise(
         file.as_raw_fd(),
