@@ -199,20 +199,46 @@ pub fn install<'r>(
         let spawned = std::thread::Builder::new()
             .name("slot-follower".into())
             .spawn_scoped(scope, move || {
-                while let Ok(mut upto) = written_rx.recv() {
-                    // Marks that queued up while the last range was read back
-                    // are made durable in one flush.
-                    while let Ok(later) = written_rx.try_recv() {
-                        upto = later;
-                    }
+                // The highest offset made durable so far; the read-back
+                // trails it.
+                let mut durable = read_back.done();
+                loop {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
-                    read_back.sync()?;
-                    // The main thread may have finished already; then this
-                    // offset is of no use to it.
-                    let _ = durable_tx.send(upto);
-                    read_back.catch_up(upto, stop)?;
+                    // Wait for the writer only when there is nothing left to
+                    // read back; otherwise just look for a new mark, so a
+                    // long read-back (a resumed download's prefix) never
+                    // keeps a checkpoint waiting for its flush.
+                    let mark = if read_back.done() < durable {
+                        match written_rx.try_recv() {
+                            Ok(upto) => Some(upto),
+                            Err(mpsc::TryRecvError::Empty) => None,
+                            Err(mpsc::TryRecvError::Disconnected) => break,
+                        }
+                    } else {
+                        match written_rx.recv() {
+                            Ok(upto) => Some(upto),
+                            Err(_) => break,
+                        }
+                    };
+                    if let Some(mut upto) = mark {
+                        // Marks that queued up meanwhile are made durable in
+                        // one flush.
+                        while let Ok(later) = written_rx.try_recv() {
+                            upto = later;
+                        }
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        read_back.sync()?;
+                        // The main thread may have finished already; then
+                        // this offset is of no use to it.
+                        let _ = durable_tx.send(upto);
+                        durable = durable.max(upto);
+                    }
+                    let step = durable.min(read_back.done().saturating_add(FLUSH_EVERY));
+                    read_back.catch_up(step, stop)?;
                 }
                 Ok::<_, SlotError>(read_back)
             });
