@@ -1,7 +1,8 @@
 //! The one-pass streaming install: every chunk is checked by the stream
 //! verifier (signed length enforced as bytes arrive) *before* it is written,
-//! the slot is fsynced, then read back from storage and verified again.
-//! Memory use is one buffer, whatever the image size.
+//! and each range is fsynced, then read back from storage and verified
+//! again, by a follower thread. Memory use is two fixed buffers (the
+//! stream's chunk and the read-back's), whatever the image size.
 
 use crate::slot::{Slot, SlotError, SlotWriter};
 use ota_common::hash::{Digests, StreamVerifier, VerifyError};

@@ -195,3 +195,16 @@ pub fn workspace_commit() -> String {
         "HEAD",
     ])
 }
+
+/// Detaches the loop device at `path` (`losetup -d`), saying so on stderr
+/// when that fails; for the benchmarks' loop devices, dropped at the end.
+pub fn detach_loop_device(path: &std::path::Path) {
+    let ok = Command::new("losetup")
+        .arg("-d")
+        .arg(path)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("could not detach {}", path.display());
+    }
+}

@@ -440,14 +440,7 @@ impl LoopDevice {
 
 impl Drop for LoopDevice {
     fn drop(&mut self) {
-        let ok = Command::new("losetup")
-            .arg("-d")
-            .arg(&self.path)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!("could not detach {}", self.path.display());
-        }
+        integration_tests::measured::detach_loop_device(&self.path);
     }
 }
 
