@@ -105,7 +105,15 @@ impl TestServer {
     pub fn put_repo_file(&self, rel: &str, content: &[u8]) {
         let path = self.data_dir.join("repository").join(rel);
         std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-        std::fs::write(path, content).expect("write");
+        // Whole or not at all, as a publishing instance writes: the server's
+        // refresh may read the file at any moment, and a plain write could
+        // let it see the truncated, still empty file.
+        let tmp = path.with_file_name(format!(
+            ".{}.put",
+            path.file_name().expect("name").to_string_lossy()
+        ));
+        std::fs::write(&tmp, content).expect("write");
+        std::fs::rename(&tmp, &path).expect("rename");
     }
 
     /// Sends a request line exactly as given (no client-side normalisation
