@@ -11,6 +11,7 @@ pub mod credentials;
 pub mod db;
 pub mod files;
 pub mod http;
+mod linger;
 pub mod metrics;
 pub mod paths;
 pub mod resign;
@@ -279,6 +280,7 @@ pub fn router(state: AppState, auth: Arc<AdminAuth>) -> Router {
     router
         .fallback(no_such_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(linger::drain_refused_bodies))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state.metrics),
             log_request,
