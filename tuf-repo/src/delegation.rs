@@ -155,29 +155,10 @@ async fn sign_role(
             },
         ));
     }
-    let bytes = editor::signed_bytes(&Signed {
-        signed: content,
-        signatures,
-    })?;
-    let file = format!("{version}.{}.json", role.name);
-    editor::write_metadata(
-        layout,
-        &editor::MetadataFiles {
-            versioned: vec![(file, bytes.clone())],
-            ..Default::default()
-        },
-    )?;
-    let plan = SignPlan {
-        snapshot: true,
-        timestamp: true,
-        expires: chain,
-        delegated: BTreeMap::from([(
-            format!("{}.json", role.name),
-            editor::metafile(&bytes, version),
-        )]),
-        ..SignPlan::default()
-    };
-    let progress = ceremony::sign_or_stage(layout, config, state, plan).await?;
+    let progress = crate::ceremony::delegated::publish_version(
+        layout, config, state, &role.name, content, signatures, chain,
+    )
+    .await?;
     Ok((version.get(), progress))
 }
 
@@ -379,25 +360,14 @@ pub async fn delegate(layout: &Layout, options: &DelegateOptions) -> Result<Dele
             first
         }
     };
-    let version = content.version;
     let log = editor::audit_log(layout, &config);
     let signatures = editor::signatures_as(name, &content, &keys, &log).await?;
-    let bytes = editor::signed_bytes(&Signed {
-        signed: content,
-        signatures,
-    })?;
-    editor::write_metadata(
-        layout,
-        &editor::MetadataFiles {
-            versioned: vec![(format!("{version}.{name}.json"), bytes.clone())],
-            ..Default::default()
-        },
-    )?;
+    let listed = crate::ceremony::delegated::write_role_file(layout, name, content, signatures)?;
 
     let (targets, replaced) = with_delegation(&state, &public, role)?;
     let mut delegated = BTreeMap::new();
     if replaced {
-        delegated.insert(format!("{name}.json"), editor::metafile(&bytes, version));
+        delegated.insert(listed.0, listed.1);
     }
     let plan = SignPlan {
         new_targets: Some(targets),
