@@ -230,3 +230,28 @@ pub fn ensure_signable(
     }
     Ok(())
 }
+
+/// The expiries `roles` are signed with next, from repo.json's policy, after
+/// checking that they can be signed or staged (root still valid, each
+/// expiry in the future, every listed key usable): call it before any
+/// irreversible work. What an interrupted run left is healed first, so it
+/// neither blocks nor forks this one.
+pub fn signable_expiries(
+    layout: &Layout,
+    config: &RepoConfig,
+    state: &RepoState,
+    roles: &[Role],
+    now: jiff::Timestamp,
+) -> Result<BTreeMap<Role, jiff::Timestamp>> {
+    editor::ensure_not_expired(Role::Root, state.root.signed.expires, now)?;
+    heal(layout, state)?;
+    let mut expires = BTreeMap::new();
+    for role in roles {
+        let t = config.role(*role)?.expiry()?.resolve(now)?;
+        editor::ensure_future(*role, t, now, false)?;
+        expires.insert(*role, t);
+        // Keys kept offline are fine: the version then waits in a ceremony.
+        ensure_signable(layout, config, *role, &state.root.signed)?;
+    }
+    Ok(expires)
+}
