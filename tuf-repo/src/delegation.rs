@@ -48,6 +48,7 @@ pub const MAX_KEYS: usize = 16;
 /// Most path patterns one delegation may list.
 pub const MAX_PATHS: usize = 64;
 
+use crate::ceremony::delegated::DelegatedBy;
 use crate::ceremony::delegated_keys::{
     chain_expiries, local_keys, next_version, threshold_error, usable_keys,
 };
@@ -139,14 +140,11 @@ async fn sign_role(
     let log = editor::audit_log(layout, config);
     let signatures = editor::signatures_as(&role.name, &content, &keys, &log).await?;
     if short {
-        let pending = crate::ceremony::delegated::stage(
-            layout,
+        let by = DelegatedBy::Trusted {
             state,
-            role,
-            &current.signed,
-            &content,
-            &signatures,
-        )?;
+            current: &current.signed,
+        };
+        let pending = crate::ceremony::delegated::stage(layout, role, by, &content, &signatures)?;
         return Ok((
             version.get(),
             Progress {
@@ -471,14 +469,11 @@ async fn delegate_offline(
         .ok_or_else(|| RepoError::Inconsistent("no targets was signed".to_owned()))?;
     let delegating: Signed<Targets> = serde_json::from_slice(&bytes)
         .map_err(|e| RepoError::Inconsistent(format!("reading the signed targets back: {e}")))?;
-    let pending = crate::ceremony::delegated::stage_first(
-        layout,
-        &role,
-        &delegating,
-        &bytes,
-        &content,
-        &signatures,
-    )?;
+    let by = DelegatedBy::New {
+        targets: &delegating,
+        bytes: &bytes,
+    };
+    let pending = crate::ceremony::delegated::stage(layout, &role, by, &content, &signatures)?;
     Ok(Delegation {
         name,
         keys: public.into_iter().map(|(id, _, loc)| (id, loc)).collect(),

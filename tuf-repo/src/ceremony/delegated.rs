@@ -70,87 +70,70 @@ fn requirement_in(
     ))
 }
 
+/// The top-level targets that delegates a role being staged: its keys and
+/// threshold are the ones that count.
+pub(crate) enum DelegatedBy<'a> {
+    /// The trusted targets; `current` is the role's version being replaced.
+    Trusted {
+        state: &'a RepoState,
+        current: &'a Targets,
+    },
+    /// A new targets creating the delegation (for version 1 of a role whose
+    /// keys here stay below its threshold), already signed by the targets
+    /// keys: `merge` commits it after `1.ROLE.json` (a repository cannot
+    /// list a delegation before the role's file).
+    New {
+        targets: &'a Signed<Targets>,
+        bytes: &'a [u8],
+    },
+}
+
 /// Opens the ceremony of `role` for `content` (its version and expiry
 /// set), keeping the signatures the keys here already made.
 pub(crate) fn stage(
     layout: &Layout,
-    state: &RepoState,
     role: &DelegatedRole,
-    current: &Targets,
+    by: DelegatedBy<'_>,
     content: &Targets,
     local: &[Signature],
 ) -> Result<PendingRole> {
+    let (listing, new, delegated_by, delegating_targets, changes) = match by {
+        DelegatedBy::Trusted { state, current } => (
+            &state.targets.signed,
+            "",
+            format!("(delegated by targets version {})", state.targets.signed.version),
+            None,
+            ceremony::summarize_targets(&current.targets, content),
+        ),
+        DelegatedBy::New { targets, bytes } => (
+            &targets.signed,
+            "NEW ",
+            format!(
+                "by targets version {} (signed by the targets keys, committed when this ceremony completes)",
+                targets.signed.version
+            ),
+            Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+            Vec::new(),
+        ),
+    };
     let mut summary = vec![
         format!(
-            "delegated role {} version {}, expires {}",
-            role.name, content.version, content.expires
+            "{new}delegated role {} version {}, expires {}{}",
+            role.name,
+            content.version,
+            content.expires,
+            if new.is_empty() {
+                ""
+            } else {
+                " (no targets yet)"
+            }
         ),
         format!(
-            "trusted for paths {} (delegated by targets version {})",
-            delegated::paths_of(role).join(", "),
-            state.targets.signed.version
+            "trusted for paths {} {delegated_by}",
+            delegated::paths_of(role).join(", ")
         ),
     ];
-    summary.extend(ceremony::summarize_targets(&current.targets, content));
-    open_with(
-        layout,
-        role,
-        content,
-        &state.targets.signed,
-        summary,
-        None,
-        local,
-    )
-}
-
-/// Opens the ceremony of version 1 of a new delegated role whose keys here
-/// stay below its threshold. `delegating` is the top-level targets that
-/// creates the delegation, already signed by the targets keys: it is
-/// committed by `merge`, after `1.ROLE.json` (a repository cannot list a
-/// delegation before the role's file), and its keys and threshold are the
-/// ones that count.
-pub(crate) fn stage_first(
-    layout: &Layout,
-    role: &DelegatedRole,
-    delegating: &Signed<Targets>,
-    delegating_bytes: &[u8],
-    content: &Targets,
-    local: &[Signature],
-) -> Result<PendingRole> {
-    let summary = vec![
-        format!(
-            "NEW delegated role {} version {}, expires {} (no targets yet)",
-            role.name, content.version, content.expires
-        ),
-        format!(
-            "trusted for paths {} by targets version {} (signed by the targets keys, committed when this ceremony completes)",
-            delegated::paths_of(role).join(", "),
-            delegating.signed.version
-        ),
-    ];
-    let delegating_targets = base64::engine::general_purpose::STANDARD.encode(delegating_bytes);
-    open_with(
-        layout,
-        role,
-        content,
-        &delegating.signed,
-        summary,
-        Some(delegating_targets),
-        local,
-    )
-}
-
-/// Opens the ceremony of `content` with the keys and threshold `listing`
-/// (a top-level targets) gives `role`.
-fn open_with(
-    layout: &Layout,
-    role: &DelegatedRole,
-    content: &Targets,
-    listing: &Targets,
-    summary: Vec<String>,
-    delegating_targets: Option<String>,
-    local: &[Signature],
-) -> Result<PendingRole> {
+    summary.extend(changes);
     let (requirements, keys) = requirement_in(listing, role)?;
     let mut payload = Payload::from_meta(
         &RoleMeta::Targets(content.clone()),
@@ -189,7 +172,11 @@ pub(super) async fn start(
     content.expires = when;
     let log = editor::audit_log(layout, config);
     let sigs = editor::signatures_as(name.as_str(), &content, &keys, &log).await?;
-    stage(layout, state, role, &current.signed, &content, &sigs)?;
+    let by = DelegatedBy::Trusted {
+        state,
+        current: &current.signed,
+    };
+    stage(layout, role, by, &content, &sigs)?;
     CeremonyRole::Delegated(name.clone()).read_payload(layout)
 }
 
