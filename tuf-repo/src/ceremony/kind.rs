@@ -188,3 +188,42 @@ pub(crate) fn open_ceremonies(layout: &Layout) -> Result<Vec<CeremonyRole>> {
     open.extend(names.into_iter().map(CeremonyRole::Delegated));
     Ok(open)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_role_argument_names_its_kind_and_where_its_ceremony_lives() {
+        let layout = Layout::new("/repo");
+        let cases = [
+            ("root", CeremonyRole::Root, "/repo/ceremony/root.json"),
+            (
+                "snapshot",
+                CeremonyRole::TopLevel(Role::Snapshot),
+                "/repo/ceremony/snapshot.json",
+            ),
+            (
+                "board-a",
+                CeremonyRole::Delegated(DelegatedName::parse("board-a").expect("name")),
+                "/repo/ceremony/delegated/board-a.json",
+            ),
+        ];
+        for (arg, kind, payload) in cases {
+            let parsed = CeremonyRole::parse(arg).expect("role");
+            assert_eq!(parsed, kind);
+            assert_eq!(parsed.to_string(), arg);
+            let slot = parsed.slot(&layout);
+            assert_eq!(slot.payload, Path::new(payload));
+            assert_eq!(
+                slot.signatures,
+                Path::new(&payload.replace(".json", ".signatures"))
+            );
+        }
+        assert_eq!(CeremonyRole::top(Role::Root), CeremonyRole::Root);
+        // A name that would leave `ceremony/delegated/` never gets a slot.
+        for bad in ["../targets", "Board", "a/b", ""] {
+            assert!(CeremonyRole::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
