@@ -141,10 +141,11 @@ pub(super) async fn run_chain(
     }
     // Versioned files first (unreferenced until a timestamp points at
     // them), then the ceremony that waits on them.
-    // The next ceremony opens before the completed one closes: a power cut
-    // in between leaves both open, and `heal` sees that the next one lists
-    // the completed version. The other order would leave the completed
-    // version's file unreferenced and its collected signatures gone.
+    // The next ceremony opens here, before `merge` closes the completed
+    // one: a power cut in between leaves both open, and `heal` sees that
+    // the next one lists the completed version. The other order would
+    // leave the completed version's file unreferenced and its collected
+    // signatures gone.
     editor::write_metadata(layout, &files)?;
     if let Some((payload, local)) = staged {
         let slot = CeremonyRole::top(payload.role).slot(layout);

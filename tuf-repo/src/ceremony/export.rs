@@ -91,9 +91,9 @@ pub(super) fn keys_reach_threshold(role: &CeremonyRole) -> RepoError {
 }
 
 /// `ceremony abandon`: closes the open ceremony of `role`; nothing of the
-/// pending version is in `metadata/`. What else goes depends on the kind:
-/// see [`remove_unreferenced_chain_files`] and
-/// [`delegated::forget_undelegated`].
+/// pending version is in `metadata/`. A top-level role's abandoned chain
+/// may leave versioned files nothing references (removed here), and
+/// version 1 of a delegated role leaves its keys in repo.json (forgotten).
 pub async fn abandon(layout: &Layout, role: &CeremonyRole) -> Result<u64> {
     let slot = role.slot(layout);
     slot.require_open(role, false)?;

@@ -25,7 +25,12 @@
 //! threshold of the NEW root keys (TUF §5.3.4), so a root payload lists both
 //! requirements; a key that is in neither (revoked, or never added) does not
 //! count. For the other roles the keys and threshold come from the trusted
-//! root at merge time, not from the payload file.
+//! metadata at merge time (root, or for a delegated role the targets that
+//! delegates it), not from the payload file.
+//!
+//! Export, merge, abandon, heal and the list of open ceremonies are written
+//! once over [`CeremonyRole`] (`kind.rs`); `delegated.rs` holds only what a
+//! delegated role adds.
 
 use crate::audit::{AuditLog, Event};
 use crate::config::RepoConfig;
