@@ -5,7 +5,7 @@
 //! signing path for new targets content (`rollout set` uses them too).
 
 use crate::config::RepoConfig;
-use crate::editor::{self, SignPlan};
+use crate::editor::SignPlan;
 use crate::error::{RepoError, Result};
 use crate::layout::Layout;
 use crate::role::Role;
@@ -137,18 +137,8 @@ pub fn signing_expiries(
     state: &RepoState,
     now: jiff::Timestamp,
 ) -> Result<BTreeMap<Role, jiff::Timestamp>> {
-    editor::ensure_not_expired(Role::Root, state.root.signed.expires, now)?;
-    // What an interrupted run left must not block (or fork) this one.
-    crate::ceremony::heal(layout, state)?;
-    let mut expires = BTreeMap::new();
-    for role in [Role::Targets, Role::Snapshot, Role::Timestamp] {
-        let t = config.role(role)?.expiry()?.resolve(now)?;
-        editor::ensure_future(role, t, now, false)?;
-        expires.insert(role, t);
-        // Keys kept offline are fine: the version then waits in a ceremony.
-        crate::ceremony::ensure_signable(layout, config, role, &state.root.signed)?;
-    }
-    Ok(expires)
+    let chain = [Role::Targets, Role::Snapshot, Role::Timestamp];
+    crate::ceremony::signable_expiries(layout, config, state, &chain, now)
 }
 
 /// Signs `targets` as the next targets version, with new snapshot and

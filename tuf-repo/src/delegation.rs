@@ -48,6 +48,7 @@ pub const MAX_KEYS: usize = 16;
 /// Most path patterns one delegation may list.
 pub const MAX_PATHS: usize = 64;
 
+use crate::ceremony::delegated::DelegatedBy;
 use crate::ceremony::delegated_keys::{
     chain_expiries, local_keys, next_version, threshold_error, usable_keys,
 };
@@ -139,14 +140,11 @@ async fn sign_role(
     let log = editor::audit_log(layout, config);
     let signatures = editor::signatures_as(&role.name, &content, &keys, &log).await?;
     if short {
-        let pending = crate::ceremony::delegated::stage(
-            layout,
+        let by = DelegatedBy::Trusted {
             state,
-            role,
-            &current.signed,
-            &content,
-            &signatures,
-        )?;
+            current: &current.signed,
+        };
+        let pending = crate::ceremony::delegated::stage(layout, role, by, &content, &signatures)?;
         return Ok((
             version.get(),
             Progress {
@@ -155,29 +153,10 @@ async fn sign_role(
             },
         ));
     }
-    let bytes = editor::signed_bytes(&Signed {
-        signed: content,
-        signatures,
-    })?;
-    let file = format!("{version}.{}.json", role.name);
-    editor::write_metadata(
-        layout,
-        &editor::MetadataFiles {
-            versioned: vec![(file, bytes.clone())],
-            ..Default::default()
-        },
-    )?;
-    let plan = SignPlan {
-        snapshot: true,
-        timestamp: true,
-        expires: chain,
-        delegated: BTreeMap::from([(
-            format!("{}.json", role.name),
-            editor::metafile(&bytes, version),
-        )]),
-        ..SignPlan::default()
-    };
-    let progress = ceremony::sign_or_stage(layout, config, state, plan).await?;
+    let progress = crate::ceremony::delegated::publish_version(
+        layout, config, state, &role.name, content, signatures, chain,
+    )
+    .await?;
     Ok((version.get(), progress))
 }
 
@@ -379,25 +358,14 @@ pub async fn delegate(layout: &Layout, options: &DelegateOptions) -> Result<Dele
             first
         }
     };
-    let version = content.version;
     let log = editor::audit_log(layout, &config);
     let signatures = editor::signatures_as(name, &content, &keys, &log).await?;
-    let bytes = editor::signed_bytes(&Signed {
-        signed: content,
-        signatures,
-    })?;
-    editor::write_metadata(
-        layout,
-        &editor::MetadataFiles {
-            versioned: vec![(format!("{version}.{name}.json"), bytes.clone())],
-            ..Default::default()
-        },
-    )?;
+    let listed = crate::ceremony::delegated::write_role_file(layout, name, content, signatures)?;
 
     let (targets, replaced) = with_delegation(&state, &public, role)?;
     let mut delegated = BTreeMap::new();
     if replaced {
-        delegated.insert(format!("{name}.json"), editor::metafile(&bytes, version));
+        delegated.insert(listed.0, listed.1);
     }
     let plan = SignPlan {
         new_targets: Some(targets),
@@ -501,14 +469,11 @@ async fn delegate_offline(
         .ok_or_else(|| RepoError::Inconsistent("no targets was signed".to_owned()))?;
     let delegating: Signed<Targets> = serde_json::from_slice(&bytes)
         .map_err(|e| RepoError::Inconsistent(format!("reading the signed targets back: {e}")))?;
-    let pending = crate::ceremony::delegated::stage_first(
-        layout,
-        &role,
-        &delegating,
-        &bytes,
-        &content,
-        &signatures,
-    )?;
+    let by = DelegatedBy::New {
+        targets: &delegating,
+        bytes: &bytes,
+    };
+    let pending = crate::ceremony::delegated::stage(layout, &role, by, &content, &signatures)?;
     Ok(Delegation {
         name,
         keys: public.into_iter().map(|(id, _, loc)| (id, loc)).collect(),

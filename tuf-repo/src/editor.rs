@@ -495,6 +495,46 @@ pub fn write_metadata(layout: &Layout, files: &MetadataFiles) -> Result<()> {
     Ok(())
 }
 
+/// Writes a signed new root (`N.root.json`, `root.json`) and, in the same
+/// write, `resigned` re-signed under it with the expiries repo.json sets:
+/// roles whose keys or threshold the new root changes, or the repository
+/// would hold metadata its root no longer accepts (and could not even be
+/// loaded to fix it).
+pub async fn write_root(
+    layout: &Layout,
+    config: &RepoConfig,
+    state: &RepoState,
+    root: Signed<Root>,
+    resigned: &BTreeSet<Role>,
+) -> Result<()> {
+    let root_bytes = signed_bytes(&root)?;
+    let version = root.signed.version;
+    let mut files = if resigned.is_empty() {
+        MetadataFiles::default()
+    } else {
+        let now = jiff::Timestamp::now();
+        let mut expires = BTreeMap::new();
+        for role in resigned {
+            expires.insert(*role, config.role(*role)?.expiry()?.resolve(now)?);
+        }
+        let mut new_state = state.clone();
+        new_state.root = root;
+        let plan = SignPlan {
+            resign_targets: resigned.contains(&Role::Targets),
+            snapshot: resigned.contains(&Role::Snapshot),
+            timestamp: resigned.contains(&Role::Timestamp),
+            expires,
+            ..SignPlan::default()
+        };
+        sign_plan(layout, config, &new_state, plan).await?
+    };
+    files
+        .versioned
+        .insert(0, (format!("{version}.root.json"), root_bytes.clone()));
+    files.root_copy = Some(root_bytes);
+    write_metadata(layout, &files)
+}
+
 /// Fails if `role`'s current metadata has expired by `now`, naming the
 /// command that fixes it.
 pub fn ensure_not_expired(

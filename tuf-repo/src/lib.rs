@@ -8,7 +8,8 @@
 //! * `keys/<role>-<n>.pem`: PKCS#8 private keys, mode 0600 (development only: software keys);
 //!   production keys live in a PKCS#11 token and repo.json holds their `pkcs11:` URIs.
 //! * `audit.jsonl` + `audit.head`: the hash-chained log of every signature made.
-//! * `ceremony/<role>.json`: an unsigned role waiting for offline signatures.
+//! * `ceremony/<role>.json`, `ceremony/delegated/<delegated role>.json`: an unsigned role
+//!   waiting for offline signatures (its accepted signatures beside it in `.signatures/`).
 //! * `metadata/N.<delegated role>.json`: delegated targets roles (`ota-repo delegate`).
 //! * `metadata/`: `N.root.json` (+ `root.json`, a copy of the newest), `N.targets.json`,
 //!   `N.snapshot.json`, `timestamp.json` (consistent snapshots).

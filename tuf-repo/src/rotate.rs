@@ -9,7 +9,7 @@
 
 use crate::ceremony;
 use crate::config::RepoConfig;
-use crate::editor::{self, SignPlan};
+use crate::editor;
 use crate::error::{RepoError, Result};
 use crate::expiry::Expiry;
 use crate::key_ref::{KeyRef, LoadedKey};
@@ -182,39 +182,11 @@ pub async fn rotate(layout: &Layout, options: &RotateOptions) -> Result<Rotated>
         signed: root.clone(),
         signatures,
     };
-    let root_bytes = editor::signed_bytes(&signed_root)?;
-    let mut new_state = state.clone();
-    new_state.root = signed_root;
-
     let resigned_roles = match options.role {
         Role::Root => Default::default(),
         r => resign::expand(&[r], &BTreeMap::new()),
     };
-    let mut expires = BTreeMap::new();
-    for role in &resigned_roles {
-        let t = config.role(*role)?.expiry()?.resolve(now)?;
-        expires.insert(*role, t);
-    }
-    let plan = SignPlan {
-        root: false,
-        new_targets: None,
-        resign_targets: resigned_roles.contains(&Role::Targets),
-        snapshot: resigned_roles.contains(&Role::Snapshot),
-        timestamp: resigned_roles.contains(&Role::Timestamp),
-        expires,
-        delegated: BTreeMap::new(),
-    };
-    let mut files = if resigned_roles.is_empty() {
-        editor::MetadataFiles::default()
-    } else {
-        editor::sign_plan(layout, &config, &new_state, plan).await?
-    };
-    files.versioned.insert(
-        0,
-        (format!("{}.root.json", root.version), root_bytes.clone()),
-    );
-    files.root_copy = Some(root_bytes);
-    editor::write_metadata(layout, &files)?;
+    editor::write_root(layout, &config, &state, signed_root, &resigned_roles).await?;
     config.save(layout)?;
     let version_of = |role: Role| match role {
         Role::Root => root.version.get(),

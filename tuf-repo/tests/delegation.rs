@@ -961,6 +961,86 @@ fn sign_offline(
     ok(ota_repo(repo, &args))
 }
 
+/// Merging a delegated role whose snapshot key is offline too writes
+/// `N.ROLE.json`, opens the snapshot ceremony that lists it and only then
+/// closes its own. A cut in between leaves both open; the next command
+/// closes the delegated one (it is signed) and keeps the rest.
+#[test]
+fn a_cut_between_a_delegated_merge_and_its_close_is_healed() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let t = tmp.path();
+    let repo = t.join("repo");
+    ok(ota_repo(&repo, &["init"]));
+    let holder = t.join("holder");
+    std::fs::create_dir_all(&holder).expect("mkdir");
+    let key = holder.join("board-a.pem");
+    key_id_of(&t.join("no-repo"), &key);
+    ok(ota_repo(
+        &repo,
+        &[
+            "delegate",
+            "--name",
+            "board-a",
+            "--paths",
+            "board-a/*",
+            "--key",
+            s(&key),
+        ],
+    ));
+    set_role_keys(&repo, "board-a", &[]);
+    std::fs::rename(repo.join("keys/snapshot-1.pem"), t.join("snapshot.pem")).expect("mv");
+    let path = repo.join("repo.json");
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("repo.json")).expect("json");
+    config["roles"]["snapshot"]["keys"] = serde_json::json!([]);
+    std::fs::write(&path, serde_json::to_vec_pretty(&config).expect("json")).expect("write");
+
+    let img = t.join("fw.img");
+    std::fs::write(&img, b"board a firmware").expect("img");
+    let out = ok(add(
+        &repo,
+        &img,
+        "board-a/fw-1.img",
+        "1.0.0",
+        Some("board-a"),
+    ));
+    assert!(out.contains("board-a version 2 is NOT signed yet"), "{out}");
+    let pending = repo.join("ceremony/delegated/board-a.json");
+    let kept = std::fs::read(&pending).expect("delegated payload");
+    let out = sign_offline(&repo, t, "board-a", &[(&holder, &key)], "v2");
+    assert!(
+        out.contains("signed board-a version 2 with 1 key(s)")
+            && out.contains("snapshot version 3 is pending signatures"),
+        "{out}"
+    );
+    assert!(!pending.exists());
+
+    // The cut: the delegated ceremony is still there beside the snapshot's.
+    std::fs::write(&pending, &kept).expect("restore");
+    let o = ota_repo(
+        &repo,
+        &[
+            "ceremony",
+            "export",
+            "--role",
+            "snapshot",
+            "--out",
+            s(&t.join("snapshot.payload.json")),
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    ok(o);
+    assert!(
+        err.contains(
+            "closed the board-a version 2 ceremony: it was signed and the open snapshot ceremony lists it"
+        ),
+        "{err}"
+    );
+    assert!(!pending.exists());
+    assert!(repo.join("ceremony/snapshot.json").exists());
+    assert!(repo.join("metadata/2.board-a.json").exists());
+}
+
 #[test]
 fn a_role_whose_keys_are_all_elsewhere_is_delegated_through_a_ceremony() {
     let tmp = tempfile::tempdir().expect("tmp");

@@ -75,17 +75,7 @@ pub(super) async fn sign_here(
     }
     let (requirements, keys) = requirements_under(role, root)?;
     let payload = Payload::from_meta(meta, keys, requirements, summarize(meta, state))?;
-    let detached = signatures
-        .iter()
-        .map(|s| DetachedSignature {
-            role,
-            version: payload.version,
-            payload_sha256: payload.sha256.clone(),
-            keyid: hex::encode(&*s.keyid),
-            sig: hex::encode(&*s.sig),
-            delegated: None,
-        })
-        .collect();
+    let detached = payload.detached_all(&signatures);
     Ok(Err((payload, detached)))
 }
 
@@ -101,15 +91,12 @@ pub struct Progress {
 /// Signs `first` and what depends on it (targets ⇒ snapshot ⇒ timestamp)
 /// as far as the keys here reach; the first role they cannot sign to its
 /// threshold is staged as a ceremony and the chain stops there.
-/// `completing` is the ceremony whose metadata `first` is: it is closed
-/// once that metadata is written, before the next ceremony opens.
 pub(super) async fn run_chain(
     layout: &Layout,
     config: &RepoConfig,
     state: &RepoState,
     first: Step,
     expires: &BTreeMap<Role, jiff::Timestamp>,
-    completing: Option<Role>,
     delegated: &BTreeMap<String, Metafile>,
 ) -> Result<Progress> {
     let log = editor::audit_log(layout, config);
@@ -154,19 +141,18 @@ pub(super) async fn run_chain(
     }
     // Versioned files first (unreferenced until a timestamp points at
     // them), then the ceremony that waits on them.
-    // The next ceremony opens before the completed one closes: a power cut
-    // in between leaves both open, and `heal` sees that the next one lists
-    // the completed version. The other order would leave the completed
-    // version's file unreferenced and its collected signatures gone.
+    // The next ceremony opens here, before `merge` closes the completed
+    // one: a power cut in between leaves both open, and `heal` sees that
+    // the next one lists the completed version. The other order would
+    // leave the completed version's file unreferenced and its collected
+    // signatures gone.
     editor::write_metadata(layout, &files)?;
     if let Some((payload, local)) = staged {
-        open(layout, &payload, &local)?;
-        let status = pending_status(layout, &payload)?;
+        let slot = CeremonyRole::top(payload.role).slot(layout);
+        open_slot(&slot, &payload, &local)?;
+        let status = pending_status(&slot, &payload)?;
         tracing::info!("{}", status.describe());
         progress.pending = Some(status);
-    }
-    if let Some(role) = completing {
-        close(layout, role)?;
     }
     Ok(progress)
 }
@@ -200,7 +186,6 @@ pub(crate) async fn commit_signed_targets(
         state,
         Step::Signed(RoleMeta::Targets(targets.signed), targets.signatures),
         &expires,
-        None,
         delegated,
     )
     .await
@@ -275,14 +260,5 @@ pub async fn sign_or_stage(
         return Ok(Progress::default());
     };
     let expires = chain_expiries(config, &plan.expires, jiff::Timestamp::now())?;
-    run_chain(
-        layout,
-        config,
-        state,
-        first,
-        &expires,
-        None,
-        &plan.delegated,
-    )
-    .await
+    run_chain(layout, config, state, first, &expires, &plan.delegated).await
 }

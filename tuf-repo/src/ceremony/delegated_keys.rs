@@ -1,10 +1,9 @@
-//! The keys, version and chain expiries a delegated role's new version is
-//! signed with: shared by `delegation` (signing here) and the delegated
-//! role's ceremony (signing elsewhere).
+//! The keys a delegated role's new version is signed with, its number and
+//! the expiries of the snapshot and timestamp that list it: shared by
+//! `delegation` (signing here) and the delegated role's ceremony (signing
+//! elsewhere).
 
-use crate::ceremony;
 use crate::config::RepoConfig;
-use crate::editor;
 use crate::error::{RepoError, Result};
 use crate::key_ref::LoadedKey;
 use crate::layout::Layout;
@@ -90,22 +89,14 @@ pub(crate) fn next_version(role: &DelegatedRole, current: &Signed<Targets>) -> R
     })
 }
 
-/// The expiries for snapshot and timestamp (and a check that they can be
-/// signed or staged) before any file is written.
+/// The expiries for the snapshot and timestamp that list a delegated role's
+/// new version, checked signable (or stageable) before any file is written.
 pub(crate) fn chain_expiries(
     layout: &Layout,
     config: &RepoConfig,
     state: &RepoState,
     now: jiff::Timestamp,
 ) -> Result<BTreeMap<Role, jiff::Timestamp>> {
-    editor::ensure_not_expired(Role::Root, state.root.signed.expires, now)?;
-    ceremony::heal(layout, state)?;
-    let mut expires = BTreeMap::new();
-    for role in [Role::Snapshot, Role::Timestamp] {
-        let t = config.role(role)?.expiry()?.resolve(now)?;
-        editor::ensure_future(role, t, now, false)?;
-        expires.insert(role, t);
-        ceremony::ensure_signable(layout, config, role, &state.root.signed)?;
-    }
-    Ok(expires)
+    let chain = [Role::Snapshot, Role::Timestamp];
+    crate::ceremony::signable_expiries(layout, config, state, &chain, now)
 }

@@ -5,14 +5,26 @@ use super::*;
 /// Outcome of a merge that met every threshold.
 #[derive(Debug, Clone)]
 pub struct Merged {
-    pub role: Role,
+    pub role: CeremonyRole,
     pub version: u64,
     /// Key ids whose signatures were counted.
     pub counted: Vec<String>,
     /// Signature files given that were not counted, and why.
     pub not_counted: Vec<String>,
-    /// What was signed after it (snapshot, timestamp) and what now waits.
+    /// What was signed after it (snapshot, timestamp; for version 1 of a
+    /// delegated role, first the targets that delegates it) and what now
+    /// waits.
     pub progress: Progress,
+}
+
+/// What a complete ceremony commits, settled before any signature counts.
+enum Completion {
+    /// The new root, and a re-signing of the roles it re-keys.
+    Root(Root),
+    /// The role, then what the chain lists after it.
+    Chain(RoleMeta),
+    /// `N.ROLE.json`, then a snapshot listing it.
+    Delegated(Box<delegated::Completion>),
 }
 
 /// The pending payload with the keys and threshold that decide now: the
@@ -77,58 +89,63 @@ pub(super) fn check_fresh(
 /// metadata, then signs (or stages) what depends on it. Below a threshold
 /// it fails, naming what is missing; the valid signatures stay for the
 /// next merge.
-pub async fn merge(layout: &Layout, role: Role, sig_files: &[PathBuf]) -> Result<Merged> {
+pub async fn merge(layout: &Layout, role: &CeremonyRole, sig_files: &[PathBuf]) -> Result<Merged> {
     let config = RepoConfig::load(layout)?;
     let state = RepoState::load(layout).await?;
     heal(layout, &state)?;
-    let pending = pending_path(layout, role);
-    Slot::top(layout, role).require_open(role, true)?;
-    let stored_payload: Payload = read_json(&pending)?;
-    if stored_payload.role != role {
-        return Err(ceremony_err(format!(
-            "{} holds a {} payload",
-            pending.display(),
-            stored_payload.role
-        )));
-    }
-    let bytes = stored_payload.signed_bytes()?;
-    let meta = stored_payload.meta()?;
-    check_fresh(layout, &stored_payload, &meta, &state)?;
-    let payload = deciding_payload(&stored_payload, &state)?;
-
+    let slot = role.slot(layout);
+    slot.require_open(role, true)?;
+    let stored = role.read_payload(layout)?;
+    let bytes = stored.signed_bytes()?;
+    let meta = stored.meta()?;
+    // The keys that decide and what completing writes are settled (and
+    // checked) before any signature is stored: nothing is half done.
+    let (deciding, completion) = match role {
+        CeremonyRole::Root | CeremonyRole::TopLevel(_) => {
+            check_fresh(layout, &stored, &meta, &state)?;
+            let completion = match meta {
+                RoleMeta::Root(new_root) => Completion::Root(new_root),
+                other => Completion::Chain(other),
+            };
+            (deciding_payload(&stored, &state)?, completion)
+        }
+        CeremonyRole::Delegated(name) => {
+            let (deciding, completion) =
+                delegated::prepare(layout, &config, &state, name, &stored, meta)?;
+            (deciding, Completion::Delegated(Box::new(completion)))
+        }
+    };
     let Collected {
         signatures,
         counted,
         rejected,
-    } = collect(
-        layout,
-        &config,
-        &Slot::top(layout, role),
-        &payload,
-        &bytes,
-        sig_files,
-    )?;
-    let progress = match meta {
-        RoleMeta::Root(new_root) => {
+    } = collect(layout, &config, &slot, &deciding, &bytes, sig_files)?;
+    let progress = match completion {
+        Completion::Root(new_root) => {
             finish_root(layout, &config, &state, new_root, signatures).await?
         }
-        other => {
+        Completion::Chain(meta) => {
+            let merged = meta.role();
             let expires = chain_expiries(&config, &BTreeMap::new(), jiff::Timestamp::now())?;
-            run_chain(
-                layout,
-                &config,
-                &state,
-                Step::Signed(other, signatures),
-                &expires,
-                Some(role),
-                &BTreeMap::new(),
-            )
-            .await?
+            let step = Step::Signed(meta, signatures);
+            let mut progress =
+                run_chain(layout, &config, &state, step, &expires, &BTreeMap::new()).await?;
+            progress.signed.retain(|(r, _)| *r != merged);
+            progress
+        }
+        Completion::Delegated(completion) => {
+            completion
+                .complete(layout, &config, &state, signatures)
+                .await?
         }
     };
+    // The next ceremony (if any) opened before this one closes: a cut in
+    // between leaves both open, and `heal` sees that the next one lists
+    // this version.
+    close_slot(&slot)?;
     Ok(Merged {
-        role,
-        version: payload.version,
+        role: role.clone(),
+        version: stored.version,
         counted,
         not_counted: rejected,
         progress,
@@ -211,7 +228,8 @@ pub(crate) fn collect(
     })
 }
 
-/// Writes the merged root (`N.root.json`, `root.json`).
+/// Writes the merged root (`N.root.json`, `root.json`) and re-signs the
+/// roles it re-keys.
 pub(super) async fn finish_root(
     layout: &Layout,
     config: &RepoConfig,
@@ -219,57 +237,25 @@ pub(super) async fn finish_root(
     new_root: Root,
     signatures: Vec<Signature>,
 ) -> Result<Progress> {
-    let version = new_root.version.get();
-    let signed = Signed {
-        signed: new_root.clone(),
-        signatures,
-    };
-    let file_bytes = editor::signed_bytes(&signed)?;
-    // Roles whose keys or threshold changed must be re-signed under the new
-    // root in the same step, or the repository would hold metadata the new
-    // root no longer accepts (and could not even be loaded to fix it).
     let changed: Vec<Role> = CHAIN
         .into_iter()
         .filter(|r| {
             state.root.signed.roles.get(&r.role_type()) != new_root.roles.get(&r.role_type())
         })
         .collect();
-    let mut progress = Progress {
-        signed: vec![(Role::Root, version)],
-        pending: None,
+    let resigned = crate::role::expand(&changed, &BTreeMap::new());
+    let signed = Signed {
+        signed: new_root,
+        signatures,
     };
-    let mut files = if changed.is_empty() {
-        MetadataFiles::default()
-    } else {
-        let roles = crate::role::expand(&changed, &BTreeMap::new());
-        let now = jiff::Timestamp::now();
-        let mut expires = BTreeMap::new();
-        for role in &roles {
-            expires.insert(*role, config.role(*role)?.expiry()?.resolve(now)?);
-        }
-        let mut new_state = state.clone();
-        new_state.root = signed.clone();
-        let plan = SignPlan {
-            root: false,
-            new_targets: None,
-            resign_targets: roles.contains(&Role::Targets),
-            snapshot: roles.contains(&Role::Snapshot),
-            timestamp: roles.contains(&Role::Timestamp),
-            expires,
-            delegated: BTreeMap::new(),
-        };
-        for r in plan.roles() {
-            progress.signed.push((r, next_version(state, r)?.get()));
-        }
-        editor::sign_plan(layout, config, &new_state, plan).await?
-    };
-    files
-        .versioned
-        .insert(0, (format!("{version}.root.json"), file_bytes.clone()));
-    files.root_copy = Some(file_bytes);
-    editor::write_metadata(layout, &files)?;
+    editor::write_root(layout, config, state, signed, &resigned).await?;
     // The repository must load with the new root (tough checks both thresholds).
     RepoState::load(layout).await?;
-    close(layout, Role::Root)?;
-    Ok(progress)
+    Ok(Progress {
+        signed: resigned
+            .into_iter()
+            .map(|r| Ok((r, next_version(state, r)?.get())))
+            .collect::<Result<_>>()?,
+        pending: None,
+    })
 }

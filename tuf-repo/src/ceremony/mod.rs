@@ -25,7 +25,12 @@
 //! threshold of the NEW root keys (TUF §5.3.4), so a root payload lists both
 //! requirements; a key that is in neither (revoked, or never added) does not
 //! count. For the other roles the keys and threshold come from the trusted
-//! root at merge time, not from the payload file.
+//! metadata at merge time (root, or for a delegated role the targets that
+//! delegates it), not from the payload file.
+//!
+//! Export, merge, abandon, heal and the list of open ceremonies are written
+//! once over [`CeremonyRole`] (`kind.rs`); `delegated.rs` holds only what a
+//! delegated role adds.
 
 use crate::audit::{AuditLog, Event};
 use crate::config::RepoConfig;
@@ -48,6 +53,10 @@ use tough::schema::{
 
 pub const PAYLOAD_FORMAT: u32 = 1;
 pub const CEREMONY_DIR: &str = "ceremony";
+/// Subdirectory of `ceremony/` for delegated roles (their names cannot
+/// collide with the top-level roles' files there, but a directory of their
+/// own keeps listing them simple).
+pub const DELEGATED_DIR: &str = "delegated";
 /// Payload and signature files are small; anything bigger is not ours.
 const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 /// Signature files a ceremony keeps; far more than any role has keys.
@@ -162,20 +171,35 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes))
 }
 
-/// `ceremony/<role>.json`: present while a version of `role` waits for signatures.
-pub fn pending_path(layout: &Layout, role: Role) -> PathBuf {
-    layout
-        .root()
-        .join(CEREMONY_DIR)
-        .join(format!("{role}.json"))
+/// The paths in `dir`; none while it does not exist (nothing put one there yet).
+pub(crate) fn paths_in(dir: &Path) -> Result<impl Iterator<Item = Result<PathBuf>> + '_> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => Some(e),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(RepoError::io(dir)(e)),
+    };
+    Ok(entries
+        .into_iter()
+        .flatten()
+        .map(move |entry| entry.map(|e| e.path()).map_err(RepoError::io(dir))))
 }
 
-/// `ceremony/<role>.signatures/`: the signatures accepted so far.
-pub fn signatures_dir(layout: &Layout, role: Role) -> PathBuf {
-    layout
-        .root()
-        .join(CEREMONY_DIR)
-        .join(format!("{role}.signatures"))
+/// Removes `path` with `remove`; one already gone is fine. Says whether it
+/// was there.
+pub(crate) fn remove_if_present(
+    path: &Path,
+    remove: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> Result<bool> {
+    match remove(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(RepoError::io(path)(e)),
+    }
+}
+
+/// `ceremony/<role>.json`: present while a version of `role` waits for signatures.
+pub fn pending_path(layout: &Layout, role: Role) -> PathBuf {
+    CeremonyRole::top(role).slot(layout).payload
 }
 
 /// Where an open ceremony keeps its payload and its signatures.
@@ -187,21 +211,12 @@ pub(crate) struct Slot {
     pub dir: PathBuf,
 }
 
-impl Slot {
-    pub(crate) fn top(layout: &Layout, role: Role) -> Self {
-        Slot {
-            payload: pending_path(layout, role),
-            signatures: signatures_dir(layout, role),
-            dir: layout.root().join(CEREMONY_DIR),
-        }
-    }
-}
-
 mod chain;
 pub mod delegated;
 pub(crate) mod delegated_keys;
 mod export;
 mod heal;
+mod kind;
 mod merge;
 mod meta;
 mod payload;
@@ -212,6 +227,7 @@ mod tally;
 pub use chain::*;
 pub use export::*;
 pub use heal::*;
+pub use kind::*;
 pub use merge::*;
 pub use meta::*;
 pub use payload::*;

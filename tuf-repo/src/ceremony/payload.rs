@@ -61,6 +61,26 @@ impl Payload {
             delegating_targets: None,
         })
     }
+
+    /// A signature of this payload by key `keyid`, as a signer returns it.
+    pub(crate) fn detached(&self, keyid: String, sig: &[u8]) -> DetachedSignature {
+        DetachedSignature {
+            role: self.role,
+            version: self.version,
+            payload_sha256: self.sha256.clone(),
+            keyid,
+            sig: hex::encode(sig),
+            delegated: self.delegated.clone(),
+        }
+    }
+
+    /// Signatures made here while staging, kept in the ceremony as if returned.
+    pub(crate) fn detached_all(&self, signatures: &[Signature]) -> Vec<DetachedSignature> {
+        signatures
+            .iter()
+            .map(|s| self.detached(hex::encode(&*s.keyid), &s.sig))
+            .collect()
+    }
 }
 
 /// The keys of `role` in `root` and the threshold they must reach.

@@ -34,14 +34,7 @@ pub fn sign_payload(
             key_location: &loaded.location,
         })?;
     }
-    let detached = DetachedSignature {
-        role: payload.role,
-        version: payload.version,
-        payload_sha256: payload.sha256.clone(),
-        keyid: loaded.key_id.clone(),
-        sig: hex::encode(sig),
-        delegated: payload.delegated.clone(),
-    };
+    let detached = payload.detached(loaded.key_id.clone(), &sig);
     write_json(out, &detached)?;
     Ok(detached)
 }

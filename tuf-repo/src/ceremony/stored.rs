@@ -41,20 +41,10 @@ impl Slot {
 }
 
 pub(crate) fn stored_signatures_in(slot: &Slot) -> Result<Vec<(PathBuf, DetachedSignature)>> {
-    let dir = slot.signatures.clone();
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => {
-            return Err(RepoError::Io {
-                path: dir,
-                source: e,
-            })
-        }
-    };
+    let dir = &slot.signatures;
     let mut paths = Vec::new();
-    for entry in entries {
-        let path = entry.map_err(RepoError::io(&dir))?.path();
+    for path in paths_in(dir)? {
+        let path = path?;
         if path.extension().is_some_and(|e| e == "json") {
             paths.push(path);
         }
@@ -82,45 +72,16 @@ pub(crate) fn store_signature_in(slot: &Slot, sig: &DetachedSignature) -> Result
 
 /// Ends a ceremony: the payload first (its presence is what "open" means),
 /// then the signatures kept for it.
-pub(super) fn close(layout: &Layout, role: Role) -> Result<()> {
-    close_slot(&Slot::top(layout, role))
-}
-
 pub(crate) fn close_slot(slot: &Slot) -> Result<()> {
-    let pending = slot.payload.clone();
-    match std::fs::remove_file(&pending) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(RepoError::Io {
-                path: pending,
-                source: e,
-            })
-        }
-    }
-    let dir = slot.signatures.clone();
-    match std::fs::remove_dir_all(&dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(RepoError::Io {
-                path: dir,
-                source: e,
-            })
-        }
-    }
-    let ceremony_dir = slot.dir.clone();
-    if !ceremony_dir.exists() {
+    remove_if_present(&slot.payload, |p| std::fs::remove_file(p))?;
+    remove_if_present(&slot.signatures, |p| std::fs::remove_dir_all(p))?;
+    if !slot.dir.exists() {
         return Ok(());
     }
-    ota_common::atomic::fsync_dir(&ceremony_dir).map_err(RepoError::io(&ceremony_dir))
+    ota_common::atomic::fsync_dir(&slot.dir).map_err(RepoError::io(&slot.dir))
 }
 
 /// Opens a ceremony: old signatures out, the local ones in, the payload last.
-pub(super) fn open(layout: &Layout, payload: &Payload, local: &[DetachedSignature]) -> Result<()> {
-    open_slot(&Slot::top(layout, payload.role), payload, local)
-}
-
 pub(crate) fn open_slot(slot: &Slot, payload: &Payload, local: &[DetachedSignature]) -> Result<()> {
     close_slot(slot)?;
     for sig in local {
@@ -132,7 +93,7 @@ pub(crate) fn open_slot(slot: &Slot, payload: &Payload, local: &[DetachedSignatu
 /// Stores `new_root` as the pending root ceremony of the repository.
 pub fn stage(layout: &Layout, current: &Root, new_root: &Root) -> Result<Payload> {
     let payload = payload_for(current, new_root)?;
-    open(layout, &payload, &[])?;
+    open_slot(&CeremonyRole::Root.slot(layout), &payload, &[])?;
     Ok(payload)
 }
 
@@ -166,7 +127,6 @@ impl PendingRole {
         )
     }
 
-    /// The commands that finish it.
     /// `targets`, or the delegated role's name.
     pub fn name(&self) -> String {
         self.delegated
@@ -174,6 +134,7 @@ impl PendingRole {
             .unwrap_or_else(|| self.role.as_str().to_owned())
     }
 
+    /// The commands that finish it.
     pub fn next_steps(&self) -> String {
         let r = self.name();
         format!(
@@ -182,11 +143,7 @@ impl PendingRole {
     }
 }
 
-pub(super) fn pending_status(layout: &Layout, payload: &Payload) -> Result<PendingRole> {
-    pending_status_in(&Slot::top(layout, payload.role), payload)
-}
-
-pub(crate) fn pending_status_in(slot: &Slot, payload: &Payload) -> Result<PendingRole> {
+pub(crate) fn pending_status(slot: &Slot, payload: &Payload) -> Result<PendingRole> {
     let bytes = payload.signed_bytes()?;
     let t = tally(payload, &bytes, &stored_signatures_in(slot)?);
     Ok(PendingRole {
@@ -204,24 +161,10 @@ pub(crate) fn pending_status_in(slot: &Slot, payload: &Payload) -> Result<Pendin
 
 /// Every open ceremony, with the signatures it has so far.
 pub fn pending(layout: &Layout) -> Result<Vec<PendingRole>> {
-    let mut out = Vec::new();
-    for role in Role::ALL {
-        let path = pending_path(layout, role);
-        if !path.exists() {
-            continue;
-        }
-        let payload: Payload = read_json(&path)?;
-        if payload.role != role {
-            return Err(ceremony_err(format!(
-                "{} holds a {} payload",
-                path.display(),
-                payload.role
-            )));
-        }
-        out.push(pending_status(layout, &payload)?);
-    }
-    out.extend(delegated::pending(layout)?);
-    Ok(out)
+    open_ceremonies(layout)?
+        .iter()
+        .map(|c| pending_status(&c.slot(layout), &c.read_payload(layout)?))
+        .collect()
 }
 
 /// The gate `publish` passes first: no role below its threshold. A
@@ -245,20 +188,27 @@ pub fn ensure_nothing_pending(layout: &Layout) -> Result<()> {
     )))
 }
 
-pub(super) fn open_in_chain(layout: &Layout) -> Option<Role> {
-    CHAIN
-        .into_iter()
-        .find(|r| pending_path(layout, *r).exists())
+impl CeremonyRole {
+    /// Refuses to sign a new version of this role while one waits for
+    /// signatures: two versions of the same number would fork the role.
+    pub(crate) fn refuse_open(&self, layout: &Layout, doing: &str) -> Result<()> {
+        let path = self.slot(layout).payload;
+        if !path.exists() {
+            return Ok(());
+        }
+        Err(ceremony_err(format!(
+            "{} is waiting for signatures ({}); finish it with `ota-repo ceremony merge --role {self} SIG...` or abandon it with `ota-repo ceremony abandon --role {self}` before {doing}",
+            self.describe(),
+            path.display()
+        )))
+    }
 }
 
+/// Refuses while targets, snapshot or timestamp waits for signatures.
 pub(crate) fn refuse_open_chain(layout: &Layout, doing: &str) -> Result<()> {
-    if let Some(open) = open_in_chain(layout) {
-        return Err(ceremony_err(format!(
-            "{open} is waiting for signatures ({}); finish it with `ota-repo ceremony merge --role {open} SIG...` or abandon it with `ota-repo ceremony abandon --role {open}` before {doing}",
-            pending_path(layout, open).display()
-        )));
-    }
-    Ok(())
+    CHAIN
+        .into_iter()
+        .try_for_each(|r| CeremonyRole::top(r).refuse_open(layout, doing))
 }
 
 /// The check `add` (and any new targets content) makes for each role
@@ -279,4 +229,29 @@ pub fn ensure_signable(
         return Err(editor::threshold_unreachable(role, &local));
     }
     Ok(())
+}
+
+/// The expiries `roles` are signed with next, from repo.json's policy, after
+/// checking that they can be signed or staged (root still valid, each
+/// expiry in the future, every listed key usable): call it before any
+/// irreversible work. What an interrupted run left is healed first, so it
+/// neither blocks nor forks this one.
+pub fn signable_expiries(
+    layout: &Layout,
+    config: &RepoConfig,
+    state: &RepoState,
+    roles: &[Role],
+    now: jiff::Timestamp,
+) -> Result<BTreeMap<Role, jiff::Timestamp>> {
+    editor::ensure_not_expired(Role::Root, state.root.signed.expires, now)?;
+    heal(layout, state)?;
+    let mut expires = BTreeMap::new();
+    for role in roles {
+        let t = config.role(*role)?.expiry()?.resolve(now)?;
+        editor::ensure_future(*role, t, now, false)?;
+        expires.insert(*role, t);
+        // Keys kept offline are fine: the version then waits in a ceremony.
+        ensure_signable(layout, config, *role, &state.root.signed)?;
+    }
+    Ok(expires)
 }

@@ -47,14 +47,8 @@ pub(crate) fn run(layout: Layout, command: Command) -> Result<()> {
         Command::Ceremony { action } => match action {
             CeremonyAction::Export { role, out, expires } => {
                 let expires = expires.as_deref().map(parse_expiry).transpose()?;
-                let p = match ceremony_role(&role)? {
-                    Ok(top) => {
-                        runtime()?.block_on(ceremony::export(&layout, top, expires, &out))?
-                    }
-                    Err(name) => runtime()?.block_on(ota_repo::ceremony::delegated::export(
-                        &layout, &name, expires, &out,
-                    ))?,
-                };
+                let role = ceremony_role(&role)?;
+                let p = runtime()?.block_on(ceremony::export(&layout, &role, expires, &out))?;
                 println!(
                     "exported {} version {} to {} (sha256 {}); needs: {}",
                     p.role_name(),
@@ -72,32 +66,8 @@ pub(crate) fn run(layout: Layout, command: Command) -> Result<()> {
                 }
             }
             CeremonyAction::Merge { role, signatures } => {
-                let top = match ceremony_role(&role)? {
-                    Ok(top) => top,
-                    Err(name) => {
-                        let m = runtime()?.block_on(ota_repo::ceremony::delegated::merge(
-                            &layout,
-                            &name,
-                            &signatures,
-                        ))?;
-                        for r in &m.not_counted {
-                            eprintln!("ota-repo: warning: not counted: {r}");
-                        }
-                        println!(
-                            "signed {} version {} with {} key(s): {}",
-                            m.name,
-                            m.version,
-                            m.counted.len(),
-                            m.counted.join(", ")
-                        );
-                        for (r, v) in &m.progress.signed {
-                            println!("signed {r} version {v}");
-                        }
-                        print_pending(m.progress.pending.as_ref());
-                        return Ok(());
-                    }
-                };
-                let m = runtime()?.block_on(ceremony::merge(&layout, top, &signatures))?;
+                let role = ceremony_role(&role)?;
+                let m = runtime()?.block_on(ceremony::merge(&layout, &role, &signatures))?;
                 for r in &m.not_counted {
                     eprintln!("ota-repo: warning: not counted: {r}");
                 }
@@ -108,17 +78,13 @@ pub(crate) fn run(layout: Layout, command: Command) -> Result<()> {
                     m.counted.len(),
                     m.counted.join(", ")
                 );
-                for (r, v) in m.progress.signed.iter().skip(1) {
+                for (r, v) in &m.progress.signed {
                     println!("signed {r} version {v}");
                 }
                 print_pending(m.progress.pending.as_ref());
             }
             CeremonyAction::Abandon { role } => {
-                let v = match ceremony_role(&role)? {
-                    Ok(top) => runtime()?.block_on(ceremony::abandon(&layout, top))?,
-                    Err(name) => runtime()?
-                        .block_on(ota_repo::ceremony::delegated::abandon(&layout, &name))?,
-                };
+                let v = runtime()?.block_on(ceremony::abandon(&layout, &ceremony_role(&role)?))?;
                 println!("abandoned the {role} version {v} ceremony");
             }
         },

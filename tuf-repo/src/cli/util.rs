@@ -51,18 +51,13 @@ pub(crate) fn role_outcome(role: &str, version: u64, progress: &ceremony::Progre
     }
 }
 
-/// A top-level role (`Ok`) or a delegated role's name (`Err`), as given
-/// to `ceremony --role`.
-pub(crate) fn ceremony_role(arg: &str) -> Result<std::result::Result<Role, String>> {
-    if let Ok(role) = arg.parse::<Role>() {
-        return Ok(Ok(role));
-    }
-    ota_repo::delegation::validate_name(arg).map_err(|e| {
+/// The role `ceremony --role` names: a top-level role or a delegated one.
+pub(crate) fn ceremony_role(arg: &str) -> Result<ceremony::CeremonyRole> {
+    ceremony::CeremonyRole::parse(arg).map_err(|e| {
         anyhow::anyhow!(
             "--role {arg}: neither root, targets, snapshot, timestamp nor a delegated role ({e})"
         )
-    })?;
-    Ok(Err(arg.to_owned()))
+    })
 }
 
 pub(crate) fn role_map<T>(

@@ -1,6 +1,8 @@
 //! The release files, the signatures on each role and the key inventory.
 
 use super::*;
+use tough::schema::decoded::{Decoded, Hex};
+use tough::schema::key::Key;
 
 /// Every target whose custom `version` is `release`.
 pub(super) fn release_files(
@@ -57,39 +59,12 @@ where
         .roles
         .get(&role.role_type())
         .ok_or_else(|| RepoError::Inconsistent(format!("root lists no {role} role")))?;
-    let role_ids: BTreeSet<String> = rk.keyids.iter().map(|id| hex::encode(&**id)).collect();
-    let bytes = signed
-        .signed
-        .canonical_form()
-        .map_err(|e| RepoError::Inconsistent(format!("serializing {role} metadata: {e}")))?;
-    let mut signatures = Vec::new();
-    let mut valid_ids = BTreeSet::new();
-    for sig in &signed.signatures {
-        let keyid = hex::encode(&*sig.keyid);
-        let valid = role_ids.contains(&keyid)
-            && root
-                .keys
-                .get(&sig.keyid)
-                .is_some_and(|k| crate::editor::verify_signature(k, &bytes, &sig.sig));
-        if valid {
-            valid_ids.insert(keyid.clone());
-        }
-        signatures.push(SignatureEvidence { keyid, valid });
-    }
-    let expires = signed.signed.expires();
-    let threshold = rk.threshold.get();
-    Ok(RoleEvidence {
-        clause: CLAUSE_INTEGRITY,
-        role: role.to_string(),
-        version: signed.signed.version().get(),
-        expires: expires.to_string(),
-        expired: expires <= now,
-        threshold,
-        keyids: role_ids.into_iter().collect(),
-        signatures,
-        valid_signatures: valid_ids.len() as u64,
-        threshold_met: valid_ids.len() as u64 >= threshold,
-    })
+    let listed = Listed {
+        keyids: &rk.keyids,
+        keys: &root.keys,
+        threshold: rk.threshold.get(),
+    };
+    evidence_of(role.to_string(), signed, &listed, now)
 }
 
 /// The signatures of a delegated role's current metadata, checked against
@@ -108,15 +83,45 @@ pub(super) fn delegated_role_evidence(
         .as_ref()
         .map(|d| &d.keys)
         .ok_or_else(|| RepoError::Inconsistent("targets lists no delegations".to_owned()))?;
-    let role_ids: BTreeSet<String> = role.keyids.iter().map(|id| hex::encode(&**id)).collect();
-    let bytes = tough::schema::Role::canonical_form(&signed.signed)
-        .map_err(|e| RepoError::Inconsistent(format!("serializing {} metadata: {e}", role.name)))?;
+    let listed = Listed {
+        keyids: &role.keyids,
+        keys,
+        threshold: role.threshold.get(),
+    };
+    evidence_of(role.name.clone(), signed, &listed, now)
+}
+
+/// The keys a role's signatures must come from, as the metadata above it
+/// (root, or the delegating targets) lists them.
+struct Listed<'a> {
+    keyids: &'a [Decoded<Hex>],
+    keys: &'a HashMap<Decoded<Hex>, Key>,
+    threshold: u64,
+}
+
+/// Which of `signed`'s signatures verify by a key `listed` names, and
+/// whether they reach its threshold.
+fn evidence_of<T>(
+    name: String,
+    signed: &Signed<T>,
+    listed: &Listed<'_>,
+    now: jiff::Timestamp,
+) -> Result<RoleEvidence>
+where
+    T: tough::schema::Role + Serialize,
+{
+    let role_ids: BTreeSet<String> = listed.keyids.iter().map(|id| hex::encode(&**id)).collect();
+    let bytes = signed
+        .signed
+        .canonical_form()
+        .map_err(|e| RepoError::Inconsistent(format!("serializing {name} metadata: {e}")))?;
     let mut signatures = Vec::new();
     let mut valid_ids = BTreeSet::new();
     for sig in &signed.signatures {
         let keyid = hex::encode(&*sig.keyid);
         let valid = role_ids.contains(&keyid)
-            && keys
+            && listed
+                .keys
                 .get(&sig.keyid)
                 .is_some_and(|k| crate::editor::verify_signature(k, &bytes, &sig.sig));
         if valid {
@@ -124,19 +129,18 @@ pub(super) fn delegated_role_evidence(
         }
         signatures.push(SignatureEvidence { keyid, valid });
     }
-    let expires = signed.signed.expires;
-    let threshold = role.threshold.get();
+    let expires = signed.signed.expires();
     Ok(RoleEvidence {
         clause: CLAUSE_INTEGRITY,
-        role: role.name.clone(),
-        version: signed.signed.version.get(),
+        role: name,
+        version: signed.signed.version().get(),
         expires: expires.to_string(),
         expired: expires <= now,
-        threshold,
+        threshold: listed.threshold,
         keyids: role_ids.into_iter().collect(),
         signatures,
         valid_signatures: valid_ids.len() as u64,
-        threshold_met: valid_ids.len() as u64 >= threshold,
+        threshold_met: valid_ids.len() as u64 >= listed.threshold,
     })
 }
 
