@@ -14,8 +14,8 @@
 //! only tell an attacker about the digest of what *they* sent, never about a
 //! stored secret), then compared again in constant time.
 
-use crate::api::ApiError;
 use crate::db::Db;
+use crate::error::ApiError;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;

@@ -6,9 +6,9 @@
 //! local directories (the fast path above), or an object store, where a HEAD
 //! describes the object and a ranged GET is streamed through as it arrives.
 
-use crate::api::ApiError;
+use crate::error::ApiError;
 use crate::paths::TargetPath;
-use crate::storage::{MetadataFile, ObjectRepository, Storage};
+use crate::storage::{is_not_found, MetadataFile, ObjectRepository, Storage};
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -443,11 +443,6 @@ fn identity_etag(store_etag: Option<&str>, size: u64, modified: SystemTime) -> S
 
 fn is_json(name: &str) -> bool {
     name.ends_with(".json")
-}
-
-pub(crate) fn is_not_found(e: &std::io::Error) -> bool {
-    // A path component that is a file (ENOTDIR) is also "no such file".
-    e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(20)
 }
 
 /// A header value from text we built (ASCII we control); an impossible

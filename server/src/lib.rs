@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 pub mod credentials;
 pub mod db;
+pub mod error;
 pub mod files;
 pub mod http;
 mod linger;
@@ -16,14 +17,16 @@ pub mod metrics;
 pub mod paths;
 pub mod resign;
 pub mod rollout;
+// Above config and rollout: it reads the one to run the other.
+pub mod rollout_cli;
 pub mod storage;
 pub mod tls;
 
 pub use config::Config;
 
-use crate::api::ApiError;
 use crate::auth::{AdminAuth, AdminToken, DeviceAuth, RequireRole, TokenError};
 use crate::db::{Db, DbError};
+use crate::error::ApiError;
 use crate::files::EtagCache;
 use crate::metrics::Metrics;
 use crate::storage::{Storage, StorageError};

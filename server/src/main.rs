@@ -44,7 +44,7 @@ enum Command {
     Device(DeviceCommand),
     /// Staged rollouts: list, status, pause, resume, abort.
     #[command(subcommand)]
-    Rollout(ota_server::rollout::cli::RolloutCommand),
+    Rollout(ota_server::rollout_cli::RolloutCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -156,7 +156,7 @@ async fn manage(config: Config, command: Command) -> anyhow::Result<()> {
                 Ok(cred::revoke_device(&db, &device_id).await?)
             }
             Command::Rollout(command) => {
-                ota_server::rollout::cli::run(&config, &db, command, &mut out).await
+                ota_server::rollout_cli::run(&config, &db, command, &mut out).await
             }
         }
     }

@@ -745,6 +745,13 @@ async fn blocking<T: Send + 'static>(
         })?
 }
 
+/// "No such file", also when a path component is a file (ENOTDIR): both
+/// mean the name is not in the repository.
+pub(crate) fn is_not_found(e: &io::Error) -> bool {
+    const ENOTDIR: i32 = 20;
+    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(ENOTDIR)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,4 +1,5 @@
-//! HTTP endpoints beyond static file serving, and the error answer they share.
+//! HTTP endpoints beyond static file serving, and the body and path
+//! rejections they share (the error answer itself is `crate::error`).
 
 pub mod admin;
 pub mod devices;
@@ -8,57 +9,8 @@ pub mod repository;
 pub mod rollouts;
 pub mod routes;
 
+pub use crate::error::ApiError;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
-use ota_common::wire::ErrorBody;
-
-/// An error answer: `{"error": "..."}` with a status. Client mistakes carry a
-/// message naming what is wrong; server faults are logged here and answered
-/// with a generic 500 so internal paths do not leak.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub message: String,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            message: message.into(),
-        }
-    }
-
-    pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, message)
-    }
-
-    pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, message)
-    }
-
-    /// A real server fault: logged with its cause, answered without details.
-    pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
-        tracing::error!("{context}: {err}");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal server error (see the server log)",
-        )
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(ErrorBody {
-                error: self.message,
-            }),
-        )
-            .into_response()
-    }
-}
 
 /// Maps an axum body rejection (too large, broken stream) to a JSON error
 /// with the status axum chose (413 for a body over the limit).

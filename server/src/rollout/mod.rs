@@ -13,7 +13,6 @@
 //! * the queries live in `crate::db::rollout_store`.
 
 pub mod catalog;
-pub mod cli;
 pub mod fleet;
 pub mod settings;
 

@@ -375,7 +375,7 @@ impl Storage {
         blocking(move || match std::fs::metadata(&path) {
             Ok(meta) if meta.is_file() => Ok(Some(SourceId::of_file(&meta))),
             Ok(_) => Ok(None),
-            Err(e) if crate::files::is_not_found(&e) => Ok(None),
+            Err(e) if crate::storage::is_not_found(&e) => Ok(None),
             Err(e) => Err(io_err(format!("stat {}", path.display()))(e)),
         })
         .await
@@ -400,7 +400,7 @@ impl Storage {
             // meanwhile cannot pair one file's content with another's stat.
             let mut file = match std::fs::File::open(&path) {
                 Ok(f) => f,
-                Err(e) if crate::files::is_not_found(&e) => return Ok(Whole::Missing),
+                Err(e) if crate::storage::is_not_found(&e) => return Ok(Whole::Missing),
                 Err(e) => return Err(io_err(format!("open {}", path.display()))(e)),
             };
             let meta = file

@@ -2,11 +2,11 @@
 //! on the configured database and repository storage (for an operator on
 //! the server host, or when the API is unreachable).
 
-use super::{Action, Rollouts};
 use crate::config::Config;
 use crate::db::Db;
 use crate::metrics::Metrics;
 use crate::paths::TargetPath;
+use crate::rollout::{Action, Rollouts};
 use crate::storage::Storage;
 use anyhow::{anyhow, Context};
 use ota_common::wire::{RolloutHold, RolloutStatus, WaveStatus};
