@@ -125,9 +125,7 @@ pub async fn catalog(storage: &Storage) -> Result<Catalog, CatalogError> {
     }
     releases.sort_by(|a, b| a.target.cmp(&b.target));
     let mut expiries = Vec::new();
-    // root.json is the newest root; a repository published before the
-    // server kept it simply shows no root row.
-    if let Some(root) = read(storage, "root.json").await? {
+    if let Some(root) = newest_root(storage).await? {
         expiries.push(role_expiry("root", &root));
     }
     expiries.push(role_expiry("timestamp", &timestamp));
@@ -140,6 +138,26 @@ pub async fn catalog(storage: &Storage) -> Result<Catalog, CatalogError> {
         releases,
         roles: expiries,
     })
+}
+
+/// Most root versions walked to find the newest (as the device's client
+/// bounds its root rotation).
+const MAX_ROOT_VERSIONS: u64 = 1024;
+
+/// The newest root: `root.json` where the publisher uploaded it, else the
+/// last of `1.root.json`, `2.root.json`, ... (what devices walk too).
+async fn newest_root(storage: &Storage) -> Result<Option<Value>, CatalogError> {
+    if let Some(root) = read(storage, "root.json").await? {
+        return Ok(Some(root));
+    }
+    let mut newest = None;
+    for version in 1..=MAX_ROOT_VERSIONS {
+        match read(storage, &format!("{version}.root.json")).await? {
+            Some(doc) => newest = Some(doc),
+            None => break,
+        }
+    }
+    Ok(newest)
 }
 
 fn role_expiry(role: &str, doc: &Value) -> RoleExpiry {

@@ -81,7 +81,7 @@ function size(n) {
 
 function page(...nodes) {
   const p = $("page");
-  p.replaceChildren(...nodes.flat());
+  p.replaceChildren(...nodes.flat().filter(n => n !== null && n !== undefined));
 }
 
 function stopPolling() {
@@ -105,6 +105,7 @@ function fleetQuery() {
 
 async function renderFleet() {
   const cards = el("div", { class: "cards", id: "fleet-counts" });
+  const versions = el("div", { class: "cards", id: "version-counts" });
   const hwSelect = el("select", { id: "filter-hardware", onchange: e => { fleetFilters.hardware_id = e.target.value; refresh(true); } },
     el("option", { value: "" }, "all hardware"));
   const statusSelect = el("select", { id: "filter-status", onchange: e => { fleetFilters.status = e.target.value; refresh(true); } },
@@ -115,7 +116,10 @@ async function renderFleet() {
   const shown = el("span", { class: "muted", id: "fleet-shown" });
   page(
     el("h1", {}, "Fleet"),
+    el("h2", {}, "Last status reported"),
     cards,
+    el("h2", {}, "Installed versions"),
+    versions,
     el("div", { class: "filters" }, statusSelect, hwSelect, search, shown),
     el("table", { id: "fleet-table" },
       el("thead", {}, el("tr", {}, ["Device", "Hardware", "Installed", "Slot", "Last status", "Target", "Reason", "Last seen"].map(h => el("th", {}, h)))),
@@ -133,9 +137,12 @@ async function renderFleet() {
       ...STATUSES.map(s => el("div", { class: "card" },
         el("div", { class: "n", id: "count-" + s }, data.by_status[s] || 0), el("div", { class: "label" }, s.replace("_", " ")))),
     );
+    const byVersion = Object.entries(data.by_version);
+    versions.replaceChildren(...(byVersion.length ? byVersion.map(([v, n]) => el("div", { class: "card", "data-version": v },
+      el("div", { class: "n" }, n), el("div", { class: "label mono" }, v))) : [el("span", { class: "muted" }, "no device has reported yet")]));
     const current = hwSelect.value;
     hwSelect.replaceChildren(el("option", { value: "" }, "all hardware"),
-      Object.entries(data.by_hardware_id).map(([hw, n]) => el("option", { value: hw, selected: hw === current }, hw + " (" + n + ")")));
+      ...Object.entries(data.by_hardware_id).map(([hw, n]) => el("option", { value: hw, selected: hw === current }, hw + " (" + n + ")")));
     shown.textContent = data.matched + " of " + data.total + " shown" + (data.devices.length < data.matched ? " (first " + data.devices.length + ")" : "");
     body.replaceChildren(...data.devices.map(d => el("tr", { "data-device": d.device_id },
       el("td", {}, el("a", { href: "#/device/" + encodeURIComponent(d.device_id) }, d.device_id)),
@@ -195,7 +202,7 @@ async function renderReleases() {
       el("thead", {}, el("tr", {}, ["Role", "Version", "Expires", ""].map(h => el("th", {}, h)))),
       el("tbody", {}, data.roles.map(r => el("tr", {},
         el("td", {}, r.role), el("td", {}, r.version), el("td", {}, when(r.expires)),
-        el("td", {}, r.expired ? badge("expired", "bad") : r.expires_soon ? badge("expires soon", "warn") : ""))))),
+        el("td", {}, r.expired ? badge("expired", "bad") : r.expires_soon ? badge("expires soon", "warn") : el("span", { class: "muted" }, "ok")))))),
     el("h2", {}, "Targets"),
     el("table", { id: "releases" },
       el("thead", {}, el("tr", {}, ["Target", "Version", "Hardware ids", "Size", "Hashes", "Rollout"].map(h => el("th", {}, h)))),
@@ -215,7 +222,7 @@ async function renderReleases() {
 function waveChart(w) {
   const total = Math.max(w.total, 1);
   return el("div", { class: "wave", "data-wave": w.name },
-    el("div", {}, el("strong", {}, w.name), " ", el("span", { class: "muted" }, w.open ? "open" : "opens " + when(w.not_before))),
+    el("div", {}, el("strong", {}, w.name), " ", el("span", { class: "muted" }, w.open ? "open" : w.not_before ? "opens " + when(w.not_before) : "")),
     el("div", { class: "bar", title: WAVE_PARTS.map(p => p.replace("_", " ") + ": " + w[p]).join(", ") },
       WAVE_PARTS.filter(p => w[p] > 0).map(p => {
         const seg = el("span", { class: "seg-" + p, "data-part": p, "data-count": w[p] });
