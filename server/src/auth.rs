@@ -258,7 +258,7 @@ pub async fn require_role(
         Sha256::digest(presented.as_bytes()).into()
     } else if let Some(session) = need.auth.sessions.from_headers(request.headers()) {
         if !crate::dashboard::session::is_safe(request.method()) {
-            crate::dashboard::session::check_csrf(&session, request.headers())
+            crate::dashboard::session::check_csrf(&session, request.headers(), request.uri())
                 .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e.to_string()))?;
         }
         session.token_digest

@@ -595,3 +595,64 @@ async fn one_device_and_the_signed_releases_with_role_expiries() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_the_session_cookie_is_secure() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("rcgen");
+    let files = ota_server::config::TlsFiles {
+        cert: dir.path().join("cert.pem"),
+        key: dir.path().join("key.pem"),
+    };
+    std::fs::write(&files.cert, generated.cert.pem()).expect("cert");
+    std::fs::write(&files.key, generated.key_pair.serialize_pem()).expect("key");
+    let tls = files.clone();
+    let s = common::start_with(move |c| c.tls = Some(tls)).await;
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(generated.cert.pem().as_bytes()).expect("pem"),
+        )
+        .resolve("localhost", s.addr)
+        .build()
+        .expect("client");
+    let base = format!("https://localhost:{}", s.addr.port());
+    let resp = client
+        .post(format!("{base}/dashboard/session"))
+        .header("Origin", &base)
+        .json(&json!({"token": s.token}))
+        .send()
+        .await
+        .expect("log in");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let cookie = resp.headers()["set-cookie"]
+        .to_str()
+        .expect("text")
+        .to_owned();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    // Browsers speak HTTP/2 over TLS (ALPN): so does this client.
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    // The bootstrap token holds every role: it may act.
+    let info: Value = resp.json().await.expect("json");
+    assert_eq!(info["role"], "admin");
+    assert_eq!(info["can_act"], true);
+    // Over HTTP/2 there is no Host header: the Origin is checked against
+    // the request's authority, and an action passes the CSRF checks (then
+    // finds no such release).
+    let session = cookie.split(';').next().expect("name=value").to_owned();
+    let act = |origin: &str| {
+        client
+            .post(format!("{base}/admin/v1/rollouts/nope.img/pause"))
+            .header("Cookie", &session)
+            .header("X-CSRF-Token", info["csrf_token"].as_str().expect("csrf"))
+            .header("Origin", origin)
+            .json(&json!({"reason": "x"}))
+            .send()
+    };
+    let resp = act(&base).await.expect("pause");
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = act("https://evil.example").await.expect("pause");
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+}

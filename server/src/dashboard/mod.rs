@@ -20,7 +20,7 @@ use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -115,10 +115,11 @@ fn session_info(who: &AdminIdentity, csrf_token: String) -> SessionInfo {
 /// has no business with the fleet).
 pub async fn login(
     State(state): State<AppState>,
+    uri: Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    session::check_same_origin(&headers)
+    session::check_same_origin(&headers, &uri)
         .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e.to_string()))?;
     let body = body.map_err(body_rejection)?;
     let login: Login = serde_json::from_slice(&body).map_err(|e| {
@@ -194,10 +195,11 @@ pub async fn whoami(
 /// site cannot log an operator out either).
 pub async fn logout(
     State(state): State<AppState>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (s, who) = current(&state, &headers).await?;
-    session::check_csrf(&s, &headers)
+    session::check_csrf(&s, &headers, &uri)
         .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e.to_string()))?;
     state.admin.sessions.close(&headers);
     tracing::info!(token = %who.name, "dashboard log-out");

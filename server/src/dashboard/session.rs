@@ -16,7 +16,7 @@
 //! behind a load balancer with several instances the dashboard needs sticky
 //! sessions.
 
-use axum::http::{header, HeaderMap, HeaderValue, Method};
+use axum::http::{header, HeaderMap, HeaderValue, Method, Uri};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -157,8 +157,8 @@ pub fn is_safe(method: &Method) -> bool {
 /// The checks of a state-changing request made through a session: the
 /// session's CSRF token, and a same-origin `Origin`/`Sec-Fetch-Site`
 /// where the browser sent them.
-pub fn check_csrf(session: &Session, headers: &HeaderMap) -> Result<(), CsrfError> {
-    check_same_origin(headers)?;
+pub fn check_csrf(session: &Session, headers: &HeaderMap, uri: &Uri) -> Result<(), CsrfError> {
+    check_same_origin(headers, uri)?;
     let presented = headers
         .get(CSRF_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -169,10 +169,11 @@ pub fn check_csrf(session: &Session, headers: &HeaderMap) -> Result<(), CsrfErro
     Ok(())
 }
 
-/// A present `Origin` must name this server (the `Host` the browser
-/// addressed), and a present `Sec-Fetch-Site` must be `same-origin`.
-/// Also checked on log-in, so another site cannot log a browser in.
-pub fn check_same_origin(headers: &HeaderMap) -> Result<(), CsrfError> {
+/// A present `Origin` must name this server (the host the browser
+/// addressed: `Host` in HTTP/1.1, the `:authority` that HTTP/2 puts in the
+/// URI), and a present `Sec-Fetch-Site` must be `same-origin`. Also
+/// checked on log-in, so another site cannot log a browser in.
+pub fn check_same_origin(headers: &HeaderMap, uri: &Uri) -> Result<(), CsrfError> {
     if let Some(site) = headers.get("sec-fetch-site") {
         let site = site.to_str().unwrap_or("(not text)");
         if site != "same-origin" && site != "none" {
@@ -183,7 +184,10 @@ pub fn check_same_origin(headers: &HeaderMap) -> Result<(), CsrfError> {
         return Ok(());
     };
     let origin_text = origin.to_str().unwrap_or("(not text)");
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()));
     let origin_host = origin_text
         .strip_prefix("http://")
         .or_else(|| origin_text.strip_prefix("https://"));
@@ -229,25 +233,45 @@ mod tests {
             ("host", "127.0.0.1:8080"),
             ("origin", "http://127.0.0.1:8080"),
         ];
-        assert_eq!(check_csrf(&s, &headers(&good)), Err(CsrfError::Token));
+        assert_eq!(
+            check_csrf(&s, &headers(&good), &Uri::from_static("/")),
+            Err(CsrfError::Token)
+        );
         let mut with_token = good.to_vec();
         with_token.push(("x-csrf-token", &s.csrf_token));
-        assert_eq!(check_csrf(&s, &headers(&with_token)), Ok(()));
+        assert_eq!(
+            check_csrf(&s, &headers(&with_token), &Uri::from_static("/")),
+            Ok(())
+        );
         let mut wrong = with_token.clone();
         wrong[1] = ("origin", "http://evil.example");
         assert!(matches!(
-            check_csrf(&s, &headers(&wrong)),
+            check_csrf(&s, &headers(&wrong), &Uri::from_static("/")),
             Err(CsrfError::Origin(_))
         ));
         let mut cross = with_token.clone();
         cross.push(("sec-fetch-site", "cross-site"));
         assert!(matches!(
-            check_csrf(&s, &headers(&cross)),
+            check_csrf(&s, &headers(&cross), &Uri::from_static("/")),
             Err(CsrfError::FetchSite(_))
         ));
         let mut bad_token = good.to_vec();
         bad_token.push(("x-csrf-token", "0000"));
-        assert_eq!(check_csrf(&s, &headers(&bad_token)), Err(CsrfError::Token));
+        assert_eq!(
+            check_csrf(&s, &headers(&bad_token), &Uri::from_static("/")),
+            Err(CsrfError::Token)
+        );
+    }
+
+    #[test]
+    fn over_http2_the_origin_is_checked_against_the_authority() {
+        let h = headers(&[("origin", "https://ota.example:8443")]);
+        let uri = Uri::from_static("https://ota.example:8443/dashboard/session");
+        assert_eq!(check_same_origin(&h, &uri), Ok(()));
+        let other = Uri::from_static("https://elsewhere.example/dashboard/session");
+        assert!(check_same_origin(&h, &other).is_err());
+        // Neither Host nor authority: an Origin cannot be matched.
+        assert!(check_same_origin(&h, &Uri::from_static("/")).is_err());
     }
 
     #[test]
