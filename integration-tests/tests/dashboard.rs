@@ -280,7 +280,10 @@ fn number(text: &str) -> u64 {
 #[test]
 fn an_operator_watches_a_rollout_pause_itself_and_resumes_it() {
     let started = Instant::now();
-    let fx = Fixture::with_server_config(STRICT_SERVER).expect("fixture");
+    // Targets signed for 10 days only: inside the 14 days the releases
+    // page warns about.
+    let fx =
+        Fixture::with_options(&["--expires", "targets=10d"], Some(STRICT_SERVER)).expect("fixture");
     let viewer = token(&fx, "night-shift", "viewer");
     let operator = token(&fx, "release-ops", "operator");
     let canary = fx.device("canary-1").expect("device");
@@ -378,6 +381,15 @@ fn an_operator_watches_a_rollout_pause_itself_and_resumes_it() {
     for role in ["root", "timestamp", "snapshot", "targets"] {
         assert!(roles.contains(role), "{role} in {roles}");
     }
+    let flagged: Vec<&str> = roles
+        .lines()
+        .filter(|l| l.contains("expires soon"))
+        .collect();
+    assert!(
+        flagged.len() == 1 && flagged[0].starts_with("targets"),
+        "only targets is near expiry: {roles}"
+    );
+    assert!(b.text("#expiry-warning").contains("targets"));
     b.shot("04-releases");
 
     // The automatic pause, with its figures, and the viewer refused.
