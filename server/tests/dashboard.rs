@@ -656,3 +656,99 @@ async fn over_tls_the_session_cookie_is_secure() {
     let resp = act("https://evil.example").await.expect("pause");
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
 }
+
+/// Every endpoint the page calls: a wrong token is 401, a session without
+/// the CSRF token cannot act, and no query string makes any of them fail
+/// with a server error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_the_page_uses_refuses_strangers_and_survives_hostile_queries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = common::start().await;
+    publish_repository(&s, dir.path()).await;
+    let (viewer, operator, _) = tokens(&s).await;
+    report(&s, "bench-1", "board-a", "rolled_back", &["bench"]).await;
+    let reads = [
+        "/admin/v1/fleet".to_owned(),
+        "/admin/v1/devices/bench-1".to_owned(),
+        "/admin/v1/devices/bench-1/events".to_owned(),
+        "/admin/v1/releases".to_owned(),
+        "/admin/v1/rollouts".to_owned(),
+        format!("/admin/v1/rollouts/{STAGED}"),
+    ];
+    let long = format!("q={}", "%41".repeat(3000));
+    let hostile = [
+        long.as_str(),
+        "limit=18446744073709551616",
+        "q=%ff",
+        "q=%",
+        "status='%20OR%201=1;--",
+        "a=1&a=2&a=3",
+        "%00=%00",
+        "q=%E2%80%AE",
+    ];
+    for path in &reads {
+        let resp = s
+            .client
+            .get(s.url(path))
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{path}");
+        let resp = s.client.get(s.url(path)).send().await.expect("get");
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{path}");
+        for query in hostile {
+            let status = s
+                .client
+                .get(s.url(&format!("{path}?{query}")))
+                .bearer_auth(&viewer)
+                .send()
+                .await
+                .expect("get")
+                .status();
+            assert!(
+                status == StatusCode::OK || status == StatusCode::BAD_REQUEST,
+                "{path}?{query}: {status}"
+            );
+        }
+    }
+    let resp = s
+        .client
+        .get(s.url("/dashboard/session"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+
+    let o = log_in(&s, &operator).await;
+    for action in ["pause", "resume", "abort"] {
+        let path = format!("/admin/v1/rollouts/{STAGED}/{action}");
+        let resp = o
+            .req(&s, Method::POST, &path)
+            .json(&json!({"reason": "x"}))
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{action}");
+        assert!(common::error_message(resp).await.contains("CSRF"));
+        let resp = s
+            .client
+            .post(s.url(&path))
+            .bearer_auth("wrong")
+            .json(&json!({"reason": "x"}))
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{action}");
+    }
+    // Nothing changed.
+    let status: Value = o
+        .req(&s, Method::GET, &format!("/admin/v1/rollouts/{STAGED}"))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(status["state"], "active");
+}
