@@ -36,11 +36,23 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("target"))
 }
 
+/// chromedriver, killed when dropped: also when the test fails before
+/// the browser session exists.
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// chromedriver and a headless Chromium session, with blocking helpers.
 struct Browser {
     rt: tokio::runtime::Runtime,
     client: Option<Client>,
-    driver: Child,
+    // After `client`: the session is closed before its driver goes.
+    _driver: Driver,
     base: String,
     shots: PathBuf,
     _profile: tempfile::TempDir,
@@ -59,13 +71,15 @@ impl Browser {
             probe.local_addr().expect("addr").port()
         };
         let profile = tempfile::tempdir().expect("profile dir");
-        let driver = Command::new(chromedriver)
-            .arg(format!("--port={port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromedriver");
+        let driver = Driver(
+            Command::new(chromedriver)
+                .arg(format!("--port={port}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start chromedriver"),
+        );
         let driver_url = format!("http://127.0.0.1:{port}");
         let http = integration_tests::server::http_client().expect("HTTP client");
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -123,7 +137,7 @@ impl Browser {
         Browser {
             rt,
             client: Some(client),
-            driver,
+            _driver: driver,
             base: base.to_owned(),
             shots,
             _profile: profile,
@@ -248,8 +262,6 @@ impl Drop for Browser {
         if let Some(client) = self.client.take() {
             let _ = self.rt.block_on(client.close());
         }
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
     }
 }
 
