@@ -32,7 +32,11 @@ impl Fixture {
         Self::with_options(&[], Some(server_config))
     }
 
-    fn with_options(init_args: &[&str], server_config: Option<&str>) -> anyhow::Result<Fixture> {
+    /// `ota-repo init` with `init_args`, and a server with `server_config`.
+    pub fn with_options(
+        init_args: &[&str],
+        server_config: Option<&str>,
+    ) -> anyhow::Result<Fixture> {
         let dir = tempfile::tempdir()?;
         let repo = Repo::init(&dir.path().join("repo"), init_args)?;
         let server = Server::start_with_config(&dir.path().join("server"), server_config)?;

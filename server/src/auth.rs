@@ -97,7 +97,12 @@ impl AdminToken {
 
     /// Whether `presented` is the token, in time independent of where they differ.
     pub fn matches(&self, presented: &str) -> bool {
-        let other: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        self.matches_digest(&Sha256::digest(presented.as_bytes()).into())
+    }
+
+    /// Whether `other` is the SHA-256 of the token (a dashboard session
+    /// keeps only that), in time independent of where they differ.
+    pub fn matches_digest(&self, other: &[u8; 32]) -> bool {
         let diff = self
             .digest
             .iter()
@@ -199,7 +204,7 @@ pub fn token_hash(secret: &str) -> String {
 }
 
 /// Equality of two byte strings in time independent of where they differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -212,6 +217,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub struct AdminAuth {
     pub bootstrap: AdminToken,
     pub db: Db,
+    /// Dashboard log-ins, each standing for the token it was opened with.
+    pub sessions: crate::dashboard::session::Sessions,
 }
 
 /// Who the bootstrap token (`<data_dir>/admin-token` or `admin_token_file`)
@@ -237,58 +244,76 @@ pub struct RequireRole {
     pub role: Role,
 }
 
-/// Middleware for every `/admin/v1` route: a bearer token holding the role
-/// the route needs; 401 without a valid token, 403 with the wrong role.
-/// The handler finds who called in an [`AdminIdentity`] extension.
+/// Middleware for every `/admin/v1` route: a bearer token, or a dashboard
+/// session (plus its CSRF token on state-changing requests), holding the
+/// role the route needs; 401 without a valid credential, 403 with the wrong
+/// role or a failed CSRF check. The handler finds who called in an
+/// [`AdminIdentity`] extension.
 pub async fn require_role(
     State(need): State<RequireRole>,
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let presented = bearer(request.headers()).ok_or_else(|| {
-        ApiError::new(
+    let digest: [u8; 32] = if let Some(presented) = bearer(request.headers()) {
+        Sha256::digest(presented.as_bytes()).into()
+    } else if let Some(session) = need.auth.sessions.from_headers(request.headers()) {
+        if !crate::dashboard::session::is_safe(request.method()) {
+            crate::dashboard::session::check_csrf(&session, request.headers(), request.uri())
+                .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e.to_string()))?;
+        }
+        session.token_digest
+    } else {
+        return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "admin endpoints require an Authorization: Bearer <token> header",
-        )
-    })?;
-    if need.auth.bootstrap.matches(presented) {
-        request.extensions_mut().insert(AdminIdentity {
-            name: BOOTSTRAP_TOKEN_NAME.to_owned(),
-            role: None,
-        });
-        return Ok(next.run(request).await);
-    }
-    let digest = token_hash(presented);
-    let found = need
-        .auth
-        .db
-        .admin_token_by_hash(&digest)
-        .await
-        .map_err(|e| ApiError::internal("look up admin token", e))?
-        .filter(|t| constant_time_eq(t.sha256.as_bytes(), digest.as_bytes()))
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "invalid admin token (unknown or revoked)",
-            )
-        })?;
-    let role: Role = found.role.parse().map_err(|e: String| {
-        ApiError::internal("admin token role", format!("token {}: {e}", found.name))
-    })?;
-    if !role.grants(need.role) {
+            "admin endpoints require an Authorization: Bearer <token> header \
+             (or a dashboard session)",
+        ));
+    };
+    let identity = need.auth.identify(&digest).await?;
+    if let Some(role) = identity.role.filter(|r| !r.grants(need.role)) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!(
                 "admin token {:?} has role {role}; this endpoint needs role {}",
-                found.name, need.role
+                identity.name, need.role
             ),
         ));
     }
-    request.extensions_mut().insert(AdminIdentity {
-        name: found.name,
-        role: Some(role),
-    });
+    request.extensions_mut().insert(identity);
     Ok(next.run(request).await)
+}
+
+impl AdminAuth {
+    /// Who holds the token whose SHA-256 is `digest`: the bootstrap token,
+    /// or a stored token that is not revoked (401 otherwise).
+    pub async fn identify(&self, digest: &[u8; 32]) -> Result<AdminIdentity, ApiError> {
+        if self.bootstrap.matches_digest(digest) {
+            return Ok(AdminIdentity {
+                name: BOOTSTRAP_TOKEN_NAME.to_owned(),
+                role: None,
+            });
+        }
+        let digest = hex::encode(digest);
+        let found = self
+            .db
+            .admin_token_by_hash(&digest)
+            .await
+            .map_err(|e| ApiError::internal("look up admin token", e))?
+            .filter(|t| constant_time_eq(t.sha256.as_bytes(), digest.as_bytes()))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid admin token (unknown or revoked)",
+                )
+            })?;
+        let role: Role = found.role.parse().map_err(|e: String| {
+            ApiError::internal("admin token role", format!("token {}: {e}", found.name))
+        })?;
+        Ok(AdminIdentity {
+            name: found.name,
+            role: Some(role),
+        })
+    }
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {

@@ -307,6 +307,33 @@ impl Db {
         })
     }
 
+    /// One device's latest state, if it ever reported.
+    pub async fn device(&self, device_id: &str) -> Result<Option<DeviceRecord>, DbError> {
+        with_pool!(self, p => {
+            let row = sqlx::query(
+                "SELECT device_id, hardware_id, installed_version, booted_slot, status, target, \
+                 target_version, reason, last_seen FROM devices WHERE device_id = $1",
+            )
+            .bind(device_id)
+            .fetch_optional(p)
+            .await?;
+            row.map(|r| {
+                Ok(DeviceRecord {
+                    device_id: r.try_get("device_id")?,
+                    hardware_id: r.try_get("hardware_id")?,
+                    installed_version: r.try_get("installed_version")?,
+                    booted_slot: r.try_get("booted_slot")?,
+                    status: parse_status(r.try_get("status")?)?,
+                    target: r.try_get("target")?,
+                    target_version: r.try_get("target_version")?,
+                    reason: r.try_get("reason")?,
+                    last_seen: r.try_get("last_seen")?,
+                })
+            })
+            .transpose()
+        })
+    }
+
     /// Whether a device has ever reported.
     pub async fn device_exists(&self, device_id: &str) -> Result<bool, DbError> {
         with_pool!(self, p => {

@@ -8,6 +8,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod credentials;
+pub mod dashboard;
 pub mod db;
 pub mod error;
 pub mod files;
@@ -59,6 +60,10 @@ pub struct AppState {
     /// The online keys (`[online_signing]`): a publication's commit issues
     /// timestamp (and snapshot) with them.
     pub resigner: Option<Arc<resign::Resigner>>,
+    /// Admin credentials and dashboard sessions (the log-in checks tokens).
+    pub admin: Arc<AdminAuth>,
+    /// Served over TLS: session cookies are marked `Secure`.
+    pub secure_cookies: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +157,11 @@ impl Server {
             metrics: Arc::clone(&metrics),
             settings: config.rollouts,
         });
+        let auth = Arc::new(AdminAuth {
+            bootstrap: token,
+            db: db.clone(),
+            sessions: dashboard::session::Sessions::default(),
+        });
         let state = AppState {
             storage: Arc::clone(&storage),
             db: db.clone(),
@@ -161,11 +171,9 @@ impl Server {
             device_auth: config.device_auth,
             rollouts: Arc::clone(&rollouts),
             resigner: resigner.clone(),
+            admin: Arc::clone(&auth),
+            secure_cookies: tls.is_some(),
         };
-        let auth = Arc::new(AdminAuth {
-            bootstrap: token,
-            db: db.clone(),
-        });
         let router = router(state, auth);
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await

@@ -2,12 +2,15 @@
 //! serves, and a small fleet of simulated devices updates itself. Then a
 //! broken release goes out as a staged rollout: the canary device rolls back
 //! on its own, the server pauses the rollout by itself, and the rest of the
-//! fleet never installs it.
+//! fleet never installs it. The server's dashboard shows all of it; when
+//! run from a terminal, the demo keeps the server up until Enter is pressed
+//! so the dashboard can be looked at.
 
 use anyhow::Context;
 use integration_tests::device::{Boot, RunEnd, SimDevice};
 use integration_tests::fixture::{Fixture, HARDWARE_ID};
 use ota_common::wire::UpdateStatus;
+use std::io::IsTerminal;
 use std::time::Instant;
 
 const DEVICES: usize = 4;
@@ -31,6 +34,11 @@ fn run() -> anyhow::Result<()> {
     println!(
         "server:           ota-server listening on {}",
         fx.server.url
+    );
+    println!(
+        "dashboard:        {}/dashboard (log in with the token in {})",
+        fx.server.url,
+        fx.server.admin_token_file().display()
     );
 
     let devices: Vec<SimDevice> = (1..=DEVICES)
@@ -101,6 +109,18 @@ fn run() -> anyhow::Result<()> {
         started.elapsed().as_secs_f64(),
         fx.dir.path().display()
     );
+    if std::io::stdin().is_terminal() {
+        println!(
+            "\ndashboard: {}/dashboard (log in with the token in {})\n\
+             press Enter to stop the server",
+            fx.server.url,
+            fx.server.admin_token_file().display()
+        );
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("reading stdin")?;
+    }
     // Keep the directory for inspection.
     let kept = fx.dir.path().to_path_buf();
     std::mem::forget(fx.dir);

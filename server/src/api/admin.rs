@@ -247,3 +247,22 @@ pub async fn device_events(
         .map_err(|e| ApiError::internal("list device events", e))?;
     Ok(Json(events))
 }
+
+/// `GET /admin/v1/devices/{id}`: one device's latest state (its slot,
+/// version and last status), for the dashboard's device page.
+pub async fn device(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<DeviceRecord>, ApiError> {
+    let Path(id) = id.map_err(path_rejection)?;
+    if !is_valid_id(&id) {
+        return Err(ApiError::bad_request(format!("invalid device id {id:?}")));
+    }
+    state
+        .db
+        .device(&id)
+        .await
+        .map_err(|e| ApiError::internal("look up device", e))?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("unknown device {id:?}")))
+}

@@ -3,8 +3,10 @@
 
 pub mod admin;
 pub mod devices;
+pub mod fleet;
 pub mod health;
 pub mod openapi;
+pub mod releases;
 pub mod repository;
 pub mod rollouts;
 pub mod routes;

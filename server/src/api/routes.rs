@@ -4,10 +4,11 @@
 
 use crate::api;
 use crate::auth::Role;
+use crate::dashboard;
 use crate::AppState;
 use axum::extract::DefaultBodyLimit;
 use axum::http::Method;
-use axum::routing::{get, post, put, MethodRouter};
+use axum::routing::{delete, get, post, put, MethodRouter};
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +109,18 @@ pub fn all() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             get(api::admin::list_devices),
         ),
         (
+            spec(Method::GET, "/admin/v1/devices/{id}", Admin(Role::Viewer)),
+            get(api::admin::device),
+        ),
+        (
+            spec(Method::GET, "/admin/v1/fleet", Admin(Role::Viewer)),
+            get(api::fleet::fleet),
+        ),
+        (
+            spec(Method::GET, "/admin/v1/releases", Admin(Role::Viewer)),
+            get(api::releases::releases),
+        ),
+        (
             spec(
                 Method::GET,
                 "/admin/v1/devices/{id}/events",
@@ -141,6 +154,28 @@ pub fn all() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             ),
             post(api::rollouts::change)
                 .layer(DefaultBodyLimit::max(api::rollouts::MAX_CHANGE_BYTES)),
+        ),
+        // The dashboard: the page is public (it holds no data); the session
+        // routes check the token or cookie themselves, as log-in must.
+        (
+            spec(Method::GET, "/dashboard", Public),
+            get(dashboard::index),
+        ),
+        (
+            spec(Method::GET, "/dashboard/assets/{file}", Public),
+            get(dashboard::asset),
+        ),
+        (
+            spec(Method::POST, "/dashboard/session", Public),
+            post(dashboard::login).layer(DefaultBodyLimit::max(dashboard::MAX_LOGIN_BYTES)),
+        ),
+        (
+            spec(Method::GET, "/dashboard/session", Public),
+            get(dashboard::whoami),
+        ),
+        (
+            spec(Method::DELETE, "/dashboard/session", Public),
+            delete(dashboard::logout),
         ),
     ]
 }

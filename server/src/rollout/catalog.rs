@@ -20,7 +20,7 @@ use crate::storage::{Storage, StorageError};
 use ota_common::rollout::RolloutPlan;
 use ota_common::wire::ReleaseCustom;
 use serde_json::{Map, Value};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Most delegated roles read for one catalog (a repository with more is
 /// not ours to walk: the device client caps its search too).
@@ -44,13 +44,40 @@ pub struct Release {
     pub hardware_ids: Vec<String>,
     /// `None`: no staged rollout (devices install at once, never ask).
     pub plan: Option<RolloutPlan>,
+    /// The signed length in bytes (0 if the entry lacks one: devices refuse it).
+    pub length: u64,
+    /// The signed digests, hex by algorithm name.
+    pub hashes: BTreeMap<String, String>,
+}
+
+/// One signed role of the published repository and when it expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleExpiry {
+    /// `root`, `timestamp`, `snapshot`, `targets` or a delegated role's name.
+    pub role: String,
+    pub version: u64,
+    /// `signed.expires` as written (RFC 3339), empty if missing.
+    pub expires: String,
+}
+
+/// What the published metadata says: releases and the roles that sign them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Catalog {
+    pub releases: Vec<Release>,
+    pub roles: Vec<RoleExpiry>,
 }
 
 /// Every release of the current top-level targets metadata, by name; empty
 /// before the first publication.
 pub async fn published(storage: &Storage) -> Result<Vec<Release>, CatalogError> {
+    Ok(catalog(storage).await?.releases)
+}
+
+/// The releases and every role of the current metadata with its expiry;
+/// empty before the first publication.
+pub async fn catalog(storage: &Storage) -> Result<Catalog, CatalogError> {
     let Some(timestamp) = read(storage, "timestamp.json").await? else {
-        return Ok(Vec::new());
+        return Ok(Catalog::default());
     };
     let snapshot_version = meta_version(&timestamp, "timestamp.json", "snapshot.json")?;
     let snapshot_name = format!("{snapshot_version}.snapshot.json");
@@ -81,13 +108,71 @@ pub async fn published(storage: &Storage) -> Result<Vec<Release>, CatalogError> 
                 version: c.version.to_string(),
                 hardware_ids: c.hardware_ids,
                 plan: c.rollout,
+                length: target.get("length").and_then(Value::as_u64).unwrap_or(0),
+                hashes: target
+                    .get("hashes")
+                    .and_then(Value::as_object)
+                    .map(|h| {
+                        h.iter()
+                            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             }),
             // Devices refuse such a target too; it is nobody's rollout.
             Err(e) => tracing::warn!(target = %name, "{targets_name}: target not listed: {e}"),
         }
     }
     releases.sort_by(|a, b| a.target.cmp(&b.target));
-    Ok(releases)
+    let mut expiries = Vec::new();
+    if let Some(root) = newest_root(storage).await? {
+        expiries.push(role_expiry("root", &root));
+    }
+    expiries.push(role_expiry("timestamp", &timestamp));
+    expiries.push(role_expiry("snapshot", &snapshot));
+    expiries.push(role_expiry("targets", &targets));
+    let mut delegated: Vec<_> = roles.iter().collect();
+    delegated.sort_by(|a, b| a.0.cmp(b.0));
+    expiries.extend(delegated.into_iter().map(|(n, d)| role_expiry(n, d)));
+    Ok(Catalog {
+        releases,
+        roles: expiries,
+    })
+}
+
+/// Most root versions walked to find the newest (as the device's client
+/// bounds its root rotation).
+const MAX_ROOT_VERSIONS: u64 = 1024;
+
+/// The newest root: `root.json` where the publisher uploaded it, else the
+/// last of `1.root.json`, `2.root.json`, ... (what devices walk too).
+async fn newest_root(storage: &Storage) -> Result<Option<Value>, CatalogError> {
+    if let Some(root) = read(storage, "root.json").await? {
+        return Ok(Some(root));
+    }
+    let mut newest = None;
+    for version in 1..=MAX_ROOT_VERSIONS {
+        match read(storage, &format!("{version}.root.json")).await? {
+            Some(doc) => newest = Some(doc),
+            None => break,
+        }
+    }
+    Ok(newest)
+}
+
+fn role_expiry(role: &str, doc: &Value) -> RoleExpiry {
+    RoleExpiry {
+        role: role.to_owned(),
+        version: doc
+            .pointer("/signed/version")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+        expires: doc
+            .pointer("/signed/expires")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned(),
+    }
 }
 
 fn listed(doc: &Value) -> &Map<String, Value> {

@@ -279,6 +279,8 @@ mod tests {
             version: "2.0.0".into(),
             hardware_ids: vec!["hw".into()],
             plan: Some(p),
+            length: 4,
+            hashes: Default::default(),
         };
         let now = Utc::now();
         let fresh = now.to_rfc3339_opts(SecondsFormat::Secs, true);
