@@ -14,6 +14,8 @@
 //! only tell an attacker about the digest of what *they* sent, never about a
 //! stored secret), then compared again in constant time.
 
+pub mod session;
+
 use crate::db::Db;
 use crate::error::ApiError;
 use axum::extract::{Request, State};
@@ -218,7 +220,7 @@ pub struct AdminAuth {
     pub bootstrap: AdminToken,
     pub db: Db,
     /// Dashboard log-ins, each standing for the token it was opened with.
-    pub sessions: crate::dashboard::session::Sessions,
+    pub sessions: session::Sessions,
 }
 
 /// Who the bootstrap token (`<data_dir>/admin-token` or `admin_token_file`)
@@ -257,8 +259,8 @@ pub async fn require_role(
     let digest: [u8; 32] = if let Some(presented) = bearer(request.headers()) {
         Sha256::digest(presented.as_bytes()).into()
     } else if let Some(session) = need.auth.sessions.from_headers(request.headers()) {
-        if !crate::dashboard::session::is_safe(request.method()) {
-            crate::dashboard::session::check_csrf(&session, request.headers(), request.uri())
+        if !session::is_safe(request.method()) {
+            session::check_csrf(&session, request.headers(), request.uri())
                 .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e.to_string()))?;
         }
         session.token_digest

@@ -1,4 +1,5 @@
-//! The error answer every endpoint shares. It sits below the modules that
+//! The error answer every endpoint shares, and the mapping of axum's
+//! body and path rejections onto it. It sits below the modules that
 //! answer requests (api, auth, files) so that none of them has to import
 //! another for it.
 
@@ -52,4 +53,20 @@ impl IntoResponse for ApiError {
         )
             .into_response()
     }
+}
+
+/// Maps an axum body rejection (too large, broken stream) to a JSON error
+/// with the status axum chose (413 for a body over the limit).
+pub fn body_rejection(rejection: axum::extract::rejection::BytesRejection) -> ApiError {
+    let status = rejection.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(status, "request body is too large")
+    } else {
+        ApiError::new(status, rejection.body_text())
+    }
+}
+
+/// Maps a path-parameter rejection (e.g. invalid UTF-8 after percent-decoding).
+pub fn path_rejection(rejection: axum::extract::rejection::PathRejection) -> ApiError {
+    ApiError::new(rejection.status(), rejection.body_text())
 }

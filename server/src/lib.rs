@@ -160,7 +160,7 @@ impl Server {
         let auth = Arc::new(AdminAuth {
             bootstrap: token,
             db: db.clone(),
-            sessions: dashboard::session::Sessions::default(),
+            sessions: auth::session::Sessions::default(),
         });
         let state = AppState {
             storage: Arc::clone(&storage),

@@ -1,5 +1,4 @@
-//! HTTP endpoints beyond static file serving, and the body and path
-//! rejections they share (the error answer itself is `crate::error`).
+//! HTTP endpoints beyond static file serving.
 
 pub mod admin;
 pub mod devices;
@@ -11,21 +10,4 @@ pub mod repository;
 pub mod rollouts;
 pub mod routes;
 
-pub use crate::error::ApiError;
-use axum::http::StatusCode;
-
-/// Maps an axum body rejection (too large, broken stream) to a JSON error
-/// with the status axum chose (413 for a body over the limit).
-pub fn body_rejection(rejection: axum::extract::rejection::BytesRejection) -> ApiError {
-    let status = rejection.status();
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(status, "request body is too large")
-    } else {
-        ApiError::new(status, rejection.body_text())
-    }
-}
-
-/// Maps a path-parameter rejection (e.g. invalid UTF-8 after percent-decoding).
-pub fn path_rejection(rejection: axum::extract::rejection::PathRejection) -> ApiError {
-    ApiError::new(rejection.status(), rejection.body_text())
-}
+pub use crate::error::{body_rejection, path_rejection, ApiError};

@@ -2,7 +2,8 @@
 //! vanilla HTML, CSS and JavaScript compiled into the binary (no CDN, no
 //! external fonts), which reads the admin API through a session cookie.
 //!
-//! * [`session`]: log-in with an admin token, the cookie, CSRF checks.
+//! * `crate::auth::session`: log-in with an admin token, the cookie, CSRF
+//!   checks (with the rest of authentication, below the routes).
 //! * `assets/`: the page. It puts text from devices and operators into the
 //!   page only through `textContent` (never as markup), and the strict
 //!   Content-Security-Policy below forbids inline script and any other
@@ -12,10 +13,9 @@
 //! through the same `/admin/v1` routes and roles as a bearer token (viewer
 //! reads, operator pauses, resumes and aborts), and it signs nothing.
 
-pub mod session;
-
-use crate::api::{body_rejection, ApiError};
+use crate::auth::session;
 use crate::auth::{AdminIdentity, Role};
+use crate::error::{body_rejection, ApiError};
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;

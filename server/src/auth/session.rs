@@ -72,10 +72,10 @@ impl Sessions {
     /// Opens a session for the token whose SHA-256 is `token_digest`;
     /// returns the session id (for the cookie) and the session.
     pub fn open(&self, token_digest: [u8; 32]) -> Result<(String, Session), SessionsFull> {
-        let id = crate::auth::new_secret();
+        let id = super::new_secret();
         let session = Session {
             token_digest,
-            csrf_token: crate::auth::new_secret(),
+            csrf_token: super::new_secret(),
             expires: Instant::now() + LIFETIME,
         };
         let mut map = self.by_id.lock().unwrap_or_else(|p| p.into_inner());
@@ -163,7 +163,7 @@ pub fn check_csrf(session: &Session, headers: &HeaderMap, uri: &Uri) -> Result<(
         .get(CSRF_HEADER)
         .and_then(|v| v.to_str().ok())
         .ok_or(CsrfError::Token)?;
-    if !crate::auth::constant_time_eq(presented.as_bytes(), session.csrf_token.as_bytes()) {
+    if !super::constant_time_eq(presented.as_bytes(), session.csrf_token.as_bytes()) {
         return Err(CsrfError::Token);
     }
     Ok(())
