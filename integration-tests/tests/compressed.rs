@@ -176,8 +176,14 @@ fn failed_poll(fx: &Fixture, dev: &SimDevice) -> String {
 #[test]
 fn a_served_bomb_or_truncated_stream_is_refused_and_the_running_slot_kept() {
     let fx = Fixture::new().expect("fixture");
-    let size = 2 * 1024 * 1024;
-    let image = release(&fx, "1.1.0", size, &["--frame-size", "262144"]);
+    // Incompressible, so each signed frame is about as long as its image
+    // bytes and the bomb below fits in the first one.
+    let image = fx.dir.path().join("rootfs-1.1.0.img");
+    write_image(&image, "1.1.0", true, 2 * 1024 * 1024).expect("image");
+    fx.repo
+        .add_with(&image, "1.1.0", &[HARDWARE_ID], &["--frame-size", "262144"])
+        .expect("add");
+    fx.repo.publish(&fx.server).expect("publish");
     let served = served_files(&fx, "rootfs-1.1.0.img");
     let genuine = std::fs::read(&served[0]).expect("served");
 

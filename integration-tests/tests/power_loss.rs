@@ -476,7 +476,8 @@ fn lost_or_corrupt_state_is_rebuilt_from_the_bootloader_and_trusted_metadata() {
         } else {
             outcome
         };
-        let id = format!("lost-{}-{point}-{damage:?}", backend.name()).replace('.', "-");
+        let id =
+            format!("lost-{}-{scenario:?}-{point}-{damage:?}", backend.name()).replace('.', "-");
         let dev = world.device(&id, backend, scenario);
         let images = &world.images;
         let result = (|| {
