@@ -139,7 +139,7 @@ pub fn pack(
             let (image_length, image_sha256) =
                 decoded_image(encoding, &mut image).map_err(|e| {
                     RepoError::InvalidArgument(format!(
-                        "{} looks {encoding}-compressed but does not decode: {e}",
+                        "{} looks {encoding}-compressed but does not decode (zstd windows may be at most 8 MiB, what devices accept by default): {e}",
                         image_path.display()
                     ))
                 })?;
@@ -250,7 +250,13 @@ fn gzip(
 /// Length and sha256 of what an already compressed input decodes to.
 fn decoded_image(encoding: Encoding, input: &mut std::fs::File) -> io::Result<(u64, [u8; 32])> {
     let mut decoder: Box<dyn Read + '_> = match encoding {
-        Encoding::Zstd => Box::new(zstd::stream::read::Decoder::new(input)?),
+        Encoding::Zstd => {
+            // A window devices with the default limit would refuse is
+            // refused here, where it can still be recompressed.
+            let mut decoder = zstd::stream::read::Decoder::new(input)?;
+            decoder.window_log_max(ZSTD_WINDOW_LOG)?;
+            Box::new(decoder)
+        }
         Encoding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(input)),
         Encoding::Xz => {
             return Err(io::Error::new(
@@ -422,6 +428,27 @@ mod tests {
         .expect("raw");
         assert!(packed.payload.is_none(), "none means as it is, unsniffed");
         assert_eq!(raw, gz);
+    }
+
+    #[test]
+    fn a_compressed_input_with_a_window_devices_refuse_is_refused() {
+        let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 1).expect("encoder");
+        encoder
+            .set_parameter(zstd::stream::raw::CParameter::WindowLog(24))
+            .expect("window");
+        encoder.write_all(&vec![3u8; 9 << 20]).expect("write");
+        let big_window = encoder.finish().expect("zstd");
+        let mut input = tempfile::NamedTempFile::new().expect("tmp");
+        input.write_all(&big_window).expect("write");
+        let err = pack(
+            input.reopen().expect("open"),
+            input.path(),
+            &mut Vec::new(),
+            &packing(Compression::Zstd),
+            |_| {},
+        )
+        .expect_err("a 16 MiB window");
+        assert!(err.to_string().contains("at most 8 MiB"), "{err}");
     }
 
     #[test]
