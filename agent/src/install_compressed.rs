@@ -4,7 +4,7 @@
 //! ```text
 //! network ─▶ Source (signed encoded length caps it; TUF digests and the
 //!            frame's signed sha256 hash every byte; reconnects with Range)
-//!         ─▶ decoder (zstd frame by frame, or one gzip stream)
+//!         ─▶ decoder (zstd frame by frame, or one gzip or xz stream)
 //!         ─▶ image verifier (signed image length caps the output: one
 //!            byte more is a decompression bomb; signed image sha256)
 //!         ─▶ slot, followed by the flush + read-back thread as for raw
@@ -18,12 +18,14 @@
 //! restore: the slot's prefix is re-hashed for the image digest (as for a
 //! raw image) and every encoded byte fetched after the restart is checked
 //! against its frame's signed sha256 (the whole-target TUF digests cannot
-//! be, having missed the prefix). gzip, and zstd without a frame table,
-//! start over from byte 0 after a restart; within one poll every format
+//! be, having missed the prefix). gzip, xz, and zstd without a frame
+//! table, start over from byte 0 after a restart; within one poll every format
 //! resumes where the connection broke, because the decoder is still in
 //! memory.
 //!
-//! Memory: a gzip window is 32 KiB by the format. A zstd frame declares its
+//! Memory: a gzip window is 32 KiB by the format. An xz block header
+//! declares its dictionary, which the decoder checks against the limit
+//! before allocating it. A zstd frame declares its
 //! window in its header; the header is read and the window checked
 //! against `download.max_decompression_window` before the decoder sees
 //! the frame, so a stream asking for more is refused before anything is
@@ -390,10 +392,30 @@ impl Sink<'_, '_, '_, '_, '_> {
                 }
             }
             Encoding::Xz => {
-                return Err(self.decode_error(
-                    "this agent does not decode xz yet; publish the release with zstd or gzip"
-                        .to_owned(),
-                ))
+                // Each block's dictionary is checked against the limit
+                // (plus the decoder's fixed tables and 64 KiB input buffer) before the
+                // decoder allocates it.
+                let limit_kib = u32::try_from(self.job.max_window / 1024 + 128).unwrap_or(u32::MAX);
+                let mut decoder =
+                    lzma_rust2::XzReader::new_mem_limit(&mut *source, true, limit_kib);
+                let pumped = self.pump(&mut decoder, cap);
+                drop(decoder);
+                match pumped {
+                    Err(Stopped::Read(e)) if source.failure.is_none() && e.to_string().contains("mem_limit") => {
+                        return Err(self.decode_error(format!(
+                            "an xz block asks for a dictionary larger than download.max_decompression_window allows ({} bytes): {e}",
+                            self.job.max_window
+                        )))
+                    }
+                    Err(stopped) => return self.failed(source, stopped),
+                    Ok(_) => {}
+                }
+                if source.offset != source.end {
+                    return Err(self.decode_error(format!(
+                        "the xz stream ends {} bytes before the signed end of the target",
+                        source.end - source.offset
+                    )));
+                }
             }
         }
         Ok(Go::On)
@@ -721,6 +743,34 @@ mod tests {
         );
         assert!(!err.keeps_checkpoint());
         assert_eq!(std::fs::read(&s.a.path).expect("a"), b"running");
+    }
+
+    fn xz(data: &[u8], dict_size: u32) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut options = lzma_rust2::XzOptions::with_preset(1);
+        options.lzma_options.dict_size = dict_size;
+        let mut w = lzma_rust2::XzWriter::new(Vec::new(), options).expect("xz");
+        w.write_all(data).expect("xz");
+        w.finish().expect("xz")
+    }
+
+    #[test]
+    fn xz_installs_and_its_dictionary_is_limited() {
+        let (_d, s) = setup();
+        let data = image(CHUNK * 2 + 99);
+        let encoded = xz(&data, 1 << 20);
+        let payload = compressed(Encoding::Xz, &encoded, &data, Vec::new());
+        install(&job(&s, &payload, 0), &mut serve(&encoded)).expect("xz");
+        assert_eq!(std::fs::read(&s.b.path).expect("slot"), data);
+
+        let mut j = job(&s, &payload, 0);
+        j.max_window = 256 * 1024;
+        let err = install(&j, &mut serve(&encoded)).expect_err("1 MiB dictionary");
+        assert!(
+            err.to_string().contains("max_decompression_window"),
+            "{err}"
+        );
+        assert!(std::fs::metadata(&s.b.path).expect("slot").len() == 0);
     }
 
     #[test]

@@ -67,7 +67,7 @@ fn tune_downloads(dev: &SimDevice) {
 }
 
 #[test]
-fn zstd_then_gzip_releases_install_commit_and_verify() {
+fn zstd_gzip_and_xz_releases_install_commit_and_verify() {
     let fx = Fixture::new().expect("fixture");
     let size = 3 * 1024 * 1024 + 12_345;
     let zstd = release(&fx, "1.1.0", size, &["--frame-size", "1048576"]);
@@ -130,6 +130,22 @@ fn zstd_then_gzip_releases_install_commit_and_verify() {
     );
     let (ok, report) = verify(&dev);
     assert!(ok, "ota-agent verify: {report}");
+
+    // And as xz: back into slot B.
+    let xz = release(&fx, "1.3.0", size, &["--compress", "xz"]);
+    let boots = dev.run_until_settled(4).expect("settles");
+    assert_eq!(
+        boots.last().map(|b| b.slot),
+        Some(SlotId::B),
+        "{boots:?}\n{}",
+        dev.log_tail()
+    );
+    assert_eq!(
+        std::fs::read(dev.slot_path(SlotId::B)).expect("slot B"),
+        std::fs::read(&xz).expect("image")
+    );
+    let (ok, report) = verify(&dev);
+    assert!(ok, "ota-agent verify: {report}");
     let seen: Vec<UpdateStatus> = fx
         .server
         .events("dev-zstd")
@@ -141,7 +157,7 @@ fn zstd_then_gzip_releases_install_commit_and_verify() {
         seen.iter()
             .filter(|s| **s == UpdateStatus::Committed)
             .count(),
-        2,
+        3,
         "{seen:?}"
     );
 }

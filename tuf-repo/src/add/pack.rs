@@ -30,6 +30,7 @@ pub enum Compression {
     None,
     Zstd,
     Gzip,
+    Xz,
 }
 
 impl std::str::FromStr for Compression {
@@ -39,12 +40,9 @@ impl std::str::FromStr for Compression {
             "none" => Ok(Compression::None),
             "zstd" => Ok(Compression::Zstd),
             "gzip" => Ok(Compression::Gzip),
-            "xz" => Err(RepoError::InvalidArgument(
-                "--compress xz is not supported yet (devices decode zstd and gzip); use zstd"
-                    .to_owned(),
-            )),
+            "xz" => Ok(Compression::Xz),
             other => Err(RepoError::InvalidArgument(format!(
-                "--compress {other:?}: expected zstd, gzip or none"
+                "--compress {other:?}: expected zstd, gzip, xz or none"
             ))),
         }
     }
@@ -80,7 +78,7 @@ impl Packing {
         let max = match self.compression {
             Compression::None => return Ok(()),
             Compression::Zstd => 19,
-            Compression::Gzip => 9,
+            Compression::Gzip | Compression::Xz => 9,
         };
         match self.level {
             Some(level) if level == 0 || level > max => Err(RepoError::InvalidArgument(format!(
@@ -168,6 +166,9 @@ pub fn pack(
         (None, Compression::Gzip) => {
             Some(gzip(&mut image, &mut target, packing, &mut progress).map_err(image_err)?)
         }
+        (None, Compression::Xz) => {
+            Some(xz(&mut image, &mut target, packing, &mut progress).map_err(image_err)?)
+        }
     };
     target.flush().map_err(image_err)?;
     Ok(Packed {
@@ -247,6 +248,39 @@ fn gzip(
     })
 }
 
+/// One xz stream with a dictionary of at most 8 MiB (what devices accept
+/// by default); devices restart it from byte 0 after a power cut.
+fn xz(
+    image: &mut impl Read,
+    target: &mut HashingWriter<'_, impl Write>,
+    packing: &Packing,
+    progress: &mut impl FnMut(u64),
+) -> io::Result<PayloadCustom> {
+    let mut options = lzma_rust2::XzOptions::with_preset(packing.level.unwrap_or(6));
+    options.lzma_options.dict_size = options.lzma_options.dict_size.min(1 << ZSTD_WINDOW_LOG);
+    let mut encoder = lzma_rust2::XzWriter::new(target, options)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut image_sha256 = Sha256::new();
+    let mut image_length = 0u64;
+    loop {
+        let n = read_full(image, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        image_sha256.update(&buf[..n]);
+        image_length += n as u64;
+        encoder.write_all(&buf[..n])?;
+        progress(image_length);
+    }
+    encoder.finish()?;
+    Ok(PayloadCustom {
+        encoding: Encoding::Xz.as_str().to_owned(),
+        image_length,
+        image_sha256: hex::encode(image_sha256.finalize()),
+        frames: Vec::new(),
+    })
+}
+
 /// Length and sha256 of what an already compressed input decodes to.
 fn decoded_image(encoding: Encoding, input: &mut std::fs::File) -> io::Result<(u64, [u8; 32])> {
     let mut decoder: Box<dyn Read + '_> = match encoding {
@@ -258,12 +292,13 @@ fn decoded_image(encoding: Encoding, input: &mut std::fs::File) -> io::Result<(u
             Box::new(decoder)
         }
         Encoding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(input)),
-        Encoding::Xz => {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "xz inputs are not supported yet (devices decode zstd and gzip)",
-            ))
-        }
+        // The same limit as zstd windows: 8 MiB of dictionary, plus the
+        // decoder's fixed tables.
+        Encoding::Xz => Box::new(lzma_rust2::XzReader::new_mem_limit(
+            input,
+            true,
+            (1 << (ZSTD_WINDOW_LOG - 10)) + 128,
+        )),
     };
     let mut sha256 = Sha256::new();
     let mut length = 0u64;
@@ -452,8 +487,25 @@ mod tests {
     }
 
     #[test]
+    fn xz_round_trips_with_at_most_an_8_mib_dictionary() {
+        let (f, data) = image(300_000);
+        let mut out = Vec::new();
+        let mut p = packing(Compression::Xz);
+        p.level = Some(9);
+        let packed = pack(f.reopen().expect("open"), f.path(), &mut out, &p, |_| {}).expect("pack");
+        let payload = packed.payload.expect("payload");
+        assert_eq!(payload.encoding, "xz");
+        assert_eq!(payload.image_sha256, hex::encode(Sha256::digest(&data)));
+        let mut decoded = Vec::new();
+        lzma_rust2::XzReader::new_mem_limit(&out[..], true, 8 * 1024 + 128)
+            .read_to_end(&mut decoded)
+            .expect("decodes within 8 MiB");
+        assert_eq!(decoded, data);
+    }
+
+    #[test]
     fn bad_options_are_named() {
-        assert!("xz".parse::<Compression>().is_err());
+        assert_eq!("xz".parse::<Compression>().ok(), Some(Compression::Xz));
         assert!("lz4".parse::<Compression>().is_err());
         let mut p = packing(Compression::Zstd);
         p.level = Some(30);
