@@ -2,7 +2,9 @@
 //! verifier (signed length enforced as bytes arrive) *before* it is written,
 //! and each range is fsynced, then read back from storage and verified
 //! again, by a follower thread. Memory use is two fixed buffers (the
-//! stream's chunk and the read-back's), whatever the image size.
+//! stream's chunk and the read-back's), whatever the image size; a
+//! compressed release adds its decoder's window, bounded by
+//! `download.max_decompression_window` (`install_compressed.rs`).
 
 use crate::slot::{Slot, SlotError, SlotWriter};
 use ota_common::hash::{Digests, StreamVerifier, VerifyError};

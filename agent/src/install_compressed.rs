@@ -100,12 +100,11 @@ pub(super) fn stream<'r>(
         encoding: payload.encoding.as_str(),
         hooks: &hooks,
         image,
+        marks: Marks::new(writer.written()),
         writer,
         follower,
-        marks: Marks::new(0),
         buf: vec![0u8; CHUNK],
     };
-    sink.marks = Marks::new(sink.writer.written());
     let go = if payload.frames.is_empty() {
         sink.whole_stream(payload.encoding, &mut source)?
     } else {
