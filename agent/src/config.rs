@@ -114,6 +114,12 @@ pub struct DownloadConfig {
     /// hundreds of flushes per GiB. A power cut costs at most the larger of
     /// `checkpoint_bytes` and this long a download. 0: by bytes alone.
     pub checkpoint_interval_ms: u64,
+    /// Largest history window a compressed release may ask the decoder to
+    /// keep (a zstd frame's window, an xz dictionary), in bytes. The
+    /// decoder's memory is this window plus fixed buffers, so this bounds
+    /// the agent's memory for any compressed image; a stream that asks for
+    /// more is refused before the window is allocated.
+    pub max_decompression_window: u64,
 }
 
 impl Default for DownloadConfig {
@@ -124,6 +130,7 @@ impl Default for DownloadConfig {
             retry_max_ms: 30_000,
             checkpoint_bytes: 4 * 1024 * 1024,
             checkpoint_interval_ms: 1000,
+            max_decompression_window: 8 * 1024 * 1024,
         }
     }
 }
@@ -446,6 +453,12 @@ impl Config {
         }
         if self.download.checkpoint_bytes == 0 {
             return Err(invalid("download.checkpoint_bytes", "must be at least 1"));
+        }
+        if !(64 * 1024..=1 << 30).contains(&self.download.max_decompression_window) {
+            return Err(invalid(
+                "download.max_decompression_window",
+                "must be between 65536 (64 KiB) and 1073741824 (1 GiB)",
+            ));
         }
         if self.download.checkpoint_interval_ms > 600_000 {
             return Err(invalid(

@@ -30,6 +30,9 @@ pub const DOWNLOAD_BEFORE_PERSIST: &str = "download.before_persist";
 pub const DOWNLOAD_PERSISTED: &str = "download.persisted";
 /// The first chunk is written to the slot but not fsynced or checkpointed.
 pub const DOWNLOAD_CHUNK_WRITTEN: &str = "download.chunk_written";
+/// A compressed release: one signed zstd frame is decoded, written and
+/// checked against its signed digest; no checkpoint for it yet.
+pub const DOWNLOAD_FRAME_DECODED: &str = "download.frame_decoded";
 /// The slot was fsynced and the checkpoint persisted, mid-stream.
 pub const DOWNLOAD_CHECKPOINT_SAVED: &str = "download.checkpoint_saved";
 /// Every byte verified and the slot fsynced; not yet read back.
@@ -78,6 +81,7 @@ pub const ALL: &[&str] = &[
     DOWNLOAD_BEFORE_PERSIST,
     DOWNLOAD_PERSISTED,
     DOWNLOAD_CHUNK_WRITTEN,
+    DOWNLOAD_FRAME_DECODED,
     DOWNLOAD_CHECKPOINT_SAVED,
     INSTALL_BEFORE_READ_BACK,
     INSTALL_VERIFIED,

@@ -2,16 +2,22 @@
 //! verifier (signed length enforced as bytes arrive) *before* it is written,
 //! and each range is fsynced, then read back from storage and verified
 //! again, by a follower thread. Memory use is two fixed buffers (the
-//! stream's chunk and the read-back's), whatever the image size.
+//! stream's chunk and the read-back's), whatever the image size; a
+//! compressed release adds its decoder's window, bounded by
+//! `download.max_decompression_window` (`install_compressed.rs`).
 
 use crate::slot::{Slot, SlotError, SlotWriter};
 use ota_common::hash::{Digests, StreamVerifier, VerifyError};
+use ota_common::payload::Compressed;
 use ota_common::tuf::{FetchError, TufError};
 use rand::Rng;
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
+
+#[path = "install_compressed.rs"]
+mod compressed;
 
 /// Bytes read from the network and written per step (within the 64 KiB..1 MiB
 /// band). Every write but the last is this large and starts at a multiple of
@@ -31,6 +37,14 @@ pub enum InstallError {
     Slot(#[from] SlotError),
     #[error("saving the download checkpoint: {0}")]
     Checkpoint(String),
+    /// A compressed release that cannot be decoded within its signed
+    /// numbers or the agent's limits (corrupt, a decompression bomb, a
+    /// window larger than allowed).
+    #[error("decompressing the {encoding} image: {detail}")]
+    Decode {
+        encoding: &'static str,
+        detail: String,
+    },
 }
 
 impl InstallError {
@@ -41,7 +55,10 @@ impl InstallError {
         match self {
             InstallError::Stream(_) => true,
             InstallError::Open(e) => is_transient(e),
-            InstallError::Verify(_) | InstallError::Slot(_) | InstallError::Checkpoint(_) => false,
+            InstallError::Verify(_)
+            | InstallError::Slot(_)
+            | InstallError::Checkpoint(_)
+            | InstallError::Decode { .. } => false,
         }
     }
 }
@@ -96,8 +113,15 @@ pub trait InstallHooks<'r> {
 /// One resumable install of an image of `length` bytes with `digests` into `slot`.
 #[derive(Debug, Clone)]
 pub struct Download<'a> {
+    /// The slot image's length and digests (a compressed release's
+    /// decoded image).
     pub length: u64,
     pub digests: &'a Digests,
+    /// `Some`: the stream is this compressed target, decoded on the way
+    /// into the slot; `None`: the stream is the image itself.
+    pub payload: Option<&'a Compressed>,
+    /// Largest decoder window a compressed stream may ask for, in bytes.
+    pub max_window: u64,
     pub slot: &'a Slot,
     pub booted: &'a Slot,
     /// Durable checkpoint to resume from (0: from the start).
@@ -143,6 +167,8 @@ pub fn install_stream<'r>(
     let job = Download {
         length,
         digests,
+        payload: None,
+        max_window: 0,
         slot,
         booted,
         resume_from: 0,
@@ -190,7 +216,11 @@ pub fn install<'r>(
     hooks: &mut dyn InstallHooks<'r>,
 ) -> Result<(), InstallError> {
     let mut verifier = StreamVerifier::new(job.digests.clone(), job.length)?;
-    let mut writer = SlotWriter::open_at(job.slot, job.booted, job.length, job.resume_from)?;
+    let resume_from = match job.payload {
+        Some(payload) => compressed::resume_point(payload, job.resume_from),
+        None => job.resume_from,
+    };
+    let mut writer = SlotWriter::open_at(job.slot, job.booted, job.length, resume_from)?;
     let mut read_back = writer.read_back(job.digests)?;
     let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
@@ -252,17 +282,22 @@ pub fn install<'r>(
                 source: e,
             })
         })?;
-        let streamed = stream(
-            job,
-            hooks,
-            &mut verifier,
-            &mut writer,
-            &mut Follower {
-                written: &written_tx,
-                durable: &durable_rx,
-                is_finished: &|| follower.is_finished(),
-            },
-        );
+        let mut to_follower = Follower {
+            written: &written_tx,
+            durable: &durable_rx,
+            is_finished: &|| follower.is_finished(),
+        };
+        let streamed = match job.payload {
+            None => stream(job, hooks, &mut verifier, &mut writer, &mut to_follower),
+            Some(payload) => compressed::stream(
+                job,
+                payload,
+                hooks,
+                &mut verifier,
+                &mut writer,
+                &mut to_follower,
+            ),
+        };
         if let Err(e) = streamed {
             stop.store(true, Ordering::Relaxed);
             drop(written_tx);
@@ -310,16 +345,8 @@ fn stream<'r>(
     writer: &mut SlotWriter,
     follower: &mut Follower<'_>,
 ) -> Result<(), InstallError> {
-    if writer.written() > 0 {
-        writer.rehash_prefix(verifier)?;
-        tracing::info!(slot = %job.slot.id, offset = writer.written(), length = job.length,
-            "resuming the download after the bytes already in the slot");
-        // The prefix is read back like the rest.
-        let _ = follower.written.send(writer.written());
-    }
-    let mut last_flush = writer.written();
-    let mut last_checkpoint = writer.written();
-    let mut last_checkpoint_at = std::time::Instant::now();
+    rehash_resumed_prefix(job, verifier, writer, follower)?;
+    let mut marks = Marks::new(writer.written());
     let mut buf = vec![0u8; CHUNK];
     let mut reader: Option<Box<dyn Read + Send + 'r>> = None;
     let mut failures = 0u32;
@@ -371,45 +398,106 @@ fn stream<'r>(
         verifier.update_with(&buf[..n], |chunk| writer.write_chunk(chunk))??;
         crate::crashpoint::hit(crate::crashpoint::DOWNLOAD_CHUNK_WRITTEN);
         hooks.progress(verifier.len());
-        let written = writer.written();
-        if written - last_checkpoint >= job.checkpoint_every
-            && last_checkpoint_at.elapsed() >= job.checkpoint_interval
+        if marks.after_write(job, hooks, follower, writer.written(), true)? == Go::Stop {
+            return Ok(());
+        }
+    }
+}
+
+/// A resumed download first feeds the slot's bytes before the checkpoint
+/// to the image verifier, so the image is verified as a whole.
+fn rehash_resumed_prefix(
+    job: &Download<'_>,
+    verifier: &mut StreamVerifier,
+    writer: &SlotWriter,
+    follower: &Follower<'_>,
+) -> Result<(), InstallError> {
+    if writer.written() > 0 {
+        writer.rehash_prefix(verifier)?;
+        tracing::info!(slot = %job.slot.id, offset = writer.written(), length = job.length,
+            "resuming the download after the bytes already in the slot");
+        // The prefix is read back like the rest.
+        let _ = follower.written.send(writer.written());
+    }
+    Ok(())
+}
+
+/// Whether the stream goes on after a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Go {
+    On,
+    /// The follower has failed: its error is the install's.
+    Stop,
+}
+
+/// Where the stream last asked for a flush and recorded a checkpoint.
+#[derive(Debug)]
+struct Marks {
+    last_flush: u64,
+    last_checkpoint: u64,
+    last_checkpoint_at: std::time::Instant,
+}
+
+impl Marks {
+    fn new(written: u64) -> Marks {
+        Marks {
+            last_flush: written,
+            last_checkpoint: written,
+            last_checkpoint_at: std::time::Instant::now(),
+        }
+    }
+
+    /// After `written` bytes are in the slot: a checkpoint when one is due
+    /// and `may_checkpoint` (a compressed stream can resume only at a frame
+    /// boundary), else a flush request every [`FLUSH_EVERY`] bytes.
+    fn after_write(
+        &mut self,
+        job: &Download<'_>,
+        hooks: &mut dyn InstallHooks<'_>,
+        follower: &mut Follower<'_>,
+        written: u64,
+        may_checkpoint: bool,
+    ) -> Result<Go, InstallError> {
+        if may_checkpoint
+            && written - self.last_checkpoint >= job.checkpoint_every
+            && self.last_checkpoint_at.elapsed() >= job.checkpoint_interval
             && written < job.length
         {
             // Durable first (the follower's fdatasync), recorded second: a
             // checkpoint never names bytes a power cut could take away. The
             // wait is short: the follower has been flushing all along.
             let _ = follower.written.send(written);
-            last_flush = written;
+            self.last_flush = written;
             loop {
                 match follower.durable.recv() {
                     Ok(durable) if durable >= written => break,
                     Ok(_) => continue,
                     // The follower stopped, which it does only on an error.
-                    Err(_) => return Ok(()),
+                    Err(_) => return Ok(Go::Stop),
                 }
             }
             hooks
                 .checkpoint(written)
                 .map_err(InstallError::Checkpoint)?;
-            last_checkpoint = written;
-            last_checkpoint_at = std::time::Instant::now();
-        } else if written - last_flush >= FLUSH_EVERY && written < job.length {
+            self.last_checkpoint = written;
+            self.last_checkpoint_at = std::time::Instant::now();
+        } else if written - self.last_flush >= FLUSH_EVERY && written < job.length {
             // The follower's flush covers the bytes written before this.
             let _ = follower.written.send(written);
-            last_flush = written;
+            self.last_flush = written;
         }
         // Offsets flushed between checkpoints are of no further use here.
         follower.durable.try_iter().for_each(drop);
         if (follower.is_finished)() {
             // The follower stops only on an error, which ends the install.
-            return Ok(());
+            return Ok(Go::Stop);
         }
+        Ok(Go::On)
     }
 }
 
 /// Reads until `buf` is full or the stream ends; returns the bytes read.
-fn fill(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+fn fill(reader: &mut (impl Read + ?Sized), buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match reader.read(&mut buf[filled..]) {
@@ -621,6 +709,8 @@ mod tests {
         Download {
             length,
             digests,
+            payload: None,
+            max_window: 0,
             slot: &s.b,
             booted: &s.a,
             resume_from: 0,

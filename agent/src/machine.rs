@@ -47,6 +47,7 @@ use crate::state::{
     AgentState, InstalledRelease, LastReport, Phase, StateError, StateStore, TargetRef,
 };
 use chrono::{DateTime, Utc};
+use ota_common::payload::Payload;
 use ota_common::rollout::RolloutPlan;
 use ota_common::tuf::{Target, TufError};
 use ota_common::wire::{DeviceReport, UpdateStatus};
@@ -489,7 +490,14 @@ impl Machine {
             {
                 continue;
             }
-            let tref = TargetRef::new(&target, release.version);
+            let image = match target.slot_image() {
+                Ok(image) => image,
+                Err(e) => {
+                    warn!(target = %target.name, error = %e, "ignoring target with an invalid payload");
+                    continue;
+                }
+            };
+            let tref = TargetRef::new(&target, release.version, &image);
             if self.state.is_rejected(&tref) {
                 info!(target = %tref.name, version = %tref.version, "skipping release that failed on this device before");
                 continue;
@@ -542,12 +550,22 @@ impl Machine {
         slot: SlotId,
         resume_from: u64,
     ) -> Result<(), InstallError> {
-        let length = target.length;
-        info!(%slot, target = %target.name, length, resume_from, "streaming image into the inactive slot");
+        let payload = Payload::of(target).map_err(InstallError::Open)?;
+        let image = payload.image();
+        let length = image.length;
+        let compressed = match &payload {
+            Payload::Compressed(c) => Some(c),
+            Payload::Raw(_) => None,
+        };
+        info!(%slot, target = %target.name, length, resume_from,
+            encoding = compressed.map_or("raw", |c| c.encoding.as_str()),
+            "streaming image into the inactive slot");
         let dl = &self.config.download;
         let job = Download {
             length,
-            digests: &target.digests,
+            digests: &image.digests,
+            payload: compressed,
+            max_window: dl.max_decompression_window,
             slot: self.slots.get(slot),
             booted: self.slots.get(self.booted),
             resume_from,
@@ -566,6 +584,7 @@ impl Machine {
             state: &mut self.state,
             heartbeat: &mut self.heartbeat,
             slot,
+            length,
             next_log: length / 4,
         };
         install::install(&job, &mut hooks)?;
@@ -827,10 +846,11 @@ fn trusted_releases(config: &Config) -> Vec<TargetRef> {
         .iter()
         .filter_map(|t| {
             let release = t.release().ok()?;
+            let image = t.slot_image().ok()?;
             release
                 .hardware_ids
                 .contains(&config.hardware_id)
-                .then(|| TargetRef::new(t, release.version))
+                .then(|| TargetRef::new(t, release.version, &image))
         })
         .collect()
 }
@@ -844,6 +864,8 @@ struct MachineHooks<'a> {
     state: &'a mut AgentState,
     heartbeat: &'a mut Heartbeat,
     slot: SlotId,
+    /// Bytes the slot receives (the decoded image of a compressed release).
+    length: u64,
     next_log: u64,
 }
 
@@ -858,7 +880,7 @@ impl InstallHooks<'static> for MachineHooks<'_> {
 
     fn progress(&mut self, done: u64) {
         self.heartbeat.beat();
-        let length = self.target.length;
+        let length = self.length;
         if done >= self.next_log && length > 0 {
             info!(slot = %self.slot, done, length, percent = done * 100 / length, "download progress");
             self.next_log = self.next_log.saturating_add((length / 4).max(1));

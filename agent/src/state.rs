@@ -7,6 +7,7 @@
 
 use crate::slot::SlotId;
 use ota_common::hash::Digests;
+use ota_common::payload::SlotImage;
 use ota_common::tuf::Target;
 use ota_common::wire::UpdateStatus;
 use serde::{Deserialize, Serialize};
@@ -34,13 +35,18 @@ pub struct TargetRef {
 }
 
 impl TargetRef {
-    pub fn new(target: &Target, version: semver::Version) -> Self {
+    /// The release `target` installs: named by its target name, identified
+    /// by what the slot holds once installed (`image`: the target itself
+    /// for a raw release, the decoded image for a compressed one), so
+    /// checkpoints, `ota-agent verify` and a rebuilt state all compare the
+    /// slot with the same length and digests.
+    pub fn new(target: &Target, version: semver::Version, image: &SlotImage) -> Self {
         TargetRef {
             name: target.name.clone(),
             version,
-            length: target.length,
-            sha256: target.digests.sha256.map(hex::encode),
-            sha512: target.digests.sha512.map(hex::encode),
+            length: image.length,
+            sha256: image.digests.sha256.map(hex::encode),
+            sha512: image.digests.sha512.map(hex::encode),
         }
     }
 

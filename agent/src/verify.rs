@@ -392,9 +392,28 @@ pub fn verify_slots(
     state: Option<&AgentState>,
     targets: &[Target],
 ) -> Vec<SlotReport> {
+    let targets = as_slot_images(targets);
     [SlotId::A, SlotId::B]
         .into_iter()
-        .map(|id| verify_slot(id, &slots.get(id).path, state, targets))
+        .map(|id| verify_slot(id, &slots.get(id).path, state, &targets))
+        .collect()
+}
+
+/// Each target as a slot holds it: a compressed target's length and
+/// digests become its decoded image's (the signed `custom.payload`), which
+/// is what the slot is hashed against. A target whose payload cannot be
+/// read is left out: no device installs it.
+fn as_slot_images(targets: &[Target]) -> Vec<Target> {
+    targets
+        .iter()
+        .filter_map(|t| {
+            let image = t.slot_image().ok()?;
+            Some(Target {
+                length: image.length,
+                digests: image.digests,
+                ..t.clone()
+            })
+        })
         .collect()
 }
 

@@ -6,11 +6,14 @@
 //! * [`hash`]: streaming SHA-256/SHA-512 hashing and verification.
 //! * [`atomic`]: power-cut-safe file replacement.
 //! * [`id`]: the character rule for device, hardware, wave and group ids.
+//! * [`payload`]: how a target's signed bytes become the slot image (raw, or
+//!   compressed with its signed decoded length and digest).
 //! * [`rollout`]: staged rollouts: the signed wave schedule and a device's wave.
 
 pub mod atomic;
 pub mod hash;
 pub mod id;
+pub mod payload;
 pub mod rollout;
 pub mod tuf;
 pub mod wire;

@@ -39,6 +39,46 @@ pub struct ReleaseCustom {
     /// invalid, so a device never installs on a schedule it cannot read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<crate::rollout::RolloutPlan>,
+    /// How the target's bytes become the slot image. Absent: the target is
+    /// the image itself (raw). Parsed and checked by
+    /// [`crate::payload::Payload::of`]; a payload the agent cannot read
+    /// makes the whole target invalid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<PayloadCustom>,
+}
+
+/// `custom.payload`: the target is an encoded (compressed) slot image.
+///
+/// The target's own TUF `length` and `hashes` sign the encoded bytes as
+/// served; these fields sign what the slot must hold once decoded. Unknown
+/// fields are refused, so a later encoding (a delta's chunk index beside
+/// these fields) is never mistaken for one an older agent understands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayloadCustom {
+    /// `zstd`, `gzip` or `xz`.
+    pub encoding: String,
+    /// Length of the decoded slot image, in bytes.
+    pub image_length: u64,
+    /// SHA-256 of the decoded slot image, lowercase hex.
+    pub image_sha256: String,
+    /// zstd only: the independent frames the target is made of, in order.
+    /// With them a download resumes at a frame boundary; without them it
+    /// starts over.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub frames: Vec<FrameCustom>,
+}
+
+/// One independent zstd frame of an encoded target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrameCustom {
+    /// Encoded bytes of the frame.
+    pub length: u64,
+    /// Slot image bytes it decodes to.
+    pub image_length: u64,
+    /// SHA-256 of the frame's encoded bytes, lowercase hex.
+    pub sha256: String,
 }
 
 /// Where a device is in the update cycle, as reported to the server.

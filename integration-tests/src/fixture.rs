@@ -70,6 +70,8 @@ impl Fixture {
             version,
             "--hardware-id",
             HARDWARE_ID,
+            "--compress",
+            "none",
         ];
         for w in waves {
             args.extend(["--wave", w]);

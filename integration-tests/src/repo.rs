@@ -45,14 +45,28 @@ impl Repo {
             .context("running ota-repo")
     }
 
-    /// `ota-repo add IMAGE --version V --hardware-id HW...`
+    /// `ota-repo add IMAGE --version V --hardware-id HW... --compress none`:
+    /// the raw image, so tests about the install's byte offsets (resume,
+    /// checkpoints, memory) see the slot's offsets on the wire.
     pub fn add(&self, image: &Path, version: &str, hardware_ids: &[&str]) -> anyhow::Result<()> {
+        self.add_with(image, version, hardware_ids, &["--compress", "none"])
+    }
+
+    /// `ota-repo add IMAGE --version V --hardware-id HW... EXTRA...`
+    pub fn add_with(
+        &self,
+        image: &Path,
+        version: &str,
+        hardware_ids: &[&str],
+        extra: &[&str],
+    ) -> anyhow::Result<()> {
         let image = image.to_string_lossy().into_owned();
         let mut args = vec!["add", image.as_str(), "--version", version];
         for hw in hardware_ids {
             args.push("--hardware-id");
             args.push(hw);
         }
+        args.extend_from_slice(extra);
         self.run(&args).map(|_| ())
     }
 

@@ -17,7 +17,7 @@
 //! 64 MiB to 2 GiB.
 
 use integration_tests::device::RunEnd;
-use integration_tests::fixture::Fixture;
+use integration_tests::fixture::{Fixture, HARDWARE_ID};
 use integration_tests::measured::{run_agent_measured, MeasuredRun};
 use std::time::Duration;
 
@@ -35,12 +35,7 @@ const CEILING: u64 = 32 * MIB;
 fn install(f: &Fixture, id: &str, version: &str, size: u64) -> MeasuredRun {
     let size_usize = usize::try_from(size).expect("size fits usize");
     let image = f
-        .release(
-            version,
-            true,
-            size_usize,
-            &[integration_tests::fixture::HARDWARE_ID],
-        )
+        .release(version, true, size_usize, &[HARDWARE_ID])
         .expect("release");
     let device = f.device(id).expect("device");
     device.power_on().expect("power on");
@@ -98,6 +93,62 @@ fn peak_memory_does_not_grow_with_the_image() {
             size / MIB,
             mib(run.peak_rss_bytes),
             CEILING / MIB
+        );
+    }
+}
+
+/// A compressed release decodes through one zstd frame window (8 MiB by
+/// default, the agent's `max_decompression_window`) and fixed buffers:
+/// the peak must not grow with the image either.
+#[test]
+fn peak_memory_of_a_compressed_install_does_not_grow_with_the_image() {
+    const SMALL_Z: u64 = 24 * MIB;
+    const LARGE_Z: u64 = 120 * MIB;
+    /// The raw ceiling plus the decoder's 8 MiB window and its buffers.
+    const CEILING_Z: u64 = CEILING + 16 * MIB;
+    let f = Fixture::new().expect("fixture");
+    let install_zstd = |id: &str, version: &str, size: u64| -> MeasuredRun {
+        let image = f.dir.path().join(format!("rootfs-{version}.img"));
+        let size_usize = usize::try_from(size).expect("size fits usize");
+        integration_tests::image::write_image(&image, version, true, size_usize).expect("image");
+        f.repo
+            .add_with(&image, version, &[HARDWARE_ID], &["--compress-level", "1"])
+            .expect("add");
+        f.repo.publish(&f.server).expect("publish");
+        let device = f.device(id).expect("device");
+        device.power_on().expect("power on");
+        let run = run_agent_measured(&device, Duration::from_secs(300)).expect("agent run");
+        assert_eq!(run.end, RunEnd::RebootRequested, "{}", device.log_tail());
+        let slot = device.slot_path(ota_agent::slot::SlotId::B);
+        assert_eq!(std::fs::metadata(&slot).expect("slot B").len(), size);
+        let _ = std::fs::remove_file(&image);
+        let _ = std::fs::remove_file(&slot);
+        run
+    };
+    let small = install_zstd("dev-small-zstd", "1.1.0", SMALL_Z);
+    let large = install_zstd("dev-large-zstd", "1.2.0", LARGE_Z);
+    let mib = |b: u64| b as f64 / MIB as f64;
+    eprintln!(
+        "zstd peak RSS: {:.1} MiB installing {} MiB ({:.1} s), {:.1} MiB installing {} MiB ({:.1} s)",
+        mib(small.peak_rss_bytes),
+        SMALL_Z / MIB,
+        small.wall.as_secs_f64(),
+        mib(large.peak_rss_bytes),
+        LARGE_Z / MIB,
+        large.wall.as_secs_f64(),
+    );
+    let growth = large.peak_rss_bytes.saturating_sub(small.peak_rss_bytes);
+    assert!(
+        growth < MAX_GROWTH,
+        "the compressed install's peak RSS grew by {:.1} MiB for {} MiB more image",
+        mib(growth),
+        (LARGE_Z - SMALL_Z) / MIB
+    );
+    for run in [&small, &large] {
+        assert!(
+            run.peak_rss_bytes < CEILING_Z,
+            "a compressed install peaked at {:.1} MiB",
+            mib(run.peak_rss_bytes)
         );
     }
 }

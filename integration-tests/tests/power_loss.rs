@@ -27,8 +27,13 @@ use std::time::Duration;
 const IMAGE_SIZE: usize = 300 * 1024;
 const HW_HEALTHY: &str = "board-healthy";
 const HW_FAILING: &str = "board-failing";
+const HW_COMPRESSED: &str = "board-compressed";
 const HEALTHY_TARGET: &str = "rootfs-healthy-1.1.0.img";
 const FAILING_TARGET: &str = "rootfs-failing-1.1.0.img";
+const COMPRESSED_TARGET: &str = "rootfs-compressed-1.1.0.img";
+/// The compressed release's zstd frames: five for the 300 KiB image, so
+/// the 256 KiB checkpoint falls on a frame boundary mid-stream.
+const FRAME_SIZE: &str = "65536";
 const WORKERS: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +44,8 @@ enum Scenario {
     Failing,
     /// 1.1.0 is healthy, but the first boot into it loses power before the agent runs.
     TrialLost,
+    /// 1.1.0 is healthy and published zstd-compressed in signed frames.
+    Compressed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +88,29 @@ fn expect(backend: Backend, scenario: Scenario, point: &str) -> Expect {
     // counting; the example script has none): an armed slot boots until it
     // is marked bad, so a lost or cut trial boot is simply booted again.
     let no_counter = backend == Backend::Custom;
+    // The install's steps, which decoding changes; after them a compressed
+    // release is handled exactly as a raw one.
+    let install = [
+        cp::DOWNLOAD_BEFORE_PERSIST,
+        cp::DOWNLOAD_PERSISTED,
+        cp::DOWNLOAD_CHUNK_WRITTEN,
+        cp::DOWNLOAD_FRAME_DECODED,
+        cp::DOWNLOAD_CHECKPOINT_SAVED,
+        cp::INSTALL_BEFORE_READ_BACK,
+        cp::INSTALL_VERIFIED,
+        cp::INSTALLED_PERSISTED,
+    ];
     match scenario {
+        Scenario::Compressed if backend != Backend::Sim => Unreachable(
+            "decoding is the same whatever the bootloader (covered on sim)",
+        ),
+        Scenario::Compressed if install.contains(&point) => Reached(Committed),
+        Scenario::Compressed => Unreachable(
+            "after the install a compressed release is handled as a raw one (covered by Healthy)",
+        ),
+        _ if point == cp::DOWNLOAD_FRAME_DECODED => {
+            Unreachable("a raw image has no frames (covered by Compressed)")
+        }
         Scenario::Healthy if failed_checks.contains(&point) => {
             Unreachable("the health checks pass")
         }
@@ -129,12 +158,22 @@ impl World {
         let fx = Fixture::new().expect("fixture");
         let healthy = fx.dir.path().join(HEALTHY_TARGET);
         let failing = fx.dir.path().join(FAILING_TARGET);
+        let compressed = fx.dir.path().join(COMPRESSED_TARGET);
         write_image(&healthy, "1.1.0", true, IMAGE_SIZE).expect("image");
         write_image(&failing, "1.1.0", false, IMAGE_SIZE).expect("image");
+        write_image(&compressed, "1.1.0", true, IMAGE_SIZE).expect("image");
         fx.repo.add(&healthy, "1.1.0", &[HW_HEALTHY]).expect("add");
         fx.repo.add(&failing, "1.1.0", &[HW_FAILING]).expect("add");
+        fx.repo
+            .add_with(
+                &compressed,
+                "1.1.0",
+                &[HW_COMPRESSED],
+                &["--compress", "zstd", "--frame-size", FRAME_SIZE],
+            )
+            .expect("add");
         fx.repo.publish(&fx.server).expect("publish");
-        let valid = [&fx.factory_image, &healthy, &failing]
+        let valid = [&fx.factory_image, &healthy, &failing, &compressed]
             .into_iter()
             .map(|p| sha256_file(p))
             .collect();
@@ -148,6 +187,7 @@ impl World {
         let hw = match scenario {
             Scenario::Healthy | Scenario::TrialLost => HW_HEALTHY,
             Scenario::Failing => HW_FAILING,
+            Scenario::Compressed => HW_COMPRESSED,
         };
         let dev = SimDevice::provision_with_backend(
             &self.fx.dir.path().join("devices").join(id),
@@ -272,6 +312,7 @@ fn target_of(scenario: Scenario) -> &'static str {
     match scenario {
         Scenario::Failing => FAILING_TARGET,
         Scenario::Healthy | Scenario::TrialLost => HEALTHY_TARGET,
+        Scenario::Compressed => COMPRESSED_TARGET,
     }
 }
 
@@ -324,7 +365,12 @@ fn run_parallel<J: Sync>(jobs: &[J], run: impl Fn(&J) -> Result<(), String> + Sy
 
 #[test]
 fn every_crash_point_on_every_backend_recovers() {
-    let scenarios = [Scenario::Healthy, Scenario::Failing, Scenario::TrialLost];
+    let scenarios = [
+        Scenario::Healthy,
+        Scenario::Failing,
+        Scenario::TrialLost,
+        Scenario::Compressed,
+    ];
     // Every point must be reached by some scenario, or it proves nothing.
     for point in cp::ALL {
         assert!(
@@ -403,6 +449,13 @@ fn lost_or_corrupt_state_is_rebuilt_from_the_bootloader_and_trusted_metadata() {
             cp::COMMIT_IDLE_PERSISTED,
             Outcome::Committed,
         ),
+        // A compressed release is recognised in the slot by its signed
+        // decoded image.
+        (
+            Scenario::Compressed,
+            cp::COMMIT_IDLE_PERSISTED,
+            Outcome::Committed,
+        ),
     ];
     let mut jobs = Vec::new();
     for backend in Backend::ALL {
@@ -423,7 +476,8 @@ fn lost_or_corrupt_state_is_rebuilt_from_the_bootloader_and_trusted_metadata() {
         } else {
             outcome
         };
-        let id = format!("lost-{}-{point}-{damage:?}", backend.name()).replace('.', "-");
+        let id =
+            format!("lost-{}-{scenario:?}-{point}-{damage:?}", backend.name()).replace('.', "-");
         let dev = world.device(&id, backend, scenario);
         let images = &world.images;
         let result = (|| {

@@ -52,6 +52,37 @@ fn ngclient_downloads_from_ota_server(key_type: &str) {
     }
 }
 
+/// The compressed target (zstd frames, the decoded image signed in
+/// `custom.payload`) is ordinary TUF to python-tuf: it verifies and saves
+/// the compressed bytes, and keeps the custom fields it does not interpret.
+#[test]
+fn ngclient_downloads_a_compressed_release() {
+    let fx = Fixture::new().expect("fixture");
+    let image = fx.dir.path().join("rootfs-1.1.0.img");
+    integration_tests::image::write_image(&image, "1.1.0", true, 200 * 1024).expect("image");
+    fx.repo
+        .add_with(&image, "1.1.0", &[HARDWARE_ID], &["--frame-size", "65536"])
+        .expect("ota-repo add (zstd by default)");
+    fx.repo.publish(&fx.server).expect("publish");
+    let stored = std::fs::read_dir(fx.repo.dir.join("targets"))
+        .expect("targets")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.to_string_lossy().ends_with(".rootfs-1.1.0.img"))
+        .expect("the stored target");
+    let run = run_ngclient_for(&fx, OsStr::new("rootfs-1.1.0.img"), &stored);
+    assert_success(&run.output, "python-tuf ngclient");
+    assert!(
+        stdout(&run.output).contains("ok: rootfs-1.1.0.img"),
+        "{}",
+        stdout(&run.output)
+    );
+    let doc = read_json(&run.metadata_dir.join("targets.json"));
+    let payload = &doc["signed"]["targets"]["rootfs-1.1.0.img"]["custom"]["payload"];
+    assert_eq!(payload["encoding"], "zstd", "{doc}");
+    assert_eq!(payload["image_length"], 200 * 1024);
+    assert_eq!(payload["frames"].as_array().map(Vec::len), Some(4));
+}
+
 struct NgclientRun {
     _dir: tempfile::TempDir,
     metadata_dir: PathBuf,

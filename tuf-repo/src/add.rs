@@ -11,8 +11,9 @@ use crate::layout::Layout;
 use crate::role::Role;
 use crate::state::RepoState;
 use crate::target_name;
-use ota_common::hash::{copy_and_digest, StreamDigests};
+use ota_common::hash::StreamDigests;
 use ota_common::rollout::RolloutPlan;
+use ota_common::wire::PayloadCustom;
 use ota_common::wire::{is_valid_id, ReleaseCustom};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
@@ -20,6 +21,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use tough::schema::{Hashes, Target, Targets};
 use tough::TargetName;
+
+pub mod pack;
+pub use pack::{Compression, Packing};
 
 #[derive(Debug, Clone)]
 pub struct AddOptions {
@@ -51,6 +55,20 @@ pub async fn add_with_rollout(
     options: &AddOptions,
     rollout: Option<RolloutPlan>,
 ) -> Result<Added> {
+    add_packed(layout, options, rollout, &Packing::raw())
+        .await
+        .map(|(added, _)| added)
+}
+
+/// [`add_with_rollout`] with the image packed as `packing` says (the
+/// command line's default is zstd). Also returns the signed payload
+/// (`None` for a raw target).
+pub async fn add_packed(
+    layout: &Layout,
+    options: &AddOptions,
+    rollout: Option<RolloutPlan>,
+    packing: &Packing,
+) -> Result<(Added, Option<PayloadCustom>)> {
     let config = RepoConfig::load(layout)?;
     let state = RepoState::load(layout).await?;
     let mut release = release_fields(options)?;
@@ -68,7 +86,9 @@ pub async fn add_with_rollout(
     let expires = signing_expiries(layout, &config, &state, jiff::Timestamp::now())?;
 
     let size = image.metadata().map(|m| m.len()).unwrap_or(0);
-    let digests = store_image(layout, &name, &options.image, image, size)?;
+    let packed = store_packed(layout, &name, &options.image, image, size, packing)?;
+    let digests = packed.digests;
+    release.payload = packed.payload.clone();
 
     let target = target_entry(&digests, &release)?;
     let sha512 = hex::encode(digests.sha512);
@@ -77,13 +97,14 @@ pub async fn add_with_rollout(
         TargetName::new(name.clone()).map_err(RepoError::tough(format!("target name {name:?}")))?;
     targets.targets.insert(tname, target);
     let targets_version = sign_targets(layout, &config, &state, targets, expires).await?;
-    Ok(Added {
+    let added = Added {
         name,
         length: digests.length,
         sha256: hex::encode(digests.sha256),
         sha512,
         targets_version,
-    })
+    };
+    Ok((added, packed.payload))
 }
 
 /// The signed description of an image: length, sha256 and sha512, and the
@@ -189,6 +210,7 @@ pub(crate) fn release_fields(options: &AddOptions) -> Result<ReleaseCustom> {
         hardware_ids,
         release_notes: options.notes.clone(),
         rollout: None,
+        payload: None,
     })
 }
 
@@ -238,6 +260,20 @@ pub(crate) fn store_image(
     image: File,
     size: u64,
 ) -> Result<StreamDigests> {
+    store_packed(layout, name, image_path, image, size, &Packing::raw()).map(|p| p.digests)
+}
+
+/// [`store_image`] for the target `packing` makes of the image (the
+/// compressed file, for a compressed release): its consistent names come
+/// from the digests of the bytes stored, as TUF requires.
+pub(crate) fn store_packed(
+    layout: &Layout,
+    name: &str,
+    image_path: &Path,
+    image: File,
+    size: u64,
+    packing: &Packing,
+) -> Result<pack::Packed> {
     let (dir, base) = target_name::validate(name)?;
     let dest_dir = layout.targets_dir().join(&dir);
     ota_common::atomic::create_dir_all_durable(&dest_dir).map_err(RepoError::io(&dest_dir))?;
@@ -250,14 +286,11 @@ pub(crate) fn store_image(
             .open(&partial)
             .map_err(RepoError::io(&partial))?;
         let bar = crate::progress::bytes_bar(size, &format!("adding {name}"));
-        let digests =
-            copy_and_digest(image, Some(&mut out), |n| bar.set_position(n)).map_err(|source| {
-                RepoError::Image {
-                    path: image_path.to_owned(),
-                    source,
-                }
-            })?;
+        let packed = pack::pack(image, image_path, &mut out, packing, |n| {
+            bar.set_position(n)
+        })?;
         bar.finish_and_clear();
+        let digests = &packed.digests;
         out.flush().map_err(RepoError::io(&partial))?;
         out.sync_all().map_err(RepoError::io(&partial))?;
         let by_sha256 = dest_dir.join(format!("{}.{base}", hex::encode(digests.sha256)));
@@ -265,7 +298,7 @@ pub(crate) fn store_image(
         ota_common::atomic::rename_durable(&partial, &by_sha256)
             .map_err(RepoError::io(&by_sha256))?;
         link_or_copy(&by_sha256, &by_sha512)?;
-        Ok(digests)
+        Ok(packed)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&partial);

@@ -162,6 +162,8 @@ fn targets_two_of_three_signed_on_three_machines_one_with_a_token() {
             "1.0.0",
             "--hardware-id",
             "board",
+            "--compress",
+            "none",
         ],
         &[],
     ));
@@ -187,6 +189,8 @@ fn targets_two_of_three_signed_on_three_machines_one_with_a_token() {
             "x.img",
             "--hardware-id",
             "board",
+            "--compress",
+            "none",
         ],
         &[],
     ));
@@ -348,6 +352,8 @@ fn targets_two_of_three_signed_on_three_machines_one_with_a_token() {
             "2.0.0",
             "--hardware-id",
             "board",
+            "--compress",
+            "none",
         ],
         &[],
     ));
@@ -437,7 +443,16 @@ fn offline_snapshot_and_timestamp_are_signed_after_targets_in_turn() {
     std::fs::write(&a, b"first").expect("img");
     let out = ok(ota_repo(
         &repo,
-        &["add", s(&a), "--version", "1.0.0", "--hardware-id", "hw"],
+        &[
+            "add",
+            s(&a),
+            "--version",
+            "1.0.0",
+            "--hardware-id",
+            "hw",
+            "--compress",
+            "none",
+        ],
         &[],
     ));
     assert!(
@@ -466,7 +481,16 @@ fn offline_snapshot_and_timestamp_are_signed_after_targets_in_turn() {
     std::fs::write(&b, b"second").expect("img");
     ok(ota_repo(
         &repo,
-        &["add", s(&b), "--version", "2.0.0", "--hardware-id", "hw"],
+        &[
+            "add",
+            s(&b),
+            "--version",
+            "2.0.0",
+            "--hardware-id",
+            "hw",
+            "--compress",
+            "none",
+        ],
         &[],
     ));
     let www = t.join("www");
@@ -605,7 +629,16 @@ fn status(repo: &Path) -> (Option<i32>, String, String) {
 fn add_image(repo: &Path, img: &Path, version: &str) -> Output {
     ota_repo(
         repo,
-        &["add", s(img), "--version", version, "--hardware-id", "hw"],
+        &[
+            "add",
+            s(img),
+            "--version",
+            version,
+            "--hardware-id",
+            "hw",
+            "--compress",
+            "none",
+        ],
         &[],
     )
 }

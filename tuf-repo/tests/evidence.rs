@@ -56,6 +56,8 @@ fn repo_with_release(dir: &Path, init_args: &[&str], env: &[(&str, &str)]) -> Pa
                 version,
                 "--hardware-id",
                 "board-a",
+                "--compress",
+                "none",
             ],
             env,
         ));
@@ -382,6 +384,8 @@ fn evidence_lists_the_servers_online_signatures_of_the_release() {
                 version,
                 "--hardware-id",
                 "board-a",
+                "--compress",
+                "none",
             ],
             &[],
         ))

@@ -100,6 +100,8 @@ fn token_keys_of_every_type_sign_a_repository_devices_accept() {
                 "1.0.0",
                 "--hardware-id",
                 "board",
+                "--compress",
+                "none",
             ],
             &env,
         ));
@@ -452,6 +454,8 @@ fn devices_follow_root_rotations_and_refuse_a_revoked_targets_key() {
             "6.6.6",
             "--hardware-id",
             "board",
+            "--compress",
+            "none",
         ],
         &[],
     ));

@@ -130,6 +130,20 @@ pub(crate) enum Command {
         /// must be inside its paths) instead of top-level targets.
         #[arg(long, value_name = "ROLE")]
         role: Option<String>,
+        /// How the target stores the image: zstd (independent frames a
+        /// device resumes at), gzip, xz, or none (the image as it is). An
+        /// input that is already zstd-, gzip- or xz-compressed is kept as it is. The
+        /// decoded image's length and sha256 are signed with the target.
+        /// Default: zstd (none with --role).
+        #[arg(long, value_name = "zstd|gzip|xz|none")]
+        compress: Option<String>,
+        /// zstd: image bytes per independent frame, the most a device
+        /// downloads again after a power cut (default 8 MiB).
+        #[arg(long, value_name = "BYTES")]
+        frame_size: Option<u64>,
+        /// zstd 1..=19 (default 9), gzip and xz 1..=9 (default 6).
+        #[arg(long, value_name = "N")]
+        compress_level: Option<u32>,
         #[command(flatten)]
         rollout: RolloutFlags,
     },

@@ -92,6 +92,9 @@ pub(crate) fn run(layout: Layout, command: Command) -> Result<()> {
             notes,
             name,
             role,
+            compress,
+            frame_size,
+            compress_level,
             rollout,
         } => {
             let options = add::AddOptions {
@@ -101,6 +104,19 @@ pub(crate) fn run(layout: Layout, command: Command) -> Result<()> {
                 notes,
                 name,
             };
+            let compression = match (&compress, &role) {
+                (Some(c), _) => c.parse::<add::Compression>()?,
+                (None, Some(_)) => add::Compression::None,
+                (None, None) => add::Compression::Zstd,
+            };
+            if role.is_some() && compression != add::Compression::None {
+                bail!("--compress with --role is not supported yet: a delegated role's target is stored as it is (--compress none)");
+            }
+            let packing = add::Packing {
+                compression,
+                frame_size: frame_size.unwrap_or(add::pack::DEFAULT_FRAME_SIZE),
+                level: compress_level,
+            };
             // Built (and refused) before the image is copied or anything signed.
             let plan = rollout.into_args().plan(None, chrono::Utc::now())?;
             for w in plan.iter().flat_map(rollout::warnings) {
@@ -108,7 +124,7 @@ pub(crate) fn run(layout: Layout, command: Command) -> Result<()> {
             }
             match role {
                 Some(role) => add_to_role(&layout, &role, &options, plan)?,
-                None => add_top_level(&layout, &options, plan)?,
+                None => add_top_level(&layout, &options, plan, &packing)?,
             }
         }
         Command::Resign {
@@ -174,11 +190,26 @@ fn add_top_level(
     layout: &Layout,
     options: &add::AddOptions,
     plan: Option<RolloutPlan>,
+    packing: &add::Packing,
 ) -> Result<()> {
-    let added = runtime()?.block_on(add::add_with_rollout(layout, options, plan.clone()))?;
+    let (added, payload) =
+        runtime()?.block_on(add::add_packed(layout, options, plan.clone(), packing))?;
     let pending = ceremony::pending(layout)?;
+    let encoded = match &payload {
+        Some(p) => format!(
+            ", {} of a {}-byte image with sha256 {}{}",
+            p.encoding,
+            p.image_length,
+            p.image_sha256,
+            match p.frames.len() {
+                0 => String::new(),
+                n => format!(" in {n} frames"),
+            }
+        ),
+        None => String::new(),
+    };
     println!(
-        "added {} ({} bytes, sha256 {}); {}",
+        "added {} ({} bytes, sha256 {}{encoded}); {}",
         added.name,
         added.length,
         added.sha256,
