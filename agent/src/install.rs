@@ -4,7 +4,7 @@
 //! again, by a follower thread. Memory use is two fixed buffers (the
 //! stream's chunk and the read-back's), whatever the image size; a
 //! compressed release adds its decoder's window, bounded by
-//! `download.max_decompression_window` (`install_compressed.rs`).
+//! `download.max_decompression_window` (`install/compressed.rs`).
 
 use crate::slot::{Slot, SlotError, SlotWriter};
 use ota_common::hash::{Digests, StreamVerifier, VerifyError};
@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-#[path = "install_compressed.rs"]
 mod compressed;
 
 /// Bytes read from the network and written per step (within the 64 KiB..1 MiB
