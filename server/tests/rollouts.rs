@@ -693,6 +693,7 @@ async fn a_staged_release_in_a_delegated_role() {
             name: Some(target.to_owned()),
         },
         Some(plan()),
+        &ota_repo::add::Packing::raw(),
     )
     .await
     .expect("add --role");

@@ -250,22 +250,11 @@ pub(crate) fn check_not_published(
     Ok(())
 }
 
-/// Copies the image into `targets/[dir/]<sha256>.<basename>` while hashing
-/// it, then links it as `<sha512>.<basename>`: one read of the image, in
-/// constant memory.
-pub(crate) fn store_image(
-    layout: &Layout,
-    name: &str,
-    image_path: &Path,
-    image: File,
-    size: u64,
-) -> Result<StreamDigests> {
-    store_packed(layout, name, image_path, image, size, &Packing::raw()).map(|p| p.digests)
-}
-
-/// [`store_image`] for the target `packing` makes of the image (the
-/// compressed file, for a compressed release): its consistent names come
-/// from the digests of the bytes stored, as TUF requires.
+/// Copies the target `packing` makes of the image (the image itself, or
+/// the compressed file) into `targets/[dir/]<sha256>.<basename>` while
+/// hashing it, then links it as `<sha512>.<basename>`: one read of the
+/// image, in constant memory. Its consistent names come from the digests
+/// of the bytes stored, as TUF requires.
 pub(crate) fn store_packed(
     layout: &Layout,
     name: &str,

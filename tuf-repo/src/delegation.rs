@@ -32,6 +32,7 @@ use crate::publish::PublishSet;
 use crate::role::Role;
 use crate::state::RepoState;
 use ota_common::rollout::RolloutPlan;
+use ota_common::wire::PayloadCustom;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::num::NonZeroU64;
@@ -544,13 +545,16 @@ pub async fn undelegate(layout: &Layout, name: &str) -> Result<Undelegation> {
 // ---------------------------------------------------------------- add, resign
 
 /// `add --role ROLE`: the image becomes a target of the delegated role
-/// (its name must be inside the role's paths), signed by the role's keys.
+/// (its name must be inside the role's paths), signed by the role's keys,
+/// packed as `packing` says (as for a top-level target: the signed
+/// payload, `None` for a raw target, is returned too).
 pub async fn add(
     layout: &Layout,
     role_name: &str,
     options: &AddOptions,
     rollout: Option<RolloutPlan>,
-) -> Result<(Added, Progress)> {
+    packing: &add::Packing,
+) -> Result<(Added, Option<PayloadCustom>, Progress)> {
     let config = RepoConfig::load(layout)?;
     let state = RepoState::load(layout).await?;
     let (role, current) = find(&state, role_name)?;
@@ -585,7 +589,9 @@ pub async fn add(
     usable_keys(layout, &config, role)?;
 
     let size = image.metadata().map(|m| m.len()).unwrap_or(0);
-    let digests = add::store_image(layout, &name, &options.image, image, size)?;
+    let packed = add::store_packed(layout, &name, &options.image, image, size, packing)?;
+    let digests = packed.digests;
+    release.payload = packed.payload.clone();
     let target = add::target_entry(&digests, &release)?;
     let mut content = current.signed.clone();
     let tname =
@@ -601,6 +607,7 @@ pub async fn add(
             sha512: hex::encode(digests.sha512),
             targets_version: version,
         },
+        packed.payload,
         progress,
     ))
 }

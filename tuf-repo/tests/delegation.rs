@@ -39,7 +39,9 @@ fn add(repo: &Path, img: &Path, name: &str, version: &str, role: Option<&str>) -
         "board-a",
     ];
     if let Some(r) = role {
-        args.extend(["--role", r]);
+        // Stored as it is, so that what devices download is the image
+        // (compressed delegated targets: their own test below).
+        args.extend(["--role", r, "--compress", "none"]);
     }
     ota_repo(repo, &args)
 }
@@ -186,6 +188,78 @@ fn a_delegated_role_signs_releases_that_devices_list_and_install() {
         .count();
     assert_eq!(by_role, 3, "versions 1, 2 and 3: {log}");
     ok(ota_repo(&repo, &["audit", "verify"]));
+}
+
+#[test]
+fn a_delegated_role_compresses_its_releases_like_top_level_targets() {
+    use sha2::Digest as _;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let t = tmp.path();
+    let repo = t.join("repo");
+    ok(ota_repo(&repo, &["init"]));
+    ok(ota_repo(
+        &repo,
+        &[
+            "delegate",
+            "--name",
+            "board-a",
+            "--paths",
+            "board-a/*",
+            "--generate-key",
+        ],
+    ));
+    // Compressible: the default (zstd) must shrink it.
+    let content: Vec<u8> = (0..200_000u32).map(|i| (i % 7) as u8).collect();
+    let img = t.join("fw.img");
+    std::fs::write(&img, &content).expect("img");
+    let out = ok(ota_repo(
+        &repo,
+        &[
+            "add",
+            s(&img),
+            "--name",
+            "board-a/fw-2.img",
+            "--version",
+            "2.0.0",
+            "--hardware-id",
+            "board-a",
+            "--role",
+            "board-a",
+        ],
+    ));
+    assert!(
+        out.contains(", zstd of a 200000-byte image with sha256")
+            && out.contains("to delegated role board-a"),
+        "{out}"
+    );
+
+    let www = t.join("www");
+    ok(ota_repo(&repo, &["publish", "--dir", s(&www)]));
+    let mut client = device(&t.join("device"), &www);
+    client.refresh().expect("device accepts the repository");
+    let target = client
+        .find_target("board-a/fw-2.img")
+        .expect("lookup")
+        .expect("listed by the delegated role");
+    // The TUF target is the compressed file; the signed payload names the image.
+    assert!(target.length < content.len() as u64, "{}", target.length);
+    let payload = target
+        .release()
+        .expect("release")
+        .payload
+        .expect("a signed payload");
+    assert_eq!(payload.encoding, "zstd");
+    assert_eq!(payload.image_length, content.len() as u64);
+    assert_eq!(
+        payload.image_sha256,
+        hex::encode(sha2::Sha256::digest(&content))
+    );
+    let dest = t.join("downloaded");
+    client
+        .download_target(&target, &dest)
+        .expect("the compressed target verifies");
+    let decoded = zstd::decode_all(std::fs::File::open(&dest).expect("open")).expect("zstd");
+    assert_eq!(decoded, content);
 }
 
 #[test]

@@ -4,6 +4,7 @@ use super::args::*;
 use super::util::*;
 use anyhow::{bail, Context, Result};
 use ota_common::rollout::RolloutPlan;
+use ota_common::wire::PayloadCustom;
 use ota_repo::add;
 use ota_repo::ceremony;
 use ota_repo::key_ref::KeyRef;
@@ -104,14 +105,10 @@ pub(crate) fn run(layout: Layout, command: Command) -> Result<()> {
                 notes,
                 name,
             };
-            let compression = match (&compress, &role) {
-                (Some(c), _) => c.parse::<add::Compression>()?,
-                (None, Some(_)) => add::Compression::None,
-                (None, None) => add::Compression::Zstd,
+            let compression = match &compress {
+                Some(c) => c.parse::<add::Compression>()?,
+                None => add::Compression::Zstd,
             };
-            if role.is_some() && compression != add::Compression::None {
-                bail!("--compress with --role is not supported yet: a delegated role's target is stored as it is (--compress none)");
-            }
             let packing = add::Packing {
                 compression,
                 frame_size: frame_size.unwrap_or(add::pack::DEFAULT_FRAME_SIZE),
@@ -123,7 +120,7 @@ pub(crate) fn run(layout: Layout, command: Command) -> Result<()> {
                 eprintln!("ota-repo: warning: {w}");
             }
             match role {
-                Some(role) => add_to_role(&layout, &role, &options, plan)?,
+                Some(role) => add_to_role(&layout, &role, &options, plan, &packing)?,
                 None => add_top_level(&layout, &options, plan, &packing)?,
             }
         }
@@ -173,16 +170,39 @@ fn add_to_role(
     role: &str,
     options: &add::AddOptions,
     plan: Option<RolloutPlan>,
+    packing: &add::Packing,
 ) -> Result<()> {
-    let (added, progress) =
-        runtime()?.block_on(ota_repo::delegation::add(layout, role, options, plan))?;
+    let (added, payload, progress) = runtime()?.block_on(ota_repo::delegation::add(
+        layout, role, options, plan, packing,
+    ))?;
     let outcome = role_outcome(role, added.targets_version, &progress);
     println!(
-        "added {} ({} bytes, sha256 {}) to delegated role {role}; {outcome}",
-        added.name, added.length, added.sha256
+        "added {} ({} bytes, sha256 {}{}) to delegated role {role}; {outcome}",
+        added.name,
+        added.length,
+        added.sha256,
+        encoding_note(payload.as_ref())
     );
     print_pending(progress.pending.as_ref());
     Ok(())
+}
+
+/// What a compressed target holds, for the `added ...` line (nothing for
+/// a raw target).
+fn encoding_note(payload: Option<&PayloadCustom>) -> String {
+    match payload {
+        Some(p) => format!(
+            ", {} of a {}-byte image with sha256 {}{}",
+            p.encoding,
+            p.image_length,
+            p.image_sha256,
+            match p.frames.len() {
+                0 => String::new(),
+                n => format!(" in {n} frames"),
+            }
+        ),
+        None => String::new(),
+    }
 }
 
 /// `add`: the image as a target of top-level targets.
@@ -195,19 +215,7 @@ fn add_top_level(
     let (added, payload) =
         runtime()?.block_on(add::add_packed(layout, options, plan.clone(), packing))?;
     let pending = ceremony::pending(layout)?;
-    let encoded = match &payload {
-        Some(p) => format!(
-            ", {} of a {}-byte image with sha256 {}{}",
-            p.encoding,
-            p.image_length,
-            p.image_sha256,
-            match p.frames.len() {
-                0 => String::new(),
-                n => format!(" in {n} frames"),
-            }
-        ),
-        None => String::new(),
-    };
+    let encoded = encoding_note(payload.as_ref());
     println!(
         "added {} ({} bytes, sha256 {}{encoded}); {}",
         added.name,
