@@ -531,6 +531,11 @@ impl Rig {
     }
 }
 
+/// How many times the console shows the agent starting a trial slot's checks.
+fn health_checks_seen(machine: &Machine) -> usize {
+    machine.console().matches("running health checks").count()
+}
+
 #[test]
 fn power_cuts_at_random_moments_leave_a_bootable_signed_slot() -> anyhow::Result<()> {
     let cuts: usize = std::env::var("OTA_FULLSYS_CUTS")
@@ -576,17 +581,28 @@ fn power_cuts(
             if survived >= cuts {
                 break;
             }
-            let checks_before = rig
-                .machine
-                .console()
-                .matches("running health checks")
-                .count();
-            let progress = fs::wait_for(&format!("{version} to reach {step:?}"), UPDATE, || {
+            let checks_before = health_checks_seen(&rig.machine);
+            let seen = rig.events()?.len();
+            // A step opens with a new report (a resumed download reports
+            // again); a step the update went past is not cut.
+            let open = fs::wait_for(&format!("{version} to reach {step:?}"), UPDATE, || {
                 rig.machine.check_running()?;
-                let p = rig.progress(version)?;
-                Ok((p >= step.opened_by()).then_some(p))
+                if step == Step::Commit {
+                    return Ok(Some(rig.progress(version)? <= 3));
+                }
+                let new = rig.events()?.iter().skip(seen).any(|e| {
+                    e.target_version.as_deref() == Some(version.as_str())
+                        && rank(e.status) == step.opened_by()
+                });
+                Ok(if new {
+                    Some(true)
+                } else if rig.progress(version)? > step.opened_by() {
+                    Some(false)
+                } else {
+                    None
+                })
             })?;
-            if progress > step.opened_by() {
+            if !open {
                 eprintln!("  {version}: {step:?} passed before a cut could land");
                 continue;
             }
@@ -597,17 +613,18 @@ fn power_cuts(
                 Step::TrialBoot => Duration::from_millis(rng.gen_range(0..40_000)),
                 Step::Commit => {
                     // Aimed at the health check and the commit on the trial slot.
-                    fs::wait_for("the health check on the trial slot", UPDATE, || {
-                        rig.machine.check_running()?;
-                        Ok((rig
-                            .machine
-                            .console()
-                            .matches("running health checks")
-                            .count()
-                            > checks_before
-                            || rig.progress(version)? > 3)
-                            .then_some(()))
-                    })?;
+                    let on_trial =
+                        fs::wait_for("the health check on the trial slot", UPDATE, || {
+                            rig.machine.check_running()?;
+                            if rig.progress(version)? > 3 {
+                                return Ok(Some(false));
+                            }
+                            Ok((health_checks_seen(&rig.machine) > checks_before).then_some(true))
+                        })?;
+                    if !on_trial {
+                        eprintln!("  {version}: settled before the commit could be cut");
+                        continue;
+                    }
                     Duration::from_millis(rng.gen_range(0..3000))
                 }
             };
