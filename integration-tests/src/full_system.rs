@@ -361,9 +361,12 @@ impl Machine {
         }
     }
 
-    /// The serial console so far.
+    /// The serial console so far, without terminal colour codes (the
+    /// agent's log lines carry them), so its words can be searched.
     pub fn console(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(&self.serial_log).unwrap_or_default()).into_owned()
+        strip_ansi(&String::from_utf8_lossy(
+            &std::fs::read(&self.serial_log).unwrap_or_default(),
+        ))
     }
 
     /// Runs `command` in the guest's root shell (ttyS1) and returns its
@@ -441,6 +444,26 @@ impl Drop for Machine {
     }
 }
 
+/// `text` without CSI escape sequences (`ESC [ ... final byte`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            // Parameters and intermediates, up to the final byte @..~.
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The status and output between the markers, once both have arrived.
 fn parse_shell_answer(text: &str) -> Option<(i32, String)> {
     let start = text.rfind("@@BEGIN@@")? + "@@BEGIN@@".len();
@@ -481,7 +504,15 @@ pub fn wait_for<T>(
 
 #[cfg(test)]
 mod tests {
-    use super::parse_shell_answer;
+    use super::{parse_shell_answer, strip_ansi};
+
+    #[test]
+    fn colour_codes_are_stripped() {
+        assert_eq!(
+            strip_ansi("\u{1b}[3mto\u{1b}[0m\u{1b}[2m=\u{1b}[0m\"installed\""),
+            "to=\"installed\""
+        );
+    }
 
     #[test]
     fn shell_answer_is_what_lies_between_the_markers() {
