@@ -395,9 +395,10 @@ impl Machine {
         let mut stream = UnixStream::connect(&self.shell_socket)?;
         stream.set_read_timeout(Some(Duration::from_millis(500)))?;
         // The markers are split by quotes so the tty's echo of the command
-        // line never looks like the command's output.
+        // line never looks like the command's output; the command has lines
+        // of its own, so it may end in `&`.
         let line =
-            format!("\nstty -echo; echo '@@BE''GIN@@'; {command}; echo \"@@E\"\"ND $?@@\"\n");
+            format!("\nstty -echo; echo '@@BE''GIN@@'\n{command}\necho \"@@E\"\"ND $?@@\"\n");
         stream.write_all(line.as_bytes())?;
         let deadline = Instant::now() + wait;
         let mut got = Vec::new();
