@@ -531,6 +531,12 @@ impl Rig {
     }
 }
 
+/// How often each step's marker appears on the console so far.
+fn marker_counts(machine: &Machine) -> [usize; 5] {
+    let console = machine.console();
+    STEPS.map(|step| console.matches(step.opened_by()).count())
+}
+
 #[test]
 fn power_cuts_at_random_moments_leave_a_bootable_signed_slot() -> anyhow::Result<()> {
     let cuts: usize = std::env::var("OTA_FULLSYS_CUTS")
@@ -567,7 +573,10 @@ fn power_cuts(
     let mut per_step = [0usize; 5];
     let mut cut_costs = Vec::new();
     let mut outcomes = Vec::new();
-    let mut baseline = 0;
+    // Each step opens at its marker's first appearance after the last cut
+    // (or, for an update's first step, after its release was published):
+    // the counts of every marker at that moment.
+    let mut since = marker_counts(&rig.machine);
     rig.machine.power_on()?;
     for version in versions {
         if survived >= cuts {
@@ -578,13 +587,7 @@ fn power_cuts(
                 break;
             }
             let marker = step.opened_by();
-            // The first step of an update counts from before its release
-            // was published: the agent may start at once.
-            let before = if i == 0 {
-                baseline
-            } else {
-                rig.machine.console().matches(marker).count()
-            };
+            let before = since[i];
             let open = fs::wait_for(&format!("{version} to reach {step:?}"), UPDATE, || {
                 rig.machine.check_running()?;
                 if rig.machine.console().matches(marker).count() > before {
@@ -605,6 +608,7 @@ fn power_cuts(
             });
             std::thread::sleep(delay);
             rig.machine.cut_power();
+            since = marker_counts(&rig.machine);
             let t = Instant::now();
             survived += 1;
             per_step[i] += 1;
@@ -651,11 +655,7 @@ fn power_cuts(
         );
         outcomes.push(format!("{version}: {}", settled.status.as_str()));
         if survived < cuts {
-            baseline = rig
-                .machine
-                .console()
-                .matches(Step::Download.opened_by())
-                .count();
+            since = marker_counts(&rig.machine);
             rig.publish_next()?;
         }
     }
