@@ -396,9 +396,9 @@ impl Machine {
         stream.set_read_timeout(Some(Duration::from_millis(500)))?;
         // The markers are split by quotes so the tty's echo of the command
         // line never looks like the command's output; the command has lines
-        // of its own, so it may end in `&`.
+        // of its own, so it may end in `&`; no prompts between those lines.
         let line =
-            format!("\nstty -echo; echo '@@BE''GIN@@'\n{command}\necho \"@@E\"\"ND $?@@\"\n");
+            format!("\nstty -echo; PS1=''; PS2=''; echo '@@BE''GIN@@'\n{command}\necho \"@@E\"\"ND $?@@\"\n");
         stream.write_all(line.as_bytes())?;
         let deadline = Instant::now() + wait;
         let mut got = Vec::new();
