@@ -378,7 +378,7 @@ impl Machine {
         let mut last_err = None;
         while Instant::now() < deadline {
             self.check_running()?;
-            match self.shell_once(command, Duration::from_secs(20).min(timeout)) {
+            match self.shell_once(command, Duration::from_secs(20).min(timeout), deadline) {
                 Ok(Some(answer)) => return Ok(answer),
                 Ok(None) => {}
                 Err(e) => last_err = Some(e),
@@ -391,7 +391,15 @@ impl Machine {
         )
     }
 
-    fn shell_once(&self, command: &str, wait: Duration) -> anyhow::Result<Option<(i32, String)>> {
+    /// One try: `wait` for the shell to start the command, then (a long
+    /// command such as `ota-agent verify` under TCG) until `until` for it
+    /// to finish; sending it again meanwhile would only queue a second run.
+    fn shell_once(
+        &self,
+        command: &str,
+        wait: Duration,
+        until: Instant,
+    ) -> anyhow::Result<Option<(i32, String)>> {
         let mut stream = UnixStream::connect(&self.shell_socket)?;
         stream.set_read_timeout(Some(Duration::from_millis(500)))?;
         // The markers are split by quotes so the tty's echo of the command
@@ -400,7 +408,7 @@ impl Machine {
         let line =
             format!("\nstty -echo; PS1=''; PS2=''; echo '@@BE''GIN@@'\n{command}\necho \"@@E\"\"ND $?@@\"\n");
         stream.write_all(line.as_bytes())?;
-        let deadline = Instant::now() + wait;
+        let mut deadline = Instant::now() + wait;
         let mut got = Vec::new();
         let mut buf = [0u8; 8192];
         while Instant::now() < deadline {
@@ -417,6 +425,9 @@ impl Machine {
             let text = String::from_utf8_lossy(&got);
             if let Some(answer) = parse_shell_answer(&text) {
                 return Ok(Some(answer));
+            }
+            if text.contains("@@BEGIN@@") {
+                deadline = until;
             }
         }
         Ok(None)
