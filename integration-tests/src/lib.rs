@@ -8,6 +8,7 @@ pub mod bins;
 pub mod device;
 pub mod firmware;
 pub mod fixture;
+pub mod full_system;
 pub mod image;
 pub mod measured;
 pub mod proxy;

@@ -1,0 +1,535 @@
+//! Full-system tests: real firmware, bootloader, kernel and systemd in QEMU
+//! (docs/FULL-SYSTEM.md). This module builds a reference board's disk with
+//! `integration-tests/full-system/build-*.sh`, runs it, and gives the test
+//! two windows into it: the serial console (a log file per run) and a root
+//! shell on the second serial port.
+
+use anyhow::{bail, Context};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The hardware id the reference board's releases are signed for.
+pub const HARDWARE_ID: &str = "qemu-x86-grub";
+
+/// The workspace's `target/` directory (where the running test binary lives).
+pub fn target_dir() -> anyhow::Result<PathBuf> {
+    let agent = crate::bins::path("ota-agent")?;
+    // target/debug/ota-agent
+    agent
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .context("ota-agent has no target directory")
+}
+
+fn builder() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("full-system/build-x86-grub.sh")
+}
+
+fn run(command: &mut Command) -> anyhow::Result<String> {
+    let out = command
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{command:?} failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The cached Debian tree every slot starts from: built once (mmdebstrap)
+/// and reused while its recipe is unchanged.
+pub fn rootfs() -> anyhow::Result<PathBuf> {
+    static TREE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    TREE.get_or_init(|| {
+        let cache = target_dir().map_err(|e| e.to_string())?.join("full-system");
+        let out = run(Command::new(builder()).arg("rootfs").arg(&cache))
+            .map_err(|e| format!("building the root filesystem: {e:#}"))?;
+        Ok(PathBuf::from(out.trim()))
+    })
+    .clone()
+    .map_err(anyhow::Error::msg)
+}
+
+/// What a release does when it boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Boots and passes its health check.
+    Healthy,
+    /// Boots, but its health check fails.
+    FailsHealthCheck,
+    /// Its init exits at once: the kernel panics (and resets, `panic=5`).
+    KernelPanics,
+}
+
+/// Everything a release's slot image carries that differs per run: the
+/// agent's configuration (the server's port is only known at run time) and
+/// the trusted root of this run's repository.
+#[derive(Debug, Clone)]
+pub struct SlotSpec<'a> {
+    pub version: &'a str,
+    pub behaviour: Behaviour,
+    pub server_port: u16,
+    pub device_id: &'a str,
+    pub trusted_root: &'a Path,
+    /// How often the agent polls (short: each poll is a test's wait).
+    pub poll_interval_secs: u64,
+}
+
+fn agent_toml(spec: &SlotSpec) -> String {
+    let check = match spec.behaviour {
+        Behaviour::FailsHealthCheck => {
+            r#"["/bin/sh", "-c", "echo this release is broken >&2; exit 1"]"#
+        }
+        _ => r#"["/usr/bin/test", "-x", "/usr/bin/ota-agent"]"#,
+    };
+    format!(
+        r#"# The reference board's agent configuration (release {version}).
+server_url = "http://10.0.2.2:{port}"
+trusted_root = "/etc/ota/root.json"
+state_dir = "/var/lib/ota-agent"
+hardware_id = "{hw}"
+device_id = "{device}"
+initial_version = "1.0.0"
+poll_interval_secs = {poll}
+reboot_command = ["systemctl", "reboot"]
+
+[slots]
+a = "/dev/sda2"
+b = "/dev/sda3"
+
+[boot]
+backend = "grub"
+grubenv = "/boot/efi/grub/grubenv"
+
+[download]
+checkpoint_bytes = 8388608
+checkpoint_interval_ms = 2000
+
+# Longer than systemd's WatchdogSec (120 s) plus RestartSec (30 s): a hung
+# agent is systemd's to restart; the hardware resets a hung system.
+[watchdog]
+device = "/dev/watchdog"
+timeout_secs = 240
+
+[[health_check]]
+name = "release self-test"
+command = {check}
+timeout_secs = 60
+"#,
+        version = spec.version,
+        port = spec.server_port,
+        hw = HARDWARE_ID,
+        device = spec.device_id,
+        poll = spec.poll_interval_secs,
+    )
+}
+
+/// Builds the slot image of one release into `out`.
+pub fn build_slot(spec: &SlotSpec, work: &Path, out: &Path) -> anyhow::Result<()> {
+    let overlay = work.join(format!("overlay-{}", spec.version));
+    let _ = std::fs::remove_dir_all(&overlay);
+    let etc = overlay.join("etc/ota");
+    std::fs::create_dir_all(&etc)?;
+    std::fs::write(etc.join("agent.toml"), agent_toml(spec))?;
+    std::fs::copy(spec.trusted_root, etc.join("root.json"))?;
+    std::fs::write(
+        overlay.join("etc/ota-release"),
+        format!("{}\n", spec.version),
+    )?;
+    if spec.behaviour == Behaviour::KernelPanics {
+        // usr/sbin/init (sbin is a link to it): an init that exits at once.
+        let init = overlay.join("usr/sbin/init");
+        std::fs::create_dir_all(init.parent().context("init has a parent")?)?;
+        std::fs::write(&init, "#!/bin/sh\necho 'release init: exiting'\nexit 1\n")?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let rootfs = rootfs()?;
+    let agent = crate::bins::path("ota-agent")?;
+    run(Command::new(builder())
+        .arg("slot")
+        .arg(&rootfs)
+        .arg(&agent)
+        .arg(&overlay)
+        .arg(out))?;
+    std::fs::remove_dir_all(&overlay)?;
+    Ok(())
+}
+
+/// Builds the factory disk with `slot_a` in slot A and slots of `slot_mib`.
+pub fn build_disk(slot_a: &Path, slot_mib: u64, out: &Path) -> anyhow::Result<()> {
+    run(Command::new(builder())
+        .arg("disk")
+        .arg(slot_a)
+        .arg(slot_mib.to_string())
+        .arg(out))?;
+    Ok(())
+}
+
+/// How QEMU runs the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+/// KVM when it really runs a guest here (an existing /dev/kvm may still fail
+/// under nested virtualisation), TCG otherwise. Decided once per process by
+/// booting the firmware alone for a few seconds.
+pub fn accel() -> Accel {
+    static ACCEL: OnceLock<Accel> = OnceLock::new();
+    *ACCEL.get_or_init(|| {
+        if let Ok(forced) = std::env::var("OTA_FULLSYS_ACCEL") {
+            return if forced == "kvm" {
+                Accel::Kvm
+            } else {
+                Accel::Tcg
+            };
+        }
+        if probe_kvm().unwrap_or(false) {
+            Accel::Kvm
+        } else {
+            eprintln!("full-system: KVM is not usable here, running the guests under TCG");
+            Accel::Tcg
+        }
+    })
+}
+
+fn probe_kvm() -> anyhow::Result<bool> {
+    if !Path::new("/dev/kvm").exists() {
+        return Ok(false);
+    }
+    let dir = tempfile::tempdir()?;
+    let vars = dir.path().join("vars.fd");
+    std::fs::copy(OVMF_VARS, &vars)?;
+    let log = dir.path().join("serial.log");
+    let mut child = Command::new("qemu-system-x86_64")
+        .args([
+            "-accel", "kvm", "-machine", "q35", "-m", "256", "-display", "none",
+        ])
+        .args(["-nodefaults", "-no-user-config", "-net", "none"])
+        .arg("-drive")
+        .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
+        .arg("-drive")
+        .arg(format!("if=pflash,format=raw,file={}", vars.display()))
+        .arg("-serial")
+        .arg(format!("file:{}", log.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    // The firmware prints its boot manager lines within a second or two under KVM.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut works = false;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if std::fs::read(&log).is_ok_and(|b| b.windows(6).any(|w| w == b"BdsDxe")) {
+            works = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(works)
+}
+
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// One reference board: its disk, firmware variables and the QEMU process
+/// running it (none between a power cut and the next power-on).
+#[derive(Debug)]
+pub struct Machine {
+    pub dir: PathBuf,
+    pub disk: PathBuf,
+    vars: PathBuf,
+    /// The serial console of every power-on, appended.
+    pub serial_log: PathBuf,
+    shell_socket: PathBuf,
+    child: Option<Child>,
+    pub power_ons: u32,
+}
+
+impl Machine {
+    /// A machine in `dir` (which must be short enough for a unix socket path)
+    /// booting `disk`, with fresh firmware variables.
+    pub fn new(dir: &Path, disk: &Path) -> anyhow::Result<Machine> {
+        std::fs::create_dir_all(dir)?;
+        let vars = dir.join("OVMF_VARS.fd");
+        std::fs::copy(OVMF_VARS, &vars).with_context(|| format!("copying {OVMF_VARS}"))?;
+        Ok(Machine {
+            dir: dir.to_path_buf(),
+            disk: disk.to_path_buf(),
+            vars,
+            serial_log: dir.join("serial.log"),
+            shell_socket: dir.join("shell.sock"),
+            child: None,
+            power_ons: 0,
+        })
+    }
+
+    /// Powers the machine on (QEMU starts; the firmware boots the disk).
+    pub fn power_on(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            bail!("machine is already running");
+        }
+        let _ = std::fs::remove_file(&self.shell_socket);
+        self.power_ons += 1;
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.serial_log)?;
+        writeln!(log, "\n===== power-on {} =====", self.power_ons)?;
+        drop(log);
+        let accel = match accel() {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        };
+        let mut command = Command::new("qemu-system-x86_64");
+        command
+            .args(["-accel", accel, "-machine", "q35", "-m", "768", "-smp", "1"])
+            .args(["-display", "none", "-nodefaults", "-no-user-config"])
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,file={}", self.vars.display()))
+            // AHCI: the disk is /dev/sda, as the shipped grub.cfg expects.
+            .arg("-drive")
+            .arg(format!(
+                "if=none,id=disk,format=raw,file={}",
+                self.disk.display()
+            ))
+            .args(["-device", "ide-hd,drive=disk,bus=ide.0"])
+            // User-mode networking: the host's loopback is 10.0.2.2 to the guest.
+            .args([
+                "-netdev",
+                "user,id=net0",
+                "-device",
+                "virtio-net-pci,netdev=net0",
+            ])
+            .args(["-device", "i6300esb", "-watchdog-action", "reset"])
+            .arg("-chardev")
+            .arg(format!(
+                "file,id=console,path={},append=on",
+                self.serial_log.display()
+            ))
+            .args(["-serial", "chardev:console"])
+            .arg("-chardev")
+            .arg(format!(
+                "socket,id=shell,path={},server=on,wait=off",
+                self.shell_socket.display()
+            ))
+            .args(["-serial", "chardev:shell"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.join("qemu.stderr"))?);
+        self.child = Some(command.spawn().context("starting qemu-system-x86_64")?);
+        Ok(())
+    }
+
+    /// The power cut: SIGKILL to QEMU, no shutdown of any kind.
+    pub fn cut_power(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Fails when QEMU has exited by itself (it never should: a reset reboots).
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        match self.child.as_mut().map(Child::try_wait) {
+            None => bail!("machine is powered off"),
+            Some(Ok(None)) => Ok(()),
+            Some(Ok(Some(status))) => {
+                let stderr =
+                    std::fs::read_to_string(self.dir.join("qemu.stderr")).unwrap_or_default();
+                bail!("qemu exited ({status}): {stderr}")
+            }
+            Some(Err(e)) => bail!("qemu: {e}"),
+        }
+    }
+
+    /// The serial console so far, without terminal colour codes (the
+    /// agent's log lines carry them), so its words can be searched.
+    pub fn console(&self) -> String {
+        strip_ansi(&String::from_utf8_lossy(
+            &std::fs::read(&self.serial_log).unwrap_or_default(),
+        ))
+    }
+
+    /// Runs `command` in the guest's root shell (ttyS1) and returns its
+    /// exit status and output. Retries while the guest has no shell yet
+    /// (booting), up to `timeout`. Use idempotent commands: a command sent
+    /// while the shell was starting may run late, and then run again.
+    pub fn shell(&mut self, command: &str, timeout: Duration) -> anyhow::Result<(i32, String)> {
+        let deadline = Instant::now() + timeout;
+        let mut last_err = None;
+        while Instant::now() < deadline {
+            self.check_running()?;
+            match self.shell_once(command, Duration::from_secs(20).min(timeout), deadline) {
+                Ok(Some(answer)) => return Ok(answer),
+                Ok(None) => {}
+                Err(e) => last_err = Some(e),
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        bail!(
+            "no answer from the guest's shell to {command:?} within {timeout:?} (last error: {last_err:?}); console: {}",
+            self.serial_log.display()
+        )
+    }
+
+    /// One try: `wait` for the shell to start the command, then (a long
+    /// command such as `ota-agent verify` under TCG) until `until` for it
+    /// to finish; sending it again meanwhile would only queue a second run.
+    fn shell_once(
+        &self,
+        command: &str,
+        wait: Duration,
+        until: Instant,
+    ) -> anyhow::Result<Option<(i32, String)>> {
+        let mut stream = UnixStream::connect(&self.shell_socket)?;
+        stream.set_read_timeout(Some(Duration::from_millis(500)))?;
+        // The markers are split by quotes so the tty's echo of the command
+        // line never looks like the command's output; the command has lines
+        // of its own, so it may end in `&`; no prompts between those lines.
+        let line =
+            format!("\nstty -echo; PS1=''; PS2=''; echo '@@BE''GIN@@'\n{command}\necho \"@@E\"\"ND $?@@\"\n");
+        stream.write_all(line.as_bytes())?;
+        let mut deadline = Instant::now() + wait;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 8192];
+        while Instant::now() < deadline {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let text = String::from_utf8_lossy(&got);
+            if let Some(answer) = parse_shell_answer(&text) {
+                return Ok(Some(answer));
+            }
+            if text.contains("@@BEGIN@@") {
+                deadline = until;
+            }
+        }
+        Ok(None)
+    }
+
+    /// The slot the running kernel was booted from (`ota.slot=` on its
+    /// command line), asked through the shell.
+    pub fn booted_slot(&mut self, timeout: Duration) -> anyhow::Result<String> {
+        let (_, out) = self.shell("cat /proc/cmdline", timeout)?;
+        out.split_whitespace()
+            .find_map(|w| w.strip_prefix("ota.slot="))
+            .map(str::to_owned)
+            .with_context(|| format!("no ota.slot= in the guest's command line: {out:?}"))
+    }
+
+    /// The guest's boot id, to tell one boot from the next.
+    pub fn boot_id(&mut self, timeout: Duration) -> anyhow::Result<String> {
+        let (_, out) = self.shell("cat /proc/sys/kernel/random/boot_id", timeout)?;
+        Ok(out.trim().to_owned())
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        self.cut_power();
+    }
+}
+
+/// `text` without CSI escape sequences (`ESC [ ... final byte`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            // Parameters and intermediates, up to the final byte @..~.
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The status and output between the markers, once both have arrived.
+fn parse_shell_answer(text: &str) -> Option<(i32, String)> {
+    let start = text.rfind("@@BEGIN@@")? + "@@BEGIN@@".len();
+    let rest = &text[start..];
+    let end = rest.find("@@END ")?;
+    let tail = &rest[end + "@@END ".len()..];
+    let code_end = tail.find("@@")?;
+    let code = tail[..code_end].trim().parse().ok()?;
+    let output = rest[..end].replace('\r', "");
+    Some((code, output.trim_start_matches('\n').to_owned()))
+}
+
+/// Where a run keeps its files (and, on failure, the serial logs for CI).
+pub fn run_dir(name: &str) -> anyhow::Result<PathBuf> {
+    let dir = target_dir()?.join("full-system").join("runs").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Polls `check` every second until it gives a value or `timeout` passes.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check()? {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_shell_answer, strip_ansi};
+
+    #[test]
+    fn colour_codes_are_stripped() {
+        assert_eq!(
+            strip_ansi("\u{1b}[3mto\u{1b}[0m\u{1b}[2m=\u{1b}[0m\"installed\""),
+            "to=\"installed\""
+        );
+    }
+
+    #[test]
+    fn shell_answer_is_what_lies_between_the_markers() {
+        let text = "# stty -echo; echo '@@BE''GIN@@'; x\r\n@@BEGIN@@\r\nhello\r\n@@END 3@@\r\n# ";
+        assert_eq!(parse_shell_answer(text), Some((3, "hello\n".to_owned())));
+        assert_eq!(parse_shell_answer("@@BEGIN@@\nhalf"), None);
+    }
+}
