@@ -180,6 +180,9 @@ fn ngclient_downloads_from_a_delegated_role_built_by_ota_repo() {
             HARDWARE_ID,
             "--role",
             "board-a",
+            // Stored as it is: the test compares the download with the image.
+            "--compress",
+            "none",
         ])
         .expect("ota-repo add --role");
     fx.repo.publish(&fx.server).expect("publish");
