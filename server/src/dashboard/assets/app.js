@@ -9,6 +9,10 @@ const POLL_MS = 2000;
 
 let session = null;   // {name, role, can_act, csrf_token}
 let pollTimer = null;
+// Bumped by every route(): a render that awaited the network while a newer
+// one started (log-in sets the hash, which routes again) must not install
+// its poll, or it would keep refreshing a page that is no longer shown.
+let routeGen = 0;
 let fleetEtag = null;
 let lastRollouts = null;
 let fleetFilters = { status: "", hardware_id: "", q: "" };
@@ -89,7 +93,8 @@ function stopPolling() {
   pollTimer = null;
 }
 
-function poll(fn) {
+function poll(fn, gen) {
+  if (gen !== routeGen) return;
   stopPolling();
   pollTimer = setInterval(() => fn().catch(e => showMessage(e.message)), POLL_MS);
 }
@@ -104,6 +109,7 @@ function fleetQuery() {
 }
 
 async function renderFleet() {
+  const gen = routeGen;
   const cards = el("div", { class: "cards", id: "fleet-counts" });
   const versions = el("div", { class: "cards", id: "version-counts" });
   const hwSelect = el("select", { id: "filter-hardware", onchange: e => { fleetFilters.hardware_id = e.target.value; refresh(true); } },
@@ -156,7 +162,7 @@ async function renderFleet() {
     )));
   }
   await refresh(true);
-  poll(() => refresh(false));
+  poll(() => refresh(false), gen);
 }
 
 // ---- One device ----
@@ -320,6 +326,7 @@ async function logout() {
 }
 
 async function route() {
+  const gen = ++routeGen;
   stopPolling();
   const loggedIn = !!session;
   $("login").hidden = loggedIn;
@@ -332,7 +339,7 @@ async function route() {
   try {
     if (hash.startsWith("#/device/")) await renderDevice(decodeURIComponent(hash.slice(9)));
     else if (hash === "#/releases") await renderReleases();
-    else if (hash === "#/rollouts") { lastRollouts = null; await renderRollouts(); poll(renderRollouts); }
+    else if (hash === "#/rollouts") { lastRollouts = null; await renderRollouts(); poll(renderRollouts, gen); }
     else await renderFleet();
   } catch (e) {
     showMessage(e.message);
