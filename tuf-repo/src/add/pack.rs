@@ -226,26 +226,9 @@ fn gzip(
 ) -> io::Result<PayloadCustom> {
     let level = flate2::Compression::new(packing.level.unwrap_or(6));
     let mut encoder = flate2::write::GzEncoder::new(target, level);
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut image_sha256 = Sha256::new();
-    let mut image_length = 0u64;
-    loop {
-        let n = read_full(image, &mut buf)?;
-        if n == 0 {
-            break;
-        }
-        image_sha256.update(&buf[..n]);
-        image_length += n as u64;
-        encoder.write_all(&buf[..n])?;
-        progress(image_length);
-    }
+    let payload = one_stream(Encoding::Gzip, image, &mut encoder, progress)?;
     encoder.finish()?;
-    Ok(PayloadCustom {
-        encoding: Encoding::Gzip.as_str().to_owned(),
-        image_length,
-        image_sha256: hex::encode(image_sha256.finalize()),
-        frames: Vec::new(),
-    })
+    Ok(payload)
 }
 
 /// One xz stream with a dictionary of at most 8 MiB (what devices accept
@@ -259,6 +242,20 @@ fn xz(
     let mut options = lzma_rust2::XzOptions::with_preset(packing.level.unwrap_or(6));
     options.lzma_options.dict_size = options.lzma_options.dict_size.min(1 << ZSTD_WINDOW_LOG);
     let mut encoder = lzma_rust2::XzWriter::new(target, options)?;
+    let payload = one_stream(Encoding::Xz, image, &mut encoder, progress)?;
+    encoder.finish()?;
+    Ok(payload)
+}
+
+/// Feeds the whole image to `encoder` (one stream, no frame table) while
+/// hashing it: the payload of a gzip or xz target. The caller finishes the
+/// encoder, whose type differs.
+fn one_stream(
+    encoding: Encoding,
+    image: &mut impl Read,
+    encoder: &mut impl Write,
+    progress: &mut impl FnMut(u64),
+) -> io::Result<PayloadCustom> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut image_sha256 = Sha256::new();
     let mut image_length = 0u64;
@@ -272,9 +269,8 @@ fn xz(
         encoder.write_all(&buf[..n])?;
         progress(image_length);
     }
-    encoder.finish()?;
     Ok(PayloadCustom {
-        encoding: Encoding::Xz.as_str().to_owned(),
+        encoding: encoding.as_str().to_owned(),
         image_length,
         image_sha256: hex::encode(image_sha256.finalize()),
         frames: Vec::new(),
