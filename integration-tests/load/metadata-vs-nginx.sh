@@ -94,6 +94,11 @@ CASES=()
 echo "loadavg at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 run_ota sqlite 18181
 CASES+=("ota-server, sqlite")
+# The same server with its connections on the main work-stealing runtime
+# (connection_threads = 0), as before the connection threads: what they buy.
+echo "connection_threads = 0" > "$W/main-runtime.toml"
+run_ota sqlite-main-runtime 18185 --config "$W/main-runtime.toml"
+CASES+=("ota-server, sqlite-main-runtime")
 
 # nginx, the same file the SQLite instance published, from disk.
 mkdir -p "$W/nginx"
@@ -153,12 +158,18 @@ else
 fi
 
 echo
-printf '%-26s %-5s %12s %10s %14s\n' server answer "requests/s" p99 "ratio to nginx"
+# wrk prints p99 as 1.23ms, 456.78us or 1.02s.
+ms() { python3 -c "
+import re,sys; m=re.fullmatch(r'([0-9.]+)(us|ms|s)', sys.argv[1]); v=float(m[1])
+print(v/1000 if m[2]=='us' else v*1000 if m[2]=='s' else v)" "$1"; }
+printf '%-34s %-5s %12s %10s %14s %12s\n' server answer "requests/s" p99 "ratio to nginx" "p99 - nginx"
 for answer in 200 304; do
-  printf '%-26s %-5s %12s %10s %14s\n' nginx "$answer" "${RPS["nginx $answer"]}" "${P99["nginx $answer"]}" "1.00"
+  printf '%-34s %-5s %12s %10s %14s %12s\n' nginx "$answer" "${RPS["nginx $answer"]}" "${P99["nginx $answer"]}" "1.00" "0"
+  nginx_p99=$(ms "${P99["nginx $answer"]}")
   for c in "${CASES[@]}"; do
     ratio=$(python3 -c "print(f'{${RPS["$c $answer"]} / ${RPS["nginx $answer"]}:.2f}')")
-    printf '%-26s %-5s %12s %10s %14s\n' "$c" "$answer" "${RPS["$c $answer"]}" "${P99["$c $answer"]}" "$ratio"
+    dp99=$(python3 -c "print(f'{$(ms "${P99["$c $answer"]}") - $nginx_p99:+.2f}ms')")
+    printf '%-34s %-5s %12s %10s %14s %12s\n' "$c" "$answer" "${RPS["$c $answer"]}" "${P99["$c $answer"]}" "$ratio" "$dp99"
   done
 done
 echo "loadavg at end: $(cut -d' ' -f1-3 /proc/loadavg)"

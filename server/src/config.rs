@@ -27,6 +27,14 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// takes a file descriptor (two while an image is served), so this stays
 /// well under the usual 1024 soft limit unless raised together with it.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 400;
+/// More connection threads than this is a typo, not a machine.
+pub const MAX_CONNECTION_THREADS: usize = 256;
+
+/// One connection thread per CPU the process may use, as nginx's
+/// `worker_processes auto`.
+pub fn default_connection_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
 
 /// PEM files of the TLS certificate chain and its private key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +60,9 @@ pub struct Config {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// Threads serving connections, each with its own single-threaded
+    /// runtime (`crate::workers`); 0 serves them on the main runtime.
+    pub connection_threads: usize,
     /// `[object_store]`: the repository in an S3-compatible bucket; `None`:
     /// under `<data_dir>/repository`.
     pub object_store: Option<ObjectStoreConfig>,
@@ -82,6 +93,7 @@ impl Config {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            connection_threads: default_connection_threads(),
             object_store: None,
             device_auth: DeviceAuth::None,
             device_ca: None,
@@ -185,6 +197,16 @@ impl Config {
             ));
         }
 
+        let connection_threads = match file_cfg.connection_threads {
+            None => default_connection_threads(),
+            Some(n @ 0..=MAX_CONNECTION_THREADS) => n,
+            Some(n) => {
+                return Err(ConfigError::Invalid(format!(
+                    "connection_threads must be between 0 and {MAX_CONNECTION_THREADS}, not {n}"
+                )))
+            }
+        };
+
         let metadata_refresh = match file_cfg.metadata_refresh_ms {
             None => crate::storage::published::DEFAULT_REFRESH,
             Some(ms @ 100..=60_000) => Duration::from_millis(ms),
@@ -242,6 +264,7 @@ impl Config {
             header_read_timeout,
             idle_timeout,
             max_connections,
+            connection_threads,
             device_auth,
             device_ca: file_cfg.device_ca,
             online_signing,
@@ -285,6 +308,7 @@ struct FileConfig {
     header_read_timeout_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
     max_connections: Option<usize>,
+    connection_threads: Option<usize>,
     metadata_refresh_ms: Option<u64>,
     object_store: Option<ObjectStoreFile>,
     device_auth: Option<DeviceAuth>,
@@ -381,6 +405,7 @@ mod tests {
         assert_eq!(c.tls, None);
         assert_eq!(c.header_read_timeout, DEFAULT_HEADER_READ_TIMEOUT);
         assert_eq!(c.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert!(c.connection_threads >= 1);
     }
 
     #[test]
@@ -391,7 +416,7 @@ mod tests {
             &file,
             "database_url = \"sqlite:///file.db\"\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\n\
              header_read_timeout_secs = 5\nidle_timeout_secs = 60\nmax_connections = 10\n\
-             metadata_refresh_ms = 250\n",
+             metadata_refresh_ms = 250\nconnection_threads = 3\n",
         )
         .expect("write");
         let env = env_of(&[("OTA_SERVER_DATABASE_URL", "postgres://ota@db/ota")]);
@@ -411,11 +436,13 @@ mod tests {
         assert_eq!(c.idle_timeout, Duration::from_secs(60));
         assert_eq!(c.max_connections, 10);
         assert_eq!(c.metadata_refresh, Duration::from_millis(250));
+        assert_eq!(c.connection_threads, 3);
 
         for (text, needle) in [
             ("tls_cert = \"/c.pem\"\n", "tls_key"),
             ("idle_timeout_secs = 0\n", "idle_timeout_secs"),
             ("max_connections = 0\n", "max_connections"),
+            ("connection_threads = 100000\n", "connection_threads"),
             ("metadata_refresh_ms = 10\n", "metadata_refresh_ms"),
             ("metadata_refresh_ms = 3600000\n", "metadata_refresh_ms"),
             ("database_url = \"mysql://x/y\"\n", "database_url"),

@@ -30,6 +30,7 @@
 use crate::auth::PeerDevice;
 use crate::metrics::Metrics;
 use crate::storage::Storage;
+use crate::workers::Workers;
 use axum::Router;
 use futures_util::future::Either;
 use hyper::body::Incoming;
@@ -88,6 +89,8 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// Threads serving connections ([`crate::workers`]); 0: the caller's runtime.
+    pub connection_threads: usize,
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then stops
@@ -108,6 +111,18 @@ pub async fn serve(
     });
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
+    let workers = match limits.connection_threads {
+        0 => None,
+        n => match Workers::start(n) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot start {n} connection threads, serving on the main runtime: {e}"
+                );
+                None
+            }
+        },
+    };
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -147,7 +162,7 @@ pub async fn serve(
         let tls = tls.clone();
         // Registered before the handshake, so shutdown waits for it too.
         let watcher = graceful.watcher();
-        tokio::spawn(async move {
+        let connection = async move {
             metrics.connection_opened();
             match tls {
                 None => {
@@ -174,10 +189,15 @@ pub async fn serve(
             }
             metrics.connection_closed();
             drop(permit);
-        });
+        };
+        match &workers {
+            Some(workers) => workers.spawn(connection),
+            None => drop(tokio::spawn(connection)),
+        }
     }
     drop(listener);
     graceful.shutdown().await;
+    drop(workers);
 }
 
 async fn serve_connection<I>(

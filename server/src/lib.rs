@@ -22,6 +22,7 @@ pub mod rollout;
 pub mod rollout_cli;
 pub mod storage;
 pub mod tls;
+pub mod workers;
 
 pub use config::Config;
 
@@ -200,6 +201,7 @@ impl Server {
                 header_read_timeout: config.header_read_timeout,
                 idle_timeout: config.idle_timeout,
                 max_connections: config.max_connections,
+                connection_threads: config.connection_threads,
             },
             tls,
             metrics,
