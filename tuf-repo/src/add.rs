@@ -211,6 +211,7 @@ pub(crate) fn release_fields(options: &AddOptions) -> Result<ReleaseCustom> {
         release_notes: options.notes.clone(),
         rollout: None,
         payload: None,
+        delta: None,
     })
 }
 
