@@ -33,8 +33,8 @@ pub const DEFAULT_PARAMS: ChunkParams = ChunkParams {
 /// Starts every index file: the format and its version.
 const MAGIC: &[u8; 8] = b"OTACIDX1";
 const HEADER_LEN: usize = 8 + 4 * 3 + 8 + 4;
-/// sha256, length, compressed length.
-const ENTRY_LEN: usize = 32 + 4 + 4;
+/// sha256, compressed sha256, length, compressed length.
+const ENTRY_LEN: usize = 32 + 32 + 4 + 4;
 
 /// Largest index a device fetches: 4 Mi chunks, i.e. a slot of 256 GiB at
 /// the smallest allowed average. The signed `index_length` is the real cap.
@@ -81,6 +81,9 @@ impl ChunkParams {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Chunk {
     pub sha256: [u8; 32],
+    /// SHA-256 of the compressed copy: checked before a byte of it reaches
+    /// the decompressor, and part of its name in the chunk store.
+    pub compressed_sha256: [u8; 32],
     /// Offset in the slot image: the sum of the lengths before it.
     pub offset: u64,
     pub length: u32,
@@ -92,20 +95,25 @@ impl Chunk {
     /// Where the chunk store keeps the compressed chunk, relative to the
     /// repository's `targets/`.
     pub fn store_path(&self) -> String {
-        chunk_path(&self.sha256)
+        let (dir, base) = chunk_name(&self.sha256);
+        format!("{dir}/{}.{base}", hex::encode(self.compressed_sha256))
     }
 }
 
-/// `chunks/ab/abcdef….zst`: two hex digits of fan-out keep directories small.
-pub fn chunk_path(sha256: &[u8; 32]) -> String {
+/// The name a chunk is published under (directory, base name):
+/// `chunks/ab/abcdef….zst`, by the hash of its uncompressed bytes, two hex
+/// digits of fan-out keeping directories small. Like every target, the
+/// repository serves it under `dir/<sha256 of the file>.<base>`
+/// ([`Chunk::store_path`]), so the server needs no route of its own and a
+/// CDN may cache it forever.
+pub fn chunk_name(sha256: &[u8; 32]) -> (String, String) {
     let hex = hex::encode(sha256);
-    format!("chunks/{}/{hex}.zst", &hex[..2])
+    (format!("chunks/{}", &hex[..2]), format!("{hex}.zst"))
 }
 
-/// Where the chunk store keeps an index, relative to `targets/`.
-pub fn index_path(sha256: &[u8; 32]) -> String {
-    format!("chunks/index/{}.cidx", hex::encode(sha256))
-}
+/// The name every index is published under; served as
+/// `chunks/index/<sha256>.cidx` ([`IndexRef::store_path`]).
+pub const INDEX_NAME: (&str, &str) = ("chunks/index", "cidx");
 
 /// The signed reference to a release's index, from `custom.delta`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,7 +141,12 @@ impl IndexRef {
     }
 
     pub fn store_path(&self) -> String {
-        index_path(&self.sha256)
+        format!(
+            "{}/{}.{}",
+            INDEX_NAME.0,
+            hex::encode(self.sha256),
+            INDEX_NAME.1
+        )
     }
 }
 
@@ -179,8 +192,10 @@ impl ChunkIndex {
         for (i, entry) in body.chunks_exact(ENTRY_LEN).enumerate() {
             let mut sha256 = [0u8; 32];
             sha256.copy_from_slice(&entry[..32]);
-            let length = u32_at(entry, 32);
-            let compressed_length = u32_at(entry, 36);
+            let mut compressed_sha256 = [0u8; 32];
+            compressed_sha256.copy_from_slice(&entry[32..64]);
+            let length = u32_at(entry, 64);
+            let compressed_length = u32_at(entry, 68);
             if length == 0 || length > params.max {
                 return Err(format!(
                     "chunk {i} is {length} bytes (allowed 1..={})",
@@ -195,6 +210,7 @@ impl ChunkIndex {
             }
             chunks.push(Chunk {
                 sha256,
+                compressed_sha256,
                 offset,
                 length,
                 compressed_length,
@@ -225,6 +241,7 @@ impl ChunkIndex {
         out.extend_from_slice(&(self.chunks.len() as u32).to_le_bytes());
         for c in &self.chunks {
             out.extend_from_slice(&c.sha256);
+            out.extend_from_slice(&c.compressed_sha256);
             out.extend_from_slice(&c.length.to_le_bytes());
             out.extend_from_slice(&c.compressed_length.to_le_bytes());
         }
@@ -288,6 +305,7 @@ mod tests {
             .map(|(i, &length)| {
                 let c = Chunk {
                     sha256: [i as u8; 32],
+                    compressed_sha256: [!(i as u8); 32],
                     offset,
                     length,
                     compressed_length: length / 2 + 1,
