@@ -111,9 +111,15 @@ pub fn chunk_name(sha256: &[u8; 32]) -> (String, String) {
     (format!("chunks/{}", &hex[..2]), format!("{hex}.zst"))
 }
 
-/// The name every index is published under; served as
-/// `chunks/index/<sha256>.cidx` ([`IndexRef::store_path`]).
-pub const INDEX_NAME: (&str, &str) = ("chunks/index", "cidx");
+/// The name an index is published under, `chunks/index/<sha256>.cidx`
+/// (unique, so two releases published together never share a name);
+/// served as `chunks/index/<sha256>.<sha256>.cidx` ([`IndexRef::store_path`]).
+pub fn index_name(sha256: &[u8; 32]) -> (String, String) {
+    (
+        "chunks/index".to_owned(),
+        format!("{}.cidx", hex::encode(sha256)),
+    )
+}
 
 /// The signed reference to a release's index, from `custom.delta`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,12 +147,8 @@ impl IndexRef {
     }
 
     pub fn store_path(&self) -> String {
-        format!(
-            "{}/{}.{}",
-            INDEX_NAME.0,
-            hex::encode(self.sha256),
-            INDEX_NAME.1
-        )
+        let (dir, base) = index_name(&self.sha256);
+        format!("{dir}/{}.{base}", hex::encode(self.sha256))
     }
 }
 

@@ -58,7 +58,7 @@ pub struct ReleaseCustom {
 #[serde(deny_unknown_fields)]
 pub struct DeltaCustom {
     /// SHA-256 of the index file, lowercase hex (also its name in the
-    /// chunk store: `chunks/index/<sha256>.cidx`).
+    /// chunk store: `chunks/index/<sha256>.<sha256>.cidx`).
     pub index_sha256: String,
     pub index_length: u64,
 }

@@ -524,8 +524,14 @@ pub fn publish_server(
     // every chunk its index names.
     let mut chunks_uploaded = 0usize;
     let chunk_files = chunks::chunk_files(layout)?;
+    let mut staged_names = std::collections::HashSet::new();
     for file in &chunk_files {
         if client.serves(&file.served, file.length)? {
+            continue;
+        }
+        // One file per name in a publication: a chunk compressed again by
+        // another zstd version is the same chunk, its first copy will do.
+        if !staged_names.insert(file.published.as_str()) {
             continue;
         }
         client.upload_chunk_file(&id, file)?;

@@ -6,7 +6,7 @@
 //! `targets/chunks/ab/<sha256 of the file>.<sha256 of the chunk>.zst` (see
 //! `ota_common::delta::chunk_name`), so a release that shares a chunk with
 //! an earlier one stores and publishes nothing new for it. The index goes
-//! to `targets/chunks/index/<sha256>.cidx`; its hash and length are what
+//! to `targets/chunks/index/<sha256>.<sha256>.cidx`; its hash and length are what
 //! the target signs (`custom.delta`). zstd output is deterministic for a
 //! given level and library, so a chunk cut again is the same file.
 

@@ -1,7 +1,8 @@
 //! Publishing the chunk store (`targets/chunks/`, written by `add --delta`).
 //!
 //! Chunks and indexes go up through the same publication as images, under
-//! their published names (`chunks/ab/<chunk sha256>.zst`, `chunks/index/cidx`);
+//! their published names (`chunks/ab/<chunk sha256>.zst`,
+//! `chunks/index/<sha256>.cidx`);
 //! the server stores each under `<sha256 of the file>.<name>` as it does
 //! any target, which is the name the local store already uses. A chunk the
 //! server already serves is not uploaded again, which is what makes a delta
@@ -91,7 +92,13 @@ impl AdminClient {
             .send()
             .map_err(|e| RepoError::Publish(format!("{what}: {}", super::error_chain(&e))))?;
         match resp.status() {
-            reqwest::StatusCode::OK => Ok(resp.content_length() == Some(length)),
+            // The header itself: a HEAD answer has no body to size.
+            reqwest::StatusCode::OK => Ok(resp
+                .headers()
+                .get(reqwest::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                == Some(length)),
             reqwest::StatusCode::NOT_FOUND => Ok(false),
             status => Err(RepoError::Publish(format!(
                 "{what}: server answered {status}"
