@@ -23,9 +23,53 @@ pub trait UpdateSource {
     fn now(&self) -> chrono::DateTime<chrono::Utc> {
         chrono::Utc::now()
     }
+    /// Fetches files under the targets URL that signed metadata names by
+    /// hash (a delta release's index and chunks); `None` when this source
+    /// has none, and a delta install falls back to the full image.
+    fn files(&self) -> Option<Box<dyn FileFetch>> {
+        None
+    }
 }
 
-impl<T: Transport> UpdateSource for TufClient<T> {
+/// Unlisted files from the repository's targets URL, each length-capped
+/// while it arrives; the caller checks the bytes against signed hashes.
+/// `Send`, so a delta install's image stream can own one.
+pub trait FileFetch: Send {
+    /// GET `rel` (e.g. `chunks/ab/….zst`), at most `max_len` bytes.
+    fn fetch(&self, rel: &str, max_len: u64) -> Result<Vec<u8>, TufError>;
+}
+
+struct TargetsFiles<T> {
+    /// The targets URL, ending in a `/`-separated path a file's segments extend.
+    base: url::Url,
+    transport: T,
+}
+
+impl<T: Transport + Send> FileFetch for TargetsFiles<T> {
+    fn fetch(&self, rel: &str, max_len: u64) -> Result<Vec<u8>, TufError> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| TufError::Url {
+                what: rel.to_owned(),
+                detail: format!("{} cannot be a base", self.base),
+            })?
+            .pop_if_empty()
+            .extend(rel.split('/'));
+        match self.transport.fetch(&url, max_len, None) {
+            Ok(ota_common::tuf::Fetched::Body { bytes, .. }) => Ok(bytes),
+            Ok(ota_common::tuf::Fetched::NotModified) => Err(TufError::Fetch {
+                url: url.to_string(),
+                error: ota_common::tuf::FetchError::Http { status: 304 },
+            }),
+            Err(error) => Err(TufError::Fetch {
+                url: url.to_string(),
+                error,
+            }),
+        }
+    }
+}
+
+impl<T: Transport + Clone + Send + 'static> UpdateSource for TufClient<T> {
     fn refresh(&mut self) -> Result<RefreshOutcome, TufError> {
         TufClient::refresh(self)
     }
@@ -38,6 +82,13 @@ impl<T: Transport> UpdateSource for TufClient<T> {
 
     fn open(&self, target: &Target, offset: u64) -> Result<Box<dyn Read + Send>, TufError> {
         self.open_target(target, offset)
+    }
+
+    fn files(&self) -> Option<Box<dyn FileFetch>> {
+        Some(Box::new(TargetsFiles {
+            base: self.targets_file_url("").ok()?,
+            transport: self.transport().clone(),
+        }))
     }
 
     fn now(&self) -> chrono::DateTime<chrono::Utc> {

@@ -53,16 +53,22 @@ fn ngclient_downloads_from_ota_server(key_type: &str) {
 }
 
 /// The compressed target (zstd frames, the decoded image signed in
-/// `custom.payload`) is ordinary TUF to python-tuf: it verifies and saves
-/// the compressed bytes, and keeps the custom fields it does not interpret.
+/// `custom.payload`, a delta index in `custom.delta`) is ordinary TUF to
+/// python-tuf: it verifies and saves the compressed bytes, and keeps the
+/// custom fields it does not interpret.
 #[test]
 fn ngclient_downloads_a_compressed_release() {
     let fx = Fixture::new().expect("fixture");
     let image = fx.dir.path().join("rootfs-1.1.0.img");
     integration_tests::image::write_image(&image, "1.1.0", true, 200 * 1024).expect("image");
     fx.repo
-        .add_with(&image, "1.1.0", &[HARDWARE_ID], &["--frame-size", "65536"])
-        .expect("ota-repo add (zstd by default)");
+        .add_with(
+            &image,
+            "1.1.0",
+            &[HARDWARE_ID],
+            &["--frame-size", "65536", "--delta"],
+        )
+        .expect("ota-repo add (zstd by default, with a delta index)");
     fx.repo.publish(&fx.server).expect("publish");
     let stored = std::fs::read_dir(fx.repo.dir.join("targets"))
         .expect("targets")
@@ -81,6 +87,14 @@ fn ngclient_downloads_a_compressed_release() {
     assert_eq!(payload["encoding"], "zstd", "{doc}");
     assert_eq!(payload["image_length"], 200 * 1024);
     assert_eq!(payload["frames"].as_array().map(Vec::len), Some(4));
+    // The delta index is custom metadata too: python-tuf verified and kept it.
+    let delta = &doc["signed"]["targets"]["rootfs-1.1.0.img"]["custom"]["delta"];
+    assert_eq!(
+        delta["index_sha256"].as_str().map(str::len),
+        Some(64),
+        "{doc}"
+    );
+    assert!(delta["index_length"].as_u64().is_some(), "{doc}");
 }
 
 struct NgclientRun {
