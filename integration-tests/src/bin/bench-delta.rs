@@ -189,44 +189,23 @@ fn run() -> Result<()> {
 
     // One repository and server per method, all alive for the whole sitting,
     // so the timed runs can interleave the methods (the machine is shared:
-    // interleaving spreads its noise over all of them alike).
-    let mut setups = Vec::new();
+    // interleaving spreads its noise over all of them alike). The delta case
+    // is the newest code: when it fails, the table says so and the other
+    // figures of the sitting still stand.
+    let mut live: Vec<(MethodResult, Fixture)> = Vec::new();
+    let mut failures: Vec<(&'static str, String)> = Vec::new();
     for m in &methods {
-        let f = Fixture::new()?;
-        let t = Instant::now();
-        let extra: Vec<&str> = m.add_args.iter().map(String::as_str).collect();
-        f.repo
-            .add_with(&args.n1, N1_VERSION, &[HARDWARE_ID], &extra)
-            .with_context(|| format!("ota-repo add {}", m.add_args.join(" ")))?;
-        f.repo.publish(&f.server)?;
-        eprintln!(
-            "{}: ota-repo add + publish {:.1} s",
-            m.name,
-            t.elapsed().as_secs_f64()
-        );
-        let target_bytes = published_target_len(&f)?;
-        setups.push((f, target_bytes));
-    }
-
-    let mut results: Vec<MethodResult> = Vec::new();
-    for (m, (f, target_bytes)) in methods.iter().zip(&setups) {
-        let proxy = Proxy::start(&f.server.url, u64::MAX)?;
-        let outcome = install(f, &args, &proxy.url, "bytes", n1_len, &n1_sha)?;
-        let wire_bytes = proxy.sent.load(Ordering::Relaxed);
-        eprintln!(
-            "{}: {wire_bytes} bytes through the proxy, {:.2} s",
-            m.name, outcome.secs
-        );
-        results.push(MethodResult {
-            name: m.name,
-            target_bytes: *target_bytes,
-            wire_bytes,
-            body_bytes: outcome.body_bytes.into_iter().collect(),
-            install_secs: Vec::new(),
-        });
+        match first_install(m, &args, n1_len, &n1_sha) {
+            Ok(pair) => live.push(pair),
+            Err(e) if m.name == "delta" => {
+                eprintln!("{}: FAILED: {e:#}", m.name);
+                failures.push((m.name, format!("{e:#}")));
+            }
+            Err(e) => return Err(e),
+        }
     }
     for run in 0..args.runs {
-        for (r, (f, _)) in results.iter_mut().zip(&setups) {
+        for (r, f) in &mut live {
             let outcome = install(
                 f,
                 &args,
@@ -240,7 +219,7 @@ fn run() -> Result<()> {
             r.body_bytes.extend(outcome.body_bytes);
         }
     }
-    drop(setups);
+    let results: Vec<MethodResult> = live.into_iter().map(|(r, _)| r).collect();
 
     let casync = casync_bytes(&args.n, &args.n1)?;
     let mut patches = Vec::new();
@@ -258,9 +237,47 @@ fn run() -> Result<()> {
     println!("* load average (1, 5, 15 min): before `{load_before}`, after `{load_after}`\n");
     println!(
         "{}",
-        table(&results, &casync, &patches, n1_len, args.delta, args.runs)
+        table(&results, &failures, &casync, &patches, n1_len, args.delta, args.runs)
     );
     Ok(())
+}
+
+/// Publishes N+1 the way `m` says on a fresh repository and server, and
+/// installs it once through the counting proxy.
+fn first_install(
+    m: &Method,
+    args: &Args,
+    n1_len: u64,
+    n1_sha: &[u8],
+) -> Result<(MethodResult, Fixture)> {
+    let f = Fixture::new()?;
+    let t = Instant::now();
+    let extra: Vec<&str> = m.add_args.iter().map(String::as_str).collect();
+    f.repo
+        .add_with(&args.n1, N1_VERSION, &[HARDWARE_ID], &extra)
+        .with_context(|| format!("ota-repo add {}", m.add_args.join(" ")))?;
+    f.repo.publish(&f.server)?;
+    eprintln!(
+        "{}: ota-repo add + publish {:.1} s",
+        m.name,
+        t.elapsed().as_secs_f64()
+    );
+    let target_bytes = published_target_len(&f)?;
+    let proxy = Proxy::start(&f.server.url, u64::MAX)?;
+    let outcome = install(&f, args, &proxy.url, "bytes", n1_len, n1_sha)?;
+    let wire_bytes = proxy.sent.load(Ordering::Relaxed);
+    eprintln!(
+        "{}: {wire_bytes} bytes through the proxy, {:.2} s",
+        m.name, outcome.secs
+    );
+    let result = MethodResult {
+        name: m.name,
+        target_bytes,
+        wire_bytes,
+        body_bytes: outcome.body_bytes.into_iter().collect(),
+        install_secs: Vec::new(),
+    };
+    Ok((result, f))
 }
 
 struct Outcome {
@@ -297,6 +314,11 @@ fn install(
             run.end,
             device.log_tail()
         );
+    }
+    // What the agent decided (delta or the full image, and why), for the record.
+    let log = std::fs::read_to_string(device.dir.join("agent.log")).unwrap_or_default();
+    for line in log.lines().filter(|l| l.contains("delta")) {
+        eprintln!("  agent: {line}");
     }
     let slot_b = device.slot_path(ota_agent::slot::SlotId::B);
     if sha256_prefix(&slot_b, n1_len)? != n1_sha {
@@ -508,6 +530,7 @@ fn pct(bytes: u64, of: u64) -> String {
 
 fn table(
     results: &[MethodResult],
+    failures: &[(&str, String)],
     casync: &Casync,
     patches: &[Patch],
     n1_len: u64,
@@ -535,6 +558,10 @@ fn table(
             pct(r.wire_bytes, n1_len),
             median(&r.install_secs).map_or("-".into(), |m| format!("{m:.2}")),
         );
+    }
+    for (name, why) in failures {
+        let why = why.lines().next().unwrap_or("").replace('|', "/");
+        let _ = writeln!(t, "| {name} | - | failed: {why} | - | - | - | - |");
     }
     if !delta {
         let _ = writeln!(
