@@ -120,6 +120,13 @@ pub struct DownloadConfig {
     /// the agent's memory for any compressed image; a stream that asks for
     /// more is refused before the window is allocated.
     pub max_decompression_window: u64,
+    /// Install a delta release (`custom.delta`) from the running slot plus
+    /// the chunks it lacks; `false`: always the full image.
+    pub delta: bool,
+    /// A delta whose chunks to fetch weigh more than this share (percent)
+    /// of the full download is not worth its slot scan: the full image is
+    /// installed instead.
+    pub delta_max_fetch_percent: u64,
 }
 
 impl Default for DownloadConfig {
@@ -131,6 +138,8 @@ impl Default for DownloadConfig {
             checkpoint_bytes: 4 * 1024 * 1024,
             checkpoint_interval_ms: 1000,
             max_decompression_window: 8 * 1024 * 1024,
+            delta: true,
+            delta_max_fetch_percent: 80,
         }
     }
 }
@@ -458,6 +467,12 @@ impl Config {
             return Err(invalid(
                 "download.max_decompression_window",
                 "must be between 65536 (64 KiB) and 1073741824 (1 GiB)",
+            ));
+        }
+        if self.download.delta_max_fetch_percent > 100 {
+            return Err(invalid(
+                "download.delta_max_fetch_percent",
+                "must be at most 100",
             ));
         }
         if self.download.checkpoint_interval_ms > 600_000 {

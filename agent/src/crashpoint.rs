@@ -35,6 +35,9 @@ pub const DOWNLOAD_CHUNK_WRITTEN: &str = "download.chunk_written";
 pub const DOWNLOAD_FRAME_DECODED: &str = "download.frame_decoded";
 /// The slot was fsynced and the checkpoint persisted, mid-stream.
 pub const DOWNLOAD_CHECKPOINT_SAVED: &str = "download.checkpoint_saved";
+/// A delta release: a checkpoint of the image assembled from the running
+/// slot and fetched chunks is persisted (any offset, not a chunk boundary).
+pub const DELTA_CHECKPOINT_SAVED: &str = "delta.checkpoint_saved";
 /// Every byte verified and the slot fsynced; not yet read back.
 pub const INSTALL_BEFORE_READ_BACK: &str = "install.before_read_back";
 /// Read back and verified; `Installed` not persisted yet.
@@ -83,6 +86,7 @@ pub const ALL: &[&str] = &[
     DOWNLOAD_CHUNK_WRITTEN,
     DOWNLOAD_FRAME_DECODED,
     DOWNLOAD_CHECKPOINT_SAVED,
+    DELTA_CHECKPOINT_SAVED,
     INSTALL_BEFORE_READ_BACK,
     INSTALL_VERIFIED,
     INSTALLED_PERSISTED,

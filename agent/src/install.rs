@@ -17,6 +17,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 mod compressed;
+pub mod delta;
 
 /// Bytes read from the network and written per step (within the 64 KiB..1 MiB
 /// band). Every write but the last is this large and starts at a multiple of

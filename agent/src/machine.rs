@@ -587,6 +587,33 @@ impl Machine {
             length,
             next_log: length / 4,
         };
+        let running = &self.slots.get(self.booted).path;
+        if let Some(plan) = install::delta::try_plan(dl, source, target, length, running) {
+            // The delta stream is the slot image itself, never encoded.
+            let delta_job = Download {
+                payload: None,
+                ..job.clone()
+            };
+            match install::delta::install(&delta_job, &mut hooks, source, plan, running) {
+                Ok(fetched) => {
+                    info!(%slot, target = %target.name, fetched_bytes = fetched,
+                        "delta image written, read back and verified");
+                    return Ok(());
+                }
+                Err(e @ (InstallError::Slot(_) | InstallError::Checkpoint(_))) => return Err(e),
+                Err(e) => {
+                    warn!(%slot, target = %target.name, reason = %e,
+                        "delta install failed; installing the full image instead");
+                }
+            }
+        }
+        let job = Download {
+            resume_from: match &hooks.state.phase {
+                Phase::Downloading { checkpoint, .. } => *checkpoint,
+                _ => resume_from,
+            },
+            ..job
+        };
         install::install(&job, &mut hooks)?;
         info!(%slot, target = %target.name, "image written, read back and verified");
         Ok(())

@@ -23,9 +23,48 @@ pub trait UpdateSource {
     fn now(&self) -> chrono::DateTime<chrono::Utc> {
         chrono::Utc::now()
     }
+    /// Fetches files under the targets URL that signed metadata names by
+    /// hash (a delta release's index and chunks); `None` when this source
+    /// has none, and a delta install falls back to the full image.
+    fn files(&self) -> Option<Box<dyn FileFetch>> {
+        None
+    }
 }
 
-impl<T: Transport> UpdateSource for TufClient<T> {
+/// Unlisted files from the repository's targets URL, each length-capped
+/// while it arrives; the caller checks the bytes against signed hashes.
+/// `Send`, so a delta install's image stream can own one.
+pub trait FileFetch: Send {
+    /// GET `rel` (e.g. `chunks/ab/….zst`), at most `max_len` bytes.
+    fn fetch(&self, rel: &str, max_len: u64) -> Result<Vec<u8>, TufError>;
+}
+
+struct TargetsFiles<T> {
+    base: TufFiles,
+    transport: T,
+}
+
+/// Builds URLs under the targets base without the client.
+struct TufFiles(Box<dyn Fn(&str) -> Result<url::Url, TufError> + Send>);
+
+impl<T: Transport + Send> FileFetch for TargetsFiles<T> {
+    fn fetch(&self, rel: &str, max_len: u64) -> Result<Vec<u8>, TufError> {
+        let url = (self.base.0)(rel)?;
+        match self.transport.fetch(&url, max_len, None) {
+            Ok(ota_common::tuf::Fetched::Body { bytes, .. }) => Ok(bytes),
+            Ok(ota_common::tuf::Fetched::NotModified) => Err(TufError::Fetch {
+                url: url.to_string(),
+                error: ota_common::tuf::FetchError::Http { status: 304 },
+            }),
+            Err(error) => Err(TufError::Fetch {
+                url: url.to_string(),
+                error,
+            }),
+        }
+    }
+}
+
+impl<T: Transport + Clone + Send + 'static> UpdateSource for TufClient<T> {
     fn refresh(&mut self) -> Result<RefreshOutcome, TufError> {
         TufClient::refresh(self)
     }
@@ -38,6 +77,24 @@ impl<T: Transport> UpdateSource for TufClient<T> {
 
     fn open(&self, target: &Target, offset: u64) -> Result<Box<dyn Read + Send>, TufError> {
         self.open_target(target, offset)
+    }
+
+    fn files(&self) -> Option<Box<dyn FileFetch>> {
+        let probe = self.targets_file_url("chunks").ok()?;
+        Some(Box::new(TargetsFiles {
+            base: TufFiles(Box::new(move |rel: &str| {
+                let mut url = probe.clone();
+                url.path_segments_mut()
+                    .map_err(|()| TufError::Url {
+                        what: rel.to_owned(),
+                        detail: "targets URL cannot be a base".into(),
+                    })?
+                    .pop()
+                    .extend(rel.split('/'));
+                Ok(url)
+            })),
+            transport: self.transport().clone(),
+        }))
     }
 
     fn now(&self) -> chrono::DateTime<chrono::Utc> {

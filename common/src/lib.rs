@@ -8,9 +8,12 @@
 //! * [`id`]: the character rule for device, hardware, wave and group ids.
 //! * [`payload`]: how a target's signed bytes become the slot image (raw, or
 //!   compressed with its signed decoded length and digest).
+//! * [`delta`]: a delta release's signed chunk index and the chunker both
+//!   the release tool and the agent cut images with.
 //! * [`rollout`]: staged rollouts: the signed wave schedule and a device's wave.
 
 pub mod atomic;
+pub mod delta;
 pub mod hash;
 pub mod id;
 pub mod payload;

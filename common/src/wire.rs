@@ -45,6 +45,22 @@ pub struct ReleaseCustom {
     /// makes the whole target invalid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<PayloadCustom>,
+    /// A delta release: the signed chunk index that lets a device build the
+    /// slot image from its running slot plus the chunks it lacks. Optional
+    /// for the device (an agent that ignores it installs the full payload);
+    /// parsed by [`crate::delta::IndexRef::parse`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<DeltaCustom>,
+}
+
+/// `custom.delta`: where a release's chunk index is and what it hashes to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeltaCustom {
+    /// SHA-256 of the index file, lowercase hex (also its name in the
+    /// chunk store: `chunks/index/<sha256>.<sha256>.cidx`).
+    pub index_sha256: String,
+    pub index_length: u64,
 }
 
 /// `custom.payload`: the target is an encoded (compressed) slot image.

@@ -31,6 +31,8 @@ const HW_COMPRESSED: &str = "board-compressed";
 const HEALTHY_TARGET: &str = "rootfs-healthy-1.1.0.img";
 const FAILING_TARGET: &str = "rootfs-failing-1.1.0.img";
 const COMPRESSED_TARGET: &str = "rootfs-compressed-1.1.0.img";
+const HW_DELTA: &str = "board-delta";
+const DELTA_TARGET: &str = "rootfs-delta-1.1.0.img";
 /// The compressed release's zstd frames: five for the 300 KiB image, so
 /// the 256 KiB checkpoint falls on a frame boundary mid-stream.
 const FRAME_SIZE: &str = "65536";
@@ -46,6 +48,9 @@ enum Scenario {
     TrialLost,
     /// 1.1.0 is healthy and published zstd-compressed in signed frames.
     Compressed,
+    /// 1.1.0 is healthy and published with a chunk index: installed as a
+    /// delta (its compressible chunks cost far less than the raw image).
+    Delta,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +106,21 @@ fn expect(backend: Backend, scenario: Scenario, point: &str) -> Expect {
         cp::INSTALLED_PERSISTED,
     ];
     match scenario {
+        Scenario::Delta if backend != Backend::Sim => Unreachable(
+            "assembling a delta is the same whatever the bootloader (covered on sim)",
+        ),
+        Scenario::Delta if point == cp::DOWNLOAD_FRAME_DECODED => {
+            Unreachable("a delta's chunks are not frames of a compressed target")
+        }
+        Scenario::Delta if point == cp::DELTA_CHECKPOINT_SAVED || install.contains(&point) => {
+            Reached(Committed)
+        }
+        Scenario::Delta => Unreachable(
+            "after the install a delta release is handled as a raw one (covered by Healthy)",
+        ),
+        _ if point == cp::DELTA_CHECKPOINT_SAVED => {
+            Unreachable("a full image has no delta (covered by Delta)")
+        }
         Scenario::Compressed if backend != Backend::Sim => Unreachable(
             "decoding is the same whatever the bootloader (covered on sim)",
         ),
@@ -172,8 +192,22 @@ impl World {
                 &["--compress", "zstd", "--frame-size", FRAME_SIZE],
             )
             .expect("add");
+        let delta = fx.dir.path().join(DELTA_TARGET);
+        write_image(&delta, "1.1.0", true, 4096).expect("image");
+        let mut bytes = std::fs::read(&delta).expect("image");
+        bytes.truncate(64);
+        bytes.extend((bytes.len()..IMAGE_SIZE).map(|i| (i / 3000 % 11) as u8));
+        std::fs::write(&delta, bytes).expect("image");
+        fx.repo
+            .add_with(
+                &delta,
+                "1.1.0",
+                &[HW_DELTA],
+                &["--compress", "none", "--delta"],
+            )
+            .expect("add");
         fx.repo.publish(&fx.server).expect("publish");
-        let valid = [&fx.factory_image, &healthy, &failing, &compressed]
+        let valid = [&fx.factory_image, &healthy, &failing, &compressed, &delta]
             .into_iter()
             .map(|p| sha256_file(p))
             .collect();
@@ -188,6 +222,7 @@ impl World {
             Scenario::Healthy | Scenario::TrialLost => HW_HEALTHY,
             Scenario::Failing => HW_FAILING,
             Scenario::Compressed => HW_COMPRESSED,
+            Scenario::Delta => HW_DELTA,
         };
         let dev = SimDevice::provision_with_backend(
             &self.fx.dir.path().join("devices").join(id),
@@ -313,6 +348,7 @@ fn target_of(scenario: Scenario) -> &'static str {
         Scenario::Failing => FAILING_TARGET,
         Scenario::Healthy | Scenario::TrialLost => HEALTHY_TARGET,
         Scenario::Compressed => COMPRESSED_TARGET,
+        Scenario::Delta => DELTA_TARGET,
     }
 }
 
@@ -370,6 +406,7 @@ fn every_crash_point_on_every_backend_recovers() {
         Scenario::Failing,
         Scenario::TrialLost,
         Scenario::Compressed,
+        Scenario::Delta,
     ];
     // Every point must be reached by some scenario, or it proves nothing.
     for point in cp::ALL {

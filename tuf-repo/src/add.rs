@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use tough::schema::{Hashes, Target, Targets};
 use tough::TargetName;
 
+pub mod delta;
 pub mod pack;
 pub use pack::{Compression, Packing};
 
@@ -89,6 +90,7 @@ pub async fn add_packed(
     let packed = store_packed(layout, &name, &options.image, image, size, packing)?;
     let digests = packed.digests;
     release.payload = packed.payload.clone();
+    release.delta = delta_of(layout, &options.image, packing)?;
 
     let target = target_entry(&digests, &release)?;
     let sha512 = hex::encode(digests.sha512);
@@ -109,6 +111,25 @@ pub async fn add_packed(
 
 /// The signed description of an image: length, sha256 and sha512, and the
 /// release fields as `custom`.
+/// `custom.delta` for `--delta`: the image's chunk index, its new chunks stored.
+pub(crate) fn delta_of(
+    layout: &Layout,
+    image: &Path,
+    packing: &Packing,
+) -> Result<Option<ota_common::wire::DeltaCustom>> {
+    if !packing.delta {
+        return Ok(None);
+    }
+    let indexed = delta::index_image(layout, image, ota_common::delta::DEFAULT_PARAMS)?;
+    tracing::info!(
+        chunks = indexed.chunks,
+        reused = indexed.reused,
+        index = %indexed.custom.index_sha256,
+        "chunk index stored"
+    );
+    Ok(Some(indexed.custom))
+}
+
 pub(crate) fn target_entry(digests: &StreamDigests, release: &ReleaseCustom) -> Result<Target> {
     let mut custom = HashMap::new();
     let value = serde_json::to_value(release)
@@ -211,6 +232,7 @@ pub(crate) fn release_fields(options: &AddOptions) -> Result<ReleaseCustom> {
         release_notes: options.notes.clone(),
         rollout: None,
         payload: None,
+        delta: None,
     })
 }
 

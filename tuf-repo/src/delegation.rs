@@ -592,6 +592,7 @@ pub async fn add(
     let packed = add::store_packed(layout, &name, &options.image, image, size, packing)?;
     let digests = packed.digests;
     release.payload = packed.payload.clone();
+    release.delta = add::delta_of(layout, &options.image, packing)?;
     let target = add::target_entry(&digests, &release)?;
     let mut content = current.signed.clone();
     let tname =

@@ -18,6 +18,8 @@ use tough::schema::Target;
 use tough::TargetName;
 use url::Url;
 
+pub mod chunks;
+
 /// Largest metadata file the server accepts.
 pub const MAX_METADATA_BYTES: u64 = 16 * 1024 * 1024;
 /// Most bytes of an answer body read (error messages, JSON answers).
@@ -401,12 +403,9 @@ impl AdminClient {
 
     /// Whether the server already serves this image (right name and length).
     pub fn has_target(&self, t: &TargetFile) -> Result<bool> {
-        let url = self.url(&["targets", &t.by_sha256])?;
-        let resp = match self.http.head(url).send() {
-            Ok(r) => r,
-            Err(_) => return Ok(false), // The upload will report any real problem.
-        };
-        Ok(resp.status() == reqwest::StatusCode::OK && resp.content_length() == Some(t.length))
+        // Only a clear 404 means absent; see chunks::serves.
+        self.serves(&t.by_sha256, t.length)
+            .map_err(|e| RepoError::Publish(format!("target {}: {e}", t.name)))
     }
 
     pub fn upload_target(&self, id: &str, layout: &Layout, t: &TargetFile) -> Result<()> {
@@ -520,6 +519,30 @@ pub fn publish_server(
         }
         client.upload_target(&id, layout, t)?;
         uploaded.push(t.name.clone());
+    }
+    // Chunks before metadata: a device that sees a delta release must find
+    // every chunk its index names.
+    let mut chunks_uploaded = 0usize;
+    let chunk_files = chunks::chunk_files(layout)?;
+    let mut staged_names = std::collections::HashSet::new();
+    for file in &chunk_files {
+        if client.serves(&file.served, file.length)? {
+            continue;
+        }
+        // One file per name in a publication: a chunk compressed again by
+        // another zstd version is the same chunk, its first copy will do.
+        if !staged_names.insert(file.published.as_str()) {
+            continue;
+        }
+        client.upload_chunk_file(&id, file)?;
+        chunks_uploaded += 1;
+    }
+    if !chunk_files.is_empty() {
+        tracing::info!(
+            uploaded = chunks_uploaded,
+            already_served = chunk_files.len() - chunks_uploaded,
+            "chunk store published"
+        );
     }
     for (name, bytes) in metadata {
         client.upload_metadata(&id, &name, bytes)?;

@@ -582,6 +582,27 @@ impl<T: Transport> TufClient<T> {
         file.sync_all().map_err(|e| io_err(tmp, e))
     }
 
+    /// The URL of `rel` under the targets base: files the signed metadata
+    /// names by hash but does not list as targets (a delta release's chunk
+    /// store). The caller checks what it fetches against those hashes.
+    pub fn targets_file_url(&self, rel: &str) -> Result<Url, TufError> {
+        let mut url = self.options.targets_base.clone();
+        url.path_segments_mut()
+            .map_err(|()| TufError::Url {
+                what: rel.to_owned(),
+                detail: format!("{} cannot be a base", self.options.targets_base),
+            })?
+            .pop_if_empty()
+            .extend(rel.split('/'));
+        Ok(url)
+    }
+
+    /// The transport, for fetches outside the metadata workflow (see
+    /// [`Self::targets_file_url`]).
+    pub fn transport(&self) -> &T {
+        &self.transport
+    }
+
     /// Read-only view: versions and expiries of the trusted roles.
     pub fn trusted(&self) -> &TrustedMetadata {
         &self.view

@@ -56,6 +56,9 @@ pub struct Packing {
     pub frame_size: u64,
     /// zstd 1..=19, gzip 1..=9; `None`: the format's usual default.
     pub level: Option<u32>,
+    /// Also cut the image into a signed chunk index and store its chunks
+    /// (`add/delta.rs`), so devices can install it as a delta.
+    pub delta: bool,
 }
 
 impl Packing {
@@ -65,6 +68,7 @@ impl Packing {
             compression: Compression::None,
             frame_size: DEFAULT_FRAME_SIZE,
             level: None,
+            delta: false,
         }
     }
 
@@ -388,6 +392,7 @@ mod tests {
             compression,
             frame_size: 64 * 1024,
             level: None,
+            delta: false,
         }
     }
 

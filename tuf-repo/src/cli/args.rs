@@ -144,6 +144,11 @@ pub(crate) enum Command {
         /// zstd 1..=19 (default 9), gzip and xz 1..=9 (default 6).
         #[arg(long, value_name = "N")]
         compress_level: Option<u32>,
+        /// Also sign a chunk index of the image and store its chunks
+        /// (compressed, named by hash, under targets/chunks/), so a device
+        /// fetches only the chunks its running slot lacks. Needs the raw image.
+        #[arg(long)]
+        delta: bool,
         #[command(flatten)]
         rollout: RolloutFlags,
     },

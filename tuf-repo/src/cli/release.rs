@@ -96,6 +96,7 @@ pub(crate) fn run(layout: Layout, command: Command) -> Result<()> {
             compress,
             frame_size,
             compress_level,
+            delta,
             rollout,
         } => {
             let options = add::AddOptions {
@@ -113,6 +114,7 @@ pub(crate) fn run(layout: Layout, command: Command) -> Result<()> {
                 compression,
                 frame_size: frame_size.unwrap_or(add::pack::DEFAULT_FRAME_SIZE),
                 level: compress_level,
+                delta,
             };
             // Built (and refused) before the image is copied or anything signed.
             let plan = rollout.into_args().plan(None, chrono::Utc::now())?;

@@ -1,0 +1,291 @@
+//! Delta releases over the real binaries: `ota-repo add --delta` signs a
+//! chunk index and stores the chunks, `ota-repo publish` uploads them to
+//! `ota-server`, and `ota-agent` builds the new slot from its running slot
+//! plus the chunks it lacks, then verifies the whole slot against the
+//! signed image. A tampered chunk or index, or an unreachable chunk store,
+//! makes it install the full image instead, with the running slot
+//! untouched; a crash mid-delta resumes; a delta that would not save
+//! enough is not attempted.
+
+use integration_tests::device::{CrashRunEnd, SimDevice};
+use integration_tests::fixture::{Fixture, HARDWARE_ID};
+use ota_agent::slot::SlotId;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const SIZE: usize = 4 * 1024 * 1024;
+
+/// A release image: the test header, then pseudo-random bytes from `seed`
+/// (incompressible, so only sharing chunks makes a delta cheap), with
+/// `edits` (offset, length) overwritten by bytes of their own.
+fn image(path: &Path, version: &str, seed: u64, edits: &[(usize, usize)]) {
+    let header = format!("release={version}\nhealth=ok\n");
+    let mut bytes = header.into_bytes();
+    let mut state = seed | 1;
+    while bytes.len() < SIZE {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        bytes.push(state as u8);
+    }
+    for &(at, len) in edits {
+        for (i, b) in bytes[at..at + len].iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(31) ^ 0x5a;
+        }
+    }
+    std::fs::write(path, bytes).expect("image");
+}
+
+fn release(fx: &Fixture, version: &str, seed: u64, edits: &[(usize, usize)]) -> PathBuf {
+    let path = fx.dir.path().join(format!("rootfs-{version}.img"));
+    image(&path, version, seed, edits);
+    fx.repo
+        .add_with(
+            &path,
+            version,
+            &[HARDWARE_ID],
+            &["--compress", "none", "--delta"],
+        )
+        .expect("ota-repo add --delta");
+    fx.repo.publish(&fx.server).expect("publish");
+    path
+}
+
+/// The agent's log without its colour escapes.
+fn agent_log(dev: &SimDevice) -> String {
+    let raw = std::fs::read_to_string(dev.dir.join("agent.log")).unwrap_or_default();
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The bytes the agent says the last delta install fetched.
+fn fetched_bytes(log: &str) -> Option<u64> {
+    log.lines()
+        .rev()
+        .find(|l| l.contains("delta image written"))?
+        .split("fetched_bytes=")
+        .nth(1)?
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A device running 1.1.0 in slot B (installed in full from the factory
+/// image: a delta from unrelated bytes would not pay).
+fn device_on_1_1(fx: &Fixture, id: &str, v11: &Path) -> SimDevice {
+    let dev = fx.device(id).expect("device");
+    dev.append_config("\n[download]\nretries = 1\nretry_initial_ms = 50\nretry_max_ms = 100\ncheckpoint_bytes = 262144\ncheckpoint_interval_ms = 0\n")
+        .expect("config");
+    let boots = dev.run_until_settled(4).expect("settles");
+    assert_eq!(
+        boots.last().map(|b| b.slot),
+        Some(SlotId::B),
+        "{}",
+        dev.log_tail()
+    );
+    assert_eq!(
+        std::fs::read(dev.slot_path(SlotId::B)).expect("B"),
+        std::fs::read(v11).expect("img")
+    );
+    let log = agent_log(&dev);
+    assert!(
+        log.contains("installing the full image instead of the delta")
+            && log.contains("would fetch"),
+        "the first release must fall back: nothing is shared with the factory image\n{log}"
+    );
+    dev
+}
+
+/// Runs the device until it settles on slot A holding `image`, with slot B
+/// (the running slot during the install) still holding `running`.
+fn settles_on(dev: &SimDevice, image: &Path, running: &[u8]) {
+    let boots = dev.run_until_settled(4).expect("settles");
+    assert_eq!(
+        boots.last().map(|b| b.slot),
+        Some(SlotId::A),
+        "{boots:?}\n{}",
+        dev.log_tail()
+    );
+    assert_eq!(
+        std::fs::read(dev.slot_path(SlotId::A)).expect("A"),
+        std::fs::read(image).expect("img")
+    );
+    assert_eq!(
+        std::fs::read(dev.slot_path(SlotId::B)).expect("B"),
+        running,
+        "the running slot was written"
+    );
+}
+
+fn served_chunks(fx: &Fixture) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let root = fx.server.repository_dir().join("targets").join("chunks");
+    for dir in std::fs::read_dir(&root).expect("chunk store") {
+        let dir = dir.expect("entry").path();
+        for f in std::fs::read_dir(&dir).expect("dir") {
+            out.push(f.expect("entry").path());
+        }
+    }
+    out
+}
+
+#[test]
+fn a_delta_release_is_built_from_the_running_slot_with_few_bytes_fetched() {
+    let fx = Fixture::new().expect("fixture");
+    let v11 = release(&fx, "1.1.0", 7, &[]);
+    let dev = device_on_1_1(&fx, "dev-delta", &v11);
+    let running = std::fs::read(dev.slot_path(SlotId::B)).expect("B");
+    // 1.2.0: the same bytes but a new header and two edited regions.
+    let v12 = release(&fx, "1.2.0", 7, &[(1_000_000, 3000), (3_000_000, 100)]);
+    // Chunks are served like images: immutable, cacheable for a year.
+    let chunk = served_chunks(&fx)
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "zst"))
+        .expect("a chunk");
+    let rel = chunk
+        .strip_prefix(fx.server.repository_dir().join("targets"))
+        .expect("rel");
+    let resp = integration_tests::server::http_client()
+        .expect("client")
+        .get(format!("{}/targets/{}", fx.server.url, rel.display()))
+        .send()
+        .expect("GET chunk");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
+    assert!(resp.headers().contains_key("etag"));
+
+    settles_on(&dev, &v12, &running);
+    let log = agent_log(&dev);
+    let fetched = fetched_bytes(&log)
+        .unwrap_or_else(|| panic!("no delta install\n{log}\nserved: {:?}", served_chunks(&fx)));
+    assert!(
+        fetched < SIZE as u64 / 8,
+        "a delta of two small edits fetched {fetched} of {SIZE} bytes"
+    );
+    let status = dev.agent_status().expect("status");
+    assert!(status.to_string().contains("1.2.0"), "{status}");
+}
+
+#[test]
+fn a_tampered_chunk_or_index_falls_back_to_the_full_image() {
+    let fx = Fixture::new().expect("fixture");
+    let v11 = release(&fx, "1.1.0", 11, &[]);
+    let chunk_dev = device_on_1_1(&fx, "dev-chunk", &v11);
+    let index_dev = device_on_1_1(&fx, "dev-index", &v11);
+    let running = std::fs::read(chunk_dev.slot_path(SlotId::B)).expect("B");
+    let before: Vec<PathBuf> = served_chunks(&fx);
+    let v12 = release(&fx, "1.2.0", 11, &[(2_000_000, 5000)]);
+
+    // Every chunk 1.2.0 added is replaced by other bytes of the same length.
+    let added: Vec<PathBuf> = served_chunks(&fx)
+        .into_iter()
+        .filter(|p| !before.contains(p) && p.extension().is_some_and(|e| e == "zst"))
+        .collect();
+    assert!(!added.is_empty());
+    let saved: Vec<(PathBuf, Vec<u8>)> = added
+        .iter()
+        .map(|p| (p.clone(), std::fs::read(p).expect("chunk")))
+        .collect();
+    for (p, bytes) in &saved {
+        let mut evil = bytes.clone();
+        let mid = evil.len() / 2;
+        evil[mid] ^= 0xff;
+        std::fs::write(p, evil).expect("tamper");
+    }
+    settles_on(&chunk_dev, &v12, &running);
+    let log = agent_log(&chunk_dev);
+    assert!(
+        log.contains("does not match its signed length and sha256")
+            && log.contains("installing the full image instead"),
+        "{log}"
+    );
+    assert_eq!(
+        fetched_bytes(&log),
+        None,
+        "the delta must not have completed"
+    );
+    for (p, bytes) in &saved {
+        std::fs::write(p, bytes).expect("restore");
+    }
+
+    // Now the index: served with one byte changed.
+    let indexes: Vec<PathBuf> = served_chunks(&fx)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "cidx"))
+        .collect();
+    // Both releases, each under its sha256 and its sha512 name.
+    assert_eq!(indexes.len(), 4, "{indexes:?}");
+    // Read all first: the server's two names may be one file (hard links).
+    let originals: Vec<Vec<u8>> = indexes
+        .iter()
+        .map(|p| std::fs::read(p).expect("index"))
+        .collect();
+    for (p, mut bytes) in indexes.iter().zip(originals) {
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(p, bytes).expect("tamper");
+    }
+    settles_on(&index_dev, &v12, &running);
+    let log = agent_log(&index_dev);
+    assert!(
+        log.contains("chunk index") && log.contains("tampered or corrupt"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_crash_mid_delta_resumes_and_an_unreachable_chunk_store_falls_back() {
+    let fx = Fixture::new().expect("fixture");
+    let v11 = release(&fx, "1.1.0", 13, &[]);
+    let dev = device_on_1_1(&fx, "dev-resume", &v11);
+    let gone = device_on_1_1(&fx, "dev-gone", &v11);
+    let running = std::fs::read(dev.slot_path(SlotId::B)).expect("B");
+    let v12 = release(&fx, "1.2.0", 13, &[(500_000, 2000), (3_500_000, 2000)]);
+
+    assert_eq!(dev.power_on().expect("boot"), SlotId::B);
+    let end = dev
+        .run_agent_with_crash_point(
+            ota_agent::crashpoint::DELTA_CHECKPOINT_SAVED,
+            Duration::ZERO,
+            Duration::from_secs(60),
+        )
+        .expect("run");
+    assert!(
+        matches!(end, CrashRunEnd::Crashed),
+        "{end:?}\n{}",
+        dev.log_tail()
+    );
+    settles_on(&dev, &v12, &running);
+    let log = agent_log(&dev);
+    assert!(
+        fetched_bytes(&log).is_some(),
+        "the resumed install is a delta\n{log}"
+    );
+
+    // The chunk store gone (every chunk 404): the full image is installed.
+    for p in served_chunks(&fx) {
+        if p.extension().is_some_and(|e| e == "zst") {
+            std::fs::remove_file(p).expect("rm");
+        }
+    }
+    settles_on(&gone, &v12, &running);
+    let log = agent_log(&gone);
+    assert!(log.contains("chunk store"), "{log}");
+    assert!(log.contains("installing the full image instead"), "{log}");
+}
