@@ -206,14 +206,7 @@ fn run() -> Result<()> {
     }
     for run in 0..args.runs {
         for (r, f) in &mut live {
-            let outcome = install(
-                f,
-                &args,
-                &f.server.url,
-                &format!("t{run}"),
-                n1_len,
-                &n1_sha,
-            )?;
+            let outcome = install(f, &args, &f.server.url, &format!("t{run}"), n1_len, &n1_sha)?;
             eprintln!("{} run {}: {:.2} s", r.name, run + 1, outcome.secs);
             r.install_secs.push(outcome.secs);
             r.body_bytes.extend(outcome.body_bytes);
@@ -413,6 +406,8 @@ fn casync_bytes(n: &Path, n1: &Path) -> Result<Casync> {
             .arg(format!("--store={}", store.display()))
             .arg(&index)
             .arg(image)
+            // It prints the index's digest: not part of the report.
+            .stdout(std::process::Stdio::null())
             .status()
             .context("running casync (apt-get install casync)")?;
         if !status.success() {
