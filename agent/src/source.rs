@@ -40,16 +40,21 @@ pub trait FileFetch: Send {
 }
 
 struct TargetsFiles<T> {
-    base: TufFiles,
+    /// The targets URL, ending in a `/`-separated path a file's segments extend.
+    base: url::Url,
     transport: T,
 }
 
-/// Builds URLs under the targets base without the client.
-struct TufFiles(Box<dyn Fn(&str) -> Result<url::Url, TufError> + Send>);
-
 impl<T: Transport + Send> FileFetch for TargetsFiles<T> {
     fn fetch(&self, rel: &str, max_len: u64) -> Result<Vec<u8>, TufError> {
-        let url = (self.base.0)(rel)?;
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| TufError::Url {
+                what: rel.to_owned(),
+                detail: format!("{} cannot be a base", self.base),
+            })?
+            .pop_if_empty()
+            .extend(rel.split('/'));
         match self.transport.fetch(&url, max_len, None) {
             Ok(ota_common::tuf::Fetched::Body { bytes, .. }) => Ok(bytes),
             Ok(ota_common::tuf::Fetched::NotModified) => Err(TufError::Fetch {
@@ -80,19 +85,8 @@ impl<T: Transport + Clone + Send + 'static> UpdateSource for TufClient<T> {
     }
 
     fn files(&self) -> Option<Box<dyn FileFetch>> {
-        let probe = self.targets_file_url("chunks").ok()?;
         Some(Box::new(TargetsFiles {
-            base: TufFiles(Box::new(move |rel: &str| {
-                let mut url = probe.clone();
-                url.path_segments_mut()
-                    .map_err(|()| TufError::Url {
-                        what: rel.to_owned(),
-                        detail: "targets URL cannot be a base".into(),
-                    })?
-                    .pop()
-                    .extend(rel.split('/'));
-                Ok(url)
-            })),
+            base: self.targets_file_url("").ok()?,
             transport: self.transport().clone(),
         }))
     }
