@@ -69,17 +69,19 @@ impl Esp {
             .to_owned()
     }
 
-    /// What systemd-boot does at power-on, per the Boot Loader Specification
-    /// and systemd's Automatic Boot Assessment text, written independently of
-    /// the backend: entries with no tries left sort last, the rest by id
-    /// (the file name without the counter) highest first; the `default`
-    /// pattern picks the first non-bad entry it matches, else the first in
-    /// order. A counted entry is renamed +(LEFT-1)-(DONE+1) before it boots.
+    /// What systemd-boot does at power-on, written independently of the
+    /// backend from systemd-boot's source (252, Debian 12's, which the
+    /// full-system board 2 runs): an entry's id is its whole file name,
+    /// counter included, lower-cased; entries with no tries left sort last,
+    /// the rest by id, highest first; the entry the `default` pattern
+    /// matches boots (even a bad one), else the first in order. A counted
+    /// entry is renamed +(LEFT-1)-(DONE+1) before it boots.
     /// Returns the slot named on the entry's `options` line.
     fn firmware_boot(&self) -> SlotId {
         struct E {
             file: String,
             id: String,
+            base: String,
             counter: Option<(u32, u32)>,
         }
         let mut entries: Vec<E> = self
@@ -88,17 +90,22 @@ impl Esp {
             .filter(|f| f.ends_with(".conf") && !f.starts_with('.'))
             .map(|file| {
                 let stem = file.trim_end_matches(".conf");
-                let (id, counter) = match stem.rsplit_once('+') {
+                let (base, counter) = match stem.rsplit_once('+') {
                     Some((base, c)) => {
                         let (l, d) = c.split_once('-').unwrap_or((c, "0"));
                         (
-                            format!("{base}.conf"),
+                            base.to_owned(),
                             Some((l.parse().expect("left"), d.parse().expect("done"))),
                         )
                     }
-                    None => (file.clone(), None),
+                    None => (stem.to_owned(), None),
                 };
-                E { file, id, counter }
+                E {
+                    id: file.to_ascii_lowercase(),
+                    file,
+                    base,
+                    counter,
+                }
             })
             .collect();
         let bad = |e: &E| e.counter.is_some_and(|(l, _)| l == 0);
@@ -113,14 +120,18 @@ impl Esp {
             .and_then(|p| {
                 entries
                     .iter()
-                    .find(|e| !bad(e) && ota_agent::bootloader::systemd_boot::glob_match(&p, &e.id))
+                    .find(|e| ota_agent::bootloader::systemd_boot::glob_match(&p, &e.id))
             })
             .or(entries.first())
             .expect("an entry to boot");
         let mut booted = chosen.file.clone();
         if let Some((left, done)) = chosen.counter {
-            let base = chosen.id.trim_end_matches(".conf");
-            booted = format!("{base}+{}-{}.conf", left.saturating_sub(1), done + 1);
+            booted = format!(
+                "{}+{}-{}.conf",
+                chosen.base,
+                left.saturating_sub(1),
+                done + 1
+            );
             std::fs::rename(
                 self.entries().join(&chosen.file),
                 self.entries().join(&booted),
@@ -170,7 +181,7 @@ fn try_once_then_fallback_when_never_blessed() {
     let mut bl = esp.backend();
     bl.set_try_once(SlotId::B).expect("arm");
     assert_eq!(esp.files(), ["ota-a.conf", "ota-b+1-0.conf"]);
-    assert_eq!(esp.default_line(), "default ota-b.conf");
+    assert_eq!(esp.default_line(), "default ota-b+1-0.conf");
     assert_eq!(bl.primary().expect("primary"), SlotId::B);
     // Re-arming (a restart before the reboot) changes nothing.
     bl.set_try_once(SlotId::B).expect("re-arm");
@@ -224,6 +235,7 @@ fn mark_good_makes_the_slot_permanent_and_the_next_update_tries_a() {
     // The next release goes to A, which sorts after B: the default decides.
     bl.set_try_once(SlotId::A).expect("arm A");
     assert_eq!(esp.files(), ["ota-a+1-0.conf", "ota-b.conf"]);
+    assert_eq!(esp.default_line(), "default ota-a+1-0.conf");
     assert_eq!(bl.primary().expect("primary"), SlotId::A);
     assert_eq!(esp.firmware_boot(), SlotId::A);
     bl.mark_good(SlotId::A).expect("good A");

@@ -28,6 +28,16 @@ mirror="${OTA_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 # linked against Debian 12's glibc.
 packages=systemd,systemd-sysv,linux-image-amd64,iproute2
 
+# Board 2 (build-x86-sdboot.sh) runs this script's rootfs and slot commands
+# with OTA_BOARD_BOOTLOADER=systemd-boot: the same recipe plus Debian's
+# systemd-boot package, which ships systemd-bless-boot and its generator
+# (Debian 12's systemd does not), and two settings (see board_settings).
+# Its tree is cached apart (the package list is part of the cache key).
+bootloader="${OTA_BOARD_BOOTLOADER:-grub}"
+if [ "$bootloader" = systemd-boot ]; then
+  packages+=,systemd-boot
+fi
+
 # The kernel modules the board has (AHCI disk, virtio network, the i6300esb
 # watchdog, ext4 and the ESP's FAT, the network stack); the rest go. A
 # device maker ships a tailored kernel; this keeps the slot image (which is
@@ -102,7 +112,7 @@ board_settings() {
 /dev/sda1 /boot/efi vfat umask=0077 0 0
 /dev/sda4 /var/lib/ota-agent ext4 defaults 0 0
 EOF
-  echo ota-x86-grub >"$root/etc/hostname"
+  echo "ota-x86-$bootloader" >"$root/etc/hostname"
   # A read-only /etc: systemd makes a transient machine id in /run.
   : >"$root/etc/machine-id"
 
@@ -117,12 +127,16 @@ DHCP=ipv4
 EOF
   chroot "$root" systemctl enable systemd-networkd.service systemd-networkd-wait-online.service >/dev/null 2>&1
 
-  # GRUB has no boot counting of its own to pull boot-complete.target in (the
-  # systemd-boot generator does that for BLS entries): the board wants it, so
-  # ota-health-check.service (RequiredBy=boot-complete.target) runs each boot.
-  mkdir -p "$root/etc/systemd/system/multi-user.target.wants"
-  ln -sf /usr/lib/systemd/system/boot-complete.target \
-    "$root/etc/systemd/system/multi-user.target.wants/boot-complete.target"
+  # GRUB has no boot counting of its own to pull boot-complete.target in: the
+  # board wants it, so ota-health-check.service (RequiredBy=boot-complete.target)
+  # runs each boot. Under systemd-boot, systemd-bless-boot-generator pulls it in
+  # (through systemd-bless-boot.service) on every boot of a counting entry,
+  # which is every trial boot: that is the board under test, so no link.
+  if [ "$bootloader" = grub ]; then
+    mkdir -p "$root/etc/systemd/system/multi-user.target.wants"
+    ln -sf /usr/lib/systemd/system/boot-complete.target \
+      "$root/etc/systemd/system/multi-user.target.wants/boot-complete.target"
+  fi
 
   # The test's control channel: a root shell on the second serial port (the
   # first is the console the test logs). A board would not ship this.

@@ -12,8 +12,64 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The hardware id the reference board's releases are signed for.
-pub const HARDWARE_ID: &str = "qemu-x86-grub";
+/// A reference board: how its disk is built and how its agent is configured.
+/// Both x86 boards run the same slot images on the same QEMU machine; only
+/// the firmware's next step, the bootloader, differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Board {
+    /// Board 1: OVMF + GRUB with the shipped grub.cfg and grubenv.
+    X86Grub,
+    /// Board 2: OVMF + systemd-boot with the shipped loader.conf and BLS
+    /// entries with boot counting.
+    X86SystemdBoot,
+}
+
+impl Board {
+    /// The board's name in logs and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Board::X86Grub => "x86-grub",
+            Board::X86SystemdBoot => "x86-sdboot",
+        }
+    }
+
+    /// The hardware id the board's releases are signed for.
+    pub fn hardware_id(self) -> &'static str {
+        match self {
+            Board::X86Grub => "qemu-x86-grub",
+            Board::X86SystemdBoot => "qemu-x86-sdboot",
+        }
+    }
+
+    /// The ESP's size: the first partition, after 1 MiB of GPT; the slots follow it.
+    pub fn esp_mib(self) -> u64 {
+        match self {
+            Board::X86Grub => 40,
+            // Each slot's kernel and initramfs live on it.
+            Board::X86SystemdBoot => 64,
+        }
+    }
+
+    fn builder(self) -> PathBuf {
+        let script = match self {
+            Board::X86Grub => "build-x86-grub.sh",
+            Board::X86SystemdBoot => "build-x86-sdboot.sh",
+        };
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("full-system")
+            .join(script)
+    }
+
+    /// The `[boot]` table of the agent's configuration.
+    fn boot_toml(self) -> &'static str {
+        match self {
+            Board::X86Grub => "backend = \"grub\"\ngrubenv = \"/boot/efi/grub/grubenv\"\n",
+            Board::X86SystemdBoot => {
+                "backend = \"systemd-boot\"\nesp_entries_dir = \"/boot/efi/loader/entries\"\nentry_a = \"ota-a\"\nentry_b = \"ota-b\"\n"
+            }
+        }
+    }
+}
 
 /// The workspace's `target/` directory (where the running test binary lives).
 pub fn target_dir() -> anyhow::Result<PathBuf> {
@@ -24,10 +80,6 @@ pub fn target_dir() -> anyhow::Result<PathBuf> {
         .and_then(Path::parent)
         .map(Path::to_path_buf)
         .context("ota-agent has no target directory")
-}
-
-fn builder() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("full-system/build-x86-grub.sh")
 }
 
 fn run(command: &mut Command) -> anyhow::Result<String> {
@@ -45,18 +97,19 @@ fn run(command: &mut Command) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The cached Debian tree every slot starts from: built once (mmdebstrap)
-/// and reused while its recipe is unchanged.
-pub fn rootfs() -> anyhow::Result<PathBuf> {
-    static TREE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    TREE.get_or_init(|| {
-        let cache = target_dir().map_err(|e| e.to_string())?.join("full-system");
-        let out = run(Command::new(builder()).arg("rootfs").arg(&cache))
-            .map_err(|e| format!("building the root filesystem: {e:#}"))?;
-        Ok(PathBuf::from(out.trim()))
-    })
-    .clone()
-    .map_err(anyhow::Error::msg)
+/// The cached Debian tree every slot of `board` starts from: built once
+/// (mmdebstrap) and reused while its recipe is unchanged.
+pub fn rootfs(board: Board) -> anyhow::Result<PathBuf> {
+    static TREES: [OnceLock<Result<PathBuf, String>>; 2] = [OnceLock::new(), OnceLock::new()];
+    TREES[board as usize]
+        .get_or_init(|| {
+            let cache = target_dir().map_err(|e| e.to_string())?.join("full-system");
+            let out = run(Command::new(board.builder()).arg("rootfs").arg(&cache))
+                .map_err(|e| format!("building the root filesystem: {e:#}"))?;
+            Ok(PathBuf::from(out.trim()))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
 }
 
 /// What a release does when it boots.
@@ -75,6 +128,7 @@ pub enum Behaviour {
 /// the trusted root of this run's repository.
 #[derive(Debug, Clone)]
 pub struct SlotSpec<'a> {
+    pub board: Board,
     pub version: &'a str,
     pub behaviour: Behaviour,
     pub server_port: u16,
@@ -107,9 +161,7 @@ a = "/dev/sda2"
 b = "/dev/sda3"
 
 [boot]
-backend = "grub"
-grubenv = "/boot/efi/grub/grubenv"
-
+{boot}
 [download]
 checkpoint_bytes = 8388608
 checkpoint_interval_ms = 2000
@@ -127,7 +179,8 @@ timeout_secs = 60
 "#,
         version = spec.version,
         port = spec.server_port,
-        hw = HARDWARE_ID,
+        hw = spec.board.hardware_id(),
+        boot = spec.board.boot_toml(),
         device = spec.device_id,
         poll = spec.poll_interval_secs,
     )
@@ -153,9 +206,9 @@ pub fn build_slot(spec: &SlotSpec, work: &Path, out: &Path) -> anyhow::Result<()
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755))?;
     }
-    let rootfs = rootfs()?;
+    let rootfs = rootfs(spec.board)?;
     let agent = crate::bins::path("ota-agent")?;
-    run(Command::new(builder())
+    run(Command::new(spec.board.builder())
         .arg("slot")
         .arg(&rootfs)
         .arg(&agent)
@@ -165,9 +218,9 @@ pub fn build_slot(spec: &SlotSpec, work: &Path, out: &Path) -> anyhow::Result<()
     Ok(())
 }
 
-/// Builds the factory disk with `slot_a` in slot A and slots of `slot_mib`.
-pub fn build_disk(slot_a: &Path, slot_mib: u64, out: &Path) -> anyhow::Result<()> {
-    run(Command::new(builder())
+/// Builds `board`'s factory disk with `slot_a` in slot A and slots of `slot_mib`.
+pub fn build_disk(board: Board, slot_a: &Path, slot_mib: u64, out: &Path) -> anyhow::Result<()> {
+    run(Command::new(board.builder())
         .arg("disk")
         .arg(slot_a)
         .arg(slot_mib.to_string())
@@ -305,7 +358,7 @@ impl Machine {
             .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
             .arg("-drive")
             .arg(format!("if=pflash,format=raw,file={}", self.vars.display()))
-            // AHCI: the disk is /dev/sda, as the shipped grub.cfg expects.
+            // AHCI: the disk is /dev/sda, as the boards' kernel command lines expect.
             .arg("-drive")
             .arg(format!(
                 "if=none,id=disk,format=raw,file={}",

@@ -1,15 +1,16 @@
-//! Reference board 1 (x86_64, UEFI + GRUB) in QEMU: the real firmware boots
-//! the real GRUB configuration, the kernel and systemd of a Debian 12 slot,
+//! Reference boards 1 (x86_64, UEFI + GRUB) and 2 (x86_64, UEFI +
+//! systemd-boot, tests named `sdboot_*`) in QEMU: the real firmware boots the
+//! real bootloader configuration, the kernel and systemd of a Debian 12 slot,
 //! and the real `ota-agent.service` and `ota-health-check.service` update it
 //! from a real `ota-server` on the host's loopback (docs/FULL-SYSTEM.md).
 //!
-//! Needs root, QEMU, OVMF, GRUB's EFI modules and mmdebstrap (`./test`
-//! installs them); the first run builds the root filesystem from the Debian
-//! mirror and caches it under target/full-system/. A machine that does not
-//! boot fails its test: nothing here skips.
+//! Needs root, QEMU, OVMF, GRUB's EFI modules, systemd-boot's EFI binary and
+//! mmdebstrap (`./test` installs them); the first run builds the root
+//! filesystem from the Debian mirror and caches it under target/full-system/.
+//! A machine that does not boot fails its test: nothing here skips.
 
 use anyhow::{bail, ensure, Context};
-use integration_tests::full_system::{self as fs, Behaviour, Machine, SlotSpec, HARDWARE_ID};
+use integration_tests::full_system::{self as fs, Behaviour, Board, Machine, SlotSpec};
 use integration_tests::repo::Repo;
 use integration_tests::server::Server;
 use ota_common::wire::{DeviceEvent, UpdateStatus};
@@ -51,6 +52,7 @@ impl Drop for Slot {
 /// A repository, a server and a board whose slot A holds 1.0.0, with the
 /// releases after it published.
 struct Rig {
+    board: Board,
     dir: PathBuf,
     repo: Repo,
     server: Server,
@@ -83,7 +85,12 @@ impl Rig {
     /// `releases`: the versions after the factory 1.0.0, each with what it
     /// does when booted. 1.0.0 and the first `published` of them are signed
     /// and published now; [`Rig::publish_next`] publishes the others.
-    fn new(name: &str, releases: &[(&str, Behaviour)], published: usize) -> anyhow::Result<Rig> {
+    fn new(
+        board: Board,
+        name: &str,
+        releases: &[(&str, Behaviour)],
+        published: usize,
+    ) -> anyhow::Result<Rig> {
         let slot = Slot::take();
         let dir = fs::run_dir(name)?;
         let repo = Repo::init(&dir.join("repo"), &[])?;
@@ -101,6 +108,7 @@ impl Rig {
         for (version, behaviour) in all {
             let image = dir.join(format!("rootfs-{version}.img"));
             let spec = SlotSpec {
+                board,
                 version,
                 behaviour,
                 server_port: port,
@@ -110,7 +118,7 @@ impl Rig {
             };
             fs::build_slot(&spec, &dir, &image)?;
             if images.len() <= published {
-                repo.add(&image, version, &[HARDWARE_ID])?;
+                repo.add(&image, version, &[board.hardware_id()])?;
             }
             let sha = sha256_file(&image, u64::MAX)?;
             images.push((version.to_owned(), image, sha));
@@ -125,9 +133,10 @@ impl Rig {
             .unwrap_or(0);
         let slot_mib = largest.div_ceil(1 << 20) + 4;
         let disk = dir.join("disk.img");
-        fs::build_disk(&images[0].1, slot_mib, &disk)?;
+        fs::build_disk(board, &images[0].1, slot_mib, &disk)?;
         let machine = Machine::new(&dir.join("m"), &disk)?;
         Ok(Rig {
+            board,
             dir,
             repo,
             server,
@@ -147,7 +156,8 @@ impl Rig {
             .get(self.published)
             .cloned()
             .context("no release left to publish")?;
-        self.repo.add(&image, &version, &[HARDWARE_ID])?;
+        self.repo
+            .add(&image, &version, &[self.board.hardware_id()])?;
         self.repo.publish(&self.server)?;
         self.published += 1;
         Ok(version)
@@ -191,9 +201,9 @@ impl Rig {
         }
     }
 
-    /// Byte offset of a slot's partition in the disk image (see build-x86-grub.sh).
+    /// Byte offset of a slot's partition in the disk image (see the board's build script).
     fn slot_offset(&self, slot: &str) -> u64 {
-        let esp_end = 41u64 << 20;
+        let esp_end = (1 + self.board.esp_mib()) << 20;
         match slot {
             "A" => esp_end,
             _ => esp_end + (self.slot_mib << 20),
@@ -234,6 +244,41 @@ impl Rig {
             .shell("grep -v '^#' /boot/efi/grub/grubenv", BOOT)?;
         ensure!(code == 0, "reading grubenv in the guest: {out}");
         Ok(out.split_whitespace().collect::<Vec<_>>().join(" "))
+    }
+
+    /// systemd-boot's state as the running guest sees it on its ESP: the
+    /// entry files, sorted, and loader.conf's `default`.
+    fn loader_entries(&mut self) -> anyhow::Result<(Vec<String>, String)> {
+        let (code, out) = self.machine.shell(
+            "ls /boot/efi/loader/entries && echo @default && grep '^default' /boot/efi/loader/loader.conf",
+            BOOT,
+        )?;
+        ensure!(code == 0, "reading the ESP's loader/ in the guest: {out}");
+        let (files, default) = out
+            .split_once("@default")
+            .with_context(|| format!("no loader.conf default line: {out:?}"))?;
+        let mut files: Vec<String> = files.split_whitespace().map(str::to_owned).collect();
+        files.sort();
+        Ok((files, default.trim().to_owned()))
+    }
+
+    /// The bootloader's record that slot B failed and A is the one to boot.
+    fn ensure_b_marked_bad(&mut self) -> anyhow::Result<()> {
+        match self.board {
+            Board::X86Grub => {
+                let env = self.grubenv()?;
+                ensure!(env.contains("B_OK=0"), "slot B should be marked bad: {env}");
+            }
+            Board::X86SystemdBoot => {
+                // systemd-boot counted B's one try (+0-1); nothing blessed it.
+                let (files, default) = self.loader_entries()?;
+                ensure!(
+                    files == ["ota-a.conf", "ota-b+0-1.conf"] && default == "default ota-a.conf",
+                    "slot B's entry should be bad and A the default: {files:?}, {default:?}"
+                );
+            }
+        }
+        Ok(())
     }
 
     /// `ota-agent verify --json` in the guest, as (slot, verdict, signed sha256).
@@ -317,18 +362,33 @@ impl Rig {
 }
 
 fn scenario(
+    board: Board,
     name: &str,
     releases: &[(&str, Behaviour)],
     body: impl FnOnce(&mut Rig) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let mut rig = Rig::new(name, releases, releases.len())?;
+    let mut rig = Rig::new(board, name, releases, releases.len())?;
     let result = body(&mut rig);
     rig.finish(name, result)
 }
 
 #[test]
 fn update_commits_and_a_hung_agent_is_restarted() -> anyhow::Result<()> {
-    scenario("update", &[("1.1.0", Behaviour::Healthy)], |rig| {
+    update(Board::X86Grub, "update", true)
+}
+
+/// Board 2: the same update, the agent left alone (the hung agent is
+/// systemd's business, the same on either board), and the bootloader side
+/// of the commit checked on the ESP.
+#[test]
+fn sdboot_update_commits() -> anyhow::Result<()> {
+    update(Board::X86SystemdBoot, "sdboot-update", false)
+}
+
+/// Boot A, update to 1.1.0, trial boot of B, commit, a second boot on B;
+/// `hang_agent`: stop the agent mid-download so systemd's watchdog restarts it.
+fn update(board: Board, name: &str, hang_agent: bool) -> anyhow::Result<()> {
+    scenario(board, name, &[("1.1.0", Behaviour::Healthy)], |rig| {
         let started = Instant::now();
         rig.machine.power_on()?;
         let first = rig.wait_event(UpdateStatus::Downloading, "1.1.0", 0, UPDATE)?;
@@ -337,25 +397,27 @@ fn update_commits_and_a_hung_agent_is_restarted() -> anyhow::Result<()> {
             started.elapsed()
         );
 
-        // A hung agent: stopped mid-update, systemd's WatchdogSec kills it
-        // and Restart= brings it back; the update carries on.
-        rig.machine.shell(
-            "kill -STOP $(systemctl show -P MainPID ota-agent.service)",
-            BOOT,
-        )?;
-        fs::wait_for(
-            "systemd's watchdog to kill the stopped agent",
-            UPDATE,
-            || {
-                rig.machine.check_running()?;
-                Ok(rig
-                    .machine
-                    .console()
-                    .contains("ota-agent.service: Watchdog timeout")
-                    .then_some(()))
-            },
-        )?;
-        eprintln!("update: watchdog fired after {:?}", started.elapsed());
+        if hang_agent {
+            // A hung agent: stopped mid-update, systemd's WatchdogSec kills it
+            // and Restart= brings it back; the update carries on.
+            rig.machine.shell(
+                "kill -STOP $(systemctl show -P MainPID ota-agent.service)",
+                BOOT,
+            )?;
+            fs::wait_for(
+                "systemd's watchdog to kill the stopped agent",
+                UPDATE,
+                || {
+                    rig.machine.check_running()?;
+                    Ok(rig
+                        .machine
+                        .console()
+                        .contains("ota-agent.service: Watchdog timeout")
+                        .then_some(()))
+                },
+            )?;
+            eprintln!("update: watchdog fired after {:?}", started.elapsed());
+        }
 
         let committed = rig.wait_event(UpdateStatus::Committed, "1.1.0", 0, UPDATE)?;
         let boot_to_committed = started.elapsed();
@@ -386,11 +448,16 @@ fn update_commits_and_a_hung_agent_is_restarted() -> anyhow::Result<()> {
                 )
             },
         )?;
-        let env = rig.grubenv()?;
-        ensure!(
-            env.contains("B_OK=1") && env.contains("B_TRY=0") && env.contains("ORDER=B A"),
-            "GRUB should boot B for good now: {env}"
-        );
+        match rig.board {
+            Board::X86Grub => {
+                let env = rig.grubenv()?;
+                ensure!(
+                    env.contains("B_OK=1") && env.contains("B_TRY=0") && env.contains("ORDER=B A"),
+                    "GRUB should boot B for good now: {env}"
+                );
+            }
+            Board::X86SystemdBoot => sdboot_commit_checks(rig)?,
+        }
 
         // A second reboot stays on B.
         rig.reboot()?;
@@ -417,39 +484,107 @@ fn update_commits_and_a_hung_agent_is_restarted() -> anyhow::Result<()> {
             verdicts.iter().all(|(_, v, _)| v != "modified"),
             "a slot is modified: {verdicts:?}"
         );
-        println!("full-system x86-grub: boot-to-committed {boot_to_committed:?}");
+        println!(
+            "full-system {}: boot-to-committed {boot_to_committed:?}",
+            rig.board.name()
+        );
         Ok(())
     })
+}
+
+/// On the trial boot of B under systemd-boot: the firmware counted the try
+/// (`LoaderBootCountPath` names `+0-1`), systemd-bless-boot-generator pulled
+/// in `systemd-bless-boot.service`, hence `boot-complete.target` and the
+/// health check before it; the agent's commit renamed the entry, so
+/// systemd-bless-boot found it blessed and left it; both entries are good
+/// and loader.conf names B.
+fn sdboot_commit_checks(rig: &mut Rig) -> anyhow::Result<()> {
+    // An EFI variable file: 4 bytes of attributes, then UTF-16LE text
+    // (efivarfs cannot seek: read it whole).
+    let (_, count_path) = rig.machine.shell(
+        "cat /sys/firmware/efi/efivars/LoaderBootCountPath-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f | tr -d '\\000'",
+        BOOT,
+    )?;
+    ensure!(
+        count_path.contains("ota-b+0-1.conf"),
+        "systemd-boot should have booted B's entry as its one try: LoaderBootCountPath {count_path:?}"
+    );
+    let state = fs::wait_for("systemd-bless-boot.service to have run", BOOT, || {
+        let (_, state) = rig.machine.shell(
+            "systemctl show -p ActiveState -p Result systemd-bless-boot.service",
+            BOOT,
+        )?;
+        Ok(state.contains("ActiveState=active").then_some(state))
+    })?;
+    ensure!(
+        state.contains("Result=success"),
+        "systemd-bless-boot.service: {state}"
+    );
+    let (_, status) = rig
+        .machine
+        .shell("/usr/lib/systemd/systemd-bless-boot status", BOOT)?;
+    ensure!(
+        status.trim() == "good",
+        "systemd-bless-boot status should say good: {status:?}"
+    );
+    let (files, default) = rig.loader_entries()?;
+    ensure!(
+        files == ["ota-a.conf", "ota-b.conf"] && default == "default ota-b.conf",
+        "systemd-boot should boot B for good now: {files:?}, {default:?}"
+    );
+    Ok(())
 }
 
 #[test]
 fn failing_health_check_rolls_back_to_a() -> anyhow::Result<()> {
-    scenario("health", &[("1.1.0", Behaviour::FailsHealthCheck)], |rig| {
-        rig.machine.power_on()?;
-        let rolled = rig.wait_event(UpdateStatus::RolledBack, "1.1.0", 0, UPDATE)?;
-        let reason = rolled.reason.clone().unwrap_or_default();
-        ensure!(
-            reason.contains("release self-test"),
-            "the rollback should name the failed check: {rolled:?}"
-        );
-        ensure!(rig.machine.booted_slot(BOOT)? == "A", "not back on slot A");
-        ensure!(
-            rig.machine.console().contains("ota.slot=B"),
-            "slot B never booted: the health check could not have run"
-        );
-        let env = rig.grubenv()?;
-        ensure!(env.contains("B_OK=0"), "slot B should be marked bad: {env}");
-        ensure!(
-            rig.slot_release("A")?.as_deref() == Some("1.0.0"),
-            "slot A changed"
-        );
-        Ok(())
-    })
+    failing_health_check(Board::X86Grub, "health")
+}
+
+#[test]
+fn sdboot_failing_health_check_rolls_back_to_a() -> anyhow::Result<()> {
+    failing_health_check(Board::X86SystemdBoot, "sdboot-health")
+}
+
+fn failing_health_check(board: Board, name: &str) -> anyhow::Result<()> {
+    scenario(
+        board,
+        name,
+        &[("1.1.0", Behaviour::FailsHealthCheck)],
+        |rig| {
+            rig.machine.power_on()?;
+            let rolled = rig.wait_event(UpdateStatus::RolledBack, "1.1.0", 0, UPDATE)?;
+            let reason = rolled.reason.clone().unwrap_or_default();
+            ensure!(
+                reason.contains("release self-test"),
+                "the rollback should name the failed check: {rolled:?}"
+            );
+            ensure!(rig.machine.booted_slot(BOOT)? == "A", "not back on slot A");
+            ensure!(
+                rig.machine.console().contains("ota.slot=B"),
+                "slot B never booted: the health check could not have run"
+            );
+            rig.ensure_b_marked_bad()?;
+            ensure!(
+                rig.slot_release("A")?.as_deref() == Some("1.0.0"),
+                "slot A changed"
+            );
+            Ok(())
+        },
+    )
 }
 
 #[test]
 fn release_whose_kernel_panics_rolls_back_to_a() -> anyhow::Result<()> {
-    scenario("panic", &[("1.1.0", Behaviour::KernelPanics)], |rig| {
+    kernel_panic(Board::X86Grub, "panic")
+}
+
+#[test]
+fn sdboot_release_whose_kernel_panics_rolls_back_to_a() -> anyhow::Result<()> {
+    kernel_panic(Board::X86SystemdBoot, "sdboot-panic")
+}
+
+fn kernel_panic(board: Board, name: &str) -> anyhow::Result<()> {
+    scenario(board, name, &[("1.1.0", Behaviour::KernelPanics)], |rig| {
         rig.machine.power_on()?;
         let rolled = rig.wait_event(UpdateStatus::RolledBack, "1.1.0", 0, UPDATE)?;
         ensure!(
@@ -461,8 +596,7 @@ fn release_whose_kernel_panics_rolls_back_to_a() -> anyhow::Result<()> {
             "the rollback report gives no reason: {rolled:?}"
         );
         ensure!(rig.machine.booted_slot(BOOT)? == "A", "not back on slot A");
-        let env = rig.grubenv()?;
-        ensure!(env.contains("B_OK=0"), "slot B should be marked bad: {env}");
+        rig.ensure_b_marked_bad()?;
         eprintln!("panic: rolled back with reason {:?}", rolled.reason);
         Ok(())
     })
@@ -539,6 +673,15 @@ fn marker_counts(machine: &Machine) -> [usize; 5] {
 
 #[test]
 fn power_cuts_at_random_moments_leave_a_bootable_signed_slot() -> anyhow::Result<()> {
+    power_cuts_test(Board::X86Grub, "power-cuts")
+}
+
+#[test]
+fn sdboot_power_cuts_at_random_moments_leave_a_bootable_signed_slot() -> anyhow::Result<()> {
+    power_cuts_test(Board::X86SystemdBoot, "sdboot-power-cuts")
+}
+
+fn power_cuts_test(board: Board, name: &str) -> anyhow::Result<()> {
     let cuts: usize = std::env::var("OTA_FULLSYS_CUTS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -557,9 +700,9 @@ fn power_cuts_at_random_moments_leave_a_bootable_signed_slot() -> anyhow::Result
         .iter()
         .map(|v| (v.as_str(), Behaviour::Healthy))
         .collect();
-    let mut rig = Rig::new("power-cuts", &releases, 1)?;
+    let mut rig = Rig::new(board, name, &releases, 1)?;
     let result = power_cuts(&mut rig, &versions, cuts, seed, &mut rng);
-    rig.finish("power-cuts", result)
+    rig.finish(name, result)
 }
 
 fn power_cuts(
@@ -670,7 +813,8 @@ fn power_cuts(
     );
     let mean = cut_costs.iter().sum::<Duration>() / cut_costs.len().max(1) as u32;
     println!(
-        "full-system x86-grub: {survived} power cuts survived (seed {seed}): download {}, write/read-back {}, bootloader switch {}, trial boot {}, commit {}; outcomes {outcomes:?}; mean power-on to shell after a cut {mean:?}",
+        "full-system {}: {survived} power cuts survived (seed {seed}): download {}, write/read-back {}, bootloader switch {}, trial boot {}, commit {}; outcomes {outcomes:?}; mean power-on to shell after a cut {mean:?}",
+        rig.board.name(),
         per_step[0], per_step[1], per_step[2], per_step[3], per_step[4]
     );
     Ok(())

@@ -11,14 +11,24 @@
 //!   `systemd-bless-boot` renames it to `<name>.conf` once
 //!   `boot-complete.target` is reached.
 //!
-//! Which slot is preferred is the `default` line of `loader.conf`; this
-//! backend writes the entry id there (`<name>.conf`: the BLS id has no
-//! counter), so the line stays valid while systemd-boot renames the file.
+//! Which slot is preferred is the `default` line of `loader.conf`. systemd-boot
+//! matches it against an entry's id, and that id is the whole file name,
+//! boot counter included (seen on Debian 12's systemd-boot 252 in the
+//! full-system board 2, docs/FULL-SYSTEM.md), so this backend writes the
+//! entry's exact current file name there:
 //!
 //! * `set_try_once(s)`: the other (running) slot's entry is blessed so it is a
-//!   valid fallback, `s` becomes `<s>+1-0.conf`, `default <s>.conf`;
+//!   valid fallback, `s` becomes `<s>+1-0.conf`, `default <s>+1-0.conf`.
+//!   Booting it renames it `<s>+0-1.conf`, which the default no longer
+//!   matches: unless something blesses it, the next boot takes the first
+//!   entry in systemd-boot's order, where entries with no tries left come
+//!   last, i.e. the other slot;
 //! * `mark_good(s)`: `s` becomes `<s>.conf`, `default <s>.conf`;
-//! * `mark_bad(s)`: `s` becomes `<s>+0-D.conf`, `default <other>.conf`.
+//! * `mark_bad(s)`: `s` becomes `<s>+0-D.conf`, `default` the other's file.
+//!
+//! A default without the counter (`<s>.conf`) would never match a counting
+//! entry: the choice would fall to the sort order, which boots B whenever
+//! both are good, so a try of A from a committed B would boot B again.
 //!
 //! Every rename is a durable `rename(2)` (the directory is fsynced) and
 //! loader.conf is replaced atomically, so a power cut leaves either name.
@@ -64,12 +74,6 @@ pub fn entry_file_name(name: &str, counter: Option<Counter>) -> String {
         None => format!("{name}.conf"),
         Some(c) => format!("{name}+{}-{}.conf", c.left, c.done),
     }
-}
-
-/// The BLS entry id of `name` (the file name without the counter), as
-/// written in loader.conf's `default`.
-pub fn entry_id(name: &str) -> String {
-    format!("{name}.conf")
 }
 
 /// Whether `file` is an entry file of base name `name`: `None` if not,
@@ -372,11 +376,11 @@ impl SystemdBootBootloader {
         Ok(default_pattern(&self.read_loader_conf()?).map(str::to_owned))
     }
 
-    /// Makes `slot`'s entry the default; loader.conf is replaced atomically
-    /// and only when the line changes (the ESP is flash too).
-    fn set_default(&self, slot: SlotId) -> Result<()> {
+    /// Makes the entry file `file_name` the default; loader.conf is replaced
+    /// atomically and only when the line changes (the ESP is flash too).
+    fn set_default(&self, file_name: &str) -> Result<()> {
         let text = self.read_loader_conf()?;
-        let new = with_default(&text, &entry_id(self.name(slot)));
+        let new = with_default(&text, file_name);
         if new == text {
             return Ok(());
         }
@@ -390,15 +394,16 @@ impl SystemdBootBootloader {
 }
 
 /// What systemd-boot boots given loader.conf's `default` and both entries:
-/// the slot whose entry id the default matches, unless that entry is bad,
-/// then the other; with no match, the first in systemd-boot's order (good
-/// and counting entries before bad ones, then by id, highest first).
-pub fn choose(default: Option<&str>, names: [&str; 2], entries: [&Entry; 2]) -> SlotId {
+/// the slot whose entry file name (systemd-boot's id) the default matches,
+/// unless that entry is bad, then the other; with no match, the first in
+/// systemd-boot's order (entries with tries left or no counter before bad
+/// ones, then by id, highest first).
+pub fn choose(default: Option<&str>, entries: [&Entry; 2]) -> SlotId {
     let slots = [SlotId::A, SlotId::B];
     let matched = default.and_then(|pattern| {
         slots
             .into_iter()
-            .find(|s| glob_match(pattern, &entry_id(names[*s as usize])))
+            .find(|s| glob_match(pattern, &entries[*s as usize].file_name))
     });
     if let Some(slot) = matched {
         return if entries[slot as usize].is_bad() && !entries[slot.other() as usize].is_bad() {
@@ -410,7 +415,7 @@ pub fn choose(default: Option<&str>, names: [&str; 2], entries: [&Entry; 2]) -> 
     let key = |s: SlotId| {
         (
             entries[s as usize].is_bad(),
-            std::cmp::Reverse(names[s as usize].to_ascii_lowercase()),
+            std::cmp::Reverse(entries[s as usize].file_name.to_ascii_lowercase()),
         )
     };
     if key(SlotId::B) < key(SlotId::A) {
@@ -425,30 +430,28 @@ impl Bootloader for SystemdBootBootloader {
         let a = self.entry(SlotId::A)?;
         let b = self.entry(SlotId::B)?;
         let default = self.default_entry()?;
-        Ok(choose(
-            default.as_deref(),
-            [self.name(SlotId::A), self.name(SlotId::B)],
-            [&a, &b],
-        ))
+        Ok(choose(default.as_deref(), [&a, &b]))
     }
 
     fn set_try_once(&mut self, slot: SlotId) -> Result<()> {
         // The running slot is the fallback: bless it first, so that when the
         // try fails systemd-boot has a good entry to fall back to.
         self.set_counter(slot.other(), None)?;
-        self.set_counter(slot, Some(Counter { left: 1, done: 0 }))?;
-        self.set_default(slot)
+        let one_try = Some(Counter { left: 1, done: 0 });
+        self.set_counter(slot, one_try)?;
+        self.set_default(&entry_file_name(self.name(slot), one_try))
     }
 
     fn mark_good(&mut self, slot: SlotId) -> Result<()> {
         self.set_counter(slot, None)?;
-        self.set_default(slot)
+        self.set_default(&entry_file_name(self.name(slot), None))
     }
 
     fn mark_bad(&mut self, slot: SlotId) -> Result<()> {
         let done = self.entry(slot)?.counter.map_or(0, |c| c.done);
         self.set_counter(slot, Some(Counter { left: 0, done }))?;
-        self.set_default(slot.other())
+        let fallback = self.entry(slot.other())?;
+        self.set_default(&fallback.file_name)
     }
 }
 
@@ -502,5 +505,37 @@ mod tests {
             "timeout 3\ndefault x.conf\n"
         );
         assert_eq!(with_default("", "x.conf"), "default x.conf\n");
+    }
+
+    fn entry(file_name: &str) -> Entry {
+        let stem = file_name.trim_end_matches(".conf");
+        let counter = stem
+            .split_once('+')
+            .map(|(_, c)| parse_counter(c).expect("counter"));
+        Entry {
+            file_name: file_name.to_owned(),
+            counter,
+        }
+    }
+
+    #[test]
+    fn a_try_is_the_default_only_until_systemd_boot_counts_it() {
+        // Armed: the default names the counting file, so A boots even
+        // though B sorts first.
+        let a = entry("ota-a+1-0.conf");
+        let b = entry("ota-b.conf");
+        assert_eq!(choose(Some("ota-a+1-0.conf"), [&a, &b]), SlotId::A);
+        // systemd-boot renamed it on that boot: the default matches nothing
+        // and the bad entry sorts last.
+        let a = entry("ota-a+0-1.conf");
+        assert_eq!(choose(Some("ota-a+1-0.conf"), [&a, &b]), SlotId::B);
+        // The counter-less id the backend used to write never matches a
+        // counting entry: the sort order picked B and A's try never ran.
+        let a = entry("ota-a+1-0.conf");
+        assert_eq!(choose(Some("ota-a.conf"), [&a, &b]), SlotId::B);
+        // Committed entries match by their plain name, case-folded.
+        let a = entry("ota-a.conf");
+        assert_eq!(choose(Some("OTA-A.conf"), [&a, &b]), SlotId::A);
+        assert_eq!(choose(None, [&a, &b]), SlotId::B);
     }
 }
