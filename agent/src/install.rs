@@ -6,7 +6,7 @@
 //! compressed release adds its decoder's window, bounded by
 //! `download.max_decompression_window` (`install/compressed.rs`).
 
-use crate::slot::{Slot, SlotError, SlotWriter};
+use crate::slot::{AlignedBuf, Slot, SlotError, SlotWriter};
 use ota_common::hash::{Digests, StreamVerifier, VerifyError};
 use ota_common::payload::Compressed;
 use ota_common::tuf::{FetchError, TufError};
@@ -346,7 +346,9 @@ fn stream<'r>(
 ) -> Result<(), InstallError> {
     rehash_resumed_prefix(job, verifier, writer, follower)?;
     let mut marks = Marks::new(writer.written());
-    let mut buf = vec![0u8; CHUNK];
+    // Aligned, and filled whole before each write, so every chunk but the
+    // image's last can go to the slot with O_DIRECT.
+    let mut buf = AlignedBuf::new(CHUNK);
     let mut reader: Option<Box<dyn Read + Send + 'r>> = None;
     let mut failures = 0u32;
     loop {
