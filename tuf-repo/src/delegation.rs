@@ -592,7 +592,7 @@ pub async fn add(
     let packed = add::store_packed(layout, &name, &options.image, image, size, packing)?;
     let digests = packed.digests;
     release.payload = packed.payload.clone();
-    let target = add::target_entry(&digests, &release)?;
+    let target = add::target_entry(&digests, &release, packing.list_sha512)?;
     let mut content = current.signed.clone();
     let tname =
         TargetName::new(name.clone()).map_err(RepoError::tough(format!("target name {name:?}")))?;
@@ -604,7 +604,7 @@ pub async fn add(
             name,
             length: digests.length,
             sha256: hex::encode(digests.sha256),
-            sha512: hex::encode(digests.sha512),
+            sha512: packing.list_sha512.then(|| hex::encode(digests.sha512)),
             targets_version: version,
         },
         packed.payload,

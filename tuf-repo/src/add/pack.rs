@@ -56,6 +56,13 @@ pub struct Packing {
     pub frame_size: u64,
     /// zstd 1..=19, gzip 1..=9; `None`: the format's usual default.
     pub level: Option<u32>,
+    /// Whether the target lists sha512 beside sha256 (and is stored under
+    /// its sha512 name too). Off by default, as in python-tuf and tough:
+    /// devices check every digest a target lists, and sha512, without
+    /// hardware support on most of them, cost an install more CPU than
+    /// everything else it does (docs/BENCHMARKS.md, "Install at the speed
+    /// of the disk").
+    pub list_sha512: bool,
 }
 
 impl Packing {
@@ -65,6 +72,7 @@ impl Packing {
             compression: Compression::None,
             frame_size: DEFAULT_FRAME_SIZE,
             level: None,
+            list_sha512: false,
         }
     }
 
@@ -388,6 +396,7 @@ mod tests {
             compression,
             frame_size: 64 * 1024,
             level: None,
+            list_sha512: false,
         }
     }
 

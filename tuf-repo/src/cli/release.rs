@@ -96,6 +96,7 @@ pub(crate) fn run(layout: Layout, command: Command) -> Result<()> {
             compress,
             frame_size,
             compress_level,
+            hashes,
             rollout,
         } => {
             let options = add::AddOptions {
@@ -113,6 +114,7 @@ pub(crate) fn run(layout: Layout, command: Command) -> Result<()> {
                 compression,
                 frame_size: frame_size.unwrap_or(add::pack::DEFAULT_FRAME_SIZE),
                 level: compress_level,
+                list_sha512: lists_sha512(&hashes)?,
             };
             // Built (and refused) before the image is copied or anything signed.
             let plan = rollout.into_args().plan(None, chrono::Utc::now())?;
@@ -162,6 +164,19 @@ pub(crate) fn run(layout: Layout, command: Command) -> Result<()> {
         other => unreachable!("{other:?} is dispatched elsewhere"),
     }
     Ok(())
+}
+
+/// `--hash` values: whether the target lists sha512 beside sha256.
+fn lists_sha512(hashes: &[String]) -> Result<bool> {
+    let mut sha512 = false;
+    for h in hashes {
+        match h.to_ascii_lowercase().as_str() {
+            "sha256" => {}
+            "sha512" => sha512 = true,
+            other => bail!("--hash {other}: a target lists sha256 and optionally sha512"),
+        }
+    }
+    Ok(sha512)
 }
 
 /// `add --role ROLE`: the image as a target of a delegated role.
