@@ -18,10 +18,14 @@ use std::time::Duration;
 
 mod compressed;
 
-/// Bytes read from the network and written per step (within the 64 KiB..1 MiB
-/// band). Every write but the last is this large and starts at a multiple of
-/// it, which suits flash and block devices.
-pub const CHUNK: usize = 256 * 1024;
+/// Bytes read from the network and written per step (the top of the
+/// 64 KiB..1 MiB band). Every write but the last is this large and starts
+/// at a multiple of it, which suits flash and block devices. A direct
+/// write waits for the device, so its size sets how often the device
+/// idles between writes: `dd oflag=direct` into the benchmark's loop
+/// device took 12-14 s per GiB with 256 KiB writes and 4.6-5 s with 1 MiB
+/// (docs/BENCHMARKS.md, "Install at the speed of the disk").
+pub const CHUNK: usize = 1024 * 1024;
 
 /// Why an install failed. The active slot is untouched in every case.
 #[derive(Debug, thiserror::Error)]
