@@ -600,6 +600,9 @@ impl UpdateSource for Flaky {
     }
 }
 
+/// The install's chunk: the tests below cut streams inside chunks.
+const C: usize = crate::install::CHUNK;
+
 fn image(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 31 % 251) as u8).collect()
 }
@@ -608,10 +611,10 @@ fn image(len: usize) -> Vec<u8> {
 fn broken_stream_is_resumed_with_a_range_request_in_the_same_poll() {
     let mut dev = Device::new();
     dev.power_on();
-    let data = image(1_000_000);
+    let data = image(C * 4 - C / 5);
     let repo = Repo::with(vec![release("img-2", "2.0.0", &[HW], &data)]);
-    // The connection drops after 300 000 bytes (mid-chunk).
-    let mut flaky = Flaky::new(repo, &[300_000]);
+    // The connection drops mid-way through the second chunk.
+    let mut flaky = Flaky::new(repo, &[C + C / 6]);
     let mut m = dev.agent();
     assert_eq!(
         m.poll_once(&mut flaky).expect("poll"),
@@ -632,10 +635,10 @@ fn broken_stream_is_resumed_with_a_range_request_in_the_same_poll() {
 fn download_interrupted_across_restarts_resumes_from_the_checkpoint() {
     let mut dev = Device::new();
     dev.power_on();
-    let data = image(1_000_000);
+    let data = image(C * 4 - C / 5);
     let repo = || Repo::with(vec![release("img-2", "2.0.0", &[HW], &data)]);
-    // Every try breaks off after 600 000 bytes: retries run out, the poll fails.
-    let mut flaky = Flaky::new(repo(), &[600_000, 0, 0, 0]);
+    // Every try breaks off in the third chunk: retries run out, the poll fails.
+    let mut flaky = Flaky::new(repo(), &[C * 2 + C / 3, 0, 0, 0]);
     let mut m = dev.agent();
     let Polled::Failed { reason } = m.poll_once(&mut flaky).expect("poll") else {
         panic!("expected a failed download");
@@ -666,10 +669,10 @@ fn download_interrupted_across_restarts_resumes_from_the_checkpoint() {
 fn corrupted_bytes_before_the_checkpoint_fail_the_install_and_the_next_poll_starts_over() {
     let mut dev = Device::new();
     dev.power_on();
-    let data = image(700_000);
+    let data = image(C * 2 + C * 2 / 3);
     let repo = || Repo::with(vec![release("img-2", "2.0.0", &[HW], &data)]);
     let mut m = dev.agent();
-    let mut flaky = Flaky::new(repo(), &[600_000, 0, 0, 0]);
+    let mut flaky = Flaky::new(repo(), &[C * 2 + C / 3, 0, 0, 0]);
     assert!(matches!(
         m.poll_once(&mut flaky).expect("poll"),
         Polled::Failed { .. }
@@ -828,7 +831,7 @@ fn malformed_rollout_plan_makes_the_release_invalid() {
 fn unknown_hold_keeps_an_interrupted_staged_download_for_the_next_poll() {
     let mut dev = Device::new();
     dev.power_on();
-    let data = image(1_000_000);
+    let data = image(C * 4 - C / 5);
     let everyone =
         serde_json::json!({"name": "all", "percent": 100, "not_before": "2000-01-01T00:00:00Z"});
     let repo = || {
@@ -838,7 +841,7 @@ fn unknown_hold_keeps_an_interrupted_staged_download_for_the_next_poll() {
         ])
     };
     let mut m = dev.agent();
-    let mut flaky = Flaky::new(repo(), &[600_000, 0, 0, 0]);
+    let mut flaky = Flaky::new(repo(), &[C * 2 + C / 3, 0, 0, 0]);
     assert!(matches!(
         m.poll_once(&mut flaky).expect("poll"),
         Polled::Failed { .. }
@@ -880,7 +883,7 @@ fn unknown_hold_keeps_an_interrupted_staged_download_for_the_next_poll() {
     let mut dev = Device::new();
     dev.power_on();
     let mut m = dev.agent();
-    let mut flaky = Flaky::new(repo(), &[600_000, 0, 0, 0]);
+    let mut flaky = Flaky::new(repo(), &[C * 2 + C / 3, 0, 0, 0]);
     assert!(matches!(
         m.poll_once(&mut flaky).expect("poll"),
         Polled::Failed { .. }

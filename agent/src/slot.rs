@@ -5,7 +5,7 @@
 use ota_common::hash::{Digests, StreamVerifier, VerifyError};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Seek, SeekFrom, Write};
+use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -152,6 +152,10 @@ impl Slot {
 pub struct SlotWriter {
     slot: Slot,
     file: File,
+    /// The same slot opened again with O_DIRECT, for the chunks that
+    /// allow it (see [`SlotWriter::write_chunk`]); `None` where the file
+    /// system refuses direct I/O (tmpfs) or a direct write failed once.
+    direct: Option<File>,
     length: u64,
     written: u64,
     is_regular_file: bool,
@@ -259,8 +263,10 @@ impl SlotWriter {
             // Bytes past the checkpoint were never made durable: drop them.
             file.set_len(start).map_err(slot.io("truncating"))?;
         }
+        let direct = reopen_direct(&file, Access::Write);
         let mut writer = SlotWriter {
             slot: slot.clone(),
+            direct,
             file,
             length,
             written: start,
@@ -284,10 +290,6 @@ impl SlotWriter {
                 });
             }
         }
-        writer
-            .file
-            .seek(SeekFrom::Start(start))
-            .map_err(slot.io("seek"))?;
         Ok(writer)
     }
 
@@ -330,12 +332,21 @@ impl SlotWriter {
 
     /// Makes everything written so far durable (for a download checkpoint).
     pub fn sync(&mut self) -> Result<(), SlotError> {
-        let slot = &self.slot;
-        self.file.flush().map_err(slot.io("flushing"))?;
-        self.file.sync_data().map_err(slot.io("fsync"))
+        self.file.sync_data().map_err(self.slot.io("fsync"))
     }
 
     /// Writes the next chunk (already fed to the stream verifier by the caller).
+    ///
+    /// A chunk that starts on a [`DIRECT_ALIGN`] boundary of the slot, in
+    /// memory (an [`AlignedBuf`]) and is a whole number of blocks long
+    /// goes to the device with O_DIRECT: no copy into the page cache,
+    /// which was the largest single cost of an install (docs/BENCHMARKS.md,
+    /// "Install at the speed of the disk"), and no gigabyte of dirty pages
+    /// evicting the running system's cache. Any other chunk (an image's
+    /// last, a decoder's odd-sized output, a slot on tmpfs) is written
+    /// through the page cache; the follower's fdatasync makes both kinds
+    /// durable, and neither ever shares a page with the other, as direct
+    /// chunks cover whole aligned blocks.
     pub fn write_chunk(&mut self, chunk: &[u8]) -> Result<(), SlotError> {
         let next = self.written.saturating_add(chunk.len() as u64);
         if next > self.length {
@@ -346,10 +357,40 @@ impl SlotWriter {
                 capacity: self.length,
             });
         }
+        use std::os::unix::fs::FileExt;
         let slot = &self.slot;
-        self.file.write_all(chunk).map_err(slot.io("writing"))?;
+        if let Some(direct) = self
+            .direct
+            .as_ref()
+            .filter(|_| is_aligned(chunk, self.written))
+        {
+            match direct.write_all_at(chunk, self.written) {
+                Ok(()) => {
+                    self.written = next;
+                    return Ok(());
+                }
+                // Refused for this device or file system after all (EINVAL:
+                // a logical block larger than DIRECT_ALIGN): the page cache
+                // takes this chunk and the rest. A short direct write that
+                // failed midway is rewritten whole below.
+                Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EINVAL as i32) => {
+                    tracing::debug!(error = %e, "direct write refused; writing through the page cache");
+                    self.direct = None;
+                }
+                Err(e) => return Err((slot.io("writing"))(e)),
+            }
+        }
+        self.file
+            .write_all_at(chunk, self.written)
+            .map_err(slot.io("writing"))?;
         self.written = next;
         Ok(())
+    }
+
+    /// Whether the chunks written so far could go to the device directly
+    /// (for tests and the benchmark's record).
+    pub fn writes_directly(&self) -> bool {
+        self.direct.is_some()
     }
 
     pub fn written(&self) -> u64 {
@@ -363,9 +404,8 @@ impl SlotWriter {
     }
 
     /// Makes the written bytes durable (fsync), trimming a file slot to the image length.
-    pub fn finish(mut self) -> Result<WrittenSlot, SlotError> {
+    pub fn finish(self) -> Result<WrittenSlot, SlotError> {
         let slot = &self.slot;
-        self.file.flush().map_err(slot.io("flushing"))?;
         if self.is_regular_file {
             self.file
                 .set_len(self.written)
@@ -440,14 +480,53 @@ pub struct ReadBack {
     direct: bool,
     is_block: bool,
     verifier: StreamVerifier,
-    buf: Vec<u8>,
-    /// Where the `DIRECT_ALIGN`-aligned window of `buf` starts.
-    start: usize,
+    buf: AlignedBuf,
 }
 
-/// Alignment of direct reads: a multiple of every logical block size in
-/// use (512 and 4096 bytes).
-const DIRECT_ALIGN: usize = 4096;
+/// Alignment of direct reads and writes: a multiple of every logical block
+/// size in use (512 and 4096 bytes).
+pub const DIRECT_ALIGN: usize = 4096;
+
+/// Whether `chunk`, to be written at `offset`, meets O_DIRECT's rules:
+/// memory, offset and length all on [`DIRECT_ALIGN`] boundaries.
+fn is_aligned(chunk: &[u8], offset: u64) -> bool {
+    let align = DIRECT_ALIGN as u64;
+    offset.is_multiple_of(align)
+        && chunk.len().is_multiple_of(DIRECT_ALIGN)
+        && !chunk.is_empty()
+        && (chunk.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
+}
+
+/// A zeroed buffer of fixed length whose first byte sits on a
+/// [`DIRECT_ALIGN`] boundary in memory, as direct I/O requires: it
+/// over-allocates by one block and starts at the boundary inside.
+#[derive(Debug)]
+pub struct AlignedBuf {
+    bytes: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    pub fn new(len: usize) -> AlignedBuf {
+        let bytes = vec![0u8; len + DIRECT_ALIGN];
+        let start = (DIRECT_ALIGN - bytes.as_ptr() as usize % DIRECT_ALIGN) % DIRECT_ALIGN;
+        AlignedBuf { bytes, start, len }
+    }
+}
+
+impl std::ops::Deref for AlignedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes[self.start..self.start + self.len]
+    }
+}
+
+impl std::ops::DerefMut for AlignedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.bytes[self.start..self.start + self.len]
+    }
+}
 
 impl ReadBack {
     fn of(
@@ -463,7 +542,7 @@ impl ReadBack {
                 path: slot.path.clone(),
                 source,
             })?;
-        let (file, direct) = match reopen_direct(file) {
+        let (file, direct) = match reopen_direct(file, Access::Read) {
             Some(direct) => (direct, true),
             // Positioned reads only (pread), so sharing the writer's file
             // description and its offset is harmless.
@@ -473,16 +552,13 @@ impl ReadBack {
                 false,
             ),
         };
-        let buf = vec![0u8; READ_BACK_CHUNK + DIRECT_ALIGN];
-        let start = (DIRECT_ALIGN - buf.as_ptr() as usize % DIRECT_ALIGN) % DIRECT_ALIGN;
         Ok(ReadBack {
             slot: slot.clone(),
             file,
             direct,
             is_block,
             verifier,
-            buf,
-            start,
+            buf: AlignedBuf::new(READ_BACK_CHUNK),
         })
     }
 
@@ -524,7 +600,7 @@ impl ReadBack {
                 .unwrap_or(usize::MAX)
                 .min(READ_BACK_CHUNK - skip);
             let ask = (skip + wanted).next_multiple_of(align as usize);
-            let window = &mut self.buf[self.start..self.start + ask];
+            let window = &mut self.buf[..ask];
             let n = match self.file.read_at(window, at) {
                 Ok(n) if n > skip => (n - skip).min(wanted),
                 Ok(_) => {
@@ -538,7 +614,7 @@ impl ReadBack {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err((self.slot.io("reading back"))(e)),
             };
-            let bytes = &self.buf[self.start + skip..self.start + skip + n];
+            let bytes = &self.buf[skip..skip + n];
             self.verifier
                 .update(bytes)
                 .map_err(|source| SlotError::ReadBack {
@@ -572,20 +648,35 @@ impl ReadBack {
     }
 }
 
+/// What a slot is reopened for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    Write,
+}
+
 /// The slot's file opened again (the same inode, through /proc/self/fd)
-/// for reading with O_DIRECT, or `None` where the file system refuses
-/// direct I/O (tmpfs) or /proc is not mounted: then the read-back reads
-/// through the page cache after dropping its pages. Direct reads copy
-/// nothing through the page cache and leave it as it was, which on a device
-/// with 64 MiB of RAM keeps a GiB-sized read-back from evicting everything
-/// else.
-fn reopen_direct(file: &File) -> Option<File> {
+/// with O_DIRECT, or `None` where the file system refuses direct I/O
+/// (tmpfs) or /proc is not mounted: then reads and writes go through the
+/// page cache (the read-back dropping its pages first). Direct I/O copies
+/// nothing through the page cache and leaves it as it was, which on a
+/// device with 64 MiB of RAM keeps a GiB-sized install from evicting
+/// everything else.
+///
+/// Reopening the descriptor already open, never the configured path again,
+/// means the checks made when it was opened (not the booted slot, not in
+/// use) hold for this one too; a block device is not opened with O_EXCL a
+/// second time, which would conflict with the first.
+fn reopen_direct(file: &File, access: Access) -> Option<File> {
     use std::os::fd::AsRawFd;
     OpenOptions::new()
-        .read(true)
+        .read(access == Access::Read)
+        .write(access == Access::Write)
         .custom_flags(nix::fcntl::OFlag::O_DIRECT.bits())
         .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
-        .inspect_err(|e| tracing::debug!(error = %e, "no direct I/O for the read-back; reading through the page cache"))
+        .inspect_err(
+            |e| tracing::debug!(error = %e, ?access, "no direct I/O; going through the page cache"),
+        )
         .ok()
 }
 
@@ -625,6 +716,7 @@ pub fn is_block_device(path: &Path) -> bool {
 pub(crate) mod tests {
     use super::*;
     use sha2::{Digest, Sha256, Sha512};
+    use std::io::Write;
 
     pub(crate) fn digests_of(data: &[u8]) -> Digests {
         Digests {
@@ -744,6 +836,66 @@ pub(crate) mod tests {
         };
         follow(None).expect("untouched storage reads back");
         let err = follow(Some(1)).expect_err("flipped byte");
+        assert!(matches!(err, SlotError::ReadBack { .. }), "{err}");
+    }
+
+    /// Whether the file system under `dir` takes O_DIRECT (tmpfs does not).
+    fn takes_direct_io(dir: &Path) -> bool {
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(nix::fcntl::OFlag::O_DIRECT.bits())
+            .open(dir.join("probe"))
+            .is_ok()
+    }
+
+    #[test]
+    fn aligned_chunks_go_direct_others_through_the_page_cache_and_all_read_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = slots(dir.path(), None);
+        let block = 64 * 1024;
+        let data: Vec<u8> = (0..(4 * block + 1000) as u32)
+            .map(|i| (i * 7 % 253) as u8)
+            .collect();
+        let digests = digests_of(&data);
+        let mut buf = AlignedBuf::new(block);
+        let mut write = |tamper: bool| -> Result<(), SlotError> {
+            let mut w = SlotWriter::open(&s.b, &s.a, data.len() as u64)?;
+            assert_eq!(w.writes_directly(), takes_direct_io(dir.path()));
+            let mut read_back = w.read_back(&digests)?;
+            // Two whole aligned blocks (direct), the odd 1000 bytes (page
+            // cache), then aligned memory at an unaligned offset (page
+            // cache), then the rest.
+            let pieces = [block, block, 1000, block, block];
+            let mut at = 0;
+            for len in pieces {
+                buf[..len].copy_from_slice(&data[at..at + len]);
+                w.write_chunk(&buf[..len])?;
+                at += len;
+            }
+            assert_eq!(w.written(), data.len() as u64);
+            // No direct write was refused on the way.
+            assert_eq!(w.writes_directly(), takes_direct_io(dir.path()));
+            read_back.sync()?;
+            if tamper {
+                // Storage flips a byte of a directly written block once it
+                // is durable.
+                use std::os::unix::fs::FileExt;
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&s.b.path)
+                    .expect("open");
+                f.write_all_at(&[!data[block + 5]], block as u64 + 5)
+                    .expect("flip");
+                f.sync_all().expect("sync");
+            }
+            read_back.catch_up(w.written(), &AtomicBool::new(false))?;
+            read_back.finish(&w.finish()?)
+        };
+        write(false).expect("reads back");
+        assert_eq!(std::fs::read(&s.b.path).expect("read"), data);
+        let err = write(true).expect_err("flipped byte");
         assert!(matches!(err, SlotError::ReadBack { .. }), "{err}");
     }
 

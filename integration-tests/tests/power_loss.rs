@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// Two install chunks (256 KiB + the rest), so a checkpoint happens mid-stream.
-const IMAGE_SIZE: usize = 300 * 1024;
+/// Two install chunks (1 MiB + the rest), so a checkpoint happens mid-stream.
+const IMAGE_SIZE: usize = 1100 * 1024;
 const HW_HEALTHY: &str = "board-healthy";
 const HW_FAILING: &str = "board-failing";
 const HW_COMPRESSED: &str = "board-compressed";
@@ -33,8 +33,8 @@ const FAILING_TARGET: &str = "rootfs-failing-1.1.0.img";
 const COMPRESSED_TARGET: &str = "rootfs-compressed-1.1.0.img";
 const HW_DELTA: &str = "board-delta";
 const DELTA_TARGET: &str = "rootfs-delta-1.1.0.img";
-/// The compressed release's zstd frames: five for the 300 KiB image, so
-/// the 256 KiB checkpoint falls on a frame boundary mid-stream.
+/// The compressed release's zstd frames: 18 for the 1100 KiB image, so
+/// the 1 MiB checkpoint falls on a frame boundary mid-stream.
 const FRAME_SIZE: &str = "65536";
 const WORKERS: usize = 4;
 

@@ -37,8 +37,9 @@ fn dropped_connection_is_resumed_within_the_same_poll() {
         .release("1.1.0", true, size, &[HARDWARE_ID])
         .expect("release");
     let proxy = Proxy::start(&fx.server.url, 256 * 1024 * 1024).expect("proxy");
-    // The connection carrying the image is cut a third of the way in.
-    proxy.cut_after.store(1024 * 1024, Ordering::Relaxed);
+    // The connection carrying the image is cut half way in, past the
+    // first 1 MiB install chunk.
+    proxy.cut_after.store(size as u64 / 2, Ordering::Relaxed);
     let dev = fx.device_at("dev-1", &proxy.url).expect("device");
     tune_downloads(&dev);
 

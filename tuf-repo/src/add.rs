@@ -41,7 +41,8 @@ pub struct Added {
     pub name: String,
     pub length: u64,
     pub sha256: String,
-    pub sha512: String,
+    /// Listed only when the target was added with sha512 (`--hash sha512`).
+    pub sha512: Option<String>,
     pub targets_version: u64,
 }
 
@@ -92,8 +93,8 @@ pub async fn add_packed(
     release.payload = packed.payload.clone();
     release.delta = delta_of(layout, &options.image, packing)?;
 
-    let target = target_entry(&digests, &release)?;
-    let sha512 = hex::encode(digests.sha512);
+    let target = target_entry(&digests, &release, packing.list_sha512)?;
+    let sha512 = packing.list_sha512.then(|| hex::encode(digests.sha512));
     let mut targets = state.targets.signed.clone();
     let tname =
         TargetName::new(name.clone()).map_err(RepoError::tough(format!("target name {name:?}")))?;
@@ -109,8 +110,6 @@ pub async fn add_packed(
     Ok((added, packed.payload))
 }
 
-/// The signed description of an image: length, sha256 and sha512, and the
-/// release fields as `custom`.
 /// `custom.delta` for `--delta`: the image's chunk index, its new chunks stored.
 pub(crate) fn delta_of(
     layout: &Layout,
@@ -130,7 +129,13 @@ pub(crate) fn delta_of(
     Ok(Some(indexed.custom))
 }
 
-pub(crate) fn target_entry(digests: &StreamDigests, release: &ReleaseCustom) -> Result<Target> {
+/// The signed description of an image: length, sha256 (and sha512 when
+/// `list_sha512`), and the release fields as `custom`.
+pub(crate) fn target_entry(
+    digests: &StreamDigests,
+    release: &ReleaseCustom,
+    list_sha512: bool,
+) -> Result<Target> {
     let mut custom = HashMap::new();
     let value = serde_json::to_value(release)
         .map_err(|e| RepoError::Inconsistent(format!("serializing release fields: {e}")))?;
@@ -141,10 +146,14 @@ pub(crate) fn target_entry(digests: &StreamDigests, release: &ReleaseCustom) -> 
         length: digests.length,
         hashes: Hashes {
             sha256: digests.sha256.to_vec().into(),
-            _extra: HashMap::from([(
-                "sha512".to_owned(),
-                serde_json::Value::String(hex::encode(digests.sha512)),
-            )]),
+            _extra: if list_sha512 {
+                HashMap::from([(
+                    "sha512".to_owned(),
+                    serde_json::Value::String(hex::encode(digests.sha512)),
+                )])
+            } else {
+                HashMap::new()
+            },
         },
         custom,
         _extra: HashMap::new(),
@@ -274,7 +283,8 @@ pub(crate) fn check_not_published(
 
 /// Copies the target `packing` makes of the image (the image itself, or
 /// the compressed file) into `targets/[dir/]<sha256>.<basename>` while
-/// hashing it, then links it as `<sha512>.<basename>`: one read of the
+/// hashing it, then, when the target lists sha512, links it as
+/// `<sha512>.<basename>`: one read of the
 /// image, in constant memory. Its consistent names come from the digests
 /// of the bytes stored, as TUF requires.
 pub(crate) fn store_packed(
@@ -305,10 +315,12 @@ pub(crate) fn store_packed(
         out.flush().map_err(RepoError::io(&partial))?;
         out.sync_all().map_err(RepoError::io(&partial))?;
         let by_sha256 = dest_dir.join(format!("{}.{base}", hex::encode(digests.sha256)));
-        let by_sha512 = dest_dir.join(format!("{}.{base}", hex::encode(digests.sha512)));
         ota_common::atomic::rename_durable(&partial, &by_sha256)
             .map_err(RepoError::io(&by_sha256))?;
-        link_or_copy(&by_sha256, &by_sha512)?;
+        if packing.list_sha512 {
+            let by_sha512 = dest_dir.join(format!("{}.{base}", hex::encode(digests.sha512)));
+            link_or_copy(&by_sha256, &by_sha512)?;
+        }
         Ok(packed)
     })();
     if result.is_err() {

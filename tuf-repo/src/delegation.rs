@@ -593,7 +593,7 @@ pub async fn add(
     let digests = packed.digests;
     release.payload = packed.payload.clone();
     release.delta = add::delta_of(layout, &options.image, packing)?;
-    let target = add::target_entry(&digests, &release)?;
+    let target = add::target_entry(&digests, &release, packing.list_sha512)?;
     let mut content = current.signed.clone();
     let tname =
         TargetName::new(name.clone()).map_err(RepoError::tough(format!("target name {name:?}")))?;
@@ -605,7 +605,7 @@ pub async fn add(
             name,
             length: digests.length,
             sha256: hex::encode(digests.sha256),
-            sha512: hex::encode(digests.sha512),
+            sha512: packing.list_sha512.then(|| hex::encode(digests.sha512)),
             targets_version: version,
         },
         packed.payload,

@@ -13,7 +13,7 @@
 //! * `metadata/N.<delegated role>.json`: delegated targets roles (`ota-repo delegate`).
 //! * `metadata/`: `N.root.json` (+ `root.json`, a copy of the newest), `N.targets.json`,
 //!   `N.snapshot.json`, `timestamp.json` (consistent snapshots).
-//! * `targets/[dir/]<sha256>.<basename>` and `targets/[dir/]<sha512>.<basename>`: the images.
+//! * `targets/[dir/]<sha256>.<basename>` (and `<sha512>.<basename>` for targets added with `--hash sha512`): the images.
 
 pub mod add;
 pub mod ceremony;

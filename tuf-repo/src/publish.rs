@@ -31,11 +31,20 @@ pub struct TargetFile {
     pub name: String,
     pub length: u64,
     pub sha256: String,
-    pub sha512: String,
+    /// Only when the target lists sha512 (`ota-repo add --hash sha512`, or
+    /// targets added before sha256 alone was the default).
+    pub sha512: Option<String>,
     /// `[dir/]<sha256>.<basename>`, relative to `targets/`.
     pub by_sha256: String,
-    /// `[dir/]<sha512>.<basename>`, relative to `targets/`.
-    pub by_sha512: String,
+    /// `[dir/]<sha512>.<basename>`, relative to `targets/`, when listed.
+    pub by_sha512: Option<String>,
+}
+
+impl TargetFile {
+    /// The target's consistent-snapshot file names: one per listed digest.
+    pub fn hashed_paths(&self) -> impl Iterator<Item = &String> {
+        std::iter::once(&self.by_sha256).chain(self.by_sha512.as_ref())
+    }
 }
 
 /// Everything a publication carries.
@@ -58,22 +67,24 @@ pub(crate) fn target_file(
 ) -> Result<TargetFile> {
     let name = name.raw().to_owned();
     let sha256 = hex::encode(&*target.hashes.sha256);
-    let sha512 = target
-        .hashes
-        ._extra
-        .get("sha512")
-        .and_then(|v| v.as_str())
-        .map(str::to_owned)
-        .ok_or_else(|| RepoError::Inconsistent(format!("target {name} lists no sha512")))?;
+    let sha512 = match target.hashes._extra.get("sha512") {
+        None => None,
+        Some(v) => Some(v.as_str().map(str::to_owned).ok_or_else(|| {
+            RepoError::Inconsistent(format!("target {name} lists a sha512 that is not a string"))
+        })?),
+    };
     let t = TargetFile {
         by_sha256: target_name::hashed_path(&name, &sha256)?,
-        by_sha512: target_name::hashed_path(&name, &sha512)?,
+        by_sha512: sha512
+            .as_deref()
+            .map(|sha512| target_name::hashed_path(&name, sha512))
+            .transpose()?,
         name,
         length: target.length,
         sha256,
         sha512,
     };
-    for rel in [&t.by_sha256, &t.by_sha512] {
+    for rel in t.hashed_paths() {
         let path = layout.targets_dir().join(rel);
         let len = std::fs::metadata(&path)
             .map_err(RepoError::io(&path))?
@@ -169,7 +180,7 @@ pub fn publish_dir(layout: &Layout, set: &PublishSet, out: &Path) -> Result<Vec<
     ensure_fully_signed(layout)?;
     let mut written = Vec::new();
     for t in &set.targets {
-        for rel in [&t.by_sha256, &t.by_sha512] {
+        for rel in t.hashed_paths() {
             let dest = out.join("targets").join(rel);
             if std::fs::metadata(&dest)
                 .map(|m| m.len() == t.length)
@@ -234,7 +245,9 @@ fn copy_verified(src: &Path, dest: &Path, t: &TargetFile) -> Result<()> {
         bar.finish_and_clear();
         if d.length != t.length
             || hex::encode(d.sha256) != t.sha256
-            || hex::encode(d.sha512) != t.sha512
+            || t.sha512
+                .as_ref()
+                .is_some_and(|s| *s != hex::encode(d.sha512))
         {
             return Err(RepoError::Inconsistent(format!(
                 "{} does not match the signed length and hashes of target {}",
@@ -427,11 +440,18 @@ impl AdminClient {
         let staged: StagedTarget = Self::json(&what, resp)?;
         if staged.length != t.length
             || !staged.sha256.eq_ignore_ascii_case(&t.sha256)
-            || !staged.sha512.eq_ignore_ascii_case(&t.sha512)
+            || t.sha512
+                .as_ref()
+                .is_some_and(|s| !staged.sha512.eq_ignore_ascii_case(s))
         {
             return Err(RepoError::Publish(format!(
                 "{what}: the server received {} bytes with sha256 {} / sha512 {}, expected {} bytes with sha256 {} / sha512 {}; the upload was corrupted, nothing was committed",
-                staged.length, staged.sha256, staged.sha512, t.length, t.sha256, t.sha512
+                staged.length,
+                staged.sha256,
+                staged.sha512,
+                t.length,
+                t.sha256,
+                t.sha512.as_deref().unwrap_or("(not listed)")
             )));
         }
         Ok(())

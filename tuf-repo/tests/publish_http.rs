@@ -70,17 +70,20 @@ fn serve(corrupt: bool, refuse_commit: bool) -> (String, Arc<Mutex<Vec<Seen>>>) 
                     } else if method == "HEAD" {
                         ("404 Not Found", String::new())
                     } else if method == "PUT" && path.contains("/targets/") {
-                        let mut sha512 = hex::encode(Sha512::digest(&body));
+                        // The server hashes with both algorithms whatever
+                        // the target lists; a corrupt upload shows in the
+                        // one digest the target lists.
+                        let mut sha256 = hex::encode(Sha256::digest(&body));
                         if corrupt {
-                            sha512 = "00".repeat(64);
+                            sha256 = "00".repeat(32);
                         }
                         let target = path.rsplit("/targets/").next().unwrap_or("").to_owned();
                         (
                             "200 OK",
                             format!(
-                                r#"{{"target":"{target}","length":{},"sha256":"{}","sha512":"{sha512}"}}"#,
+                                r#"{{"target":"{target}","length":{},"sha256":"{sha256}","sha512":"{}"}}"#,
                                 body.len(),
-                                hex::encode(Sha256::digest(&body))
+                                hex::encode(Sha512::digest(&body))
                             ),
                         )
                     } else if method == "PUT" {
@@ -198,7 +201,7 @@ async fn refuses_a_corrupted_upload_and_reports_server_errors() {
     .await
     .expect("join");
     assert!(
-        corrupt.contains("sha512") && corrupt.contains("nothing was committed"),
+        corrupt.contains("sha256 0000") && corrupt.contains("nothing was committed"),
         "{corrupt}"
     );
     assert!(

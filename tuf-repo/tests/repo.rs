@@ -116,18 +116,24 @@ async fn every_key_type_signs_a_repository_both_clients_accept() {
             3,
             "custom has exactly the release fields"
         );
-        assert!(target.hashes._extra.contains_key("sha512"));
+        // sha256 only by default, as python-tuf and tough add targets:
+        // one file, under its sha256 name.
+        assert!(target.hashes._extra.is_empty(), "{:?}", target.hashes);
+        assert_eq!(added.sha512, None);
         assert_eq!(
             read_target(&repo, "image.img").await,
             std::fs::read(&img).expect("img")
         );
-        let sha512_copy = f
-            .layout
-            .targets_dir()
-            .join(format!("{}.image.img", added.sha512));
+        let stored: Vec<_> = std::fs::read_dir(f.layout.targets_dir())
+            .expect("targets dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
         assert_eq!(
-            std::fs::read(sha512_copy).expect("sha512 name"),
-            std::fs::read(&img).expect("img")
+            stored,
+            vec![std::ffi::OsString::from(format!(
+                "{}.image.img",
+                added.sha256
+            ))]
         );
 
         // Our own device-side client must accept the same repository.
@@ -150,6 +156,41 @@ async fn every_key_type_signs_a_repository_both_clients_accept() {
         assert_eq!(
             targets[0].release().expect("release").version.to_string(),
             "1.2.0"
+        );
+    }
+}
+
+#[tokio::test]
+async fn add_lists_sha512_when_asked_and_stores_the_image_under_both_names() {
+    let f = fixture(KeyType::Ed25519).await;
+    let img = image(&f.dir, "image.img", 70_000);
+    let packing = ota_repo::add::Packing {
+        list_sha512: true,
+        ..ota_repo::add::Packing::raw()
+    };
+    let (added, _) = ota_repo::add::add_packed(
+        &f.layout,
+        &add_opts(&img, "1.0.0", &["board-a"]),
+        None,
+        &packing,
+    )
+    .await
+    .expect("add");
+    let sha512 = added.sha512.expect("sha512 listed");
+    let repo = load_with_tough(&f.layout.metadata_dir(), &f.layout.targets_dir()).await;
+    let (_, target) = repo
+        .all_targets()
+        .find(|(n, _)| n.raw() == "image.img")
+        .expect("target listed");
+    assert_eq!(
+        target.hashes._extra.get("sha512").and_then(|v| v.as_str()),
+        Some(sha512.as_str())
+    );
+    for hash in [&added.sha256, &sha512] {
+        let stored = f.layout.targets_dir().join(format!("{hash}.image.img"));
+        assert_eq!(
+            std::fs::read(&stored).expect("stored under the hash"),
+            std::fs::read(&img).expect("img")
         );
     }
 }

@@ -36,7 +36,7 @@ use super::{
     Marks, RetryPolicy, CHUNK,
 };
 use crate::crashpoint;
-use crate::slot::SlotWriter;
+use crate::slot::{AlignedBuf, SlotWriter};
 use ota_common::hash::{Digests, StreamVerifier, VerifyError};
 use ota_common::payload::{Compressed, Encoding};
 use std::cell::RefCell;
@@ -103,7 +103,7 @@ pub(super) fn stream<'r>(
         marks: Marks::new(writer.written()),
         writer,
         follower,
-        buf: vec![0u8; CHUNK],
+        buf: AlignedBuf::new(CHUNK),
     };
     let go = if payload.frames.is_empty() {
         sink.whole_stream(payload.encoding, &mut source)?
@@ -225,7 +225,7 @@ struct Sink<'a, 'j, 'f, 'h, 'r> {
     writer: &'a mut SlotWriter,
     follower: &'a mut Follower<'f>,
     marks: Marks,
-    buf: Vec<u8>,
+    buf: AlignedBuf,
 }
 
 /// Why pumping decoded bytes stopped early.

@@ -27,7 +27,7 @@
 //! ```text
 //! cargo build --release -p ota-agent --bin ota-agent -p ota-server --bin ota-server \
 //!     -p ota-repo --bin ota-repo -p integration-tests --bin bench-vs-dd
-//! sudo target/release/bench-vs-dd [--size 1G] [--runs 5] [--rss 64M,1G,4G]
+//! sudo target/release/bench-vs-dd [--size 1G] [--runs 5] [--rss 64M,1G,4G] [--sha512]
 //! ```
 
 use anyhow::{bail, Context, Result};
@@ -52,6 +52,9 @@ struct Args {
     size: u64,
     runs: usize,
     rss_sizes: Vec<u64>,
+    /// The target lists sha512 beside sha256 (`ota-repo add --hash
+    /// sha512`), as targets added before sha256 alone was the default do.
+    sha512: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -59,6 +62,7 @@ fn parse_args() -> Result<Args> {
         size: 1024 * MIB,
         runs: 5,
         rss_sizes: vec![64 * MIB, 1024 * MIB, 4096 * MIB],
+        sha512: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -78,8 +82,11 @@ fn parse_args() -> Result<Args> {
                     list.split(',').map(parse_size).collect::<Result<_>>()?
                 };
             }
+            "--sha512" => args.sha512 = true,
             "-h" | "--help" => {
-                println!("usage: bench-vs-dd [--size 1G] [--runs 5] [--rss 64M,1G,4G|none]");
+                println!(
+                    "usage: bench-vs-dd [--size 1G] [--runs 5] [--rss 64M,1G,4G|none] [--sha512]"
+                );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (see --help)"),
@@ -116,7 +123,7 @@ fn run() -> Result<()> {
     println!("cache policy before every run: {}", drop_caches()?);
     println!("load average before: {}", loadavg());
 
-    let bench = Published::new(args.size)?;
+    let bench = Published::new(args.size, args.sha512)?;
     let slot = LoopDevice::attach(
         &bench.fixture.dir.path().join("loop-backing.img"),
         args.size,
@@ -178,7 +185,7 @@ fn run() -> Result<()> {
     );
 
     for &size in &args.rss_sizes {
-        let bench = Published::new(size)?;
+        let bench = Published::new(size, args.sha512)?;
         // Only the server's copy is needed from here on.
         bench.drop_local_copies()?;
         let slot = LoopDevice::attach(&bench.fixture.dir.path().join("loop-backing.img"), size)?;
@@ -209,7 +216,7 @@ struct Install {
 }
 
 impl Published {
-    fn new(size: u64) -> Result<Published> {
+    fn new(size: u64, sha512: bool) -> Result<Published> {
         let fixture = Fixture::new()?;
         let image = fixture.dir.path().join(format!("rootfs-{VERSION}.img"));
         let t = Instant::now();
@@ -219,7 +226,13 @@ impl Published {
             true,
             usize::try_from(size).context("size does not fit this machine's usize")?,
         )?;
-        fixture.repo.add(&image, VERSION, &[HARDWARE_ID])?;
+        let mut add_args = vec!["--compress", "none"];
+        if sha512 {
+            add_args.extend(["--hash", "sha512"]);
+        }
+        fixture
+            .repo
+            .add_with(&image, VERSION, &[HARDWARE_ID], &add_args)?;
         fixture.repo.publish(&fixture.server)?;
         eprintln!(
             "{} image written, added and published in {:.1} s",

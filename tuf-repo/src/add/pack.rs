@@ -59,6 +59,13 @@ pub struct Packing {
     /// Also cut the image into a signed chunk index and store its chunks
     /// (`add/delta.rs`), so devices can install it as a delta.
     pub delta: bool,
+    /// Whether the target lists sha512 beside sha256 (and is stored under
+    /// its sha512 name too). Off by default, as in python-tuf and tough:
+    /// devices check every digest a target lists, and sha512, without
+    /// hardware support on most of them, cost an install more CPU than
+    /// everything else it does (docs/BENCHMARKS.md, "Install at the speed
+    /// of the disk").
+    pub list_sha512: bool,
 }
 
 impl Packing {
@@ -69,6 +76,7 @@ impl Packing {
             frame_size: DEFAULT_FRAME_SIZE,
             level: None,
             delta: false,
+            list_sha512: false,
         }
     }
 
@@ -393,6 +401,7 @@ mod tests {
             frame_size: 64 * 1024,
             level: None,
             delta: false,
+            list_sha512: false,
         }
     }
 

@@ -149,6 +149,12 @@ pub(crate) enum Command {
         /// fetches only the chunks its running slot lacks. Needs the raw image.
         #[arg(long)]
         delta: bool,
+        /// Digests the target lists (repeatable). sha256 is always listed;
+        /// `--hash sha512` lists sha512 too, for repositories whose clients
+        /// want it (every device then computes it, at about 2.4 CPU-seconds
+        /// per GiB where the CPU has no SHA-512 instructions).
+        #[arg(long = "hash", value_name = "sha256|sha512")]
+        hashes: Vec<String>,
         #[command(flatten)]
         rollout: RolloutFlags,
     },

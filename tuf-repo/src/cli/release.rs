@@ -97,6 +97,7 @@ pub(crate) fn run(layout: Layout, command: Command) -> Result<()> {
             frame_size,
             compress_level,
             delta,
+            hashes,
             rollout,
         } => {
             let options = add::AddOptions {
@@ -115,6 +116,7 @@ pub(crate) fn run(layout: Layout, command: Command) -> Result<()> {
                 frame_size: frame_size.unwrap_or(add::pack::DEFAULT_FRAME_SIZE),
                 level: compress_level,
                 delta,
+                list_sha512: lists_sha512(&hashes)?,
             };
             // Built (and refused) before the image is copied or anything signed.
             let plan = rollout.into_args().plan(None, chrono::Utc::now())?;
@@ -164,6 +166,19 @@ pub(crate) fn run(layout: Layout, command: Command) -> Result<()> {
         other => unreachable!("{other:?} is dispatched elsewhere"),
     }
     Ok(())
+}
+
+/// `--hash` values: whether the target lists sha512 beside sha256.
+fn lists_sha512(hashes: &[String]) -> Result<bool> {
+    let mut sha512 = false;
+    for h in hashes {
+        match h.to_ascii_lowercase().as_str() {
+            "sha256" => {}
+            "sha512" => sha512 = true,
+            other => bail!("--hash {other}: a target lists sha256 and optionally sha512"),
+        }
+    }
+    Ok(sha512)
 }
 
 /// `add --role ROLE`: the image as a target of a delegated role.

@@ -54,7 +54,8 @@ pub struct ReleaseFile {
     pub hardware_ids: Vec<String>,
     pub length: u64,
     pub sha256: String,
-    pub sha512: String,
+    /// Only when the target lists sha512.
+    pub sha512: Option<String>,
     /// The role whose signed metadata lists the file: `targets`, or a
     /// delegated role's name (its signatures are in `roles`).
     pub signed_by: String,
@@ -161,6 +162,6 @@ pub struct TrustedVersions {
 pub struct TargetCheck {
     pub name: String,
     pub passed: bool,
-    /// `downloaded N bytes; length, sha256 and sha512 match`, or the failure.
+    /// `downloaded N bytes; length, sha256 [and sha512] match`, or the failure.
     pub detail: String,
 }

@@ -65,7 +65,7 @@ impl Evidence {
                 f.hardware_ids.join(", "),
                 f.length,
                 f.sha256,
-                f.sha512,
+                f.sha512.as_deref().unwrap_or("(not listed)"),
                 f.signed_by
             );
         }

@@ -130,7 +130,7 @@ pub(super) fn check_target<T: Transport>(
         target.digests.sha256.map(hex::encode),
         target.digests.sha512.map(hex::encode),
     );
-    if listed != (f.length, Some(f.sha256.clone()), Some(f.sha512.clone())) {
+    if listed != (f.length, Some(f.sha256.clone()), f.sha512.clone()) {
         return Err(format!(
             "published metadata lists length {} sha256 {} for it, the repository {} and {}",
             target.length,
@@ -153,8 +153,13 @@ pub(super) fn check_target<T: Transport>(
         verifier.update(&buf[..n]).map_err(|e| e.to_string())?;
     }
     verifier.finish().map_err(|e| e.to_string())?;
+    let digests = if target.digests.sha512.is_some() {
+        "sha256 and sha512"
+    } else {
+        "sha256"
+    };
     Ok(format!(
-        "downloaded {} bytes; length, sha256 and sha512 match the signed metadata",
+        "downloaded {} bytes; length, {digests} match the signed metadata",
         target.length
     ))
 }
