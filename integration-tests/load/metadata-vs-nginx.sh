@@ -64,6 +64,9 @@ declare -A RPS P99
 # wrk_case NAME URL [ETAG]: 200 without a validator, 304 with If-None-Match.
 wrk_case() {
   local name=$1 url=$2 etag=$3 out
+  # Untimed warm-up: the first seconds after a start (page faults, caches,
+  # the CPU's clock) would otherwise count against whichever case runs first.
+  wrk -c64 -t2 -d2s "$url" > /dev/null
   out=$(wrk -c64 -t2 -d"${DUR}s" --latency "$url")
   RPS["$name 200"]=$(awk '/^Requests\/sec/ {print $2}' <<< "$out")
   P99["$name 200"]=$(awk '$1 == "99%" {print $2}' <<< "$out")
