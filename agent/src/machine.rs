@@ -588,7 +588,17 @@ impl Machine {
             next_log: length / 4,
         };
         let running = &self.slots.get(self.booted).path;
-        if let Some(plan) = install::delta::try_plan(dl, source, target, length, running) {
+        let running_length = running_image_length(hooks.state.slot(self.booted), source);
+        let delta = install::delta::try_plan(
+            dl,
+            source,
+            target,
+            length,
+            running,
+            running_length,
+            &mut || hooks.heartbeat.beat(),
+        );
+        if let Some(plan) = delta {
             // The delta stream is the slot image itself, never encoded.
             let delta_job = Download {
                 payload: None,
@@ -880,6 +890,24 @@ fn trusted_releases(config: &Config) -> Vec<TargetRef> {
                 .then(|| TargetRef::new(t, release.version, &image))
         })
         .collect()
+}
+
+/// The signed image length of the release the running slot holds, when the
+/// state names its target and the trusted metadata still lists that target
+/// with the same image sha256: a delta scan reads no further. `None` (the
+/// factory image, a target no longer listed) scans the whole device.
+fn running_image_length(
+    running: Option<&crate::state::InstalledRelease>,
+    source: &dyn UpdateSource,
+) -> Option<u64> {
+    let running = running?;
+    let (name, sha256) = (running.target.as_ref()?, running.sha256.as_ref()?);
+    let targets = source.targets().ok()?;
+    targets.iter().find_map(|t| {
+        let image = t.slot_image().ok()?;
+        (&t.name == name && image.digests.sha256.map(hex::encode).as_ref() == Some(sha256))
+            .then_some(image.length)
+    })
 }
 
 /// The install's view of the machine: the image stream, the checkpoint in

@@ -14,4 +14,5 @@ pub mod measured;
 pub mod proxy;
 pub mod python;
 pub mod repo;
+pub mod s3;
 pub mod server;

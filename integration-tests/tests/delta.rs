@@ -4,13 +4,17 @@
 //! plus the chunks it lacks, then verifies the whole slot against the
 //! signed image. A tampered chunk or index, or an unreachable chunk store,
 //! makes it install the full image instead, with the running slot
-//! untouched; a crash mid-delta resumes; a delta that would not save
-//! enough is not attempted.
+//! untouched; a crash mid-delta, or a SIGKILL, resumes as a delta from its
+//! checkpoint; a delta that would not save enough is not attempted; a
+//! repository in S3 serves the chunks as cacheably as a local one.
 
-use integration_tests::device::{CrashRunEnd, SimDevice};
+use integration_tests::device::{CrashRunEnd, RunEnd, SimDevice};
 use integration_tests::fixture::{Fixture, HARDWARE_ID};
+use integration_tests::proxy::Proxy;
+use integration_tests::s3::S3Server;
 use ota_agent::slot::SlotId;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 const SIZE: usize = 4 * 1024 * 1024;
@@ -47,7 +51,10 @@ fn release(fx: &Fixture, version: &str, seed: u64, edits: &[(usize, usize)]) -> 
             &["--compress", "none", "--delta"],
         )
         .expect("ota-repo add --delta");
-    fx.repo.publish(&fx.server).expect("publish");
+    if let Err(e) = fx.repo.publish(&fx.server) {
+        let log = std::fs::read_to_string(&fx.server.log).unwrap_or_default();
+        panic!("publish: {e:#}\nserver log:\n{log}");
+    }
     path
 }
 
@@ -83,10 +90,28 @@ fn fetched_bytes(log: &str) -> Option<u64> {
         .ok()
 }
 
+/// The number after `key` on the last log line containing `marker`.
+fn logged_number(log: &str, marker: &str, key: &str) -> Option<u64> {
+    log.lines()
+        .rev()
+        .find(|l| l.contains(marker))?
+        .split(key)
+        .nth(1)?
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// A device running 1.1.0 in slot B (installed in full from the factory
 /// image: a delta from unrelated bytes would not pay).
 fn device_on_1_1(fx: &Fixture, id: &str, v11: &Path) -> SimDevice {
-    let dev = fx.device(id).expect("device");
+    device_on_1_1_at(fx, id, v11, &fx.server.url)
+}
+
+/// [`device_on_1_1`] talking to the server at `url` (a proxy).
+fn device_on_1_1_at(fx: &Fixture, id: &str, v11: &Path, url: &str) -> SimDevice {
+    let dev = fx.device_at(id, url).expect("device");
     dev.append_config("\n[download]\nretries = 1\nretry_initial_ms = 50\nretry_max_ms = 100\ncheckpoint_bytes = 262144\ncheckpoint_interval_ms = 0\n")
         .expect("config");
     let boots = dev.run_until_settled(4).expect("settles");
@@ -131,8 +156,13 @@ fn settles_on(dev: &SimDevice, image: &Path, running: &[u8]) {
 }
 
 fn served_chunks(fx: &Fixture) -> Vec<PathBuf> {
+    chunks_under(&fx.server.repository_dir().join("targets"))
+}
+
+/// Every file of the chunk store under a repository's `targets/`.
+fn chunks_under(targets: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let root = fx.server.repository_dir().join("targets").join("chunks");
+    let root = targets.join("chunks");
     for dir in std::fs::read_dir(&root).expect("chunk store") {
         let dir = dir.expect("entry").path();
         for f in std::fs::read_dir(&dir).expect("dir") {
@@ -174,6 +204,13 @@ fn a_delta_release_is_built_from_the_running_slot_with_few_bytes_fetched() {
     let log = agent_log(&dev);
     let fetched = fetched_bytes(&log)
         .unwrap_or_else(|| panic!("no delta install\n{log}\nserved: {:?}", served_chunks(&fx)));
+    // The state names 1.1.0 and the trusted metadata signs its length: the
+    // scan reads that much of the running slot, not the whole device.
+    assert!(
+        log.lines()
+            .any(|l| l.contains("delta planned") && l.contains(&format!("{SIZE} bytes"))),
+        "{log}"
+    );
     assert!(
         fetched < SIZE as u64 / 8,
         "a delta of two small edits fetched {fetched} of {SIZE} bytes"
@@ -288,4 +325,132 @@ fn a_crash_mid_delta_resumes_and_an_unreachable_chunk_store_falls_back() {
     let log = agent_log(&gone);
     assert!(log.contains("chunk store"), "{log}");
     assert!(log.contains("installing the full image instead"), "{log}");
+}
+
+#[test]
+fn a_killed_agent_resumes_its_delta_from_the_checkpoint() {
+    const MIB: u64 = 1024 * 1024;
+    let fx = Fixture::new().expect("fixture");
+    let proxy = Proxy::start(&fx.server.url, 256 * MIB).expect("proxy");
+    let v11 = release(&fx, "1.1.0", 23, &[]);
+    let dev = device_on_1_1_at(&fx, "dev-kill", &v11, &proxy.url);
+    let running = std::fs::read(dev.slot_path(SlotId::B)).expect("B");
+    // An edit every 512 KiB: chunks to fetch all along the image.
+    let edits: Vec<(usize, usize)> = (0..8).map(|i| (200_000 + i * 524_288, 1000)).collect();
+    let v12 = release(&fx, "1.2.0", 23, &edits);
+    // 128 KiB/s: each fetched chunk takes about half a second.
+    proxy.rate.store(128 * 1024, Ordering::Relaxed);
+
+    let checkpoint = |d: &SimDevice| -> u64 {
+        std::fs::read(d.dir.join("state/state.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|s| s["phase"]["checkpoint"].as_u64())
+            .unwrap_or(0)
+    };
+    assert_eq!(dev.power_on().expect("boot"), SlotId::B);
+    let before = agent_log(&dev).len();
+    let end = dev
+        .run_agent_until(Duration::from_secs(60), |d| checkpoint(d) >= MIB)
+        .expect("run");
+    assert_eq!(
+        end,
+        RunEnd::PowerCut,
+        "SIGKILLed mid-delta\n{}",
+        dev.log_tail()
+    );
+    let saved = checkpoint(&dev);
+    assert!(saved >= MIB && saved < SIZE as u64, "checkpoint {saved}");
+    let log = agent_log(&dev);
+    let first = &log[before..];
+    let planned = logged_number(first, "delta planned", "fetch_bytes=")
+        .unwrap_or_else(|| panic!("the killed run was a delta\n{first}"));
+    assert_eq!(fetched_bytes(first), None, "killed before the delta ended");
+
+    proxy.rate.store(256 * MIB, Ordering::Relaxed);
+    let ranges = proxy.range_requests().len();
+    let sent = proxy.sent.load(Ordering::Relaxed);
+    let before = log.len();
+    settles_on(&dev, &v12, &running);
+    let log = agent_log(&dev);
+    let second = &log[before..];
+    assert!(
+        second.contains("resuming the download after the bytes already in the slot")
+            && second.contains(&format!("offset={saved}")),
+        "resumed at the checkpoint\n{second}"
+    );
+    assert!(
+        !second.contains("installing the full image instead"),
+        "{second}"
+    );
+    let fetched =
+        fetched_bytes(second).unwrap_or_else(|| panic!("the resumed install is a delta\n{second}"));
+    assert!(
+        fetched < planned,
+        "the resumed delta fetched {fetched} bytes, the whole delta is {planned}: \
+         the chunks before the checkpoint were fetched again"
+    );
+    assert_eq!(
+        proxy.range_requests().len(),
+        ranges,
+        "no Range request: the full image was not resumed"
+    );
+    let moved = proxy.sent.load(Ordering::Relaxed) - sent;
+    assert!(
+        moved < SIZE as u64 / 4,
+        "the resumed run moved {moved} bytes for a {SIZE} byte image"
+    );
+}
+
+#[test]
+fn a_delta_release_in_an_s3_repository_is_served_cacheable_and_installed() {
+    let s3 = S3Server::start().expect("moto_server (./test installs it)");
+    let fx = Fixture::with_server_config(&s3.server_config()).expect("fixture");
+    let v11 = release(&fx, "1.1.0", 29, &[]);
+    let dev = device_on_1_1(&fx, "dev-s3", &v11);
+    let running = std::fs::read(dev.slot_path(SlotId::B)).expect("B");
+    let v12 = release(&fx, "1.2.0", 29, &[(2_000_000, 4000)]);
+
+    assert!(
+        !fx.server.repository_dir().join("targets/chunks").exists(),
+        "the chunks live in the bucket, not on the server's disk"
+    );
+    let chunks = s3.list("targets/chunks/").expect("list the bucket");
+    // The name the agent asks for: chunks/xx/<compressed sha256>.<sha256>.zst.
+    let chunk = chunks
+        .iter()
+        .find(|k| {
+            k.ends_with(".zst")
+                && k.rsplit('/')
+                    .next()
+                    .is_some_and(|f| f.len() == 64 + 1 + 64 + 4)
+        })
+        .unwrap_or_else(|| panic!("a chunk in the bucket: {chunks:?}"));
+    let resp = integration_tests::server::http_client()
+        .expect("client")
+        .get(format!("{}/{chunk}", fx.server.url))
+        .send()
+        .expect("GET chunk");
+    assert_eq!(resp.status(), 200, "{chunk}");
+    assert_eq!(
+        resp.headers()["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
+    assert!(resp.headers().contains_key("etag"));
+    // Content-addressed: the body hashes to the compressed sha256 it is named by.
+    let body = resp.bytes().expect("body");
+    let name = chunk.rsplit('/').next().unwrap_or_default();
+    assert_eq!(
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body)),
+        name[..64],
+        "{chunk}"
+    );
+
+    settles_on(&dev, &v12, &running);
+    let log = agent_log(&dev);
+    let fetched = fetched_bytes(&log).unwrap_or_else(|| panic!("no delta install\n{log}"));
+    assert!(
+        fetched < SIZE as u64 / 8,
+        "a delta of one small edit fetched {fetched} of {SIZE} bytes"
+    );
 }

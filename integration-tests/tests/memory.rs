@@ -152,3 +152,92 @@ fn peak_memory_of_a_compressed_install_does_not_grow_with_the_image() {
         );
     }
 }
+
+/// A delta install holds the signed chunk index (72 bytes a chunk: under
+/// 100 KiB for the large image here, 4.5 MiB for 4 GiB), one entry per
+/// reusable chunk and one chunk at a time: the running slot is scanned and
+/// the new image produced as streams, so the peak must stay flat as well.
+#[test]
+fn peak_memory_of_a_delta_install_does_not_grow_with_the_image() {
+    const SMALL_D: u64 = 8 * MIB;
+    const LARGE_D: u64 = 64 * MIB;
+    let f = Fixture::new().expect("fixture");
+    // The running slot holds an image the new release shares all but its
+    // header with: the agent scans the whole slot (the factory image has
+    // no signed length) and fetches one chunk.
+    let install_delta = |id: &str, version: &str, size: u64| -> MeasuredRun {
+        let size_usize = usize::try_from(size).expect("size fits usize");
+        let device = f.device(id).expect("device");
+        let running = device.slot_path(ota_agent::slot::SlotId::A);
+        integration_tests::image::write_image(&running, "1.0.0", true, size_usize)
+            .expect("running image");
+        let image = f.dir.path().join(format!("rootfs-{version}.img"));
+        // Patched on disk, never read whole: the agent is forked from this
+        // process, and ru_maxrss counts the parent's pages it started with.
+        std::fs::copy(&running, &image).expect("image");
+        let header = format!("release={version}");
+        assert_eq!(header.len(), "release=1.0.0".len());
+        std::os::unix::fs::FileExt::write_all_at(
+            &std::fs::OpenOptions::new()
+                .write(true)
+                .open(&image)
+                .expect("image"),
+            header.as_bytes(),
+            0,
+        )
+        .expect("header");
+        f.repo
+            .add_with(
+                &image,
+                version,
+                &[HARDWARE_ID],
+                &["--compress", "none", "--delta"],
+            )
+            .expect("add --delta");
+        f.repo.publish(&f.server).expect("publish");
+        device.power_on().expect("power on");
+        let run = run_agent_measured(&device, Duration::from_secs(300)).expect("agent run");
+        assert_eq!(run.end, RunEnd::RebootRequested, "{}", device.log_tail());
+        let log = std::fs::read_to_string(device.dir.join("agent.log")).unwrap_or_default();
+        assert!(
+            log.contains("delta image written"),
+            "the install was a delta\n{log}"
+        );
+        let slot = device.slot_path(ota_agent::slot::SlotId::B);
+        assert_eq!(std::fs::metadata(&slot).expect("slot B").len(), size);
+        assert_eq!(
+            integration_tests::image::release_in(&slot).as_deref(),
+            Some(version)
+        );
+        for p in [&image, &slot, &running] {
+            let _ = std::fs::remove_file(p);
+        }
+        run
+    };
+    let small = install_delta("dev-small-delta", "1.1.0", SMALL_D);
+    let large = install_delta("dev-large-delta", "1.2.0", LARGE_D);
+    let mib = |b: u64| b as f64 / MIB as f64;
+    eprintln!(
+        "delta peak RSS: {:.1} MiB installing {} MiB ({:.1} s), {:.1} MiB installing {} MiB ({:.1} s)",
+        mib(small.peak_rss_bytes),
+        SMALL_D / MIB,
+        small.wall.as_secs_f64(),
+        mib(large.peak_rss_bytes),
+        LARGE_D / MIB,
+        large.wall.as_secs_f64(),
+    );
+    let growth = large.peak_rss_bytes.saturating_sub(small.peak_rss_bytes);
+    assert!(
+        growth < MAX_GROWTH,
+        "the delta install's peak RSS grew by {:.1} MiB for {} MiB more image",
+        mib(growth),
+        (LARGE_D - SMALL_D) / MIB
+    );
+    for run in [&small, &large] {
+        assert!(
+            run.peak_rss_bytes < CEILING,
+            "a delta install peaked at {:.1} MiB",
+            mib(run.peak_rss_bytes)
+        );
+    }
+}

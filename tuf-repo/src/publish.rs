@@ -192,6 +192,19 @@ pub fn publish_dir(layout: &Layout, set: &PublishSet, out: &Path) -> Result<Vec<
             written.push(format!("targets/{rel}"));
         }
     }
+    // Before the metadata that signs the indexes: a device never sees a
+    // delta release whose chunks are not there yet.
+    for file in chunks::chunk_files(layout)? {
+        let dest = out.join("targets").join(&file.served);
+        if std::fs::metadata(&dest)
+            .map(|m| m.len() == file.length)
+            .unwrap_or(false)
+        {
+            continue; // Named by its sha256: same name and length, same bytes.
+        }
+        copy_chunk_verified(&file, &dest)?;
+        written.push(format!("targets/{}", file.served));
+    }
     let meta_dir = out.join("metadata");
     ota_common::atomic::create_dir_all_durable(&meta_dir).map_err(RepoError::io(&meta_dir))?;
     for name in &set.metadata {
@@ -253,6 +266,41 @@ fn copy_verified(src: &Path, dest: &Path, t: &TargetFile) -> Result<()> {
                 "{} does not match the signed length and hashes of target {}",
                 src.display(),
                 t.name
+            )));
+        }
+        output.flush().map_err(RepoError::io(&tmp))?;
+        output.sync_all().map_err(RepoError::io(&tmp))?;
+        ota_common::atomic::rename_durable(&tmp, dest).map_err(RepoError::io(dest))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Copies one chunk store file to `dest` (temp, fsync, rename) if it still
+/// hashes to the sha256 its name carries: a corrupted local store is
+/// refused here rather than by every device.
+fn copy_chunk_verified(file: &chunks::ChunkFile, dest: &Path) -> Result<()> {
+    let dir = dest
+        .parent()
+        .ok_or_else(|| RepoError::Publish(format!("{} has no parent directory", dest.display())))?;
+    ota_common::atomic::create_dir_all_durable(dir).map_err(RepoError::io(dir))?;
+    let tmp = dir.join(format!(".publish-{}.partial", std::process::id()));
+    let result = (|| {
+        let input = File::open(&file.path).map_err(RepoError::io(&file.path))?;
+        let mut output = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(RepoError::io(&tmp))?;
+        let d =
+            copy_and_digest(input, Some(&mut output), |_| {}).map_err(RepoError::io(&file.path))?;
+        if d.length != file.length || hex::encode(d.sha256) != file.sha256 {
+            return Err(RepoError::Inconsistent(format!(
+                "chunk store file {} does not hash to the sha256 in its name",
+                file.path.display()
             )));
         }
         output.flush().map_err(RepoError::io(&tmp))?;

@@ -47,7 +47,11 @@ pub struct DeltaPlan {
 
 /// Fetches and checks the index, scans the running slot `running` (its
 /// first `scan_len` bytes) and decides whether the delta pays: `Err` says
-/// why the full image is installed instead.
+/// why the full image is installed instead. `beat` is called after every
+/// scanned chunk (at most the chunker's `max`, 256 KiB by default, like the
+/// download's beat per 256 KiB read): scanning a 4 GiB slot takes longer
+/// than a watchdog waits.
+#[allow(clippy::too_many_arguments)]
 pub fn plan(
     files: &dyn FileFetch,
     reference: &IndexRef,
@@ -56,6 +60,7 @@ pub fn plan(
     scan_len: u64,
     full_bytes: u64,
     max_fetch_percent: u64,
+    beat: &mut dyn FnMut(),
 ) -> Result<DeltaPlan, String> {
     let rel = reference.store_path();
     let bytes = files
@@ -83,6 +88,7 @@ pub fn plan(
         io::BufReader::with_capacity(1 << 20, slot.take(scan_len)),
         index.params,
         |offset, chunk| {
+            beat();
             let sha256 = delta::sha256(chunk);
             if wanted.contains(&sha256) {
                 local.entry(sha256).or_insert(offset);
@@ -247,13 +253,18 @@ impl Read for DeltaStream {
 
 /// The delta plan for `target` when it is a delta release worth installing
 /// as one; `None` (with a log line saying why, unless the release has no
-/// index) when the full image is installed instead.
+/// index) when the full image is installed instead. Only the first
+/// `running_length` bytes of the running slot are scanned: the running
+/// release's signed image length when the agent knows it (the rest of the
+/// device holds no chunk of that image), else `None`, the whole device.
 pub fn try_plan(
     config: &crate::config::DownloadConfig,
     source: &dyn crate::source::UpdateSource,
     target: &ota_common::tuf::Target,
     image_length: u64,
     running: &Path,
+    running_length: Option<u64>,
+    beat: &mut dyn FnMut(),
 ) -> Option<DeltaPlan> {
     let custom = target.release().ok()?.delta?;
     if !config.delta {
@@ -279,12 +290,14 @@ pub fn try_plan(
         &reference,
         image_length,
         running,
-        u64::MAX,
+        running_length.unwrap_or(u64::MAX),
         target.length,
         config.delta_max_fetch_percent,
+        beat,
     ) {
         Ok(plan) => {
             tracing::info!(target = %target.name, chunks = plan.index.chunks.len(),
+                scanned = running_length.map_or("the whole running slot".into(), |n| format!("{n} bytes")),
                 reused_bytes = plan.reused_bytes, fetch_bytes = plan.fetch_bytes,
                 full_bytes = target.length, "delta planned from the running slot");
             Some(plan)
@@ -374,4 +387,115 @@ pub fn install(
     };
     super::install(job, &mut delta_hooks)?;
     Ok(fetched.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ota_common::tuf::FetchError;
+
+    const MIB: usize = 1024 * 1024;
+
+    /// Incompressible bytes from `seed`.
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut state = seed | 1;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect()
+    }
+
+    /// A chunk store holding one file: the index.
+    struct IndexOnly(String, Vec<u8>);
+
+    impl FileFetch for IndexOnly {
+        fn fetch(&self, rel: &str, _max_len: u64) -> Result<Vec<u8>, TufError> {
+            if rel == self.0 {
+                Ok(self.1.clone())
+            } else {
+                Err(TufError::Fetch {
+                    url: rel.into(),
+                    error: FetchError::NotFound,
+                })
+            }
+        }
+    }
+
+    /// The index of `image` (compressed copies not needed: nothing is fetched).
+    fn index_of(image: &[u8]) -> (IndexOnly, IndexRef) {
+        let mut chunks = Vec::new();
+        delta::for_each_chunk(image, delta::DEFAULT_PARAMS, |offset, bytes| {
+            chunks.push(delta::Chunk {
+                sha256: delta::sha256(bytes),
+                compressed_sha256: [0; 32],
+                offset,
+                length: bytes.len() as u32,
+                compressed_length: bytes.len() as u32,
+            });
+            Ok(())
+        })
+        .expect("chunking");
+        let bytes = ChunkIndex {
+            params: delta::DEFAULT_PARAMS,
+            image_length: image.len() as u64,
+            chunks,
+        }
+        .to_bytes();
+        let reference = IndexRef {
+            sha256: delta::sha256(&bytes),
+            length: bytes.len() as u64,
+        };
+        (IndexOnly(reference.store_path(), bytes), reference)
+    }
+
+    /// Plans from a running slot holding unrelated bytes, then the new image:
+    /// (bytes reused, heartbeats).
+    fn plan_from(scan_len: u64) -> (u64, u32) {
+        let image = noise(4 * MIB, 3);
+        let (files, reference) = index_of(&image);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let running = dir.path().join("running.img");
+        let mut slot = noise(8 * MIB, 5);
+        slot.extend_from_slice(&image);
+        std::fs::write(&running, slot).expect("running slot");
+        let mut beats = 0u32;
+        let plan = plan(
+            &files,
+            &reference,
+            image.len() as u64,
+            &running,
+            scan_len,
+            image.len() as u64,
+            100,
+            &mut || beats += 1,
+        )
+        .expect("plan");
+        (plan.reused_bytes, beats)
+    }
+
+    #[test]
+    fn the_scan_feeds_the_watchdogs_at_least_every_256_kib() {
+        let (reused, beats) = plan_from(u64::MAX);
+        // All but the chunk the unrelated bytes before the image shifted.
+        assert!(
+            reused > 3 * MIB as u64,
+            "the image is in the slot: {reused}"
+        );
+        let scanned = 12 * MIB as u32;
+        assert!(
+            beats >= scanned / delta::DEFAULT_PARAMS.max,
+            "{beats} heartbeats while scanning {scanned} bytes"
+        );
+    }
+
+    #[test]
+    fn the_scan_stops_at_the_running_image_length() {
+        let (reused, beats) = plan_from(8 * MIB as u64);
+        assert_eq!(reused, 0, "nothing past the running image was read");
+        assert!(beats <= (8 * MIB as u32) / delta::DEFAULT_PARAMS.min + 1);
+    }
 }
