@@ -97,11 +97,12 @@ CASES=()
 echo "loadavg at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 run_ota sqlite 18181
 CASES+=("ota-server, sqlite")
-# The same server with its connections on the main work-stealing runtime
-# (connection_threads = 0), as before the connection threads: what they buy.
-echo "connection_threads = 0" > "$W/main-runtime.toml"
-run_ota sqlite-main-runtime 18185 --config "$W/main-runtime.toml"
-CASES+=("ota-server, sqlite-main-runtime")
+# The same server with each connection pinned to one of two single-threaded
+# runtimes (connection_threads = 2) instead of the work-stealing default:
+# what pinning trades (tail against rate).
+echo "connection_threads = 2" > "$W/pinned.toml"
+run_ota sqlite-2-connection-threads 18185 --config "$W/pinned.toml"
+CASES+=("ota-server, sqlite-2-connection-threads")
 
 # nginx, the same file the SQLite instance published, from disk.
 mkdir -p "$W/nginx"

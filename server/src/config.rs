@@ -30,10 +30,13 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 400;
 /// More connection threads than this is a typo, not a machine.
 pub const MAX_CONNECTION_THREADS: usize = 256;
 
-/// One connection thread per CPU the process may use, as nginx's
-/// `worker_processes auto`.
+/// Connections on the main, work-stealing runtime. Measured against
+/// nginx (docs/LOAD.md, 2026-12-06): pinned connection threads halve the
+/// idle poll's p99 but give up 10-30% of its rate, and the main runtime
+/// already keeps both its rate above nginx's and its p99 below; operators
+/// who want the lowest tail set `connection_threads`.
 pub fn default_connection_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    0
 }
 
 /// PEM files of the TLS certificate chain and its private key.
@@ -405,7 +408,7 @@ mod tests {
         assert_eq!(c.tls, None);
         assert_eq!(c.header_read_timeout, DEFAULT_HEADER_READ_TIMEOUT);
         assert_eq!(c.max_connections, DEFAULT_MAX_CONNECTIONS);
-        assert!(c.connection_threads >= 1);
+        assert_eq!(c.connection_threads, 0);
     }
 
     #[test]

@@ -1,15 +1,16 @@
 //! Connection workers: threads that each run a single-threaded runtime and
 //! serve the connections handed to them, from first byte to close.
 //!
-//! Why not the main (work-stealing) runtime: an idle fleet is tens of
+//! Off by default (`connection_threads = 0`): see the measurements in
+//! docs/LOAD.md. Why one might want them: an idle fleet is tens of
 //! thousands of short polls, each a few microseconds of work. On the shared
 //! multi-threaded runtime a connection's task migrates between workers, and
 //! idle workers spin looking for work to steal; on a machine whose cores are
 //! busy (the load generator, other services) that costs the tail of the
-//! latency distribution, not its median (docs/LOAD.md measured a p99 above
-//! nginx's while the rate was above it). nginx pins each connection to one
+//! latency distribution, not its median. nginx pins each connection to one
 //! worker process; these threads do the same: a connection never moves, and
-//! a worker with nothing to do sleeps in epoll.
+//! a worker with nothing to do sleeps in epoll. The price is throughput:
+//! a busy thread cannot hand its connections to an idle core.
 //!
 //! Everything else (rollout and re-signing jobs, the published-metadata
 //! refresh, the accept loop) stays on the main runtime. A handler may still

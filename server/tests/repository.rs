@@ -250,3 +250,51 @@ async fn path_traversal_is_refused() {
         assert_eq!(status, 400, "HEAD {target}");
     }
 }
+
+/// With `connection_threads` set, connections are served on their own
+/// single-threaded runtimes: the memory fast path, the router's file path
+/// and a database-backed admin endpoint all answer, on many connections at
+/// once (each client below opens its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_connection_threads_serve_every_path() {
+    let s = common::start_with(|c| c.connection_threads = 2).await;
+    s.put_repo_file("metadata/timestamp.json", br#"{"signed":{"version":1}}"#);
+    s.put_repo_file("targets/abc.image.img", &[7u8; 70_000]);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("client");
+        let (meta, target) = (
+            s.url("/metadata/timestamp.json"),
+            s.url("/targets/abc.image.img"),
+        );
+        let fleet = s.admin(reqwest::Method::GET, "/admin/v1/fleet");
+        tasks.push(tokio::spawn(async move {
+            let r = client.get(&meta).send().await.expect("metadata");
+            assert_eq!(r.status(), StatusCode::OK);
+            let etag = r.headers()[header::ETAG].clone();
+            let r = client
+                .get(&meta)
+                .header(header::IF_NONE_MATCH, etag)
+                .send()
+                .await
+                .expect("metadata again");
+            assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+            let r = client
+                .get(&target)
+                .header(header::RANGE, "bytes=100-199")
+                .send()
+                .await
+                .expect("target");
+            assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+            assert_eq!(r.bytes().await.expect("body").as_ref(), &[7u8; 100][..]);
+            let r = fleet.send().await.expect("fleet");
+            assert_eq!(r.status(), StatusCode::OK);
+        }));
+    }
+    for t in tasks {
+        t.await.expect("a client task");
+    }
+}
