@@ -174,12 +174,15 @@ fn check_python_tuf(python: &Path) -> anyhow::Result<()> {
 }
 
 /// The cargo target directory this test binary was built in: the nearest
-/// ancestor of the executable holding cargo's `CACHEDIR.TAG`.
+/// ancestor of the executable holding cargo's `CACHEDIR.TAG`, or its
+/// `.rustc_info.json` (cargo writes no `CACHEDIR.TAG` into a target
+/// directory that existed before its first build, as when `./test` installs
+/// a venv under target/ first).
 fn target_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the test executable")?;
     exe.ancestors()
         .skip(1)
-        .find(|dir| dir.join("CACHEDIR.TAG").is_file())
+        .find(|dir| dir.join("CACHEDIR.TAG").is_file() || dir.join(".rustc_info.json").is_file())
         .map(Path::to_path_buf)
         .with_context(|| {
             format!(
