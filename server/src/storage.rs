@@ -18,6 +18,7 @@
 //! The repository itself may instead live in an S3-compatible bucket
 //! ([`object`]); staging stays on the local disk either way.
 
+mod listed;
 pub mod object;
 pub mod published;
 
@@ -470,6 +471,7 @@ impl Storage {
     fn plan_commit(&self, dir: &Path) -> Result<Vec<Placement>, StorageError> {
         let mut conflicts = Vec::new();
         let mut targets = Vec::new();
+        let listed = listed_digests(&staged_metadata(&dir.join("metadata"))?)?;
         for staged in read_manifests(&dir.join("staged"))? {
             let target =
                 TargetPath::parse_decoded(&staged.target).map_err(|e| StorageError::Io {
@@ -478,7 +480,10 @@ impl Storage {
                 })?;
             let blob = dir.join("blobs").join(&staged.sha256);
             let (sub, base) = target.split();
-            for hash in [&staged.sha256, &staged.sha512] {
+            for (algorithm, hash) in [("sha256", &staged.sha256), ("sha512", &staged.sha512)] {
+                if !listed.wants(&staged.target, algorithm) {
+                    continue;
+                }
                 let rel = if sub.is_empty() {
                     format!("{hash}.{base}")
                 } else {
@@ -692,6 +697,25 @@ fn timestamp_conflict(current: &[u8], new: &[u8]) -> Option<String> {
         )),
         _ => None,
     }
+}
+
+/// Which digests the staged targets metadata names each target by (see
+/// [`listed`]): reads the staged files (small: their upload is capped).
+fn listed_digests(
+    metadata: &[(String, MetadataName, PathBuf)],
+) -> Result<listed::ListedDigests, StorageError> {
+    let mut files = Vec::with_capacity(metadata.len());
+    for (_, kind, path) in metadata {
+        if matches!(kind, MetadataName::Versioned { .. }) {
+            files.push((
+                kind,
+                fs::read(path).map_err(io_err(format!("read {}", path.display())))?,
+            ));
+        }
+    }
+    Ok(listed::ListedDigests::from_staged(
+        files.iter().map(|(kind, bytes)| (*kind, bytes.as_slice())),
+    ))
 }
 
 /// The staged metadata files: (name, kind, path), skipping temporary files.

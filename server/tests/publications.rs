@@ -160,6 +160,83 @@ async fn upload_is_hashed_and_placed_under_both_names() {
         .contains("unknown publication"));
 }
 
+/// A targets document that lists `target` under the given digests.
+fn targets_listing(version: u64, target: &str, hashes: serde_json::Value) -> serde_json::Value {
+    json!({"signed": {"_type": "targets", "version": version,
+        "targets": {target: {"length": 1, "hashes": hashes}}}, "signatures": []})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_digest_names_the_metadata_lists_are_placed() {
+    let s = common::start().await;
+    let (a256, a512) = hashes(b"listed by sha256");
+    let (b256, b512) = hashes(b"listed by both");
+    let id = open(&s).await;
+    for (target, body) in [
+        ("images/a.img", &b"listed by sha256"[..]),
+        ("images/b.img", &b"listed by both"[..]),
+    ] {
+        assert_eq!(
+            put_target(&s, &id, target, body.to_vec()).await.status(),
+            StatusCode::OK
+        );
+    }
+    let top = targets_listing(1, "images/a.img", json!({"sha256": a256}));
+    let board = targets_listing(1, "images/b.img", json!({"sha256": b256, "sha512": b512}));
+    for (name, d) in [
+        ("1.targets.json", top),
+        ("1.board.json", board),
+        ("1.snapshot.json", doc("snapshot", 1)),
+        ("timestamp.json", doc("timestamp", 1)),
+    ] {
+        assert_eq!(
+            put_metadata(&s, &id, name, &d).await.status(),
+            StatusCode::NO_CONTENT
+        );
+    }
+    let resp = s
+        .admin(Method::POST, &format!("/admin/v1/publications/{id}/commit"))
+        .send()
+        .await
+        .expect("commit");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let committed: PublicationCommitted = resp.json().await.expect("json");
+    let placed: Vec<&String> = committed
+        .files
+        .iter()
+        .filter(|f| f.starts_with("targets/"))
+        .collect();
+    let mut expected = [
+        format!("targets/images/{a256}.a.img"),
+        format!("targets/images/{b256}.b.img"),
+        format!("targets/images/{b512}.b.img"),
+    ];
+    expected.sort();
+    assert_eq!(placed, expected.iter().collect::<Vec<_>>());
+    let status = |path: String| {
+        let client = s.client.clone();
+        let url = s.url(&path);
+        async move { client.get(url).send().await.expect("get").status() }
+    };
+    assert_eq!(
+        status(format!("/targets/images/{a256}.a.img")).await,
+        StatusCode::OK
+    );
+    // No metadata names it: not on disk either.
+    assert_eq!(
+        status(format!("/targets/images/{a512}.a.img")).await,
+        StatusCode::NOT_FOUND
+    );
+    assert!(!s
+        .data_dir
+        .join(format!("repository/targets/images/{a512}.a.img"))
+        .exists());
+    assert_eq!(
+        status(format!("/targets/images/{b512}.b.img")).await,
+        StatusCode::OK
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_order_is_images_then_versions_then_timestamp() {
     let s = common::start().await;

@@ -247,6 +247,53 @@ async fn eventually_timestamp_version(s: &TestServer, version: u64) {
     }
 }
 
+/// A target its metadata lists by SHA-256 only gets that one name in the
+/// bucket: no server-side SHA-512 copy (a second object nobody fetches, and
+/// with a long target name a key some S3 implementations refuse).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_listed_digest_names_reach_the_bucket() {
+    let s3 = S3Server::start();
+    let s = start_server(&s3, Backend::Sqlite, None).await;
+    let image = image_of(70_000, 7);
+    let sha256 = hex::encode(Sha256::digest(&image));
+    let sha512 = hex::encode(Sha512::digest(&image));
+    let target = format!("chunks/ab/{sha256}.zst");
+    let targets = json!({"signed": {"_type": "targets", "version": 1,
+        "targets": {&target: {"length": image.len(), "hashes": {"sha256": &sha256}}}},
+        "signatures": []});
+    let resp = publish_files(
+        &s,
+        (&target, &image),
+        &[
+            ("1.root.json".to_owned(), doc("root", 1)),
+            ("1.targets.json".to_owned(), targets),
+            ("1.snapshot.json".to_owned(), doc("snapshot", 1)),
+            ("timestamp.json".to_owned(), doc("timestamp", 1)),
+        ],
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let committed: PublicationCommitted = resp.json().await.expect("json");
+    let placed = format!("targets/chunks/ab/{sha256}.{sha256}.zst");
+    assert_eq!(
+        committed
+            .files
+            .iter()
+            .filter(|f| f.starts_with("targets/"))
+            .collect::<Vec<_>>(),
+        vec![&placed]
+    );
+    assert_eq!(
+        std::fs::read(s3.object_file(&placed)).expect("object"),
+        image
+    );
+    let resp = get(&s, &format!("/{placed}")).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.bytes().await.expect("body").as_ref(), &image[..]);
+    let resp = get(&s, &format!("/targets/chunks/ab/{sha512}.{sha256}.zst")).await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publication_lands_in_the_bucket_timestamp_last() {
     let s3 = S3Server::start();

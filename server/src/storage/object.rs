@@ -19,7 +19,9 @@
 //! are serialized by the instance's mutex and, between instances, the
 //! database's publication lock, exactly as for the local backend.
 
-use super::{blocking, read_manifests, role_rank, staged_metadata, timestamp_conflict};
+use super::{
+    blocking, listed_digests, read_manifests, role_rank, staged_metadata, timestamp_conflict,
+};
 use super::{StorageError, UPLOAD_COPY_BUFFER};
 use crate::paths::{MetadataName, TargetPath};
 use bytes::Bytes;
@@ -298,7 +300,12 @@ impl ObjectRepository {
         let staged_dir = dir.join("staged");
         let manifests = blocking(move || read_manifests(&staged_dir)).await?;
         let meta_dir = dir.join("metadata");
-        let metadata = blocking(move || staged_metadata(&meta_dir)).await?;
+        let (metadata, listed) = blocking(move || {
+            let metadata = staged_metadata(&meta_dir)?;
+            let listed = listed_digests(&metadata)?;
+            Ok((metadata, listed))
+        })
+        .await?;
 
         let mut conflicts = Vec::new();
         let mut images = Vec::new();
@@ -313,7 +320,10 @@ impl ObjectRepository {
             // A name in the bucket that already holds this content.
             let mut present: Option<String> = None;
             let mut missing = Vec::new();
-            for hash in [&staged.sha256, &staged.sha512] {
+            for (algorithm, hash) in [("sha256", &staged.sha256), ("sha512", &staged.sha512)] {
+                if !listed.wants(&staged.target, algorithm) {
+                    continue;
+                }
                 let rel = if sub.is_empty() {
                     format!("targets/{hash}.{base}")
                 } else {
