@@ -349,7 +349,7 @@ fn stream<'r>(
     writer: &mut SlotWriter,
     follower: &mut Follower<'_>,
 ) -> Result<(), InstallError> {
-    rehash_resumed_prefix(job, verifier, writer, follower)?;
+    rehash_resumed_prefix(job, hooks, verifier, writer, follower)?;
     let mut marks = Marks::new(writer.written());
     // Aligned, and filled whole before each write, so every chunk but the
     // image's last can go to the slot with O_DIRECT.
@@ -412,14 +412,18 @@ fn stream<'r>(
 
 /// A resumed download first feeds the slot's bytes before the checkpoint
 /// to the image verifier, so the image is verified as a whole.
-fn rehash_resumed_prefix(
+fn rehash_resumed_prefix<'r>(
     job: &Download<'_>,
+    hooks: &mut dyn InstallHooks<'r>,
     verifier: &mut StreamVerifier,
     writer: &SlotWriter,
     follower: &Follower<'_>,
 ) -> Result<(), InstallError> {
-    if writer.written() > 0 {
-        writer.rehash_prefix(verifier)?;
+    let written = writer.written();
+    if written > 0 {
+        // Progress that stays at the checkpoint: the watchdog is fed, no
+        // byte is counted twice.
+        writer.rehash_prefix(verifier, &mut || hooks.progress(written))?;
         tracing::info!(slot = %job.slot.id, offset = writer.written(), length = job.length,
             "resuming the download after the bytes already in the slot");
         // The prefix is read back like the rest.

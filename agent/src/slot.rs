@@ -296,7 +296,14 @@ impl SlotWriter {
     /// Feeds the bytes already in the slot (0..[`SlotWriter::written`]) to
     /// `verifier`: one pass, one buffer, so a resumed download is verified as
     /// a whole as if it had streamed in one go.
-    pub fn rehash_prefix(&self, verifier: &mut StreamVerifier) -> Result<(), SlotError> {
+    ///
+    /// `alive` is called after every chunk read: re-reading gigabytes of a
+    /// resumed prefix takes longer than a watchdog waits.
+    pub fn rehash_prefix(
+        &self,
+        verifier: &mut StreamVerifier,
+        alive: &mut dyn FnMut(),
+    ) -> Result<(), SlotError> {
         use std::os::unix::fs::FileExt;
         let slot = &self.slot;
         let mut buf = vec![0u8; READ_BACK_CHUNK];
@@ -326,6 +333,7 @@ impl SlotWriter {
                     source,
                 })?;
             offset += n as u64;
+            alive();
         }
         Ok(())
     }
@@ -946,6 +954,24 @@ pub(crate) mod tests {
             "{err}"
         );
         assert!(!s.b.path.exists());
+    }
+
+    #[test]
+    fn rehashing_a_resumed_prefix_is_a_sign_of_life_per_chunk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = slots(dir.path(), None);
+        let data: Vec<u8> = (0..3 * READ_BACK_CHUNK + 5).map(|i| i as u8).collect();
+        write_image(&s.b, &s.a, &data).expect("write");
+        let resume_from = (2 * READ_BACK_CHUNK + 5) as u64;
+        let w = SlotWriter::open_at(&s.b, &s.a, data.len() as u64, resume_from).expect("open");
+        assert_eq!(w.written(), resume_from);
+        let digests = digests_of(&data);
+        let mut verifier = StreamVerifier::new(digests.one(), data.len() as u64).expect("verifier");
+        let mut beats = 0;
+        w.rehash_prefix(&mut verifier, &mut || beats += 1)
+            .expect("rehash");
+        assert_eq!(verifier.len(), resume_from);
+        assert_eq!(beats, 3, "one per chunk re-read");
     }
 
     #[test]

@@ -64,7 +64,7 @@ pub(super) fn stream<'r>(
     writer: &mut SlotWriter,
     follower: &mut Follower<'_>,
 ) -> Result<(), InstallError> {
-    rehash_resumed_prefix(job, image, writer, follower)?;
+    rehash_resumed_prefix(job, hooks, image, writer, follower)?;
     let first = match writer.written() {
         0 => 0,
         done => payload.frame_at(done).ok_or_else(|| InstallError::Decode {
