@@ -2,10 +2,10 @@
 //! from PyPI, in the venv `./test` sets up) on a loopback port it picks,
 //! holding one empty bucket, killed on drop.
 //!
-//! Not s3s-fs (which the server's own S3 tests use): it names a file after
-//! base64 of each object key, so keys past about 165 bytes fail, and the
-//! server's hash-prefixed name of a chunk (`targets/chunks/ab/<sha512>.
-//! <sha256>.<sha256>.zst`) is longer. Real S3 allows 1024 bytes.
+//! A second S3 implementation beside s3s-fs (which the server's own S3 tests
+//! use). s3s-fs names a file after base64 of each object key, so keys past
+//! about 165 bytes fail there (real S3 allows 1024): long SHA-512 names of
+//! chunks were once placed, and would have been refused.
 
 use anyhow::{bail, Context};
 use std::io::{BufRead, BufReader};

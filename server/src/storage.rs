@@ -18,7 +18,7 @@
 //! The repository itself may instead live in an S3-compatible bucket
 //! ([`object`]); staging stays on the local disk either way.
 
-mod listed;
+pub mod listed;
 pub mod object;
 pub mod published;
 
@@ -230,12 +230,16 @@ impl Storage {
 
     /// Streams an image into the publication, hashing it on the way, and
     /// refuses it as soon as it passes `limit` bytes.
+    ///
+    /// `names`: the digest names to place it under when no staged metadata
+    /// lists it (see [`listed`]); `None` for both.
     pub async fn stage_target<S, E>(
         &self,
         id: &str,
         target: &TargetPath,
         mut body: S,
         limit: u64,
+        names: Option<Vec<String>>,
     ) -> Result<StagedTarget, StorageError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -298,7 +302,11 @@ impl Storage {
             "{}.json",
             ota_common::hash::sha256_hex(staged.target.as_bytes())
         ));
-        let json = serde_json::to_vec(&staged).map_err(|e| StorageError::Io {
+        let json = serde_json::to_vec(&Manifest {
+            staged: staged.clone(),
+            names,
+        })
+        .map_err(|e| StorageError::Io {
             context: "encode staged target".into(),
             source: io::Error::other(e),
         })?;
@@ -472,7 +480,7 @@ impl Storage {
         let mut conflicts = Vec::new();
         let mut targets = Vec::new();
         let listed = listed_digests(&staged_metadata(&dir.join("metadata"))?)?;
-        for staged in read_manifests(&dir.join("staged"))? {
+        for Manifest { staged, names } in read_manifests(&dir.join("staged"))? {
             let target =
                 TargetPath::parse_decoded(&staged.target).map_err(|e| StorageError::Io {
                     context: "corrupt staging manifest".into(),
@@ -481,7 +489,7 @@ impl Storage {
             let blob = dir.join("blobs").join(&staged.sha256);
             let (sub, base) = target.split();
             for (algorithm, hash) in [("sha256", &staged.sha256), ("sha512", &staged.sha512)] {
-                if !listed.wants(&staged.target, algorithm) {
+                if !listed.wants(&staged.target, names.as_deref(), algorithm) {
                     continue;
                 }
                 let rel = if sub.is_empty() {
@@ -610,7 +618,17 @@ fn role_rank(role: &str) -> u8 {
     }
 }
 
-fn read_manifests(dir: &Path) -> Result<Vec<StagedTarget>, StorageError> {
+/// What staging keeps of an uploaded target: the server's account of it
+/// and the digest names its publisher asked for.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Manifest {
+    #[serde(flatten)]
+    pub staged: StagedTarget,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub names: Option<Vec<String>>,
+}
+
+fn read_manifests(dir: &Path) -> Result<Vec<Manifest>, StorageError> {
     let mut out = Vec::new();
     let entries = fs::read_dir(dir).map_err(io_err(format!("read {}", dir.display())))?;
     for entry in entries {
@@ -621,11 +639,10 @@ fn read_manifests(dir: &Path) -> Result<Vec<StagedTarget>, StorageError> {
             continue;
         }
         let bytes = fs::read(entry.path()).map_err(io_err(format!("read {name}")))?;
-        let staged: StagedTarget =
-            serde_json::from_slice(&bytes).map_err(|e| StorageError::Io {
-                context: format!("corrupt staging manifest {name}"),
-                source: io::Error::other(e),
-            })?;
+        let staged: Manifest = serde_json::from_slice(&bytes).map_err(|e| StorageError::Io {
+            context: format!("corrupt staging manifest {name}"),
+            source: io::Error::other(e),
+        })?;
         out.push(staged);
     }
     Ok(out)

@@ -238,6 +238,55 @@ async fn only_the_digest_names_the_metadata_lists_are_placed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlisted_upload_gets_the_names_it_asked_for() {
+    let s = common::start().await;
+    let body = b"a chunk no metadata lists".to_vec();
+    let (sha256, sha512) = hashes(&body);
+    let id = open(&s).await;
+    let put = |query: &str| {
+        s.admin(
+            Method::PUT,
+            &format!("/admin/v1/publications/{id}/targets/chunks/ab/c.zst{query}"),
+        )
+        .body(body.clone())
+        .send()
+    };
+    let resp = put("?names=sha256,md5").await.expect("put");
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let message = common::error_message(resp).await;
+    assert!(message.contains("\"md5\" is not a digest"), "{message}");
+    assert_eq!(
+        put("?names=sha256").await.expect("put").status(),
+        StatusCode::OK
+    );
+    for (name, d) in [
+        ("1.targets.json", doc("targets", 1)),
+        ("1.snapshot.json", doc("snapshot", 1)),
+        ("timestamp.json", doc("timestamp", 1)),
+    ] {
+        assert_eq!(
+            put_metadata(&s, &id, name, &d).await.status(),
+            StatusCode::NO_CONTENT
+        );
+    }
+    let resp = s
+        .admin(Method::POST, &format!("/admin/v1/publications/{id}/commit"))
+        .send()
+        .await
+        .expect("commit");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let committed: PublicationCommitted = resp.json().await.expect("json");
+    assert_eq!(
+        committed.files[0],
+        format!("targets/chunks/ab/{sha256}.c.zst")
+    );
+    assert!(!committed.files.iter().any(|f| f.contains(&sha512)));
+    let dir = s.data_dir.join("repository/targets/chunks/ab");
+    assert!(dir.join(format!("{sha256}.c.zst")).exists());
+    assert!(!dir.join(format!("{sha512}.c.zst")).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_order_is_images_then_versions_then_timestamp() {
     let s = common::start().await;
     let root = doc("root", 1);

@@ -68,9 +68,21 @@ pub async fn put_target(
     if announced.is_some_and(|n| n > limit) {
         return Err(StorageError::TooLarge(limit).into());
     }
+    // `?names=sha256`: the digest names for a file no metadata will list
+    // (a delta release's chunks); see storage/listed.rs.
+    let names = match uri.query().and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "names")
+            .map(|(_, v)| v.into_owned())
+    }) {
+        Some(q) => {
+            Some(crate::storage::listed::parse_requested(&q).map_err(ApiError::bad_request)?)
+        }
+        None => None,
+    };
     let staged = state
         .storage
-        .stage_target(&id, &target, body.into_data_stream(), limit)
+        .stage_target(&id, &target, body.into_data_stream(), limit, names)
         .await?;
     tracing::info!(publication = %id, target = %staged.target, length = staged.length, "target staged");
     Ok(Json(staged))

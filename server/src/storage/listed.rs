@@ -74,10 +74,16 @@ impl ListedDigests {
     }
 
     /// Whether `target` should be placed under its `algorithm` digest.
-    pub fn wants(&self, target: &str, algorithm: &str) -> bool {
+    /// `requested`: the names its publisher asked for at upload (a file no
+    /// metadata lists, such as a delta release's chunks, which devices fetch
+    /// by SHA-256); the staged metadata, when it lists the target, decides.
+    pub fn wants(&self, target: &str, requested: Option<&[String]>, algorithm: &str) -> bool {
         match self.0.get(target) {
-            // Not listed here: whoever lists it may use either name.
-            None => true,
+            None => match requested {
+                Some(names) => names.iter().any(|n| n == algorithm),
+                // Not listed here: whoever lists it may use either name.
+                None => true,
+            },
             Some(algorithms) => {
                 algorithms.contains(algorithm)
                     // Listed only under digests the server does not compute:
@@ -86,6 +92,24 @@ impl ListedDigests {
             }
         }
     }
+}
+
+/// Parses an upload's `names` query (`sha256`, `sha512` or both, comma
+/// separated): the digest names to place a target no staged metadata lists.
+pub fn parse_requested(query: &str) -> Result<Vec<String>, String> {
+    let mut names = Vec::new();
+    for name in query.split(',') {
+        if !COMPUTED.contains(&name) {
+            return Err(format!(
+                "names={query:?}: {name:?} is not a digest the server names files by \
+                 (expected sha256, sha512 or both, comma separated)"
+            ));
+        }
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_owned());
+        }
+    }
+    Ok(names)
 }
 
 #[cfg(test)]
@@ -120,6 +144,38 @@ mod tests {
         .unwrap()
     }
 
+    impl ListedDigests {
+        fn wants_any(&self, target: &str, algorithm: &str) -> bool {
+            self.wants(target, None, algorithm)
+        }
+    }
+
+    #[test]
+    fn requested_names_count_only_for_unlisted_targets() {
+        let top = targets_json("targets", &[("a.img", &["sha512"])]);
+        let names = [versioned("targets")];
+        let listed = ListedDigests::from_staged([(&names[0], top.as_slice())]);
+        let sha256 = ["sha256".to_owned()];
+        assert!(listed.wants("chunks/ab/x.zst", Some(&sha256), "sha256"));
+        assert!(!listed.wants("chunks/ab/x.zst", Some(&sha256), "sha512"));
+        // The metadata that lists a target overrides what the upload asked.
+        assert!(!listed.wants("a.img", Some(&sha256), "sha256"));
+        assert!(listed.wants("a.img", Some(&sha256), "sha512"));
+    }
+
+    #[test]
+    fn requested_names_are_parsed_strictly() {
+        assert_eq!(parse_requested("sha256").unwrap(), ["sha256"]);
+        assert_eq!(
+            parse_requested("sha512,sha256,sha512").unwrap(),
+            ["sha512", "sha256"]
+        );
+        for bad in ["", "md5", "sha256,", "SHA256", "sha256, sha512"] {
+            let err = parse_requested(bad).expect_err(bad);
+            assert!(err.contains("expected sha256, sha512"), "{err}");
+        }
+    }
+
     #[test]
     fn only_listed_digests_are_wanted() {
         let top = targets_json("targets", &[("os/a.img", &["sha256"])]);
@@ -129,13 +185,13 @@ mod tests {
             (&names[0], top.as_slice()),
             (&names[1], board.as_slice()),
         ]);
-        assert!(listed.wants("os/a.img", "sha256"));
-        assert!(!listed.wants("os/a.img", "sha512"));
-        assert!(listed.wants("board/b.img", "sha256"));
-        assert!(listed.wants("board/b.img", "sha512"));
+        assert!(listed.wants_any("os/a.img", "sha256"));
+        assert!(!listed.wants_any("os/a.img", "sha512"));
+        assert!(listed.wants_any("board/b.img", "sha256"));
+        assert!(listed.wants_any("board/b.img", "sha512"));
         // Unlisted here: both names, as before.
-        assert!(listed.wants("other.img", "sha256"));
-        assert!(listed.wants("other.img", "sha512"));
+        assert!(listed.wants_any("other.img", "sha256"));
+        assert!(listed.wants_any("other.img", "sha512"));
     }
 
     #[test]
@@ -145,8 +201,8 @@ mod tests {
         let names = [versioned("targets"), versioned("board")];
         let listed =
             ListedDigests::from_staged([(&names[0], a.as_slice()), (&names[1], b.as_slice())]);
-        assert!(listed.wants("x.img", "sha256"));
-        assert!(listed.wants("x.img", "sha512"));
+        assert!(listed.wants_any("x.img", "sha256"));
+        assert!(listed.wants_any("x.img", "sha512"));
     }
 
     #[test]
@@ -170,10 +226,10 @@ mod tests {
             (&names[4], only_blake.as_slice()),
         ]);
         for target in ["x.img", "y.img"] {
-            assert!(listed.wants(target, "sha512"), "{target}");
+            assert!(listed.wants_any(target, "sha512"), "{target}");
         }
         // Listed only under a digest the server does not compute.
-        assert!(listed.wants("z.img", "sha256"));
-        assert!(listed.wants("z.img", "sha512"));
+        assert!(listed.wants_any("z.img", "sha256"));
+        assert!(listed.wants_any("z.img", "sha512"));
     }
 }

@@ -165,10 +165,8 @@ struct ImagePlacement {
     copy_from: Option<String>,
 }
 
-fn sorted_by_target(
-    mut manifests: Vec<ota_common::wire::StagedTarget>,
-) -> Vec<ota_common::wire::StagedTarget> {
-    manifests.sort_by(|a, b| a.target.cmp(&b.target));
+fn sorted_by_target(mut manifests: Vec<super::Manifest>) -> Vec<super::Manifest> {
+    manifests.sort_by(|a, b| a.staged.target.cmp(&b.staged.target));
     manifests
 }
 
@@ -309,7 +307,7 @@ impl ObjectRepository {
 
         let mut conflicts = Vec::new();
         let mut images = Vec::new();
-        for staged in sorted_by_target(manifests) {
+        for super::Manifest { staged, names } in sorted_by_target(manifests) {
             let target =
                 TargetPath::parse_decoded(&staged.target).map_err(|e| StorageError::Io {
                     context: "corrupt staging manifest".into(),
@@ -321,7 +319,7 @@ impl ObjectRepository {
             let mut present: Option<String> = None;
             let mut missing = Vec::new();
             for (algorithm, hash) in [("sha256", &staged.sha256), ("sha512", &staged.sha512)] {
-                if !listed.wants(&staged.target, algorithm) {
+                if !listed.wants(&staged.target, names.as_deref(), algorithm) {
                     continue;
                 }
                 let rel = if sub.is_empty() {

@@ -112,16 +112,21 @@ impl AdminClient {
             file.served, file.published
         );
         let body = File::open(&file.path).map_err(RepoError::io(&file.path))?;
+        let mut url = self.url(&[
+            "admin",
+            "v1",
+            "publications",
+            id,
+            "targets",
+            &file.published,
+        ])?;
+        // No metadata lists a chunk: devices fetch it by its SHA-256 name
+        // only, so the server need not place a SHA-512 copy (a server that
+        // predates `names` ignores it and places both).
+        url.query_pairs_mut().append_pair("names", "sha256");
         let req = self
             .http
-            .put(self.url(&[
-                "admin",
-                "v1",
-                "publications",
-                id,
-                "targets",
-                &file.published,
-            ])?)
+            .put(url)
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(reqwest::blocking::Body::sized(body, file.length));
         let resp = self.send(&what, req)?;
