@@ -3,10 +3,12 @@
 # metadata/timestamp.json, a 200 (no validator) and a 304 (If-None-Match),
 # for ota-server on SQLite, on PostgreSQL and with the repository in an S3
 # bucket (s3s-fs), and for nginx serving the very same file from disk, in one
-# sitting. Prints requests/s, p99 and the ratio to nginx of each case.
+# sitting, interleaved over ROUNDS rounds. Prints each case's median
+# requests/s and p99, its ratio to nginx and its p99 minus nginx's, and the
+# same two figures of every round.
 #
 #   cargo build --release -p ota-server --bin ota-server
-#   bash integration-tests/load/metadata-vs-nginx.sh      # as root; DUR=10 by default
+#   bash integration-tests/load/metadata-vs-nginx.sh      # as root; DUR=10 ROUNDS=3 by default
 #
 # Needs wrk, nginx, curl, python3; PostgreSQL 15 (`postgresql`) and s3s-fs
 # (`bash .ci/s3`) for their rows (skipped with a note when missing).
@@ -60,49 +62,40 @@ publish() { # $1 base url, $2 data dir
   curl -sf -X POST -H "Authorization: Bearer $tok" "$1/admin/v1/publications/$id/commit" > /dev/null
 }
 
-declare -A RPS P99
-# wrk_case NAME URL [ETAG]: 200 without a validator, 304 with If-None-Match.
-wrk_case() {
-  local name=$1 url=$2 etag=$3 out
-  # Untimed warm-up: the first seconds after a start (page faults, caches,
-  # the CPU's clock) would otherwise count against whichever case runs first.
-  wrk -c64 -t2 -d2s "$url" > /dev/null
-  out=$(wrk -c64 -t2 -d"${DUR}s" --latency "$url")
-  RPS["$name 200"]=$(awk '/^Requests\/sec/ {print $2}' <<< "$out")
-  P99["$name 200"]=$(awk '$1 == "99%" {print $2}' <<< "$out")
-  out=$(wrk -c64 -t2 -d"${DUR}s" --latency -H "If-None-Match: $etag" "$url")
-  grep -q "Non-2xx or 3xx responses" <<< "$out" && { echo "$name: error answers under load" >&2; echo "$out" >&2; exit 1; }
-  RPS["$name 304"]=$(awk '/^Requests\/sec/ {print $2}' <<< "$out")
-  P99["$name 304"]=$(awk '$1 == "99%" {print $2}' <<< "$out")
-}
+# Every server is started first, then they are measured in turn, ROUNDS
+# times over (each case's 200 and 304, then the next case, then the first
+# again): a machine whose speed drifts during the sitting (other work, the
+# CPU's clock) drifts for all of them alike. Each figure printed is the
+# median of its rounds, and each round's own ratio and p99 difference are
+# printed beside it.
+declare -A URL ETAG
+CASES=()
 etag_of() { curl -sfI "$1" | awk 'tolower($1) == "etag:" {print $2}' | tr -d '\r'; }
 check_304() { [ "$(curl -s -o /dev/null -w '%{http_code}' -H "If-None-Match: $2" "$1")" = 304 ] || { echo "no 304 from $1" >&2; exit 1; }; }
+add_case() { # NAME URL
+  URL["$1"]=$2
+  ETAG["$1"]=$(etag_of "$2")
+  check_304 "$2" "${ETAG["$1"]}"
+  CASES+=("$1")
+}
 
-run_ota() { # NAME PORT extra-args...
+start_ota() { # NAME PORT extra-args...
   local name=$1 port=$2
   shift 2
   RUST_LOG=warn "$T/ota-server" --listen "127.0.0.1:$port" --data-dir "$W/$name" "$@" > "$W/$name.log" 2>&1 &
   pids+=($!)
-  local pid=$!
   wait_port "$port"
   publish "http://127.0.0.1:$port" "$W/$name"
-  local url="http://127.0.0.1:$port/metadata/timestamp.json" etag
-  etag=$(etag_of "$url")
-  check_304 "$url" "$etag"
-  wrk_case "ota-server, $name" "$url" "$etag"
-  kill "$pid"
+  add_case "ota-server, $name" "http://127.0.0.1:$port/metadata/timestamp.json"
 }
 
-CASES=()
 echo "loadavg at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-run_ota sqlite 18181
-CASES+=("ota-server, sqlite")
+start_ota sqlite 18181
 # The same server with each connection pinned to one of two single-threaded
 # runtimes (connection_threads = 2) instead of the work-stealing default:
 # what pinning trades (tail against rate).
 echo "connection_threads = 2" > "$W/pinned.toml"
-run_ota sqlite-2-connection-threads 18185 --config "$W/pinned.toml"
-CASES+=("ota-server, sqlite-2-connection-threads")
+start_ota sqlite-2-connection-threads 18185 --config "$W/pinned.toml"
 
 # nginx, the same file the SQLite instance published, from disk.
 mkdir -p "$W/nginx"
@@ -120,13 +113,8 @@ http {
 EOT
 nginx -c "$W/nginx/nginx.conf" -g 'daemon off;' &
 pids+=($!)
-NGINX=$!
 wait_port 18184
-url=http://127.0.0.1:18184/metadata/timestamp.json
-etag=$(etag_of "$url")
-check_304 "$url" "$etag"
-wrk_case nginx "$url" "$etag"
-kill "$NGINX"
+add_case nginx http://127.0.0.1:18184/metadata/timestamp.json
 
 if ls -d /usr/lib/postgresql/*/bin > /dev/null 2>&1 && id postgres > /dev/null 2>&1; then
   PGB=$(ls -d /usr/lib/postgresql/*/bin | tail -1)
@@ -135,8 +123,7 @@ if ls -d /usr/lib/postgresql/*/bin > /dev/null 2>&1 && id postgres > /dev/null 2
   runuser -u postgres -- "$PGB/initdb" -D "$W/pg/data" -U postgres --auth=trust --no-sync -E UTF8 --locale=C > "$W/initdb.log"
   runuser -u postgres -- "$PGB/pg_ctl" -D "$W/pg/data" -o "-k $W/pg -c listen_addresses= -p 5432" -l "$W/pg/log" -w start > /dev/null
   runuser -u postgres -- "$PGB/createdb" -h "$W/pg" ota
-  run_ota postgresql 18182 --database-url "postgres://postgres@localhost/ota?host=$W/pg"
-  CASES+=("ota-server, postgresql")
+  start_ota postgresql 18182 --database-url "postgres://postgres@localhost/ota?host=$W/pg"
 else
   echo "(PostgreSQL not installed: no PostgreSQL row)"
 fi
@@ -155,25 +142,59 @@ access_key_id = "AK"
 secret_access_key = "SECRETKEY"
 allow_http = true
 EOT
-  run_ota s3 18183 --config "$W/s3.toml"
-  CASES+=("ota-server, s3")
+  start_ota s3 18183 --config "$W/s3.toml"
 else
   echo "(s3s-fs not installed, bash .ci/s3: no S3 row)"
 fi
 
-echo
-# wrk prints p99 as 1.23ms, 456.78us or 1.02s.
-ms() { python3 -c "
-import re,sys; m=re.fullmatch(r'([0-9.]+)(us|ms|s)', sys.argv[1]); v=float(m[1])
-print(v/1000 if m[2]=='us' else v*1000 if m[2]=='s' else v)" "$1"; }
-printf '%-34s %-5s %12s %10s %14s %12s\n' server answer "requests/s" p99 "ratio to nginx" "p99 - nginx"
-for answer in 200 304; do
-  printf '%-34s %-5s %12s %10s %14s %12s\n' nginx "$answer" "${RPS["nginx $answer"]}" "${P99["nginx $answer"]}" "1.00" "0"
-  nginx_p99=$(ms "${P99["nginx $answer"]}")
+# wrk prints p99 as 1.23ms, 456.78us or 1.02s: milliseconds.
+ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /[0-9]s$/) n *= 1000; print n }'; }
+RESULTS=$W/results.tsv
+: > "$RESULTS"
+wrk_once() { # CASE ANSWER ROUND
+  local out
+  if [ "$2" = 304 ]; then
+    out=$(wrk -c64 -t2 -d"${DUR}s" --latency -H "If-None-Match: ${ETAG["$1"]}" "${URL["$1"]}")
+  else
+    out=$(wrk -c64 -t2 -d"${DUR}s" --latency "${URL["$1"]}")
+  fi
+  grep -q "Non-2xx or 3xx responses" <<< "$out" && { echo "$1: error answers under load" >&2; echo "$out" >&2; exit 1; }
+  printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" \
+    "$(awk '/^Requests\/sec/ {print $2}' <<< "$out")" \
+    "$(ms "$(awk '$1 == "99%" {print $2}' <<< "$out")")" >> "$RESULTS"
+}
+# Untimed warm-up: the first seconds after a start (page faults, caches, the
+# CPU's clock) would otherwise count against whichever case runs first.
+for c in "${CASES[@]}"; do wrk -c64 -t2 -d2s "${URL["$c"]}" > /dev/null; done
+ROUNDS=${ROUNDS:-3}
+for round in $(seq "$ROUNDS"); do
   for c in "${CASES[@]}"; do
-    ratio=$(python3 -c "print(f'{${RPS["$c $answer"]} / ${RPS["nginx $answer"]}:.2f}')")
-    dp99=$(python3 -c "print(f'{$(ms "${P99["$c $answer"]}") - $nginx_p99:+.2f}ms')")
-    printf '%-34s %-5s %12s %10s %14s %12s\n' "$c" "$answer" "${RPS["$c $answer"]}" "${P99["$c $answer"]}" "$ratio" "$dp99"
+    wrk_once "$c" 200 "$round"
+    wrk_once "$c" 304 "$round"
   done
+  echo "round $round of $ROUNDS done (loadavg $(cut -d' ' -f1-3 /proc/loadavg))"
 done
+
+echo
+python3 - "$RESULTS" "$ROUNDS" "$DUR" << 'EOF'
+import statistics, sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+rounds, dur = sys.argv[2], sys.argv[3]
+by = {}
+for case, answer, rnd, rps, p99 in rows:
+    by.setdefault((case, answer), {})[int(rnd)] = (float(rps), float(p99))
+cases = list(dict.fromkeys(r[0] for r in rows))
+print(f"medians of {rounds} interleaved rounds of {dur} s each (wrk -c64 -t2 --latency)")
+print(f"{'server':34} {'answer':6} {'requests/s':>11} {'p99 ms':>7} {'ratio':>6} {'p99-nginx':>10}   each round: ratio p99-nginx")
+for answer in ("200", "304"):
+    ng = by[("nginx", answer)]
+    ng_rps = statistics.median(v[0] for v in ng.values())
+    ng_p99 = statistics.median(v[1] for v in ng.values())
+    for case in ["nginx"] + [c for c in cases if c != "nginx"]:
+        got = by[(case, answer)]
+        rps = statistics.median(v[0] for v in got.values())
+        p99 = statistics.median(v[1] for v in got.values())
+        per = ", ".join(f"{got[r][0] / ng[r][0]:.2f} {got[r][1] - ng[r][1]:+.2f}" for r in sorted(got))
+        print(f"{case:34} {answer:6} {rps:11.0f} {p99:7.2f} {rps / ng_rps:6.2f} {p99 - ng_p99:+10.2f}   {per}")
+EOF
 echo "loadavg at end: $(cut -d' ' -f1-3 /proc/loadavg)"
