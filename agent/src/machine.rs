@@ -38,7 +38,7 @@ use crate::bootloader::{BootError, Bootloader};
 use crate::config::Config;
 use crate::crashpoint::{self as crash, hit};
 use crate::health::{self, CheckContext};
-use crate::install::delta::NoDelta;
+use crate::install::delta::{DeltaError, NoDelta};
 use crate::install::{self, Download, InstallError, InstallHooks, RetryPolicy};
 use crate::report::{clamp_reason, ReportSink};
 use crate::rollout::{self, Gate, RolloutHolds};
@@ -624,10 +624,15 @@ impl Machine {
                                 "delta image written, read back and verified");
                             return Ok(());
                         }
-                        Err(e @ (InstallError::Slot(_) | InstallError::Checkpoint(_))) => {
-                            return Err(e)
+                        Err(DeltaError::Install(
+                            e @ (InstallError::Slot(_) | InstallError::Checkpoint(_)),
+                        )) => return Err(e),
+                        Err(DeltaError::Refused(why)) => {
+                            warn!(%slot, target = %target.name, reason = %why,
+                                "delta refused; installing the full image instead");
+                            Some(why)
                         }
-                        Err(e) => {
+                        Err(DeltaError::Install(e)) => {
                             warn!(%slot, target = %target.name, reason = %e,
                                 "delta install failed; installing the full image instead");
                             Some(format!("the delta install failed: {e}"))

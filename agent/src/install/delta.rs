@@ -418,11 +418,19 @@ impl super::InstallHooks<'static> for DeltaHooks<'_> {
     }
 }
 
+/// Why a delta install did not finish.
+#[derive(Debug)]
+pub enum DeltaError {
+    /// The chunk store refused a chunk for good (a 404, bytes that fail
+    /// their signed hash): the full image is installed instead.
+    Refused(String),
+    /// The install itself failed, as a full one can.
+    Install(super::InstallError),
+}
+
 /// Installs `job` (the slot image, `payload: None`) from `plan`: the
 /// running slot's chunks plus fetched ones, `parallel` chunks in progress
-/// at once. `Ok` carries the compressed bytes fetched; `Err` the install's
-/// error: when the delta itself failed (a chunk refused, the chunk store
-/// gone) the caller installs the full image.
+/// at once. `Ok` carries the compressed bytes fetched.
 pub fn install(
     job: &super::Download<'_>,
     hooks: &mut dyn super::InstallHooks<'static>,
@@ -430,18 +438,22 @@ pub fn install(
     plan: DeltaPlan,
     running: &Path,
     parallel: u32,
-) -> Result<u64, super::InstallError> {
+) -> Result<u64, DeltaError> {
     let fetched = Arc::new(AtomicU64::new(0));
+    let failure: Failure = Arc::new(Mutex::new(None));
     let mut delta_hooks = DeltaHooks {
         inner: hooks,
         source,
         plan: Arc::new(plan),
         running,
         parallel,
-        failure: Arc::new(Mutex::new(None)),
+        failure: failure.clone(),
         fetched: fetched.clone(),
     };
-    super::install(job, &mut delta_hooks)?;
+    if let Err(e) = super::install(job, &mut delta_hooks) {
+        let refused = failure.lock().ok().and_then(|mut f| f.take());
+        return Err(refused.map_or(DeltaError::Install(e), DeltaError::Refused));
+    }
     Ok(fetched.load(std::sync::atomic::Ordering::Relaxed))
 }
 
