@@ -2,9 +2,13 @@
 //! chunk index and stores the chunks, `ota-repo publish` uploads them to
 //! `ota-server`, and `ota-agent` builds the new slot from its running slot
 //! plus the chunks it lacks, then verifies the whole slot against the
-//! signed image. A tampered chunk or index, or an unreachable chunk store,
-//! makes it install the full image instead, with the running slot
-//! untouched; a crash mid-delta, or a SIGKILL, resumes as a delta from its
+//! signed image. A device running a delta release plans from that
+//! release's signed index, without scanning its slot. Chunk requests
+//! overlap (several in flight, seen by the proxy) and arrive in order. A
+//! tampered chunk in the middle of those in flight, a tampered index, or an
+//! unreachable chunk store makes it install the full image instead, with
+//! the running slot untouched and the reason in the server's events for
+//! the device; a crash mid-delta, or a SIGKILL, resumes as a delta from its
 //! checkpoint; a delta that would not save enough is not attempted; a
 //! repository in S3 serves the chunks as cacheably as a local one.
 
