@@ -94,6 +94,10 @@ pub struct ReportConfig {
     pub client_key: Option<PathBuf>,
 }
 
+/// Most chunk requests a delta keeps in flight: beyond a few the link, not
+/// the round trips, is the limit, and each one holds up to two chunks.
+pub const MAX_PARALLEL_FETCHES: u32 = 32;
+
 /// `[download]`: retries and durable checkpoints of the image download.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -127,6 +131,12 @@ pub struct DownloadConfig {
     /// of the full download is not worth its slot scan: the full image is
     /// installed instead.
     pub delta_max_fetch_percent: u64,
+    /// Chunks of a delta release fetched (or read back from the running
+    /// slot) at once, each on its own keep-alive connection: on a link with
+    /// latency the round trips, not the bytes, set a delta's time. Memory:
+    /// this many compressed plus decoded chunks at most (about 0.5 MiB each
+    /// at the default chunk sizes).
+    pub delta_parallel_fetches: u32,
 }
 
 impl Default for DownloadConfig {
@@ -140,6 +150,7 @@ impl Default for DownloadConfig {
             max_decompression_window: 8 * 1024 * 1024,
             delta: true,
             delta_max_fetch_percent: 80,
+            delta_parallel_fetches: 4,
         }
     }
 }
@@ -473,6 +484,12 @@ impl Config {
             return Err(invalid(
                 "download.delta_max_fetch_percent",
                 "must be at most 100",
+            ));
+        }
+        if !(1..=MAX_PARALLEL_FETCHES).contains(&self.download.delta_parallel_fetches) {
+            return Err(invalid(
+                "download.delta_parallel_fetches",
+                "must be between 1 (one chunk at a time) and 32",
             ));
         }
         if self.download.checkpoint_interval_ms > 600_000 {
@@ -816,6 +833,14 @@ sim_state = "/tmp/boot.json"
                 "health_check[0].url",
             ),
             (MINIMAL.replace("\"1.0.0\"", "\"one\""), "initial_version"),
+            (
+                format!("{MINIMAL}[download]\ndelta_parallel_fetches = 0\n"),
+                "download.delta_parallel_fetches",
+            ),
+            (
+                format!("{MINIMAL}[download]\ndelta_parallel_fetches = 33\n"),
+                "download.delta_parallel_fetches",
+            ),
             (
                 MINIMAL.replace(
                     "backend = \"sim\"",

@@ -38,6 +38,7 @@ use crate::bootloader::{BootError, Bootloader};
 use crate::config::Config;
 use crate::crashpoint::{self as crash, hit};
 use crate::health::{self, CheckContext};
+use crate::install::delta::{DeltaError, NoDelta};
 use crate::install::{self, Download, InstallError, InstallHooks, RetryPolicy};
 use crate::report::{clamp_reason, ReportSink};
 use crate::rollout::{self, Gate, RolloutHolds};
@@ -436,7 +437,7 @@ impl Machine {
         }
         self.report(UpdateStatus::Downloading, Some(&tref), None);
 
-        if let Err(e) = self.download(&*source, &target, slot, resume_from) {
+        if let Err(e) = self.download(&*source, &target, &tref, slot, resume_from) {
             let reason = e.to_string();
             if e.keeps_checkpoint() {
                 // The bytes up to the checkpoint are good: stay in Downloading so
@@ -547,6 +548,7 @@ impl Machine {
         &mut self,
         source: &dyn UpdateSource,
         target: &Target,
+        tref: &TargetRef,
         slot: SlotId,
         resume_from: u64,
     ) -> Result<(), InstallError> {
@@ -560,14 +562,20 @@ impl Machine {
         info!(%slot, target = %target.name, length, resume_from,
             encoding = compressed.map_or("raw", |c| c.encoding.as_str()),
             "streaming image into the inactive slot");
-        let dl = &self.config.download;
+        // Owned, so that the fallback can be reported between the delta and
+        // the full install.
+        let dl = self.config.download.clone();
+        let (target_slot, booted_slot) = (
+            self.slots.get(slot).clone(),
+            self.slots.get(self.booted).clone(),
+        );
         let job = Download {
             length,
             digests: &image.digests,
             payload: compressed,
             max_window: dl.max_decompression_window,
-            slot: self.slots.get(slot),
-            booted: self.slots.get(self.booted),
+            slot: &target_slot,
+            booted: &booted_slot,
             resume_from,
             checkpoint_every: dl.checkpoint_bytes,
             checkpoint_interval: Duration::from_millis(dl.checkpoint_interval_ms),
@@ -577,6 +585,73 @@ impl Machine {
                 max: Duration::from_millis(dl.retry_max_ms),
             },
         };
+        let running = &booted_slot.path;
+        let running_target = running_target(self.state.slot(self.booted), source);
+        let fallback = {
+            let mut hooks = MachineHooks {
+                source,
+                target,
+                store: &self.store,
+                state: &mut self.state,
+                heartbeat: &mut self.heartbeat,
+                slot,
+                length,
+                next_log: length / 4,
+            };
+            match install::delta::try_plan(
+                &dl,
+                source,
+                target,
+                length,
+                running,
+                running_target.as_ref(),
+                &mut || hooks.heartbeat.beat(),
+            ) {
+                Err(NoDelta::NotDelta) => None,
+                Err(NoDelta::FallBack(why)) => Some(why),
+                Ok(plan) => {
+                    // The delta stream is the slot image itself, never encoded.
+                    let delta_job = Download {
+                        payload: None,
+                        ..job.clone()
+                    };
+                    let parallel = dl.delta_parallel_fetches;
+                    match install::delta::install(
+                        &delta_job, &mut hooks, source, plan, running, parallel,
+                    ) {
+                        Ok(fetched) => {
+                            info!(%slot, target = %target.name, fetched_bytes = fetched,
+                                "delta image written, read back and verified");
+                            return Ok(());
+                        }
+                        Err(DeltaError::Install(
+                            e @ (InstallError::Slot(_) | InstallError::Checkpoint(_)),
+                        )) => return Err(e),
+                        Err(DeltaError::Refused(why)) => {
+                            warn!(%slot, target = %target.name, reason = %why,
+                                "delta refused; installing the full image instead");
+                            Some(why)
+                        }
+                        Err(DeltaError::Install(e)) => {
+                            warn!(%slot, target = %target.name, reason = %e,
+                                "delta install failed; installing the full image instead");
+                            Some(format!("the delta install failed: {e}"))
+                        }
+                    }
+                }
+            }
+        };
+        if let Some(why) = fallback {
+            // The operator's answer to "why did this device fetch the whole
+            // image?", in the events of this install.
+            self.report(
+                UpdateStatus::Downloading,
+                Some(tref),
+                Some(&format!(
+                    "installing the full image instead of the delta: {why}"
+                )),
+            );
+        }
         let mut hooks = MachineHooks {
             source,
             target,
@@ -587,36 +662,6 @@ impl Machine {
             length,
             next_log: length / 4,
         };
-        let running = &self.slots.get(self.booted).path;
-        let running_length = running_image_length(hooks.state.slot(self.booted), source);
-        let delta = install::delta::try_plan(
-            dl,
-            source,
-            target,
-            length,
-            running,
-            running_length,
-            &mut || hooks.heartbeat.beat(),
-        );
-        if let Some(plan) = delta {
-            // The delta stream is the slot image itself, never encoded.
-            let delta_job = Download {
-                payload: None,
-                ..job.clone()
-            };
-            match install::delta::install(&delta_job, &mut hooks, source, plan, running) {
-                Ok(fetched) => {
-                    info!(%slot, target = %target.name, fetched_bytes = fetched,
-                        "delta image written, read back and verified");
-                    return Ok(());
-                }
-                Err(e @ (InstallError::Slot(_) | InstallError::Checkpoint(_))) => return Err(e),
-                Err(e) => {
-                    warn!(%slot, target = %target.name, reason = %e,
-                        "delta install failed; installing the full image instead");
-                }
-            }
-        }
         let job = Download {
             resume_from: match &hooks.state.phase {
                 Phase::Downloading { checkpoint, .. } => *checkpoint,
@@ -892,21 +937,22 @@ fn trusted_releases(config: &Config) -> Vec<TargetRef> {
         .collect()
 }
 
-/// The signed image length of the release the running slot holds, when the
-/// state names its target and the trusted metadata still lists that target
-/// with the same image sha256: a delta scan reads no further. `None` (the
-/// factory image, a target no longer listed) scans the whole device.
-fn running_image_length(
+/// The verified target the running slot holds, when the state names it and
+/// the trusted metadata still lists it with the same image sha256: its
+/// signed length bounds a delta scan and its signed chunk index, when it
+/// has one, replaces the scan. `None` (the factory image, a target no
+/// longer listed): the whole device is scanned.
+fn running_target(
     running: Option<&crate::state::InstalledRelease>,
     source: &dyn UpdateSource,
-) -> Option<u64> {
+) -> Option<Target> {
     let running = running?;
     let (name, sha256) = (running.target.as_ref()?, running.sha256.as_ref()?);
     let targets = source.targets().ok()?;
-    targets.iter().find_map(|t| {
-        let image = t.slot_image().ok()?;
-        (&t.name == name && image.digests.sha256.map(hex::encode).as_ref() == Some(sha256))
-            .then_some(image.length)
+    targets.into_iter().find(|t| {
+        t.slot_image().is_ok_and(|image| {
+            &t.name == name && image.digests.sha256.map(hex::encode).as_ref() == Some(sha256)
+        })
     })
 }
 

@@ -470,6 +470,41 @@ fn failed_install_leaves_the_device_running_and_is_reported() {
 }
 
 #[test]
+fn a_delta_release_installed_in_full_reports_why() {
+    let mut dev = Device::new();
+    dev.power_on();
+    let (mut target, data) = release("board-a/img-2.0.0", "2.0.0", &[HW], &[9; 50_000]);
+    target.custom["delta"] =
+        serde_json::json!({"index_sha256": "ab".repeat(32), "index_length": 1000});
+    // This source has no chunk store: the delta cannot be used.
+    let mut repo = Repo::with(vec![(target, data.clone())]);
+    let mut m = dev.agent();
+    assert_eq!(
+        m.poll_once(&mut repo).expect("poll"),
+        Polled::RebootRequested
+    );
+    assert_eq!(
+        std::fs::read(dev.path("b.img")).expect("b")[..data.len()],
+        data[..]
+    );
+    let statuses = dev.statuses();
+    assert_eq!(statuses[0], (UpdateStatus::Downloading, None));
+    assert_eq!(
+        statuses[1],
+        (
+            UpdateStatus::Downloading,
+            Some(
+                "installing the full image instead of the delta: this update source has no \
+                 chunk store"
+                    .into()
+            )
+        ),
+        "{statuses:?}"
+    );
+    assert_eq!(statuses[2], (UpdateStatus::Installed, None));
+}
+
+#[test]
 fn chooses_the_newest_compatible_release() {
     let mut dev = Device::new();
     dev.power_on();

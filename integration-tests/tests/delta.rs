@@ -2,9 +2,13 @@
 //! chunk index and stores the chunks, `ota-repo publish` uploads them to
 //! `ota-server`, and `ota-agent` builds the new slot from its running slot
 //! plus the chunks it lacks, then verifies the whole slot against the
-//! signed image. A tampered chunk or index, or an unreachable chunk store,
-//! makes it install the full image instead, with the running slot
-//! untouched; a crash mid-delta, or a SIGKILL, resumes as a delta from its
+//! signed image. A device running a delta release plans from that
+//! release's signed index, without scanning its slot. Chunk requests
+//! overlap (several in flight, seen by the proxy) and arrive in order. A
+//! tampered chunk in the middle of those in flight, a tampered index, or an
+//! unreachable chunk store makes it install the full image instead, with
+//! the running slot untouched and the reason in the server's events for
+//! the device; a crash mid-delta, or a SIGKILL, resumes as a delta from its
 //! checkpoint; a delta that would not save enough is not attempted; a
 //! repository in S3 serves the chunks as cacheably as a local one.
 
@@ -210,11 +214,11 @@ fn a_delta_release_is_built_from_the_running_slot_with_few_bytes_fetched() {
     let log = agent_log(&dev);
     let fetched = fetched_bytes(&log)
         .unwrap_or_else(|| panic!("no delta install\n{log}\nserved: {:?}", served_chunks(&fx)));
-    // The state names 1.1.0 and the trusted metadata signs its length: the
-    // scan reads that much of the running slot, not the whole device.
+    // The state names 1.1.0, itself a delta release: its signed index says
+    // where its chunks are, so the running slot is not scanned.
     assert!(
-        log.lines()
-            .any(|l| l.contains("delta planned") && l.contains(&format!("{SIZE} bytes"))),
+        log.lines().any(|l| l.contains("delta planned")
+            && l.contains("from the running release's chunk index, no scan")),
         "{log}"
     );
     assert!(
@@ -225,6 +229,24 @@ fn a_delta_release_is_built_from_the_running_slot_with_few_bytes_fetched() {
     assert!(status.to_string().contains("1.2.0"), "{status}");
 }
 
+/// The chunk index `ota-repo` published for `image`, read from the chunk
+/// store under `targets`: the one whose chunks are `image`'s bytes.
+fn published_index(targets: &Path, image: &Path) -> ota_common::delta::ChunkIndex {
+    let bytes = std::fs::read(image).expect("image");
+    chunks_under(targets)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "cidx"))
+        .filter_map(|p| ota_common::delta::ChunkIndex::parse(&std::fs::read(p).ok()?).ok())
+        .find(|index| {
+            index.image_length == bytes.len() as u64
+                && index.chunks.iter().all(|c| {
+                    let at = c.offset as usize;
+                    ota_common::delta::sha256(&bytes[at..at + c.length as usize]) == c.sha256
+                })
+        })
+        .unwrap_or_else(|| panic!("no published index for {}", image.display()))
+}
+
 #[test]
 fn a_tampered_chunk_or_index_falls_back_to_the_full_image() {
     let fx = Fixture::new().expect("fixture");
@@ -232,25 +254,29 @@ fn a_tampered_chunk_or_index_falls_back_to_the_full_image() {
     let chunk_dev = device_on_1_1(&fx, "dev-chunk", &v11);
     let index_dev = device_on_1_1(&fx, "dev-index", &v11);
     let running = std::fs::read(chunk_dev.slot_path(SlotId::B)).expect("B");
-    let before: Vec<PathBuf> = served_chunks(&fx);
-    let v12 = release(&fx, "1.2.0", 11, &[(2_000_000, 5000)]);
+    // Edits all along the image: chunks to fetch all along it too, several
+    // of them in flight (4 by default) when the tampered one arrives.
+    let edits: Vec<(usize, usize)> = (0..8).map(|i| (150_000 + i * 500_000, 3000)).collect();
+    let v12 = release(&fx, "1.2.0", 11, &edits);
 
-    // Every chunk 1.2.0 added is replaced by other bytes of the same length.
-    let added: Vec<PathBuf> = served_chunks(&fx)
-        .into_iter()
-        .filter(|p| !before.contains(p) && p.extension().is_some_and(|e| e == "zst"))
-        .collect();
-    assert!(!added.is_empty());
-    let saved: Vec<(PathBuf, Vec<u8>)> = added
+    // One chunk in the middle of what 1.2.0 fetches is served with one
+    // byte changed.
+    let targets = fx.server.repository_dir().join("targets");
+    let old = published_index(&targets, &v11);
+    let new = published_index(&targets, &v12);
+    let fetched: Vec<&ota_common::delta::Chunk> = new
+        .chunks
         .iter()
-        .map(|p| (p.clone(), std::fs::read(p).expect("chunk")))
+        .filter(|c| !old.chunks.iter().any(|o| o.sha256 == c.sha256))
         .collect();
-    for (p, bytes) in &saved {
-        let mut evil = bytes.clone();
-        let mid = evil.len() / 2;
-        evil[mid] ^= 0xff;
-        std::fs::write(p, evil).expect("tamper");
-    }
+    assert!(fetched.len() >= 8, "{} chunks to fetch", fetched.len());
+    let bad = fetched[fetched.len() / 2];
+    let bad_path = targets.join(bad.store_path());
+    let saved = std::fs::read(&bad_path).expect("chunk");
+    let mut evil = saved.clone();
+    let mid = evil.len() / 2;
+    evil[mid] ^= 0xff;
+    std::fs::write(&bad_path, evil).expect("tamper");
     settles_on(&chunk_dev, &v12, &running);
     let log = agent_log(&chunk_dev);
     assert!(
@@ -263,9 +289,19 @@ fn a_tampered_chunk_or_index_falls_back_to_the_full_image() {
         None,
         "the delta must not have completed"
     );
-    for (p, bytes) in &saved {
-        std::fs::write(p, bytes).expect("restore");
-    }
+    // The fleet operator sees why this device fetched the whole image.
+    let events = fx.server.events("dev-chunk").expect("events");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.status == ota_common::wire::UpdateStatus::Downloading
+                && e.target_version.as_deref() == Some("1.2.0")
+                && e.reason.as_deref().is_some_and(|r| r
+                    .starts_with("installing the full image instead of the delta:")
+                    && r.contains("does not match its signed length and sha256"))),
+        "{events:#?}"
+    );
+    std::fs::write(&bad_path, saved).expect("restore");
 
     // Now the index: served with one byte changed.
     let indexes: Vec<PathBuf> = served_chunks(&fx)
@@ -287,6 +323,90 @@ fn a_tampered_chunk_or_index_falls_back_to_the_full_image() {
     let log = agent_log(&index_dev);
     assert!(
         log.contains("chunk index") && log.contains("tampered or corrupt"),
+        "{log}"
+    );
+}
+
+/// One delta install of `v12` through `proxy` (holding every request
+/// `delay_ms`): (chunk requests, most requests in flight at once, bytes
+/// relayed, seconds, request lines).
+fn install_through(
+    proxy: &Proxy,
+    dev: &SimDevice,
+    v12: &Path,
+    running: &[u8],
+) -> (usize, u64, u64, f64, Vec<String>) {
+    proxy.reset_requests();
+    let sent = proxy.sent.load(Ordering::Relaxed);
+    let start = std::time::Instant::now();
+    settles_on(dev, v12, running);
+    let seconds = start.elapsed().as_secs_f64();
+    let lines = proxy.request_lines();
+    let chunks = lines
+        .iter()
+        .filter(|l| l.contains("/targets/chunks/") && l.contains(".zst "))
+        .count();
+    let log = agent_log(dev);
+    assert!(
+        fetched_bytes(&log).is_some(),
+        "{} installed a delta\n{log}",
+        dev.id
+    );
+    (
+        chunks,
+        proxy.max_in_flight.load(Ordering::Relaxed),
+        proxy.sent.load(Ordering::Relaxed) - sent,
+        seconds,
+        lines,
+    )
+}
+
+#[test]
+fn chunks_overlap_on_a_link_with_latency_and_the_running_index_replaces_the_scan() {
+    let fx = Fixture::new().expect("fixture");
+    let proxy = Proxy::start(&fx.server.url, u64::MAX).expect("proxy");
+    let v11 = release(&fx, "1.1.0", 31, &[]);
+    let one = device_on_1_1_at(&fx, "dev-one-at-a-time", &v11, &proxy.url);
+    one.append_config("delta_parallel_fetches = 1\n")
+        .expect("config");
+    let four = device_on_1_1_at(&fx, "dev-four-at-once", &v11, &proxy.url);
+    let running = std::fs::read(one.slot_path(SlotId::B)).expect("B");
+    // An edit every 256 KiB: a chunk to fetch every few chunks.
+    let edits: Vec<(usize, usize)> = (0..15).map(|i| (100_000 + i * 262_144, 500)).collect();
+    let v12 = release(&fx, "1.2.0", 31, &edits);
+    // Every request waits 20 ms at the proxy: a link's round trip.
+    proxy.delay_ms.store(20, Ordering::Relaxed);
+
+    let (seq_chunks, seq_max, seq_bytes, seq_s, _) = install_through(&proxy, &one, &v12, &running);
+    let (par_chunks, par_max, par_bytes, par_s, lines) =
+        install_through(&proxy, &four, &v12, &running);
+    eprintln!(
+        "20 ms per request: 1 in flight: {seq_chunks} chunk requests, {seq_bytes} bytes, \
+         {seq_s:.2} s (whole poll and reboot); 4 in flight: {par_chunks} chunk requests, \
+         {par_bytes} bytes, {par_s:.2} s, at most {par_max} requests in flight"
+    );
+    assert!(seq_chunks >= 15, "{seq_chunks} chunk requests");
+    assert_eq!(seq_chunks, par_chunks, "the same plan, the same chunks");
+    assert_eq!(
+        seq_max, 1,
+        "delta_parallel_fetches = 1: one request at a time"
+    );
+    assert!(
+        par_max > 1,
+        "with 4 in flight the chunk requests overlap (at most {par_max} at once)"
+    );
+    // No scan: the running release's signed index was fetched, beside the
+    // new release's; the agent says which way it planned.
+    let indexes = lines
+        .iter()
+        .filter(|l| l.contains("/targets/chunks/index/"))
+        .count();
+    assert_eq!(indexes, 2, "{lines:#?}");
+    let log = agent_log(&four);
+    assert!(
+        log.lines().any(|l| l.contains("delta planned")
+            && l.contains("from the running release's chunk index, no scan")
+            && l.contains("parallel_fetches=4")),
         "{log}"
     );
 }

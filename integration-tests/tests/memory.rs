@@ -155,8 +155,10 @@ fn peak_memory_of_a_compressed_install_does_not_grow_with_the_image() {
 
 /// A delta install holds the signed chunk index (72 bytes a chunk: under
 /// 100 KiB for the large image here, 4.5 MiB for 4 GiB), one entry per
-/// reusable chunk and one chunk at a time: the running slot is scanned and
-/// the new image produced as streams, so the peak must stay flat as well.
+/// reusable chunk and a fixed number of chunks in progress (the fetches in
+/// flight, two read back ahead, the one being written): the running slot
+/// is scanned and the new image produced as streams, so the peak must stay
+/// flat as well.
 #[test]
 fn peak_memory_of_a_delta_install_does_not_grow_with_the_image() {
     const SMALL_D: u64 = 8 * MIB;

@@ -20,6 +20,17 @@
 //! before and after. The timed installs talk to the server directly. After
 //! each install the harness hashes slot B itself and compares it with N+1.
 //!
+//! The delta devices run N as the release they installed over the air: N
+//! is published too (as 1.0.0, with the same `--delta-add-args`) and the
+//! device's state names it, so the agent plans from N's signed chunk index
+//! without reading slot A first. `--factory-n` runs N as a factory image
+//! instead (no release names it: the agent scans slot A).
+//!
+//! Latency (`--latency-ms MS`, with `--delta`): after the timed runs, one
+//! more delta install per `--delta-parallel` value (default 1 and 4) through
+//! the proxy holding every request MS milliseconds, as a link with that
+//! round trip would: requests, the most in flight at once, bytes, seconds.
+//!
 //! Beside them, computed on the same pair (nothing installed):
 //! * casync: `casync make --compression=zstd` of N and of N+1 into two
 //!   stores (default chunk sizes, 16/64/256 KiB); the bytes a device seeded
@@ -34,6 +45,7 @@
 //! integration-tests/delta-bench/run.sh [--runs N] [--delta] ...
 //! target/release/bench-delta --n N.img --n1 N1.img [--runs 3] [--delta]
 //!     [--delta-add-args "--compress zstd --delta"] [--zstd-level 3 --zstd-level 19]
+//!     [--factory-n] [--latency-ms 20 [--delta-parallel 1 --delta-parallel 4]]
 //! ```
 
 use anyhow::{bail, Context, Result};
@@ -52,6 +64,8 @@ use std::time::{Duration, Instant};
 
 const N_VERSION: &str = "1.0.0";
 const N1_VERSION: &str = "2.0.0";
+/// N's target name when it is published (the delta method without `--factory-n`).
+const N_TARGET: &str = "bench-n.img";
 const MIB: f64 = 1024.0 * 1024.0;
 
 fn main() {
@@ -69,10 +83,14 @@ struct Args {
     delta: bool,
     delta_add_args: Vec<String>,
     zstd_levels: Vec<u32>,
+    factory_n: bool,
+    latency_ms: Option<u64>,
+    delta_parallel: Vec<u32>,
 }
 
 const USAGE: &str = "usage: bench-delta --n N.img --n1 N1.img [--runs 3] [--delta] \
-[--delta-add-args \"--compress zstd --delta\"] [--zstd-level L]...";
+[--delta-add-args \"--compress zstd --delta\"] [--zstd-level L]... [--factory-n] \
+[--latency-ms MS [--delta-parallel N]...]";
 
 fn parse_args() -> Result<Args> {
     let mut n = None;
@@ -81,6 +99,9 @@ fn parse_args() -> Result<Args> {
     let mut delta = false;
     let mut delta_add_args = vec!["--compress".to_owned(), "zstd".into(), "--delta".into()];
     let mut zstd_levels = Vec::new();
+    let mut factory_n = false;
+    let mut latency_ms = None;
+    let mut delta_parallel = Vec::new();
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
@@ -96,6 +117,25 @@ fn parse_args() -> Result<Args> {
                     .with_context(|| format!("--runs {v:?}: expected a number from 1 to 20"))?;
             }
             "--delta" => delta = true,
+            "--factory-n" => factory_n = true,
+            "--latency-ms" => {
+                let v = value("--latency-ms")?;
+                latency_ms = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|ms| (1..=10_000).contains(ms))
+                        .with_context(|| format!("--latency-ms {v:?}: expected 1 to 10000"))?,
+                );
+            }
+            "--delta-parallel" => {
+                let v = value("--delta-parallel")?;
+                delta_parallel.push(
+                    v.parse()
+                        .ok()
+                        .filter(|n| (1..=32).contains(n))
+                        .with_context(|| format!("--delta-parallel {v:?}: expected 1 to 32"))?,
+                );
+            }
             "--delta-add-args" => {
                 delta_add_args = value("--delta-add-args")?
                     .split_whitespace()
@@ -121,6 +161,12 @@ fn parse_args() -> Result<Args> {
     if zstd_levels.is_empty() {
         zstd_levels = vec![3, 19];
     }
+    if delta_parallel.is_empty() {
+        delta_parallel = vec![1, 4];
+    }
+    if latency_ms.is_some() && !delta {
+        bail!("--latency-ms measures delta installs: add --delta\n{USAGE}");
+    }
     Ok(Args {
         n: n.context("--n N.img is required")?,
         n1: n1.context("--n1 N1.img is required")?,
@@ -128,6 +174,9 @@ fn parse_args() -> Result<Args> {
         delta,
         delta_add_args,
         zstd_levels,
+        factory_n,
+        latency_ms,
+        delta_parallel,
     })
 }
 
@@ -212,6 +261,15 @@ fn run() -> Result<()> {
             r.body_bytes.extend(outcome.body_bytes);
         }
     }
+    let mut latency = Vec::new();
+    if let (Some(ms), Some((_, f))) = (
+        args.latency_ms,
+        live.iter().find(|(r, _)| r.name == "delta"),
+    ) {
+        for &parallel in &args.delta_parallel {
+            latency.push(latency_install(f, &args, ms, parallel, n1_len, &n1_sha)?);
+        }
+    }
     let results: Vec<MethodResult> = live.into_iter().map(|(r, _)| r).collect();
 
     let casync = casync_bytes(&args.n, &args.n1)?;
@@ -232,7 +290,75 @@ fn run() -> Result<()> {
         "{}",
         table(&results, &failures, &casync, &patches, n1_len, args.delta, args.runs)
     );
+    if let Some(ms) = args.latency_ms {
+        println!("{}", latency_table(ms, &latency));
+    }
     Ok(())
+}
+
+/// One delta install through a proxy that holds every request.
+#[derive(Debug)]
+struct LatencyRun {
+    parallel: u32,
+    requests: usize,
+    chunk_requests: usize,
+    max_in_flight: u64,
+    wire_bytes: u64,
+    secs: f64,
+}
+
+/// A delta install of N+1 with `parallel` chunk requests in flight, every
+/// request held `ms` milliseconds by the counting proxy.
+fn latency_install(
+    f: &Fixture,
+    args: &Args,
+    ms: u64,
+    parallel: u32,
+    n1_len: u64,
+    n1_sha: &[u8],
+) -> Result<LatencyRun> {
+    let proxy = Proxy::start(&f.server.url, u64::MAX)?;
+    proxy.delay_ms.store(ms, Ordering::Relaxed);
+    let download = format!("\n[download]\ndelta_parallel_fetches = {parallel}\n");
+    let outcome = install_with(
+        f,
+        args,
+        &proxy.url,
+        &format!("latency-{parallel}"),
+        n1_len,
+        n1_sha,
+        &download,
+    )?;
+    let lines = proxy.request_lines();
+    let run = LatencyRun {
+        parallel,
+        requests: lines.len(),
+        chunk_requests: lines
+            .iter()
+            .filter(|l| l.contains("/chunks/") && l.contains(".zst "))
+            .count(),
+        max_in_flight: proxy.max_in_flight.load(Ordering::Relaxed),
+        wire_bytes: proxy.sent.load(Ordering::Relaxed),
+        secs: outcome.secs,
+    };
+    eprintln!("delta, {ms} ms per request, {parallel} in flight: {run:?}");
+    Ok(run)
+}
+
+fn latency_table(ms: u64, runs: &[LatencyRun]) -> String {
+    let mut t = format!(
+        "\nDelta installs through the counting proxy holding every request {ms} ms:\n\n\
+         | chunk requests in flight (`delta_parallel_fetches`) | requests (chunks) | most in flight at once | bytes on the wire | install s |\n\
+         |---:|---:|---:|---:|---:|\n"
+    );
+    for r in runs {
+        let _ = writeln!(
+            t,
+            "| {} | {} ({}) | {} | {} | {:.2} |",
+            r.parallel, r.requests, r.chunk_requests, r.max_in_flight, r.wire_bytes, r.secs
+        );
+    }
+    t
 }
 
 /// Publishes N+1 the way `m` says on a fresh repository and server, and
@@ -246,6 +372,13 @@ fn first_install(
     let f = Fixture::new()?;
     let t = Instant::now();
     let extra: Vec<&str> = m.add_args.iter().map(String::as_str).collect();
+    if m.name == "delta" && !args.factory_n {
+        let mut n_args = extra.clone();
+        n_args.extend(["--name", N_TARGET]);
+        f.repo
+            .add_with(&args.n, N_VERSION, &[HARDWARE_ID], &n_args)
+            .with_context(|| format!("ota-repo add N {}", n_args.join(" ")))?;
+    }
     f.repo
         .add_with(&args.n1, N1_VERSION, &[HARDWARE_ID], &extra)
         .with_context(|| format!("ota-repo add {}", m.add_args.join(" ")))?;
@@ -287,6 +420,19 @@ fn install(
     n1_len: u64,
     n1_sha: &[u8],
 ) -> Result<Outcome> {
+    install_with(f, args, server_url, tag, n1_len, n1_sha, "")
+}
+
+/// [`install`] with `config` appended to the agent's configuration.
+fn install_with(
+    f: &Fixture,
+    args: &Args,
+    server_url: &str,
+    tag: &str,
+    n1_len: u64,
+    n1_sha: &[u8],
+    config: &str,
+) -> Result<Outcome> {
     let id = format!("bench-{tag}");
     let device = SimDevice::provision(
         &f.dir.path().join("devices").join(&id),
@@ -297,6 +443,26 @@ fn install(
         &args.n,
         N_VERSION,
     )?;
+    if !config.is_empty() {
+        device.append_config(config)?;
+    }
+    if published_n(f) {
+        // The device installed N over the air: its state names N's target,
+        // which the agent finds in the signed metadata with the same hash.
+        let state = serde_json::json!({
+            "format": 1,
+            "slot_a": {
+                "version": N_VERSION,
+                "target": N_TARGET,
+                "sha256": hex::encode(sha256_prefix(&args.n, std::fs::metadata(&args.n)?.len())?),
+            },
+            "phase": { "phase": "idle" },
+        });
+        std::fs::write(
+            device.dir.join("state/state.json"),
+            serde_json::to_vec_pretty(&state)?,
+        )?;
+    }
     device.power_on()?;
     let before = body_bytes_sent(&f.server.url);
     let run = run_agent_measured(&device, Duration::from_secs(1800))?;
@@ -326,6 +492,16 @@ fn install(
     })
 }
 
+/// Whether N is a release of this fixture's repository.
+fn published_n(f: &Fixture) -> bool {
+    std::fs::read_dir(f.server.repository_dir().join("targets"))
+        .map(|dir| {
+            dir.flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(N_TARGET))
+        })
+        .unwrap_or(false)
+}
+
 /// sha256 of the first `len` bytes of `path` (a slot file may be longer than its image).
 fn sha256_prefix(path: &Path, len: u64) -> Result<Vec<u8>> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
@@ -348,7 +524,7 @@ fn sha256_prefix(path: &Path, len: u64) -> Result<Vec<u8>> {
 }
 
 /// The size of the release file `ota-repo publish` put on the server: the
-/// largest of its targets (the rest, if any, are small: a chunk index).
+/// largest of its targets but N (the rest, if any, are small: a chunk index).
 fn published_target_len(f: &Fixture) -> Result<u64> {
     let dir = f.server.repository_dir().join("targets");
     let mut best: Option<u64> = None;
@@ -356,7 +532,7 @@ fn published_target_len(f: &Fixture) -> Result<u64> {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
         // Content-addressed names: <sha256>.<file name>; the release is the largest.
-        if name.contains('.') && entry.file_type()?.is_file() {
+        if name.contains('.') && !name.ends_with(N_TARGET) && entry.file_type()?.is_file() {
             let len = entry.metadata()?.len();
             if best.is_none_or(|b| len > b) {
                 best = Some(len);
