@@ -131,6 +131,11 @@ Name=en* eth*
 [Network]
 DHCP=ipv4
 EOT
+  # The kernel's name (eth0) stays: on a slow boot networkd had started DHCP
+  # on eth0 when udev came to rename it enp0s2, the rename failed ("already
+  # up") and so did the link ("Failed to configure DHCPv4 client: Device or
+  # resource busy"), leaving the device without a network for that boot.
+  ln -sf /dev/null "$root/etc/systemd/network/99-default.link"
   chroot "$root" systemctl enable systemd-networkd.service systemd-networkd-wait-online.service >/dev/null 2>&1
 
   # U-Boot has no systemd-side boot counting to pull boot-complete.target in:
