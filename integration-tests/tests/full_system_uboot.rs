@@ -426,6 +426,162 @@ fn uboot_update_commits() -> anyhow::Result<()> {
     })
 }
 
+/// The shipped boot.cmd and the board's environment hooks on the real
+/// U-Boot, without a kernel (a minute, not ten): the agent's U-Boot backend
+/// arms B on the disk image; U-Boot's script reads that, boots B with its
+/// one try and saves the spent try before `booti` (which fails: the slots
+/// hold no kernel, so the script resets); the next boot finds B spent and
+/// takes A. libubootenv's `fw_printenv` and the agent's backend then read
+/// what U-Boot wrote.
+#[test]
+fn uboot_script_spends_and_saves_tries_on_the_real_firmware() -> anyhow::Result<()> {
+    use ota_agent::bootloader::uboot::UBootBootloader;
+    use ota_agent::bootloader::uboot_env::{EnvStore, FwEnvConfig};
+    use ota_agent::bootloader::Bootloader;
+    use ota_agent::slot::SlotId;
+
+    let _one = ONE_MACHINE.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = fs::run_dir("uboot-script")?;
+    // A slot whose "kernel" is no Image: booti refuses it and boot.cmd resets.
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(tree.join("boot"))?;
+    std::fs::write(tree.join("boot/vmlinuz"), vec![0x5a; 64 * 1024])?;
+    std::fs::write(tree.join("boot/initrd.img"), b"none")?;
+    let slot = dir.join("slot.img");
+    let made = Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-d"])
+        .arg(&tree)
+        .arg(&slot)
+        .arg("4M")
+        .output()?;
+    ensure!(
+        made.status.success(),
+        "mke2fs of the kernel-less slot failed: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let slot_mib = 8;
+    let disk = dir.join("disk.img");
+    fs::build_disk(BOARD, &slot, slot_mib, &disk)?;
+
+    let env_offset = (BOARD.slot_a_offset_mib() + 2 * slot_mib + Arm64UBoot::DATA_MIB) << 20;
+    let config = dir.join("fw_env.config");
+    std::fs::write(
+        &config,
+        format!(
+            "{d} {env_offset:#x} {ENV_COPY:#x}\n{d} {:#x} {ENV_COPY:#x}\n",
+            env_offset + ENV_COPY,
+            d = disk.display()
+        ),
+    )?;
+    let store = EnvStore::new(FwEnvConfig::load(&config)?).with_lock_path(None);
+    let mut agent = UBootBootloader::from_store(store, &config);
+    ensure!(
+        agent.primary()? == SlotId::A,
+        "the factory environment boots A"
+    );
+    agent.set_try_once(SlotId::B)?;
+
+    let mut machine = Machine::arm64_virt(&dir.join("m"), &disk)?;
+    let result = (|| -> anyhow::Result<()> {
+        machine.power_on()?;
+        let trial = "OTA: booting slot B (A left 3, B left 0)";
+        let fallback = "OTA: booting slot A (A left 2, B left 0)";
+        fs::wait_for("U-Boot to try B, then fall back to A", BOOT, || {
+            machine.check_running()?;
+            let console = machine.console();
+            Ok(console
+                .find(trial)
+                .is_some_and(|t| console[t..].contains(fallback))
+                .then_some(()))
+        })?;
+        machine.cut_power();
+        let console = machine.console();
+        let t = console.find(trial).unwrap_or_default();
+        let saved = console[t..]
+            .find("OTA: environment saved")
+            .unwrap_or(usize::MAX);
+        let failed = console[t..]
+            .find("OTA: slot B did not boot")
+            .unwrap_or_default();
+        ensure!(
+            saved < failed,
+            "the spent try must be saved before booti: {}",
+            &console[t..]
+        );
+        Ok(())
+    })();
+    machine.cut_power();
+    if let Err(e) = result {
+        let console = machine.console();
+        let tail: String = console
+            .chars()
+            .skip(console.chars().count().saturating_sub(3000))
+            .collect();
+        return Err(e.context(format!("U-Boot's console:\n{tail}")));
+    }
+
+    // What U-Boot wrote, as libubootenv and the agent read it. U-Boot went
+    // on resetting until the cut: the environment holds the counters of the
+    // last boot whose save the console confirmed, or of the one after it
+    // when the cut caught that save in flight.
+    let console = machine.console();
+    let lines: Vec<&str> = console.lines().map(str::trim_end).collect();
+    let counters = |l: &str| -> Option<(String, String)> {
+        let rest = l.strip_prefix("OTA: booting slot ")?;
+        let a = rest.split("A left ").nth(1)?.split(',').next()?;
+        let b = rest.split("B left ").nth(1)?.split(')').next()?;
+        Some((a.to_owned(), b.to_owned()))
+    };
+    let last_saved = lines
+        .iter()
+        .rposition(|l| l.starts_with("OTA: environment saved"))
+        .context("U-Boot never confirmed a save")?;
+    let confirmed = lines[..last_saved]
+        .iter()
+        .rev()
+        .find_map(|l| counters(l))
+        .context("no boot line before the last save")?;
+    let in_flight = lines[last_saved..].iter().find_map(|l| counters(l));
+    let out = Command::new("fw_printenv")
+        .arg("-c")
+        .arg(&config)
+        .output()
+        .context("running fw_printenv (libubootenv-tool)")?;
+    ensure!(
+        out.status.success(),
+        "fw_printenv: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: BTreeMap<String, String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        .collect();
+    let left = (
+        printed.get("BOOT_A_LEFT").cloned().unwrap_or_default(),
+        printed.get("BOOT_B_LEFT").cloned().unwrap_or_default(),
+    );
+    ensure!(
+        left == confirmed || Some(&left) == in_flight.as_ref(),
+        "fw_printenv reads A/B left {left:?}; the console last saved {confirmed:?} (then {in_flight:?}): {printed:?}"
+    );
+    ensure!(
+        printed.get("BOOT_ORDER").map(String::as_str) == Some("B A"),
+        "the script never changes BOOT_ORDER: {printed:?}"
+    );
+    let env = agent.env()?;
+    for name in ["BOOT_ORDER", "BOOT_A_LEFT", "BOOT_B_LEFT"] {
+        ensure!(
+            env.get_str(name) == printed.get(name).map(String::as_str),
+            "the agent reads {name} {:?}, fw_printenv {:?}",
+            env.get_str(name),
+            printed.get(name)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
 /// U-Boot's record that B failed: no tries left, A first.
 fn ensure_b_marked_bad(rig: &Rig) -> anyhow::Result<()> {
     rig.ensure_env(&[("BOOT_ORDER", "A B"), ("BOOT_B_LEFT", "0")])
