@@ -2,7 +2,7 @@
 //! (docs/FULL-SYSTEM.md). This module builds a reference board's disk with
 //! `integration-tests/full-system/build-*.sh`, runs it, and gives the test
 //! two windows into it: the serial console (a log file per run) and a root
-//! shell on the second serial port.
+//! shell on the second serial port (a virtio console on board 3).
 
 use anyhow::{bail, Context};
 use std::collections::HashMap;
