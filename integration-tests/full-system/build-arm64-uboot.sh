@@ -16,8 +16,8 @@
 #   build-arm64-uboot.sh disk SLOT_A.img SLOT_MIB OUT.disk
 #       The factory disk: GPT with a boot partition (boot.scr: the board's
 #       prelude and the shipped boot.cmd), slot A written, slot B empty, the
-#       agent's data partition and the U-Boot environment partition (two
-#       empty copies: U-Boot's and the agent's defaults apply).
+#       agent's data partition and the U-Boot environment partition (copy 0
+#       holding BOOT_ORDER="A B" and 3 tries each, copy 1 blank).
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
