@@ -17,11 +17,23 @@
 #   ota_root_A ota_root_B    root= of each slot                 (/dev/mmcblk0p2 /dev/mmcblk0p3)
 #   ota_kernel ota_fdt       kernel and device tree in the slot (/boot/Image /boot/board.dtb)
 #   ota_bootargs             the rest of the kernel command line
+# Optional (unset: not used):
+#   ota_initrd               initramfs in the slot, loaded at ${ramdisk_addr_r}
+#   ota_fdt_addr             a device tree already in memory (e.g. ${fdtcontroladdr},
+#                            the one QEMU or the firmware passed); ota_fdt is then not loaded
+#   ota_env_load             a command run first, to bring the environment in
+#   ota_env_save             a command run instead of saveenv: where the
+#                            firmware's own environment is not the one the agent
+#                            writes, these two move the counters between them
+#                            (board 3 of docs/FULL-SYSTEM.md); the spent try is
+#                            saved before the kernel starts either way
 #
 # U-Boot's boot counter (CONFIG_BOOTCOUNT_LIMIT with CONFIG_BOOTCOUNT_ENV)
 # counts boots while upgrade_available=1 (the agent sets it while a slot is on
 # trial) and runs altbootcmd once bootcount exceeds bootlimit: point
 # altbootcmd at this script as well; the counters already choose the fallback.
+
+if test -n "${ota_env_load}"; then run ota_env_load; fi
 
 test -n "${BOOT_ORDER}" || setenv BOOT_ORDER "A B"
 test -n "${BOOT_A_LEFT}" || setenv BOOT_A_LEFT 3
@@ -54,19 +66,28 @@ done
 
 if test -n "${ota_slot}"; then
   echo "OTA: booting slot ${ota_slot} (A left ${BOOT_A_LEFT}, B left ${BOOT_B_LEFT})"
-  saveenv
+  if test -n "${ota_env_save}"; then run ota_env_save; else saveenv; fi
 else
   echo "OTA: no slot has boots left; giving both 3 and resetting"
   setenv BOOT_A_LEFT 3
   setenv BOOT_B_LEFT 3
-  saveenv
+  if test -n "${ota_env_save}"; then run ota_env_save; else saveenv; fi
   reset
 fi
 
 setenv bootargs "${ota_bootargs} root=${ota_root} rootwait ota.slot=${ota_slot}"
 load ${ota_devtype} ${ota_devnum}:${ota_part} ${kernel_addr_r} ${ota_kernel}
-load ${ota_devtype} ${ota_devnum}:${ota_part} ${fdt_addr_r} ${ota_fdt}
-booti ${kernel_addr_r} - ${fdt_addr_r}
+setenv ota_rd -
+if test -n "${ota_initrd}"; then
+  load ${ota_devtype} ${ota_devnum}:${ota_part} ${ramdisk_addr_r} ${ota_initrd}
+  setenv ota_rd ${ramdisk_addr_r}:${filesize}
+fi
+setenv ota_dt ${ota_fdt_addr}
+if test -z "${ota_dt}"; then
+  load ${ota_devtype} ${ota_devnum}:${ota_part} ${fdt_addr_r} ${ota_fdt}
+  setenv ota_dt ${fdt_addr_r}
+fi
+booti ${kernel_addr_r} ${ota_rd} ${ota_dt}
 
 # booti returns only if the slot cannot be booted: the try is already spent,
 # so a reset moves on (to the other slot once this one has none left).

@@ -2,14 +2,15 @@
 //! (docs/FULL-SYSTEM.md). This module builds a reference board's disk with
 //! `integration-tests/full-system/build-*.sh`, runs it, and gives the test
 //! two windows into it: the serial console (a log file per run) and a root
-//! shell on the second serial port.
+//! shell on the second serial port (a virtio console on board 3).
 
 use anyhow::{bail, Context};
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// A reference board: how its disk is built and how its agent is configured.
@@ -51,13 +52,10 @@ impl Board {
     }
 
     fn builder(self) -> PathBuf {
-        let script = match self {
+        builder_script(match self {
             Board::X86Grub => "build-x86-grub.sh",
             Board::X86SystemdBoot => "build-x86-sdboot.sh",
-        };
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("full-system")
-            .join(script)
+        })
     }
 
     /// The `[boot]` table of the agent's configuration.
@@ -68,6 +66,115 @@ impl Board {
                 "backend = \"systemd-boot\"\nesp_entries_dir = \"/boot/efi/loader/entries\"\nentry_a = \"ota-a\"\nentry_b = \"ota-b\"\n"
             }
         }
+    }
+}
+
+/// What the harness needs to know of a reference board to build its slots
+/// and disk. The x86 boards ([`Board`]) share one QEMU machine; board 3
+/// ([`Arm64UBoot`]) is another architecture, kept a type of its own so that
+/// code matching on [`Board`] stays about the x86 boards.
+pub trait ReferenceBoard: Copy + std::fmt::Debug {
+    /// The board's name in logs and reports.
+    fn board_name(self) -> &'static str;
+    /// The hardware id the board's releases are signed for.
+    fn hardware_id(self) -> &'static str;
+    /// Where slot A's partition starts, in MiB (the slots are adjacent).
+    fn slot_a_offset_mib(self) -> u64;
+    /// The board's build script under integration-tests/full-system/.
+    fn builder(self) -> PathBuf;
+    /// The `[boot]` table of the agent's configuration.
+    fn boot_toml(self) -> &'static str;
+    /// Slot A's and slot B's block devices in the guest.
+    fn slot_devices(self) -> (&'static str, &'static str);
+    /// The ota-agent binary built for the board's architecture.
+    fn agent_binary(self) -> anyhow::Result<PathBuf>;
+}
+
+fn builder_script(script: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("full-system")
+        .join(script)
+}
+
+impl ReferenceBoard for Board {
+    fn board_name(self) -> &'static str {
+        self.name()
+    }
+    fn hardware_id(self) -> &'static str {
+        Board::hardware_id(self)
+    }
+    fn slot_a_offset_mib(self) -> u64 {
+        1 + self.esp_mib()
+    }
+    fn builder(self) -> PathBuf {
+        Board::builder(self)
+    }
+    fn boot_toml(self) -> &'static str {
+        Board::boot_toml(self)
+    }
+    fn slot_devices(self) -> (&'static str, &'static str) {
+        ("/dev/sda2", "/dev/sda3")
+    }
+    fn agent_binary(self) -> anyhow::Result<PathBuf> {
+        crate::bins::path("ota-agent")
+    }
+}
+
+/// Board 3: aarch64 QEMU `virt`, Debian's U-Boot (qemu_arm64) running the
+/// shipped boot/uboot/boot.cmd, the U-Boot environment on a partition of its
+/// own (docs/FULL-SYSTEM.md, board 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arm64UBoot;
+
+/// The target the aarch64 agent is cross-built for (.cargo/config.toml).
+pub const ARM64_TARGET: &str = "aarch64-unknown-linux-gnu";
+
+impl Arm64UBoot {
+    /// GPT, then the boot partition holding boot.scr.
+    pub const BOOT_MIB: u64 = 16;
+    /// The agent's data partition after the slots, then the environment's.
+    pub const DATA_MIB: u64 = 64;
+}
+
+impl ReferenceBoard for Arm64UBoot {
+    fn board_name(self) -> &'static str {
+        "arm64-uboot"
+    }
+    fn hardware_id(self) -> &'static str {
+        "qemu-arm64-uboot"
+    }
+    fn slot_a_offset_mib(self) -> u64 {
+        1 + Self::BOOT_MIB
+    }
+    fn builder(self) -> PathBuf {
+        builder_script("build-arm64-uboot.sh")
+    }
+    fn boot_toml(self) -> &'static str {
+        "backend = \"uboot\"\nfw_env_config = \"/etc/fw_env.config\"\n"
+    }
+    fn slot_devices(self) -> (&'static str, &'static str) {
+        ("/dev/vda2", "/dev/vda3")
+    }
+    /// target/aarch64-unknown-linux-gnu/debug/ota-agent, beside the host's
+    /// target/debug; `./test --full-system` builds it.
+    fn agent_binary(self) -> anyhow::Result<PathBuf> {
+        let host = crate::bins::path("ota-agent")?;
+        let profile = host
+            .parent()
+            .and_then(Path::file_name)
+            .context("ota-agent is not in a profile directory")?
+            .to_owned();
+        let agent = target_dir()?
+            .join(ARM64_TARGET)
+            .join(profile)
+            .join("ota-agent");
+        if !agent.is_file() {
+            bail!(
+                "{} is missing: cargo build -p ota-agent --target {ARM64_TARGET}",
+                agent.display()
+            );
+        }
+        Ok(agent)
     }
 }
 
@@ -99,10 +206,18 @@ fn run(command: &mut Command) -> anyhow::Result<String> {
 
 /// The cached Debian tree every slot of `board` starts from: built once
 /// (mmdebstrap) and reused while its recipe is unchanged.
-pub fn rootfs(board: Board) -> anyhow::Result<PathBuf> {
-    static TREES: [OnceLock<Result<PathBuf, String>>; 2] = [OnceLock::new(), OnceLock::new()];
-    TREES[board as usize]
-        .get_or_init(|| {
+pub fn rootfs<B: ReferenceBoard>(board: B) -> anyhow::Result<PathBuf> {
+    // By build script and board (one script builds boards 1 and 2); held
+    // while building, so concurrent tests wait for one build.
+    type Trees = Mutex<HashMap<String, Result<PathBuf, String>>>;
+    static TREES: OnceLock<Trees> = OnceLock::new();
+    let mut trees = TREES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    trees
+        .entry(board.board_name().to_owned())
+        .or_insert_with(|| {
             let cache = target_dir().map_err(|e| e.to_string())?.join("full-system");
             let out = run(Command::new(board.builder()).arg("rootfs").arg(&cache))
                 .map_err(|e| format!("building the root filesystem: {e:#}"))?;
@@ -127,8 +242,8 @@ pub enum Behaviour {
 /// agent's configuration (the server's port is only known at run time) and
 /// the trusted root of this run's repository.
 #[derive(Debug, Clone)]
-pub struct SlotSpec<'a> {
-    pub board: Board,
+pub struct SlotSpec<'a, B: ReferenceBoard = Board> {
+    pub board: B,
     pub version: &'a str,
     pub behaviour: Behaviour,
     pub server_port: u16,
@@ -138,7 +253,7 @@ pub struct SlotSpec<'a> {
     pub poll_interval_secs: u64,
 }
 
-fn agent_toml(spec: &SlotSpec) -> String {
+fn agent_toml<B: ReferenceBoard>(spec: &SlotSpec<B>) -> String {
     let check = match spec.behaviour {
         Behaviour::FailsHealthCheck => {
             r#"["/bin/sh", "-c", "echo this release is broken >&2; exit 1"]"#
@@ -157,8 +272,8 @@ poll_interval_secs = {poll}
 reboot_command = ["systemctl", "reboot"]
 
 [slots]
-a = "/dev/sda2"
-b = "/dev/sda3"
+a = "{slot_a}"
+b = "{slot_b}"
 
 [boot]
 {boot}
@@ -183,11 +298,17 @@ timeout_secs = 60
         boot = spec.board.boot_toml(),
         device = spec.device_id,
         poll = spec.poll_interval_secs,
+        slot_a = spec.board.slot_devices().0,
+        slot_b = spec.board.slot_devices().1,
     )
 }
 
 /// Builds the slot image of one release into `out`.
-pub fn build_slot(spec: &SlotSpec, work: &Path, out: &Path) -> anyhow::Result<()> {
+pub fn build_slot<B: ReferenceBoard>(
+    spec: &SlotSpec<B>,
+    work: &Path,
+    out: &Path,
+) -> anyhow::Result<()> {
     let overlay = work.join(format!("overlay-{}", spec.version));
     let _ = std::fs::remove_dir_all(&overlay);
     let etc = overlay.join("etc/ota");
@@ -207,7 +328,7 @@ pub fn build_slot(spec: &SlotSpec, work: &Path, out: &Path) -> anyhow::Result<()
         std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755))?;
     }
     let rootfs = rootfs(spec.board)?;
-    let agent = crate::bins::path("ota-agent")?;
+    let agent = spec.board.agent_binary()?;
     run(Command::new(spec.board.builder())
         .arg("slot")
         .arg(&rootfs)
@@ -219,7 +340,12 @@ pub fn build_slot(spec: &SlotSpec, work: &Path, out: &Path) -> anyhow::Result<()
 }
 
 /// Builds `board`'s factory disk with `slot_a` in slot A and slots of `slot_mib`.
-pub fn build_disk(board: Board, slot_a: &Path, slot_mib: u64, out: &Path) -> anyhow::Result<()> {
+pub fn build_disk<B: ReferenceBoard>(
+    board: B,
+    slot_a: &Path,
+    slot_mib: u64,
+    out: &Path,
+) -> anyhow::Result<()> {
     run(Command::new(board.builder())
         .arg("disk")
         .arg(slot_a)
@@ -307,6 +433,8 @@ const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 pub struct Machine {
     pub dir: PathBuf,
     pub disk: PathBuf,
+    kind: MachineKind,
+    /// OVMF's variables (x86 boards only).
     vars: PathBuf,
     /// The serial console of every power-on, appended.
     pub serial_log: PathBuf,
@@ -315,16 +443,48 @@ pub struct Machine {
     pub power_ons: u32,
 }
 
+/// The QEMU machine a board runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MachineKind {
+    /// q35 with OVMF, the disk on AHCI (boards 1 and 2).
+    X86Q35,
+    /// aarch64 `virt` with Debian's U-Boot, the disk on virtio (board 3).
+    Arm64Virt,
+}
+
+/// Debian's U-Boot for QEMU's aarch64 `virt` (u-boot-qemu).
+pub const UBOOT_QEMU_ARM64: &str = "/usr/lib/u-boot/qemu_arm64/u-boot.bin";
+
 impl Machine {
     /// A machine in `dir` (which must be short enough for a unix socket path)
-    /// booting `disk`, with fresh firmware variables.
+    /// booting `disk`, with fresh firmware variables: an x86 board's q35.
     pub fn new(dir: &Path, disk: &Path) -> anyhow::Result<Machine> {
         std::fs::create_dir_all(dir)?;
         let vars = dir.join("OVMF_VARS.fd");
         std::fs::copy(OVMF_VARS, &vars).with_context(|| format!("copying {OVMF_VARS}"))?;
+        Machine::with_kind(MachineKind::X86Q35, dir, disk, vars)
+    }
+
+    /// Board 3's aarch64 `virt` machine in `dir` booting `disk` through
+    /// U-Boot. Always TCG: an x86 host's KVM cannot run aarch64 guests.
+    pub fn arm64_virt(dir: &Path, disk: &Path) -> anyhow::Result<Machine> {
+        std::fs::create_dir_all(dir)?;
+        if !Path::new(UBOOT_QEMU_ARM64).is_file() {
+            bail!("{UBOOT_QEMU_ARM64} is missing: apt-get install u-boot-qemu");
+        }
+        Machine::with_kind(MachineKind::Arm64Virt, dir, disk, PathBuf::new())
+    }
+
+    fn with_kind(
+        kind: MachineKind,
+        dir: &Path,
+        disk: &Path,
+        vars: PathBuf,
+    ) -> anyhow::Result<Machine> {
         Ok(Machine {
             dir: dir.to_path_buf(),
             disk: disk.to_path_buf(),
+            kind,
             vars,
             serial_log: dir.join("serial.log"),
             shell_socket: dir.join("shell.sock"),
@@ -346,6 +506,61 @@ impl Machine {
             .open(&self.serial_log)?;
         writeln!(log, "\n===== power-on {} =====", self.power_ons)?;
         drop(log);
+        let mut command = match self.kind {
+            MachineKind::X86Q35 => self.x86_command()?,
+            MachineKind::Arm64Virt => self.arm64_command()?,
+        };
+        self.child = Some(
+            command
+                .spawn()
+                .with_context(|| format!("starting {:?}", command.get_program()))?,
+        );
+        Ok(())
+    }
+
+    /// Board 3: `virt` with a Cortex-A57, Debian's U-Boot as the firmware,
+    /// the disk, network and i6300esb watchdog on PCI; the console on the
+    /// one UART, the test's shell on a virtio console (/dev/hvc0).
+    fn arm64_command(&self) -> anyhow::Result<Command> {
+        let mut command = Command::new("qemu-system-aarch64");
+        command
+            .args(["-accel", "tcg", "-machine", "virt", "-cpu", "cortex-a57"])
+            .args(["-m", "768", "-smp", "1"])
+            .args(["-display", "none", "-nodefaults", "-no-user-config"])
+            .args(["-bios", UBOOT_QEMU_ARM64])
+            .arg("-drive")
+            .arg(format!(
+                "if=none,id=disk,format=raw,file={}",
+                self.disk.display()
+            ))
+            .args(["-device", "virtio-blk-pci,drive=disk"])
+            .args([
+                "-netdev",
+                "user,id=net0",
+                "-device",
+                "virtio-net-pci,netdev=net0",
+            ])
+            .args(["-device", "i6300esb", "-watchdog-action", "reset"])
+            .arg("-chardev")
+            .arg(format!(
+                "file,id=console,path={},append=on",
+                self.serial_log.display()
+            ))
+            .args(["-serial", "chardev:console"])
+            .args(["-device", "virtio-serial-pci"])
+            .arg("-chardev")
+            .arg(format!(
+                "socket,id=shell,path={},server=on,wait=off",
+                self.shell_socket.display()
+            ))
+            .args(["-device", "virtconsole,chardev=shell"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.join("qemu.stderr"))?);
+        Ok(command)
+    }
+
+    fn x86_command(&self) -> anyhow::Result<Command> {
         let accel = match accel() {
             Accel::Kvm => "kvm",
             Accel::Tcg => "tcg",
@@ -388,8 +603,7 @@ impl Machine {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.dir.join("qemu.stderr"))?);
-        self.child = Some(command.spawn().context("starting qemu-system-x86_64")?);
-        Ok(())
+        Ok(command)
     }
 
     /// The power cut: SIGKILL to QEMU, no shutdown of any kind.
