@@ -29,14 +29,13 @@ mirror="${OTA_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 packages=systemd,systemd-sysv,linux-image-amd64,iproute2
 
 # Board 2 (build-x86-sdboot.sh) runs this script's rootfs and slot commands
-# with OTA_BOARD_BOOTLOADER=systemd-boot: the same recipe plus Debian's
-# systemd-boot package, which ships systemd-bless-boot and its generator
-# (Debian 12's systemd does not), and two settings (see board_settings).
-# Its tree is cached apart (the package list is part of the cache key).
+# with OTA_BOARD_BOOTLOADER=systemd-boot; its slots differ in two settings
+# (see board_settings). It needs Debian's systemd-boot package, which ships
+# systemd-bless-boot and its generator (Debian 12's systemd does not). Both
+# boards share one tree, so a test run builds one: on board 1 the generator
+# finds no LoaderBootCountPath (GRUB sets none) and does nothing.
 bootloader="${OTA_BOARD_BOOTLOADER:-grub}"
-if [ "$bootloader" = systemd-boot ]; then
-  packages+=,systemd-boot
-fi
+packages+=,systemd-boot
 
 # The kernel modules the board has (AHCI disk, virtio network, the i6300esb
 # watchdog, ext4 and the ESP's FAT, the network stack); the rest go. A
@@ -154,11 +153,23 @@ TTYPath=/dev/ttyS1
 TTYReset=yes
 Restart=always
 RestartSec=1
+# An interactive sh ignores SIGTERM: without this every shutdown would wait
+# DefaultTimeoutStopSec (90 s) for it, in every reboot of every test.
+KillSignal=SIGKILL
 
 [Install]
 WantedBy=multi-user.target
 EOF
   chroot "$root" systemctl enable ota-test-shell.service >/dev/null 2>&1
+  # For the tests only: systemd declares the agent hung after 30 s without a
+  # WATCHDOG=1 (it sends one every 15 s, also while streaming an image) and
+  # restarts it 2 s later, where the shipped unit waits 120 s and 30 s; the
+  # hung-agent test then waits ~35 s instead of ~150 s. What it proves (a
+  # stopped agent is killed, restarted and resumes) does not depend on the
+  # numbers, and the hardware watchdog (agent.toml, 240 s) still outlasts them.
+  mkdir -p "$root/etc/systemd/system/ota-agent.service.d"
+  printf '[Service]\nWatchdogSec=30\nRestartSec=2\n' \
+    >"$root/etc/systemd/system/ota-agent.service.d/ota-test-watchdog.conf"
   # The journal on the console too, so the serial log shows the agent.
   mkdir -p "$root/etc/systemd/journald.conf.d"
   printf '[Journal]\nForwardToConsole=yes\nMaxLevelConsole=info\nStorage=volatile\n' \

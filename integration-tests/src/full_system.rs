@@ -101,8 +101,13 @@ fn run(command: &mut Command) -> anyhow::Result<String> {
 /// (mmdebstrap) and reused while its recipe is unchanged.
 pub fn rootfs(board: Board) -> anyhow::Result<PathBuf> {
     static TREES: [OnceLock<Result<PathBuf, String>>; 2] = [OnceLock::new(), OnceLock::new()];
+    // Boards may share a tree (same recipe, same cache entry): one build at
+    // a time, so the second board finds the first one's finished tree
+    // instead of building it again into the same directory.
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     TREES[board as usize]
         .get_or_init(|| {
+            let _one_build = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
             let cache = target_dir().map_err(|e| e.to_string())?.join("full-system");
             let out = run(Command::new(board.builder()).arg("rootfs").arg(&cache))
                 .map_err(|e| format!("building the root filesystem: {e:#}"))?;
@@ -166,8 +171,9 @@ b = "/dev/sda3"
 checkpoint_bytes = 8388608
 checkpoint_interval_ms = 2000
 
-# Longer than systemd's WatchdogSec (120 s) plus RestartSec (30 s): a hung
-# agent is systemd's to restart; the hardware resets a hung system.
+# Longer than systemd's WatchdogSec plus RestartSec (120 s + 30 s shipped,
+# 30 s + 2 s in the test boards' drop-in): a hung agent is systemd's to
+# restart; the hardware resets a hung system.
 [watchdog]
 device = "/dev/watchdog"
 timeout_secs = 240

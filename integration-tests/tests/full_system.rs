@@ -63,6 +63,8 @@ struct Rig {
     published: usize,
     /// Slot images by version, and their sha256.
     images: Vec<(String, PathBuf, String)>,
+    /// When the scenario started (image builds included), for its wall time.
+    started: Instant,
     _slot: Slot,
 }
 
@@ -92,6 +94,7 @@ impl Rig {
         published: usize,
     ) -> anyhow::Result<Rig> {
         let slot = Slot::take();
+        let started = Instant::now();
         let dir = fs::run_dir(name)?;
         let repo = Repo::init(&dir.join("repo"), &[])?;
         let server = Server::start(&dir.join("server"))?;
@@ -135,6 +138,11 @@ impl Rig {
         let disk = dir.join("disk.img");
         fs::build_disk(board, &images[0].1, slot_mib, &disk)?;
         let machine = Machine::new(&dir.join("m"), &disk)?;
+        eprintln!(
+            "{name}: {} slot images signed and published, disk built, in {:.0?}",
+            images.len(),
+            started.elapsed()
+        );
         Ok(Rig {
             board,
             dir,
@@ -145,6 +153,7 @@ impl Rig {
             slot_mib,
             published: published + 1,
             images,
+            started,
             _slot: slot,
         })
     }
@@ -326,9 +335,20 @@ impl Rig {
     /// target/full-system/logs/ and says where; on success frees the disk space.
     fn finish(self, name: &str, result: anyhow::Result<()>) -> anyhow::Result<()> {
         let Rig {
-            dir, mut machine, ..
+            dir,
+            mut machine,
+            started,
+            board,
+            ..
         } = self;
         machine.cut_power();
+        eprintln!(
+            "full-system {name} ({}): {} in {:.0?} (image builds included), {} power-ons",
+            board.name(),
+            if result.is_ok() { "passed" } else { "FAILED" },
+            started.elapsed(),
+            machine.power_ons
+        );
         match result {
             Ok(()) => {
                 let _ = std::fs::remove_dir_all(&dir);
