@@ -37,17 +37,23 @@ packages=systemd,systemd-sysv,linux-image-amd64,iproute2
 bootloader="${OTA_BOARD_BOOTLOADER:-grub}"
 packages+=,systemd-boot
 
-# The kernel modules the board has (AHCI disk, virtio network, the i6300esb
-# watchdog, ext4 and the ESP's FAT, the network stack); the rest go. A
-# device maker ships a tailored kernel; this keeps the slot image (which is
-# what every update downloads) small.
-keep_modules='^(arch|crypto|lib|block|mm|virt)/|^fs/(ext4|jbd2|mbcache|fat|nls|autofs|efivarfs)/|^drivers/(ata|block|virtio|watchdog|char|acpi|pci|base|firmware)/|^drivers/scsi/(sd_mod|scsi_mod|sg|scsi_common|scsi_transport)|^drivers/net/(virtio_net|net_failover)|^net/(core|ipv4|ipv6|packet|unix)/'
+# The kernel modules the board loads, by name (AHCI disk, ext4 and crc32c,
+# the ESP's FAT and its code pages, efivarfs, virtio network, the i6300esb
+# watchdog, autofs4 for systemd), and what they depend on; the other ~500
+# go. A device maker ships a tailored kernel; this keeps the slot image
+# (which every update downloads, writes, reads back and hashes, slowly
+# under emulation) small, and udev has less to load at boot.
+board_modules='ahci sd_mod ext4 crc32c_intel crc32c_generic vfat nls_cp437 nls_ascii nls_utf8 efivarfs virtio_net virtio_pci i6300esb autofs4'
 
-# Files an installed read-only slot never uses: perl (initramfs-tools needed
-# it at build time), iconv's charsets, udev's hardware database.
+# Files an installed read-only slot never uses: perl (initramfs-tools and
+# debconf needed it at build time), iconv's charsets, udev's hardware
+# database, the packages' documentation.
 drop_files=(
   usr/lib/x86_64-linux-gnu/perl usr/share/perl usr/lib/x86_64-linux-gnu/gconv
   usr/lib/udev/hwdb.bin var/cache/debconf var/lib/apt/lists
+  usr/bin/perl usr/bin/perl5.36.0 usr/lib/x86_64-linux-gnu/perl-base
+  usr/lib/x86_64-linux-gnu/libperl.so.5.36 usr/lib/x86_64-linux-gnu/libperl.so.5.36.0
+  usr/share/perl5 usr/share/doc
 )
 
 say() { printf '==> %s\n' "$*" >&2; }
@@ -58,7 +64,7 @@ cmd_rootfs() {
   # Keyed by the recipe alone, so editing the board's settings below does
   # not rebuild the tree.
   hash="$({
-    echo "$packages" "$keep_modules" "${drop_files[*]}"
+    echo "$packages" "$board_modules" "${drop_files[*]}"
     declare -f cmd_rootfs
   } | sha256sum | cut -c1-16)"
   local tree="$cache/rootfs-$hash"
@@ -79,11 +85,17 @@ cmd_rootfs() {
     --dpkgopt='path-exclude=/usr/share/info/*' \
     --setup-hook='mkdir -p "$1/etc/initramfs-tools/conf.d"; echo MODULES=list > "$1/etc/initramfs-tools/conf.d/ota-board"; printf "ahci\nsd_mod\next4\n" > "$1/etc/initramfs-tools/modules"' \
     bookworm "$tree.tmp" "$mirror" >&2
-  local kdir
+  local kdir kver keep
   for kdir in "$tree.tmp"/usr/lib/modules/*; do
-    (cd "$kdir/kernel" && find . -name '*.ko*' | sed 's|^\./||' | grep -Ev "$keep_modules" | xargs -r rm -f)
+    kver="$(basename "$kdir")"
+    # Paths under kernel/ of the board's modules and their dependencies.
+    # shellcheck disable=SC2086 # one argument per module name
+    keep="$(chroot "$tree.tmp" modprobe -S "$kver" --show-depends -a $board_modules |
+      awk '$1 == "insmod" { sub(".*/kernel/", "", $2); print $2 }' | sort -u)"
+    [ -n "$keep" ] || { echo "no kernel modules of the board found in $kdir" >&2; exit 1; }
+    (cd "$kdir/kernel" && find . -name '*.ko*' | sed 's|^\./||' | grep -vxF "$keep" | xargs -r rm -f)
     find "$kdir/kernel" -type d -empty -delete
-    chroot "$tree.tmp" depmod "$(basename "$kdir")"
+    chroot "$tree.tmp" depmod "$kver"
   done
   local f
   for f in "${drop_files[@]}"; do rm -rf "${tree:?}.tmp/$f"; done
@@ -186,10 +198,10 @@ cmd_slot() {
   cp -al "$rootfs/." "$stage/"
   rm -f "$stage/.complete"
   board_settings "$stage"
-  # Without debug info: a debug build is mostly DWARF, and the slot image is
-  # what every update downloads.
+  # Without debug info and symbols: a debug build is mostly DWARF, and the
+  # slot image is what every update downloads.
   mkdir -p "$stage/usr/bin"
-  strip --strip-debug -o "$stage/usr/bin/ota-agent" "$agent"
+  strip --strip-all -o "$stage/usr/bin/ota-agent" "$agent"
   chmod 0755 "$stage/usr/bin/ota-agent"
   # The units, installed and enabled the way a Debian package would.
   local unit
@@ -205,12 +217,19 @@ cmd_slot() {
     mkdir -p "$(dirname "$stage/$rel")"
     cp -a "$overlay/$rel" "$stage/$rel"
   done < <(cd "$overlay" && find . \( -type f -o -type l \) -printf '%P\0')
-  local kib
-  kib="$(du -sk "$stage" | cut -f1)"
-  # Room for ext4's own structures, no more: the image is what devices download.
-  kib=$((kib + kib / 8 + 16384))
+  # The image is what devices download, write, read back and hash: sized to
+  # the content in 4 KiB blocks (counted here, not by du: the host's file
+  # system may allocate differently), one inode per file plus a few, no
+  # reserved blocks (the slot is read-only), and room for ext4's own
+  # structures: 1/32 and 4 MiB (a few MiB are left free).
+  local kib files
+  kib="$(find "$stage" -printf '%y %s\n' |
+    awk '$1 == "f" || $1 == "d" { k += int(($2 + 4095) / 4096) * 4 } $1 == "l" && $2 > 59 { k += 4 } END { print k }')"
+  files="$(find "$stage" | wc -l)"
+  kib=$((kib + kib / 32 + files / 4 + 4096))
   rm -f "$out"
-  mke2fs -q -F -t ext4 -O ^has_journal -L rootfs -d "$stage" "$out" "${kib}k" >/dev/null
+  mke2fs -q -F -t ext4 -b 4096 -m 0 -N $((files + 1024)) -O ^has_journal -L rootfs \
+    -d "$stage" "$out" "${kib}k" >/dev/null
 }
 
 cmd_disk() {
