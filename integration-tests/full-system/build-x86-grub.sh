@@ -29,26 +29,31 @@ mirror="${OTA_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 packages=systemd,systemd-sysv,linux-image-amd64,iproute2
 
 # Board 2 (build-x86-sdboot.sh) runs this script's rootfs and slot commands
-# with OTA_BOARD_BOOTLOADER=systemd-boot: the same recipe plus Debian's
-# systemd-boot package, which ships systemd-bless-boot and its generator
-# (Debian 12's systemd does not), and two settings (see board_settings).
-# Its tree is cached apart (the package list is part of the cache key).
+# with OTA_BOARD_BOOTLOADER=systemd-boot; its slots differ in two settings
+# (see board_settings). It needs Debian's systemd-boot package, which ships
+# systemd-bless-boot and its generator (Debian 12's systemd does not). Both
+# boards share one tree, so a test run builds one: on board 1 the generator
+# finds no LoaderBootCountPath (GRUB sets none) and does nothing.
 bootloader="${OTA_BOARD_BOOTLOADER:-grub}"
-if [ "$bootloader" = systemd-boot ]; then
-  packages+=,systemd-boot
-fi
+packages+=,systemd-boot
 
-# The kernel modules the board has (AHCI disk, virtio network, the i6300esb
-# watchdog, ext4 and the ESP's FAT, the network stack); the rest go. A
-# device maker ships a tailored kernel; this keeps the slot image (which is
-# what every update downloads) small.
-keep_modules='^(arch|crypto|lib|block|mm|virt)/|^fs/(ext4|jbd2|mbcache|fat|nls|autofs|efivarfs)/|^drivers/(ata|block|virtio|watchdog|char|acpi|pci|base|firmware)/|^drivers/scsi/(sd_mod|scsi_mod|sg|scsi_common|scsi_transport)|^drivers/net/(virtio_net|net_failover)|^net/(core|ipv4|ipv6|packet|unix)/'
+# The kernel modules the board loads, by name (AHCI disk, ext4 and crc32c,
+# the ESP's FAT and its code pages, efivarfs, virtio network, the i6300esb
+# watchdog, autofs4 for systemd), and what they depend on; the other ~500
+# go. A device maker ships a tailored kernel; this keeps the slot image
+# (which every update downloads, writes, reads back and hashes, slowly
+# under emulation) small, and udev has less to load at boot.
+board_modules='ahci sd_mod ext4 crc32c_intel crc32c_generic vfat nls_cp437 nls_ascii nls_utf8 efivarfs virtio_net virtio_pci i6300esb autofs4'
 
-# Files an installed read-only slot never uses: perl (initramfs-tools needed
-# it at build time), iconv's charsets, udev's hardware database.
+# Files an installed read-only slot never uses: perl (initramfs-tools and
+# debconf needed it at build time), iconv's charsets, udev's hardware
+# database, the packages' documentation.
 drop_files=(
   usr/lib/x86_64-linux-gnu/perl usr/share/perl usr/lib/x86_64-linux-gnu/gconv
   usr/lib/udev/hwdb.bin var/cache/debconf var/lib/apt/lists
+  usr/bin/perl usr/bin/perl5.36.0 usr/lib/x86_64-linux-gnu/perl-base
+  usr/lib/x86_64-linux-gnu/libperl.so.5.36 usr/lib/x86_64-linux-gnu/libperl.so.5.36.0
+  usr/share/perl5 usr/share/doc
 )
 
 say() { printf '==> %s\n' "$*" >&2; }
@@ -59,7 +64,7 @@ cmd_rootfs() {
   # Keyed by the recipe alone, so editing the board's settings below does
   # not rebuild the tree.
   hash="$({
-    echo "$packages" "$keep_modules" "${drop_files[*]}"
+    echo "$packages" "$board_modules" "${drop_files[*]}"
     declare -f cmd_rootfs
   } | sha256sum | cut -c1-16)"
   local tree="$cache/rootfs-$hash"
@@ -80,11 +85,17 @@ cmd_rootfs() {
     --dpkgopt='path-exclude=/usr/share/info/*' \
     --setup-hook='mkdir -p "$1/etc/initramfs-tools/conf.d"; echo MODULES=list > "$1/etc/initramfs-tools/conf.d/ota-board"; printf "ahci\nsd_mod\next4\n" > "$1/etc/initramfs-tools/modules"' \
     bookworm "$tree.tmp" "$mirror" >&2
-  local kdir
+  local kdir kver keep
   for kdir in "$tree.tmp"/usr/lib/modules/*; do
-    (cd "$kdir/kernel" && find . -name '*.ko*' | sed 's|^\./||' | grep -Ev "$keep_modules" | xargs -r rm -f)
+    kver="$(basename "$kdir")"
+    # Paths under kernel/ of the board's modules and their dependencies.
+    # shellcheck disable=SC2086 # one argument per module name
+    keep="$(chroot "$tree.tmp" modprobe -S "$kver" --show-depends -a $board_modules |
+      awk '$1 == "insmod" { sub(".*/kernel/", "", $2); print $2 }' | sort -u)"
+    [ -n "$keep" ] || { echo "no kernel modules of the board found in $kdir" >&2; exit 1; }
+    (cd "$kdir/kernel" && find . -name '*.ko*' | sed 's|^\./||' | grep -vxF "$keep" | xargs -r rm -f)
     find "$kdir/kernel" -type d -empty -delete
-    chroot "$tree.tmp" depmod "$(basename "$kdir")"
+    chroot "$tree.tmp" depmod "$kver"
   done
   local f
   for f in "${drop_files[@]}"; do rm -rf "${tree:?}.tmp/$f"; done
@@ -154,11 +165,23 @@ TTYPath=/dev/ttyS1
 TTYReset=yes
 Restart=always
 RestartSec=1
+# An interactive sh ignores SIGTERM: without this every shutdown would wait
+# DefaultTimeoutStopSec (90 s) for it, in every reboot of every test.
+KillSignal=SIGKILL
 
 [Install]
 WantedBy=multi-user.target
 EOF
   chroot "$root" systemctl enable ota-test-shell.service >/dev/null 2>&1
+  # For the tests only: systemd declares the agent hung after 30 s without a
+  # WATCHDOG=1 (it sends one every 15 s, also while streaming an image) and
+  # restarts it 2 s later, where the shipped unit waits 120 s and 30 s; the
+  # hung-agent test then waits ~35 s instead of ~150 s. What it proves (a
+  # stopped agent is killed, restarted and resumes) does not depend on the
+  # numbers, and the hardware watchdog (agent.toml, 240 s) still outlasts them.
+  mkdir -p "$root/etc/systemd/system/ota-agent.service.d"
+  printf '[Service]\nWatchdogSec=30\nRestartSec=2\n' \
+    >"$root/etc/systemd/system/ota-agent.service.d/ota-test-watchdog.conf"
   # The journal on the console too, so the serial log shows the agent.
   mkdir -p "$root/etc/systemd/journald.conf.d"
   printf '[Journal]\nForwardToConsole=yes\nMaxLevelConsole=info\nStorage=volatile\n' \
@@ -175,10 +198,10 @@ cmd_slot() {
   cp -al "$rootfs/." "$stage/"
   rm -f "$stage/.complete"
   board_settings "$stage"
-  # Without debug info: a debug build is mostly DWARF, and the slot image is
-  # what every update downloads.
+  # Without debug info and symbols: a debug build is mostly DWARF, and the
+  # slot image is what every update downloads.
   mkdir -p "$stage/usr/bin"
-  strip --strip-debug -o "$stage/usr/bin/ota-agent" "$agent"
+  strip --strip-all -o "$stage/usr/bin/ota-agent" "$agent"
   chmod 0755 "$stage/usr/bin/ota-agent"
   # The units, installed and enabled the way a Debian package would.
   local unit
@@ -194,12 +217,19 @@ cmd_slot() {
     mkdir -p "$(dirname "$stage/$rel")"
     cp -a "$overlay/$rel" "$stage/$rel"
   done < <(cd "$overlay" && find . \( -type f -o -type l \) -printf '%P\0')
-  local kib
-  kib="$(du -sk "$stage" | cut -f1)"
-  # Room for ext4's own structures, no more: the image is what devices download.
-  kib=$((kib + kib / 8 + 16384))
+  # The image is what devices download, write, read back and hash: sized to
+  # the content in 4 KiB blocks (counted here, not by du: the host's file
+  # system may allocate differently), one inode per file plus a few, no
+  # reserved blocks (the slot is read-only), and room for ext4's own
+  # structures: 1/32 and 4 MiB (a few MiB are left free).
+  local kib files
+  kib="$(find "$stage" -printf '%y %s\n' |
+    awk '$1 == "f" || $1 == "d" { k += int(($2 + 4095) / 4096) * 4 } $1 == "l" && $2 > 59 { k += 4 } END { print k }')"
+  files="$(find "$stage" | wc -l)"
+  kib=$((kib + kib / 32 + files / 4 + 4096))
   rm -f "$out"
-  mke2fs -q -F -t ext4 -O ^has_journal -L rootfs -d "$stage" "$out" "${kib}k" >/dev/null
+  mke2fs -q -F -t ext4 -b 4096 -m 0 -N $((files + 1024)) -O ^has_journal -L rootfs \
+    -d "$stage" "$out" "${kib}k" >/dev/null
 }
 
 cmd_disk() {

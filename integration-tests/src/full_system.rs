@@ -207,8 +207,9 @@ fn run(command: &mut Command) -> anyhow::Result<String> {
 /// The cached Debian tree every slot of `board` starts from: built once
 /// (mmdebstrap) and reused while its recipe is unchanged.
 pub fn rootfs<B: ReferenceBoard>(board: B) -> anyhow::Result<PathBuf> {
-    // By build script and board (one script builds boards 1 and 2); held
-    // while building, so concurrent tests wait for one build.
+    // By build script and board (one script, one cached tree for boards 1
+    // and 2); held while building, so concurrent tests wait for one build
+    // and the second board finds the first one's finished tree.
     type Trees = Mutex<HashMap<String, Result<PathBuf, String>>>;
     static TREES: OnceLock<Trees> = OnceLock::new();
     let mut trees = TREES
@@ -281,8 +282,9 @@ b = "{slot_b}"
 checkpoint_bytes = 8388608
 checkpoint_interval_ms = 2000
 
-# Longer than systemd's WatchdogSec (120 s) plus RestartSec (30 s): a hung
-# agent is systemd's to restart; the hardware resets a hung system.
+# Longer than systemd's WatchdogSec plus RestartSec (120 s + 30 s shipped,
+# 30 s + 2 s in the test boards' drop-in): a hung agent is systemd's to
+# restart; the hardware resets a hung system.
 [watchdog]
 device = "/dev/watchdog"
 timeout_secs = 240
