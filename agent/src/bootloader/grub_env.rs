@@ -252,16 +252,8 @@ pub fn write_file(path: &Path, env: &GrubEnv) -> Result<(), GrubEnvError> {
         path: path.to_owned(),
         source,
     };
-    ota_common::atomic::write_atomic(path, &bytes).map_err(io)?;
-    // On FAT (the ESP, where GRUB's block usually lives) a file's directory
-    // entry is its inode: after the rename, fsync of the directory does not
-    // write the moved entry, while the old file's cluster is already free in
-    // the FAT. A power cut then leaves grubenv pointing at a free cluster and
-    // GRUB falls back to its defaults (seen in the full-system power-cut
-    // test). Syncing the file under its final name writes that entry.
-    std::fs::File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(io)
+    // GRUB's block usually lives on the ESP: FAT.
+    ota_common::atomic::write_atomic_fat(path, &bytes).map_err(io)
 }
 
 #[cfg(test)]

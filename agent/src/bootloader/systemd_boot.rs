@@ -330,7 +330,7 @@ impl SystemdBootBootloader {
         }
         let from = self.entries_dir.join(&entry.file_name);
         let to = self.entries_dir.join(&new);
-        ota_common::atomic::rename_durable(&from, &to).map_err(|source| BootError::Io {
+        ota_common::atomic::rename_durable_fat(&from, &to).map_err(|source| BootError::Io {
             path: from.clone(),
             source,
         })?;
@@ -384,7 +384,7 @@ impl SystemdBootBootloader {
         if new == text {
             return Ok(());
         }
-        ota_common::atomic::write_atomic(&self.loader_conf, new.as_bytes()).map_err(|source| {
+        ota_common::atomic::write_atomic_fat(&self.loader_conf, new.as_bytes()).map_err(|source| {
             BootError::Io {
                 path: self.loader_conf.clone(),
                 source,
