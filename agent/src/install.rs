@@ -69,7 +69,7 @@ impl InstallError {
 
 /// Network failures worth another try: the connection broke, timed out, or
 /// the server had a (5xx) problem. A 404 or an oversized answer is not.
-fn is_transient(e: &TufError) -> bool {
+pub(crate) fn is_transient(e: &TufError) -> bool {
     match e {
         TufError::Fetch { error, .. } => match error {
             FetchError::Transport(_) => true,

@@ -32,7 +32,6 @@
 use super::DeltaPlan;
 use crate::source::FileFetch;
 use ota_common::delta;
-use ota_common::tuf::{FetchError, TufError};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
@@ -241,14 +240,10 @@ fn produce(shared: &Shared, files: &dyn FileFetch, index: usize) -> ChunkResult 
     let compressed = files
         .fetch(&rel, u64::from(chunk.compressed_length))
         .map_err(|e| {
-            let transient = matches!(
-                &e,
-                TufError::Fetch {
-                    error: FetchError::Transport(_),
-                    ..
-                }
-            ) || matches!(&e, TufError::Fetch { error: FetchError::Http { status }, .. } if *status >= 500);
-            if transient {
+            // The same judgement as a full image's stream: a 408 or 429
+            // from a CDN is a wait and a retry, not a reason to download
+            // the whole image instead.
+            if crate::install::is_transient(&e) {
                 ChunkError::Transient(format!("fetching chunk {rel}: {e}"))
             } else {
                 ChunkError::Refused(format!("chunk store: {e}"))
