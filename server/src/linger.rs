@@ -9,7 +9,8 @@
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::header::CONTENT_LENGTH;
+use axum::http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
@@ -65,41 +66,73 @@ impl http_body::Body for SharedBody {
 
 /// Middleware: for a request that declares a body of at most
 /// [`LINGER_MAX_BYTES`], drain whatever the handler left unread when the
-/// answer is an error. Requests without a declared length (and GETs) pass
-/// through untouched: streamed uploads have their own limits, and the
-/// repository's reads carry no body.
+/// answer is an error. A refused body that is not drained (larger, of no
+/// declared length, or still arriving when the linger ends) gets
+/// `Connection: close` on its refusal, as nginx does: the server is about to
+/// close that connection, and a client that put it back in its pool would
+/// lose its next request on it. Requests without a body (the repository's
+/// reads) pass through untouched, keep-alive and all.
 pub async fn drain_refused_bodies(request: Request, next: Next) -> Response {
     let declared = request
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let Some(declared) = declared.filter(|n| (1..=LINGER_MAX_BYTES).contains(n)) else {
+    let has_body =
+        declared.is_some_and(|n| n > 0) || request.headers().contains_key(TRANSFER_ENCODING);
+    if !has_body {
         return next.run(request).await;
+    }
+    let Some(declared) = declared.filter(|n| *n <= LINGER_MAX_BYTES) else {
+        let mut response = next.run(request).await;
+        if is_refusal(&response) {
+            close_after(&mut response);
+        }
+        return response;
     };
     let (parts, body) = request.into_parts();
     let shared = SharedBody(Arc::new(Mutex::new(body)));
-    let response = next
+    let mut response = next
         .run(Request::from_parts(parts, Body::new(shared.clone())))
         .await;
-    if response.status().is_client_error() || response.status().is_server_error() {
-        drain(shared, declared).await;
+    if is_refusal(&response) && !drain(shared, declared).await {
+        close_after(&mut response);
     }
     response
 }
 
-async fn drain(mut body: SharedBody, declared: u64) {
+fn is_refusal(response: &Response) -> bool {
+    response.status().is_client_error() || response.status().is_server_error()
+}
+
+fn close_after(response: &mut Response) {
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+}
+
+/// Reads and discards the rest of a refused body; true when it ended within
+/// the declared length and [`LINGER_TIME`], so the connection can be reused.
+async fn drain(mut body: SharedBody, declared: u64) -> bool {
     let read_rest = async {
         let mut seen = 0u64;
-        while let Some(Ok(frame)) = body.frame().await {
-            if let Some(data) = frame.data_ref() {
-                seen += data.len() as u64;
-            }
-            // A client sending more than it declared is not owed a linger.
-            if seen > declared {
-                break;
+        loop {
+            match body.frame().await {
+                None => return true,
+                Some(Err(_)) => return false,
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        seen += data.len() as u64;
+                    }
+                    // A client sending more than it declared is not owed a linger.
+                    if seen > declared {
+                        return false;
+                    }
+                }
             }
         }
     };
-    let _ = tokio::time::timeout(LINGER_TIME, read_rest).await;
+    tokio::time::timeout(LINGER_TIME, read_rest)
+        .await
+        .unwrap_or(false)
 }

@@ -201,6 +201,13 @@ async fn oversized_and_truncated_uploads_store_nothing() {
         .await
         .expect("put");
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // Too large to drain: the refusal says the connection ends with it, so
+    // the client does not pool a connection the server is closing (the
+    // report below was once lost on it).
+    assert_eq!(
+        resp.headers().get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..])
+    );
     // The server refuses from the Content-Length, before reading the body,
     // then reads and discards the rest (a lingering close), so a client
     // still sending always gets to read the 413 instead of a reset.
@@ -212,8 +219,10 @@ async fn oversized_and_truncated_uploads_store_nothing() {
             .body(vec![b' '; 1024 * 1024])
             .send()
             .await
-            .unwrap_or_else(|e| panic!("attempt {attempt}: the 413 was lost: {e}"));
+            .unwrap_or_else(|e| panic!("attempt {attempt}: the 413 was lost: {e:?}"));
         assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        // Drained, so the connection stays open for the next request.
+        assert_eq!(resp.headers().get("connection"), None);
     }
 
     // The server noticed the hang-up and removed the partial upload.
