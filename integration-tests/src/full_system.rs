@@ -237,6 +237,9 @@ pub enum Behaviour {
     FailsHealthCheck,
     /// Its init exits at once: the kernel panics (and resets, `panic=5`).
     KernelPanics,
+    /// Its init arms the hardware watchdog (i6300esb, 10 s) and hangs:
+    /// only the watchdog can reset the machine.
+    HangsWithWatchdogArmed,
 }
 
 /// Everything a release's slot image carries that differs per run: the
@@ -305,6 +308,23 @@ timeout_secs = 60
     )
 }
 
+/// The init of a release that hangs with the hardware watchdog armed, as a
+/// release whose init deadlocks after its kernel started the watchdog
+/// would. The reset that follows can only come from the watchdog: nothing
+/// panics and nothing else runs. Opening the device starts its timer
+/// (initramfs-tools has moved /dev, /proc and /sys onto the root by now).
+pub const HANGING_INIT: &str = "#!/bin/sh
+modprobe i6300esb heartbeat=10
+for i in 1 2 3 4 5; do [ -c /dev/watchdog ] && break; sleep 1; done
+if [ ! -c /dev/watchdog ]; then echo 'release init: no /dev/watchdog'; exit 1; fi
+exec 3>/dev/watchdog
+echo 'release init: watchdog armed, hanging'
+while :; do sleep 3600; done
+";
+
+/// What [`HANGING_INIT`] prints once the watchdog is armed.
+pub const HANGING_INIT_ARMED: &str = "release init: watchdog armed, hanging";
+
 /// Builds the slot image of one release into `out`.
 pub fn build_slot<B: ReferenceBoard>(
     spec: &SlotSpec<B>,
@@ -321,11 +341,17 @@ pub fn build_slot<B: ReferenceBoard>(
         overlay.join("etc/ota-release"),
         format!("{}\n", spec.version),
     )?;
-    if spec.behaviour == Behaviour::KernelPanics {
-        // usr/sbin/init (sbin is a link to it): an init that exits at once.
+    // usr/sbin/init (sbin is a link to it) replaced: a release that never
+    // comes up.
+    let broken_init = match spec.behaviour {
+        Behaviour::KernelPanics => Some("#!/bin/sh\necho 'release init: exiting'\nexit 1\n"),
+        Behaviour::HangsWithWatchdogArmed => Some(HANGING_INIT),
+        Behaviour::Healthy | Behaviour::FailsHealthCheck => None,
+    };
+    if let Some(script) = broken_init {
         let init = overlay.join("usr/sbin/init");
         std::fs::create_dir_all(init.parent().context("init has a parent")?)?;
-        std::fs::write(&init, "#!/bin/sh\necho 'release init: exiting'\nexit 1\n")?;
+        std::fs::write(&init, script)?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755))?;
     }

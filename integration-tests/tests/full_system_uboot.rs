@@ -11,7 +11,7 @@
 
 use anyhow::{bail, ensure, Context};
 use integration_tests::full_system::{
-    self as fs, Arm64UBoot, Behaviour, Machine, ReferenceBoard, SlotSpec,
+    self as fs, Arm64UBoot, Behaviour, Machine, ReferenceBoard, SlotSpec, HANGING_INIT_ARMED,
 };
 use integration_tests::repo::Repo;
 use integration_tests::server::Server;
@@ -659,6 +659,49 @@ fn uboot_release_whose_kernel_panics_rolls_back_to_a() -> anyhow::Result<()> {
             );
             ensure!(rig.machine.booted_slot(BOOT)? == "A", "not back on slot A");
             ensure_b_marked_bad(rig)?;
+            Ok(())
+        },
+    )
+}
+
+/// 1.1.0's init arms the i6300esb on virt's PCI bus and hangs: only the
+/// watchdog resets the machine. The boot script had saved B's spent try,
+/// so the boot after the reset finds none left and boots A.
+#[test]
+fn uboot_release_whose_init_hangs_is_reset_by_the_watchdog() -> anyhow::Result<()> {
+    scenario(
+        "uboot-watchdog",
+        &[("1.1.0", Behaviour::HangsWithWatchdogArmed)],
+        |rig| {
+            let started = Instant::now();
+            rig.machine.power_on()?;
+            let rolled = rig.wait_event(UpdateStatus::RolledBack, "1.1.0", UPDATE)?;
+            let console = rig.machine.console();
+            let Some(armed) = console.find(HANGING_INIT_ARMED) else {
+                bail!("slot B's init never armed the watchdog");
+            };
+            ensure!(
+                !console.contains("Kernel panic"),
+                "a panic, not the watchdog, reset the machine"
+            );
+            ensure!(
+                console[armed..]
+                    .lines()
+                    .map(str::trim_end)
+                    .any(|l| l.starts_with("OTA: booting slot A (") && l.ends_with("B left 0)")),
+                "after the watchdog's reset U-Boot's script should have found B's try spent and booted A"
+            );
+            ensure!(
+                rolled.reason.is_some(),
+                "the rollback report gives no reason: {rolled:?}"
+            );
+            ensure!(rig.machine.booted_slot(BOOT)? == "A", "not back on slot A");
+            ensure_b_marked_bad(rig)?;
+            eprintln!(
+                "uboot watchdog: rolled back {:?} after power-on ({:?})",
+                started.elapsed(),
+                rolled.reason
+            );
             Ok(())
         },
     )
