@@ -1,8 +1,9 @@
 //! The one-pass streaming install: every chunk is checked by the stream
-//! verifier (signed length enforced as bytes arrive) *before* it is written,
-//! and each range is fsynced, then read back from storage and verified
-//! again, by a follower thread. Memory use is two fixed buffers (the
-//! stream's chunk and the read-back's), whatever the image size; a
+//! verifier (signed length enforced as bytes arrive) *before* it is handed
+//! to the writer thread, and each range is fsynced, then read back from
+//! storage and verified again, by a follower thread. Memory use is three
+//! fixed buffers (two chunks, one being filled while the other is
+//! written, and the read-back's), whatever the image size; a
 //! compressed release adds its decoder's window, bounded by
 //! `download.max_decompression_window` (`install/compressed.rs`).
 
@@ -206,12 +207,17 @@ const FLUSH_EVERY: u64 = 8 * 1024 * 1024;
 /// request from the last written byte when the network fails (bounded
 /// retries, exponential backoff with jitter).
 ///
-/// Two threads: this one receives, checks and writes; a follower makes
-/// what was written durable (fdatasync), reports each durable offset back,
-/// and reads back from storage and hashes the range it just made durable
-/// (`slot::ReadBack`). A checkpoint (every `checkpoint_every` bytes, at
-/// most once per `checkpoint_interval`) waits for the follower to report
-/// its offset durable before the caller records it, so it never names bytes
+/// Three threads, each on its own resource: this one receives, checks
+/// (length and digests) and hands each full chunk to a writer thread,
+/// which writes it into the slot while the next chunk arrives; a follower
+/// makes what was written durable (fdatasync), reports each durable
+/// offset back, and reads back from storage and hashes the range it just
+/// made durable (`slot::ReadBack`). Written one after the other on one
+/// thread, receiving and hashing a chunk and writing it added up, where on
+/// two cores they can overlap (docs/BENCHMARKS.md, "Install at the speed
+/// of the disk"). A checkpoint (every `checkpoint_every` bytes, at most
+/// once per `checkpoint_interval`) waits for the follower to report its
+/// offset durable before the caller records it, so it never names bytes
 /// a power cut could take away; between checkpoints no fsync stalls the
 /// stream. After the last chunk: the final fsync, the rest of the
 /// read-back, and the whole slot's digest must match.
@@ -224,12 +230,17 @@ pub fn install<'r>(
         Some(payload) => compressed::resume_point(payload, job.resume_from),
         None => job.resume_from,
     };
-    let mut writer = SlotWriter::open_at(job.slot, job.booted, job.length, resume_from)?;
+    let writer = SlotWriter::open_at(job.slot, job.booted, job.length, resume_from)?;
     let mut read_back = writer.read_back(job.digests)?;
+    let prefix = rehash_resumed_prefix(job, hooks, &mut verifier, &writer)?;
     let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let (written_tx, written_rx) = mpsc::channel::<u64>();
         let (durable_tx, durable_rx) = mpsc::channel::<u64>();
+        if prefix > 0 {
+            // The resumed prefix is read back like the rest.
+            let _ = written_tx.send(prefix);
+        }
         let stop = &stop;
         let spawned = std::thread::Builder::new()
             .name("slot-follower".into())
@@ -278,40 +289,54 @@ pub fn install<'r>(
                 Ok::<_, SlotError>(read_back)
             });
         // Nothing is written yet when the system refuses a thread.
-        let follower = spawned.map_err(|e| {
+        let thread_error = |e| {
             InstallError::Slot(SlotError::Io {
                 slot: job.slot.id,
                 path: job.slot.path.clone(),
-                action: "starting the read-back thread",
+                action: "starting the install's threads",
                 source: e,
             })
-        })?;
-        let mut to_follower = Follower {
-            written: &written_tx,
-            durable: &durable_rx,
-            is_finished: &|| follower.is_finished(),
+        };
+        let follower = spawned.map_err(thread_error)?;
+        let (jobs_tx, jobs_rx) = mpsc::sync_channel::<WriteJob>(BUFFERS);
+        let (free_tx, free_rx) = mpsc::channel::<AlignedBuf>();
+        for _ in 0..BUFFERS {
+            let _ = free_tx.send(AlignedBuf::new(CHUNK));
+        }
+        let writing = std::thread::Builder::new()
+            .name("slot-writer".into())
+            .spawn_scoped(scope, move || {
+                write_behind(writer, jobs_rx, free_tx, written_tx)
+            });
+        // Refused: the closure, and with it the follower's channel, is
+        // dropped, so the follower ends too.
+        let writing = writing.map_err(thread_error)?;
+        let mut slot = SlotPipeline {
+            jobs: jobs_tx,
+            free: free_rx,
+            durable: durable_rx,
+            queued: prefix,
+            is_finished: &|| follower.is_finished() || writing.is_finished(),
         };
         let streamed = match job.payload {
-            None => stream(job, hooks, &mut verifier, &mut writer, &mut to_follower),
-            Some(payload) => compressed::stream(
-                job,
-                payload,
-                hooks,
-                &mut verifier,
-                &mut writer,
-                &mut to_follower,
-            ),
+            None => stream(job, hooks, &mut verifier, &mut slot),
+            Some(payload) => compressed::stream(job, payload, hooks, &mut verifier, &mut slot),
         };
-        if let Err(e) = streamed {
+        if streamed.is_err() {
+            // The stream's error is the one to tell; the others only wrote
+            // and read verified bytes.
             stop.store(true, Ordering::Relaxed);
-            drop(written_tx);
-            // The stream's error is the one to tell; the follower only read.
-            let _ = join(follower);
-            return Err(e);
         }
-        drop(written_tx);
-        // A read-back that failed midway (an I/O error) is told first.
-        let read_back = join(follower)?;
+        // The writer writes what is queued, then ends, and so does the
+        // follower once it has flushed and read back what was written.
+        drop(slot);
+        let wrote = join(writing);
+        let followed = join(follower);
+        streamed?;
+        // A failed write is told before a failed read-back: the read-back
+        // of a range that was never written is no news.
+        let writer = wrote?;
+        let read_back = followed?;
         verifier.finish()?;
         let written = writer.finish()?;
         crate::crashpoint::hit(crate::crashpoint::INSTALL_BEFORE_READ_BACK);
@@ -320,14 +345,81 @@ pub fn install<'r>(
     })
 }
 
-/// The stream's side of the channels to the follower thread.
-struct Follower<'a> {
-    /// Offsets written (not yet durable), for the follower to flush.
-    written: &'a mpsc::Sender<u64>,
+/// Chunks in the install at once: one being filled and checked while the
+/// other is written. Each is [`CHUNK`] bytes, allocated once per install.
+const BUFFERS: usize = 2;
+
+/// What the stream hands the writer thread, in order.
+enum WriteJob {
+    /// A checked chunk: write its first `usize` bytes at the slot's end.
+    Write(AlignedBuf, usize),
+    /// Ask the follower to make the slot durable up to this offset, once
+    /// every chunk queued before is written.
+    Flush(u64),
+}
+
+/// The writer thread: writes the chunks in the order they come, gives each
+/// buffer back, and passes flush requests on to the follower once the
+/// bytes they cover are written. Ends when the stream drops its side, or
+/// at the first failed write (its error is the install's); either way the
+/// follower's channel goes with it.
+fn write_behind(
+    mut writer: SlotWriter,
+    jobs: mpsc::Receiver<WriteJob>,
+    free: mpsc::Sender<AlignedBuf>,
+    written: mpsc::Sender<u64>,
+) -> Result<SlotWriter, SlotError> {
+    for job in jobs {
+        match job {
+            WriteJob::Write(buf, n) => {
+                writer.write_chunk(&buf[..n])?;
+                crate::crashpoint::hit(crate::crashpoint::DOWNLOAD_CHUNK_WRITTEN);
+                let _ = free.send(buf);
+            }
+            WriteJob::Flush(upto) => {
+                let _ = written.send(upto);
+            }
+        }
+    }
+    Ok(writer)
+}
+
+/// The stream's side of the writer and follower threads.
+struct SlotPipeline<'a> {
+    jobs: mpsc::SyncSender<WriteJob>,
+    /// Buffers back from the writer, ready to be filled again.
+    free: mpsc::Receiver<AlignedBuf>,
     /// Offsets the follower has made durable.
-    durable: &'a mpsc::Receiver<u64>,
-    /// True once the follower has stopped, which it does only on an error.
+    durable: mpsc::Receiver<u64>,
+    /// Bytes handed to the writer so far: the slot's length once they are
+    /// written.
+    queued: u64,
+    /// True once the writer or the follower has stopped early, which they
+    /// do only on an error.
     is_finished: &'a dyn Fn() -> bool,
+}
+
+impl SlotPipeline<'_> {
+    /// An empty buffer, once the writer has one to give back; `None` when
+    /// the writer has stopped (its error is the install's).
+    fn buffer(&self) -> Option<AlignedBuf> {
+        self.free.recv().ok()
+    }
+
+    /// Hands the first `n` bytes of `buf`, already checked against the
+    /// signed length and fed to the digests, to the writer.
+    fn write(&mut self, buf: AlignedBuf, n: usize) -> Go {
+        if self.jobs.send(WriteJob::Write(buf, n)).is_err() {
+            return Go::Stop;
+        }
+        self.queued += n as u64;
+        Go::On
+    }
+
+    /// Asks for everything queued so far to be made durable.
+    fn flush(&self) {
+        let _ = self.jobs.send(WriteJob::Flush(self.queued));
+    }
 }
 
 /// The follower's result; a panic in it is re-raised here, as a panic in
@@ -338,22 +430,19 @@ fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
-/// Streams the image from `verifier.len()` to its end into `writer`,
-/// handing written offsets to the follower to flush and recording
-/// checkpoints once it reports them durable. Returns early (Ok) when the
-/// follower has failed: its error is the install's.
+/// Streams the image from `verifier.len()` to its end into the slot,
+/// asking the follower to flush every so often and recording checkpoints
+/// once it reports them durable. Returns early (Ok) when the writer or the
+/// follower has failed: that error is the install's.
 fn stream<'r>(
     job: &Download<'_>,
     hooks: &mut dyn InstallHooks<'r>,
     verifier: &mut StreamVerifier,
-    writer: &mut SlotWriter,
-    follower: &mut Follower<'_>,
+    slot: &mut SlotPipeline<'_>,
 ) -> Result<(), InstallError> {
-    rehash_resumed_prefix(job, hooks, verifier, writer, follower)?;
-    let mut marks = Marks::new(writer.written());
-    // Aligned, and filled whole before each write, so every chunk but the
-    // image's last can go to the slot with O_DIRECT.
-    let mut buf = AlignedBuf::new(CHUNK);
+    let mut marks = Marks::new(slot.queued);
+    // A buffer kept for the retry after a broken chunk.
+    let mut spare: Option<AlignedBuf> = None;
     let mut reader: Option<Box<dyn Read + Send + 'r>> = None;
     let mut failures = 0u32;
     loop {
@@ -372,6 +461,11 @@ fn stream<'r>(
                 Err(e) => return Err(InstallError::Open(e)),
             },
         };
+        // Aligned, and filled whole before each write, so every chunk but
+        // the image's last can go to the slot with O_DIRECT.
+        let Some(mut buf) = spare.take().or_else(|| slot.buffer()) else {
+            return Ok(());
+        };
         let result = match fill(stream, &mut buf) {
             // A stream that ends early (connection closed cleanly) broke off like any other.
             Ok(0) if verifier.len() < job.length => Err(io::Error::new(
@@ -385,6 +479,7 @@ fn stream<'r>(
             Err(e) if failures < job.retry.retries => {
                 // Bytes of the broken chunk were neither hashed nor written:
                 // the next request starts right after the last written byte.
+                spare = Some(buf);
                 reader = None;
                 let delay = job.retry.delay(failures);
                 failures += 1;
@@ -400,36 +495,36 @@ fn stream<'r>(
         }
         failures = 0;
         // Checked against the signed length first: bytes beyond it never
-        // reach the slot. The write overlaps the chunk's sha512.
-        verifier.update_with(&buf[..n], |chunk| writer.write_chunk(chunk))??;
-        crate::crashpoint::hit(crate::crashpoint::DOWNLOAD_CHUNK_WRITTEN);
+        // reach the slot.
+        verifier.update(&buf[..n])?;
+        if slot.write(buf, n) == Go::Stop {
+            return Ok(());
+        }
         hooks.progress(verifier.len());
-        if marks.after_write(job, hooks, follower, writer.written(), true)? == Go::Stop {
+        if marks.after_write(job, hooks, slot, true)? == Go::Stop {
             return Ok(());
         }
     }
 }
 
 /// A resumed download first feeds the slot's bytes before the checkpoint
-/// to the image verifier, so the image is verified as a whole.
+/// to the image verifier, so the image is verified as a whole. Returns
+/// where the stream goes on.
 fn rehash_resumed_prefix<'r>(
     job: &Download<'_>,
     hooks: &mut dyn InstallHooks<'r>,
     verifier: &mut StreamVerifier,
     writer: &SlotWriter,
-    follower: &Follower<'_>,
-) -> Result<(), InstallError> {
+) -> Result<u64, InstallError> {
     let written = writer.written();
     if written > 0 {
         // Progress that stays at the checkpoint: the watchdog is fed, no
         // byte is counted twice.
         writer.rehash_prefix(verifier, &mut || hooks.progress(written))?;
-        tracing::info!(slot = %job.slot.id, offset = writer.written(), length = job.length,
+        tracing::info!(slot = %job.slot.id, offset = written, length = job.length,
             "resuming the download after the bytes already in the slot");
-        // The prefix is read back like the rest.
-        let _ = follower.written.send(writer.written());
     }
-    Ok(())
+    Ok(written)
 }
 
 /// Whether the stream goes on after a write.
@@ -457,32 +552,33 @@ impl Marks {
         }
     }
 
-    /// After `written` bytes are in the slot: a checkpoint when one is due
+    /// After each chunk handed to the writer: a checkpoint when one is due
     /// and `may_checkpoint` (a compressed stream can resume only at a frame
     /// boundary), else a flush request every [`FLUSH_EVERY`] bytes.
     fn after_write(
         &mut self,
         job: &Download<'_>,
         hooks: &mut dyn InstallHooks<'_>,
-        follower: &mut Follower<'_>,
-        written: u64,
+        slot: &mut SlotPipeline<'_>,
         may_checkpoint: bool,
     ) -> Result<Go, InstallError> {
+        let written = slot.queued;
         if may_checkpoint
             && written - self.last_checkpoint >= job.checkpoint_every
             && self.last_checkpoint_at.elapsed() >= job.checkpoint_interval
             && written < job.length
         {
-            // Durable first (the follower's fdatasync), recorded second: a
-            // checkpoint never names bytes a power cut could take away. The
-            // wait is short: the follower has been flushing all along.
-            let _ = follower.written.send(written);
+            // Written and durable first (the writer, then the follower's
+            // fdatasync), recorded second: a checkpoint never names bytes a
+            // power cut could take away. The wait is short: both have been
+            // working all along.
+            slot.flush();
             self.last_flush = written;
             loop {
-                match follower.durable.recv() {
+                match slot.durable.recv() {
                     Ok(durable) if durable >= written => break,
                     Ok(_) => continue,
-                    // The follower stopped, which it does only on an error.
+                    // The follower stopped: an error, or the writer's.
                     Err(_) => return Ok(Go::Stop),
                 }
             }
@@ -493,13 +589,14 @@ impl Marks {
             self.last_checkpoint_at = std::time::Instant::now();
         } else if written - self.last_flush >= FLUSH_EVERY && written < job.length {
             // The follower's flush covers the bytes written before this.
-            let _ = follower.written.send(written);
+            slot.flush();
             self.last_flush = written;
         }
         // Offsets flushed between checkpoints are of no further use here.
-        follower.durable.try_iter().for_each(drop);
-        if (follower.is_finished)() {
-            // The follower stops only on an error, which ends the install.
+        slot.durable.try_iter().for_each(drop);
+        if (slot.is_finished)() {
+            // The writer and the follower stop only on an error, which
+            // ends the install.
             return Ok(Go::Stop);
         }
         Ok(Go::On)
@@ -552,6 +649,31 @@ mod tests {
         .expect("install");
         assert_eq!(last, data.len() as u64);
         assert_eq!(std::fs::read(&s.b.path).expect("read"), data);
+        assert_eq!(std::fs::read(&s.a.path).expect("read"), b"running");
+    }
+
+    /// The writer thread's failure is the install's error, whichever chunk
+    /// it comes at, and nothing waits forever for a thread that is gone:
+    /// /dev/full refuses every write with ENOSPC.
+    #[test]
+    fn a_failed_write_ends_the_install_with_its_error() {
+        let (_d, s) = setup();
+        let full = Slots::new(s.a.path.clone(), "/dev/full".into(), None);
+        let data = vec![5u8; CHUNK * 4 + 10];
+        let err = install_stream(
+            &data[..],
+            data.len() as u64,
+            &digests_of(&data),
+            &full.b,
+            &full.a,
+            |_| {},
+        )
+        .expect_err("no space");
+        assert!(
+            matches!(&err, InstallError::Slot(SlotError::Io { action: "writing", source, .. })
+                if source.raw_os_error() == Some(nix::errno::Errno::ENOSPC as i32)),
+            "{err:?}"
+        );
         assert_eq!(std::fs::read(&s.a.path).expect("read"), b"running");
     }
 

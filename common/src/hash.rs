@@ -146,8 +146,7 @@ impl StreamVerifier {
     ///
     /// With both digests listed, a chunk of at least [`PARALLEL_MIN`]
     /// bytes and more than one CPU, sha512 runs on a second thread while
-    /// this one computes sha256 and then `alongside` (the install's write
-    /// into the slot). sha512 has no hardware support on most devices and
+    /// this one computes sha256 and then `alongside`. sha512 has no hardware support on most devices and
     /// costs about three times sha256 per byte, so on one thread it, not
     /// the disk, set the install's pace (docs/BENCHMARKS.md, "Install at
     /// the speed of the disk"). A scoped thread per chunk costs tens of

@@ -32,11 +32,10 @@
 //! allocated for it.
 
 use super::{
-    fill, is_transient, rehash_resumed_prefix, Download, Follower, Go, InstallError, InstallHooks,
-    Marks, RetryPolicy, CHUNK,
+    fill, is_transient, Download, Go, InstallError, InstallHooks, Marks, RetryPolicy, SlotPipeline,
 };
 use crate::crashpoint;
-use crate::slot::{AlignedBuf, SlotWriter};
+use crate::slot::AlignedBuf;
 use ota_common::hash::{Digests, StreamVerifier, VerifyError};
 use ota_common::payload::{Compressed, Encoding};
 use std::cell::RefCell;
@@ -55,17 +54,15 @@ pub(super) fn resume_point(payload: &Compressed, checkpoint: u64) -> u64 {
 
 type Hooks<'h, 'r> = RefCell<&'h mut dyn InstallHooks<'r>>;
 
-/// Streams the compressed target into `writer`, decoding on the way.
+/// Streams the compressed target into the slot, decoding on the way.
 pub(super) fn stream<'r>(
     job: &Download<'_>,
     payload: &Compressed,
     hooks: &mut dyn InstallHooks<'r>,
     image: &mut StreamVerifier,
-    writer: &mut SlotWriter,
-    follower: &mut Follower<'_>,
+    slot: &mut SlotPipeline<'_>,
 ) -> Result<(), InstallError> {
-    rehash_resumed_prefix(job, hooks, image, writer, follower)?;
-    let first = match writer.written() {
+    let first = match slot.queued {
         0 => 0,
         done => payload.frame_at(done).ok_or_else(|| InstallError::Decode {
             encoding: payload.encoding.as_str(),
@@ -100,10 +97,9 @@ pub(super) fn stream<'r>(
         encoding: payload.encoding.as_str(),
         hooks: &hooks,
         image,
-        marks: Marks::new(writer.written()),
-        writer,
-        follower,
-        buf: AlignedBuf::new(CHUNK),
+        marks: Marks::new(slot.queued),
+        slot,
+        spare: None,
     };
     let go = if payload.frames.is_empty() {
         sink.whole_stream(payload.encoding, &mut source)?
@@ -222,10 +218,10 @@ struct Sink<'a, 'j, 'f, 'h, 'r> {
     encoding: &'static str,
     hooks: &'a Hooks<'h, 'r>,
     image: &'a mut StreamVerifier,
-    writer: &'a mut SlotWriter,
-    follower: &'a mut Follower<'f>,
+    slot: &'a mut SlotPipeline<'f>,
     marks: Marks,
-    buf: AlignedBuf,
+    /// A buffer not handed to the writer (a decoder's last, empty read).
+    spare: Option<AlignedBuf>,
 }
 
 /// Why pumping decoded bytes stopped early.
@@ -233,8 +229,8 @@ enum Stopped {
     /// The decoder (or the source under it) failed.
     Read(io::Error),
     Install(InstallError),
-    /// The follower failed: its error is the install's.
-    Follower,
+    /// The writer or the follower failed: its error is the install's.
+    Pipeline,
 }
 
 impl Sink<'_, '_, '_, '_, '_> {
@@ -253,7 +249,7 @@ impl Sink<'_, '_, '_, '_, '_> {
         stopped: Stopped,
     ) -> Result<Go, InstallError> {
         match stopped {
-            Stopped::Follower => Ok(Go::Stop),
+            Stopped::Pipeline => Ok(Go::Stop),
             Stopped::Install(e) => Err(e),
             Stopped::Read(e) => Err(source
                 .failure
@@ -267,34 +263,36 @@ impl Sink<'_, '_, '_, '_, '_> {
     fn pump(&mut self, decoder: &mut dyn Read, cap: u64) -> Result<u64, Stopped> {
         let mut decoded = 0u64;
         loop {
-            let n = fill(decoder, &mut self.buf).map_err(Stopped::Read)?;
+            let Some(mut buf) = self.spare.take().or_else(|| self.slot.buffer()) else {
+                return Err(Stopped::Pipeline);
+            };
+            let n = fill(decoder, &mut buf).map_err(Stopped::Read)?;
             if n == 0 {
+                self.spare = Some(buf);
                 return Ok(decoded);
             }
             if decoded + n as u64 > cap {
                 return Err(Stopped::Install(self.bomb(cap)));
             }
-            match self
-                .image
-                .update_with(&self.buf[..n], |chunk| self.writer.write_chunk(chunk))
-            {
-                Ok(written) => written.map_err(|e| Stopped::Install(e.into()))?,
+            match self.image.update(&buf[..n]) {
+                Ok(()) => {}
                 Err(VerifyError::TooLong { expected }) => {
                     return Err(Stopped::Install(self.bomb(expected)))
                 }
                 Err(e) => return Err(Stopped::Install(e.into())),
             }
+            if self.slot.write(buf, n) == Go::Stop {
+                return Err(Stopped::Pipeline);
+            }
             decoded += n as u64;
-            crashpoint::hit(crashpoint::DOWNLOAD_CHUNK_WRITTEN);
-            let written = self.writer.written();
             let mut hooks = self.hooks.borrow_mut();
-            hooks.progress(written);
+            hooks.progress(self.slot.queued);
             let go = self
                 .marks
-                .after_write(self.job, &mut **hooks, self.follower, written, false)
+                .after_write(self.job, &mut **hooks, self.slot, false)
                 .map_err(Stopped::Install)?;
             if go == Go::Stop {
-                return Err(Stopped::Follower);
+                return Err(Stopped::Pipeline);
             }
         }
     }
@@ -345,11 +343,10 @@ impl Sink<'_, '_, '_, '_, '_> {
                 })?;
             }
             crashpoint::hit(crashpoint::DOWNLOAD_FRAME_DECODED);
-            let written = self.writer.written();
             let mut hooks = self.hooks.borrow_mut();
             if self
                 .marks
-                .after_write(self.job, &mut **hooks, self.follower, written, true)?
+                .after_write(self.job, &mut **hooks, self.slot, true)?
                 == Go::Stop
             {
                 return Ok(Go::Stop);
@@ -492,7 +489,7 @@ fn zstd_window(header: &[u8]) -> Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{install, InstallError};
+    use super::super::{install, InstallError, CHUNK};
     use super::*;
     use crate::slot::tests::digests_of;
     use crate::slot::Slots;
