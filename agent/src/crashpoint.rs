@@ -24,7 +24,8 @@ use std::sync::OnceLock;
 pub const ENV_VAR: &str = "OTA_AGENT_CRASH_AT";
 
 // Install (poll_once and install.rs).
-/// A release was chosen; `Downloading` is not persisted yet.
+/// A release was chosen and its slot marked unbootable; `Downloading` is
+/// not persisted yet.
 pub const DOWNLOAD_BEFORE_PERSIST: &str = "download.before_persist";
 /// `Downloading` persisted; no byte written to the slot yet.
 pub const DOWNLOAD_PERSISTED: &str = "download.persisted";

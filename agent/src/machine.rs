@@ -1,7 +1,7 @@
 //! THE update state machine. Every transition is in this file.
 //!
 //! ```text
-//!            poll: newer release            stream + verify + read back OK
+//!     poll: newer release, mark_bad(new)   stream + verify + read back OK
 //!   Idle ─────────────────────────▶ Downloading ───────────────────────▶ Installed
 //!    ▲  ▲  failed (active slot untouched) │                                  │ set_try_once(new)
 //!    │  └─────────────────────────────────┘                                  ▼
@@ -16,6 +16,10 @@
 //!
 //! Safety of interruption: the state is persisted (atomically) *before*
 //! each step whose effect it must describe after a power cut:
+//! * `mark_bad(inactive)` before `Downloading` and every resume (from then
+//!   on the slot holds a partial image the bootloader must never fall back
+//!   to; each boot in `Downloading` marks it again and keeps the running
+//!   slot primary);
 //! * `Downloading` before the first byte is written (the slot is untrusted
 //!   from then on), and again with a new `checkpoint` each time the slot has
 //!   been fsynced up to it; a restart leaves it to the next poll, which
@@ -245,26 +249,19 @@ impl Machine {
         let new_boot = |recorded: &str| recorded != self.boot_id;
         match self.state.phase.clone() {
             Phase::Idle => {
-                // The running slot is the good one. If the bootloader would boot the
-                // other one next (its try counter ran down over several boots, or it
-                // fell back on its own), make the running slot primary again. Only
-                // then: bootloader environments live on flash that wears.
-                match self.bootloader.primary() {
-                    Ok(primary) if primary == booted => {}
-                    Ok(primary) => {
-                        info!(slot = %booted, next = %primary, "bootloader would boot the other slot next; marking the running slot good");
-                        if let Err(e) = self.bootloader.mark_good(booted) {
-                            warn!(slot = %booted, error = %e, "could not mark the running slot good");
-                        }
-                    }
-                    Err(e) => warn!(error = %e, "could not read the bootloader state"),
-                }
+                self.keep_running_slot_primary();
                 Ok(Resumed::Idle)
             }
 
             // An interrupted download: the next poll resumes it from its durable
             // checkpoint if the same release is still the one to install. Unless
-            // the slot being written is somehow the one that booted.
+            // the slot being written is somehow the one that booted. Meanwhile
+            // the half-written slot must stay unbootable and the running one
+            // primary: this boot spent a try of the running slot (GRUB marks
+            // it tried until confirmed; U-Boot's script resets both counters
+            // once both run out), and the next boot must not fall back to a
+            // partial image. An agent from before the mark at download start
+            // may have left it bootable.
             Phase::Downloading {
                 slot,
                 target,
@@ -276,6 +273,8 @@ impl Machine {
                 } else {
                     info!(%slot, target = %target.name, version = %target.version, checkpoint,
                         "download was interrupted; the next poll resumes it");
+                    self.mark_bad_best_effort(slot);
+                    self.keep_running_slot_primary();
                 }
                 Ok(Resumed::Idle)
             }
@@ -424,6 +423,18 @@ impl Machine {
             }
             None => 0,
         };
+        // The slot is about to hold a partial image: the bootloader must not
+        // boot it from now until it is armed with the verified one. It was
+        // the fallback until now, and a boot that found the running slot
+        // tried or out of tries would take it (RAUC marks the target slot
+        // bad before writing too). Durable before the first byte; without
+        // it, nothing is written.
+        if let Err(e) = self.bootloader.mark_bad(slot) {
+            let reason = format!("marking slot {slot} unbootable before writing it: {e}");
+            error!(%slot, target = %tref.name, %reason, "install not started; the running slot is untouched");
+            self.report(UpdateStatus::Failed, Some(&tref), Some(&reason));
+            return Ok(Polled::Failed { reason });
+        }
         if resume_from == 0 {
             hit(crash::DOWNLOAD_BEFORE_PERSIST);
             // The slot's old content is gone from the moment the first byte lands.
@@ -758,6 +769,24 @@ impl Machine {
             "rolled back; this release will not be installed again");
         self.report(UpdateStatus::RolledBack, Some(&target), Some(&reason));
         Ok(Resumed::RolledBack { reason })
+    }
+
+    /// The running slot is the good one. If the bootloader would boot the
+    /// other one next (its try counter ran down over several boots, or it
+    /// fell back on its own), make the running slot primary again. Only
+    /// then: bootloader environments live on flash that wears.
+    fn keep_running_slot_primary(&mut self) {
+        let booted = self.booted;
+        match self.bootloader.primary() {
+            Ok(primary) if primary == booted => {}
+            Ok(primary) => {
+                info!(slot = %booted, next = %primary, "bootloader would boot the other slot next; marking the running slot good");
+                if let Err(e) = self.bootloader.mark_good(booted) {
+                    warn!(slot = %booted, error = %e, "could not mark the running slot good");
+                }
+            }
+            Err(e) => warn!(error = %e, "could not read the bootloader state"),
+        }
     }
 
     fn mark_bad_best_effort(&mut self, slot: SlotId) {

@@ -934,3 +934,90 @@ fn unknown_hold_keeps_an_interrupted_staged_download_for_the_next_poll() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Found by the power cuts on the GRUB reference board: after an update
+/// committed on B, a download into A broke off, and a later boot fell back
+/// to A's partial image (GRUB marks the running slot tried at every boot
+/// until the agent confirms it). The slot being written is unbootable from
+/// before its first byte, and every boot in `Downloading` keeps the running
+/// slot primary.
+#[test]
+fn a_slot_being_written_is_never_booted() {
+    let mut dev = Device::new();
+    install_v2(&mut dev);
+    assert_eq!(dev.power_on(), SlotId::B);
+    assert_eq!(
+        dev.agent().resume_after_boot().expect("resume"),
+        Resumed::Committed
+    );
+    // A, the fallback until now, is about to be overwritten with 3.0.0.
+    let sim = || SimBootloader::new(dev.path("boot.json"));
+    assert!(sim().state().expect("state").tries(SlotId::A) > 0);
+    let data = image(C * 3);
+    let mut flaky = Flaky::new(
+        Repo::with(vec![release("img-3", "3.0.0", &[HW], &data)]),
+        &[C + 10, 0, 0, 0],
+    );
+    let mut m = dev.agent();
+    assert!(matches!(
+        m.poll_once(&mut flaky).expect("poll"),
+        Polled::Failed { .. }
+    ));
+    assert!(matches!(
+        m.state().phase,
+        Phase::Downloading {
+            slot: SlotId::A,
+            ..
+        }
+    ));
+    assert_eq!(sim().state().expect("state").tries(SlotId::A), 0);
+    drop(m);
+    // Boot after boot (more than B's tries), the running slot comes back.
+    for _ in 0..8 {
+        assert_eq!(dev.power_on(), SlotId::B);
+        assert_eq!(
+            dev.agent().resume_after_boot().expect("resume"),
+            Resumed::Idle
+        );
+    }
+}
+
+/// An environment an agent without the mark above may have left: A, half
+/// written, still has tries, and this boot spent B's last. The post-boot
+/// stage marks A unbootable again and makes B primary.
+#[test]
+fn a_boot_during_a_download_repairs_a_bootable_partial_slot() {
+    let mut dev = Device::new();
+    dev.power_on();
+    let data = image(C * 3);
+    let mut flaky = Flaky::new(
+        Repo::with(vec![release("img-2", "2.0.0", &[HW], &data)]),
+        &[C + 10, 0, 0, 0],
+    );
+    let mut m = dev.agent();
+    assert!(matches!(
+        m.poll_once(&mut flaky).expect("poll"),
+        Polled::Failed { .. }
+    ));
+    drop(m);
+    // B is the slot being written; make it look bootable and A spent.
+    std::fs::write(
+        dev.path("boot.json"),
+        r#"{"boot_order": ["A", "B"], "tries_left": {"A": 1, "B": 3}}"#,
+    )
+    .expect("old environment");
+    assert_eq!(dev.power_on(), SlotId::A);
+    assert_eq!(
+        dev.agent().resume_after_boot().expect("resume"),
+        Resumed::Idle
+    );
+    assert_eq!(dev.primary(), SlotId::A);
+    assert_eq!(
+        SimBootloader::new(dev.path("boot.json"))
+            .state()
+            .expect("state")
+            .tries(SlotId::B),
+        0
+    );
+    assert_eq!(dev.power_on(), SlotId::A);
+}

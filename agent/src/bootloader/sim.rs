@@ -173,9 +173,14 @@ impl SimBootloader {
         load_state(&self.path)
     }
 
+    /// Writes only on change, as the real backends do (flash wears).
     fn update(&self, f: impl FnOnce(&mut SimState)) -> Result<()> {
-        let mut state = load_state(&self.path)?;
+        let before = load_state(&self.path)?;
+        let mut state = before.clone();
         f(&mut state);
+        if state == before {
+            return Ok(());
+        }
         save_state(&self.path, &state)
     }
 }
