@@ -207,8 +207,10 @@ impl Machine {
                 state
             }
         };
-        info!(slot = %booted, %boot_id, phase = state.phase.name(),
-            version = %state.version_of(booted, &config.initial_version), "agent started");
+        // Built anew each cycle (the state is re-read): the daemon says
+        // "agent started" once (main.rs), this only when debugging.
+        tracing::debug!(slot = %booted, %boot_id, phase = state.phase.name(),
+            version = %state.version_of(booted, &config.initial_version), "state loaded");
         Ok(Machine {
             config,
             slots,

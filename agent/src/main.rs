@@ -132,6 +132,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let cycle = (|| -> Result<()> {
                     let _lock = lock::lock(&lock_path, true)?;
                     let mut machine = build_machine(&config)?;
+                    if first {
+                        tracing::info!(slot = %machine.booted(), phase = machine.state().phase.name(),
+                            version = %machine.running_version(), "agent started");
+                    }
                     machine.set_heartbeat(Heartbeat::new(feed.clone()));
                     // Finishes whatever the persisted phase left open (commit, rollback,
                     // a reboot that did not happen); a no-op when idle.
