@@ -170,6 +170,11 @@ WantedBy=multi-user.target
 EOT
   ln -sf /dev/null "$root/etc/systemd/system/serial-getty@hvc0.service"
   chroot "$root" systemctl enable ota-test-shell.service >/dev/null 2>&1
+  # For the tests only, as on the x86 boards: the hung agent is killed after
+  # 30 s without a WATCHDOG=1 and restarted 2 s later (shipped: 120 s, 30 s).
+  mkdir -p "$root/etc/systemd/system/ota-agent.service.d"
+  printf '[Service]\nWatchdogSec=30\nRestartSec=2\n' \
+    >"$root/etc/systemd/system/ota-agent.service.d/ota-test-watchdog.conf"
   mkdir -p "$root/etc/systemd/journald.conf.d"
   printf '[Journal]\nForwardToConsole=yes\nMaxLevelConsole=info\nStorage=volatile\n' \
     >"$root/etc/systemd/journald.conf.d/ota-console.conf"

@@ -656,6 +656,32 @@ impl Machine {
         }
     }
 
+    /// A hung agent: stops `ota-agent.service`'s process (SIGSTOP) and
+    /// waits, up to `timeout`, for systemd's `WatchdogSec` to kill it;
+    /// `Restart=` then brings it back and it resumes from its checkpoint.
+    /// `shell_timeout` bounds the wait for the guest's shell.
+    pub fn hang_agent_until_watchdog(
+        &mut self,
+        shell_timeout: Duration,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        self.shell(
+            "kill -STOP $(systemctl show -P MainPID ota-agent.service)",
+            shell_timeout,
+        )?;
+        wait_for(
+            "systemd's watchdog to kill the stopped agent",
+            timeout,
+            || {
+                self.check_running()?;
+                Ok(self
+                    .console()
+                    .contains("ota-agent.service: Watchdog timeout")
+                    .then_some(()))
+            },
+        )
+    }
+
     /// The serial console so far, without terminal colour codes (the
     /// agent's log lines carry them), so its words can be searched.
     pub fn console(&self) -> String {

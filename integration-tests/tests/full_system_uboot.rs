@@ -331,11 +331,12 @@ fn scenario(
     rig.finish(name, result)
 }
 
-/// Boot A; the agent installs 1.1.0 into B and arms U-Boot; U-Boot's boot
-/// script boots B with its one try (and saves the spent try first); the
-/// health check commits; a second reboot stays on B; `verify` agrees.
+/// Boot A; the agent starts installing 1.1.0 into B, hangs (stopped) and
+/// is restarted by systemd's watchdog, finishes and arms U-Boot; U-Boot's
+/// boot script boots B with its one try (and saves the spent try first);
+/// the health check commits; a second reboot stays on B; `verify` agrees.
 #[test]
-fn uboot_update_commits() -> anyhow::Result<()> {
+fn uboot_update_commits_and_a_hung_agent_is_restarted() -> anyhow::Result<()> {
     scenario("uboot-update", &[("1.1.0", Behaviour::Healthy)], |rig| {
         let started = Instant::now();
         rig.machine.power_on()?;
@@ -344,6 +345,8 @@ fn uboot_update_commits() -> anyhow::Result<()> {
             "uboot update: downloading after {:?} ({first:?})",
             started.elapsed()
         );
+        rig.machine.hang_agent_until_watchdog(BOOT, UPDATE)?;
+        eprintln!("uboot update: watchdog fired after {:?}", started.elapsed());
         let committed = rig.wait_event(UpdateStatus::Committed, "1.1.0", UPDATE)?;
         let boot_to_committed = started.elapsed();
         eprintln!("uboot update: committed 1.1.0 {boot_to_committed:?} after power-on");
