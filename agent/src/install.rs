@@ -422,8 +422,8 @@ impl SlotPipeline<'_> {
     }
 }
 
-/// The follower's result; a panic in it is re-raised here, as a panic in
-/// this thread would be.
+/// A writer's or follower's result; a panic in it is re-raised here, as a
+/// panic in this thread would be.
 fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
     handle
         .join()
