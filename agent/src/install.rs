@@ -1,14 +1,18 @@
-//! The one-pass streaming install: every chunk is checked by the stream
-//! verifier (signed length enforced as bytes arrive) *before* it is handed
-//! to the writer thread, and each range is fsynced, then read back from
-//! storage and verified again, by a follower thread. Memory use is three
+//! The one-pass streaming install: every chunk is counted against the
+//! signed length *before* it is handed to the writer thread (the first
+//! byte too many never reaches the slot), and each range is fsynced, then
+//! read back from storage and hashed against the signed digests, by a
+//! follower thread. The digests are checked once, on the bytes storage
+//! returns, not also on the bytes as they arrived: the same check of the
+//! same bytes twice cost a third of the install's CPU (docs/BENCHMARKS.md,
+//! "Sixth sitting"). Memory use is three
 //! fixed buffers (two chunks, one being filled while the other is
 //! written, and the read-back's), whatever the image size; a
 //! compressed release adds its decoder's window, bounded by
 //! `download.max_decompression_window` (`install/compressed.rs`).
 
 use crate::slot::{AlignedBuf, Slot, SlotError, SlotWriter};
-use ota_common::hash::{Digests, StreamVerifier, VerifyError};
+use ota_common::hash::{Digests, SignedLength, VerifyError};
 use ota_common::payload::Compressed;
 use ota_common::tuf::{FetchError, TufError};
 use rand::Rng;
@@ -40,6 +44,16 @@ pub enum InstallError {
     Verify(#[from] VerifyError),
     #[error(transparent)]
     Slot(#[from] SlotError),
+    /// The slot, read back from storage after its last fsync, does not
+    /// hold the signed image: the download was altered on the way, or
+    /// storage did not keep what was written. The read-back is the one
+    /// check of the image's digests, so it cannot tell which.
+    #[error("slot {slot}: the image read back does not match the signed metadata ({source}): the download was altered or storage did not keep it")]
+    NotTheSignedImage {
+        slot: crate::slot::SlotId,
+        #[source]
+        source: VerifyError,
+    },
     #[error("saving the download checkpoint: {0}")]
     Checkpoint(String),
     /// A compressed release that cannot be decoded within its signed
@@ -62,6 +76,7 @@ impl InstallError {
             InstallError::Open(e) => is_transient(e),
             InstallError::Verify(_)
             | InstallError::Slot(_)
+            | InstallError::NotTheSignedImage { .. }
             | InstallError::Checkpoint(_)
             | InstallError::Decode { .. } => false,
         }
@@ -201,9 +216,9 @@ pub fn install_stream<'r>(
 /// cost little.
 const FLUSH_EVERY: u64 = 8 * 1024 * 1024;
 
-/// The resumable install. Resuming at a checkpoint first re-hashes the
-/// slot's bytes before it (one pass, one buffer) so the image is verified as
-/// a whole; then streams the rest, re-opening the stream with a Range
+/// The resumable install. Resuming at a checkpoint streams the rest after
+/// the bytes already in the slot (the read-back checks those like the
+/// others), re-opening the stream with a Range
 /// request from the last written byte when the network fails (bounded
 /// retries, exponential backoff with jitter).
 ///
@@ -220,19 +235,24 @@ const FLUSH_EVERY: u64 = 8 * 1024 * 1024;
 /// offset durable before the caller records it, so it never names bytes
 /// a power cut could take away; between checkpoints no fsync stalls the
 /// stream. After the last chunk: the final fsync, the rest of the
-/// read-back, and the whole slot's digest must match.
+/// read-back, and the whole slot must match every signed digest.
 pub fn install<'r>(
     job: &Download<'_>,
     hooks: &mut dyn InstallHooks<'r>,
 ) -> Result<(), InstallError> {
-    let mut verifier = StreamVerifier::new(job.digests.clone(), job.length)?;
+    let mut received = SignedLength::new(job.length);
     let resume_from = match job.payload {
         Some(payload) => compressed::resume_point(payload, job.resume_from),
         None => job.resume_from,
     };
     let writer = SlotWriter::open_at(job.slot, job.booted, job.length, resume_from)?;
     let mut read_back = writer.read_back(job.digests)?;
-    let prefix = rehash_resumed_prefix(job, hooks, &mut verifier, &writer)?;
+    let prefix = writer.written();
+    if prefix > 0 {
+        received.skip(prefix)?;
+        tracing::info!(slot = %job.slot.id, offset = prefix, length = job.length,
+            "resuming the download after the bytes already in the slot");
+    }
     let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let (written_tx, written_rx) = mpsc::channel::<u64>();
@@ -319,8 +339,8 @@ pub fn install<'r>(
             is_finished: &|| follower.is_finished() || writing.is_finished(),
         };
         let streamed = match job.payload {
-            None => stream(job, hooks, &mut verifier, &mut slot),
-            Some(payload) => compressed::stream(job, payload, hooks, &mut verifier, &mut slot),
+            None => stream(job, hooks, &mut received, &mut slot),
+            Some(payload) => compressed::stream(job, payload, hooks, &mut received, &mut slot),
         };
         if streamed.is_err() {
             // The stream's error is the one to tell; the others only wrote
@@ -337,11 +357,15 @@ pub fn install<'r>(
         // of a range that was never written is no news.
         let writer = wrote?;
         let read_back = followed?;
-        verifier.finish()?;
+        received.finish()?;
         let written = writer.finish()?;
         crate::crashpoint::hit(crate::crashpoint::INSTALL_BEFORE_READ_BACK);
-        read_back.finish(&written)?;
-        Ok(())
+        read_back.finish(&written).map_err(|e| match e {
+            SlotError::ReadBack { slot, source, .. } => {
+                InstallError::NotTheSignedImage { slot, source }
+            }
+            other => other.into(),
+        })
     })
 }
 
@@ -407,7 +431,7 @@ impl SlotPipeline<'_> {
     }
 
     /// Hands the first `n` bytes of `buf`, already checked against the
-    /// signed length and fed to the digests, to the writer.
+    /// signed length, to the writer.
     fn write(&mut self, buf: AlignedBuf, n: usize) -> Go {
         if self.jobs.send(WriteJob::Write(buf, n)).is_err() {
             return Go::Stop;
@@ -430,14 +454,14 @@ fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
-/// Streams the image from `verifier.len()` to its end into the slot,
+/// Streams the image from `received.len()` to its end into the slot,
 /// asking the follower to flush every so often and recording checkpoints
 /// once it reports them durable. Returns early (Ok) when the writer or the
 /// follower has failed: that error is the install's.
 fn stream<'r>(
     job: &Download<'_>,
     hooks: &mut dyn InstallHooks<'r>,
-    verifier: &mut StreamVerifier,
+    received: &mut SignedLength,
     slot: &mut SlotPipeline<'_>,
 ) -> Result<(), InstallError> {
     let mut marks = Marks::new(slot.queued);
@@ -448,7 +472,7 @@ fn stream<'r>(
     loop {
         let stream = match reader.as_mut() {
             Some(r) => r,
-            None => match hooks.open(verifier.len()) {
+            None => match hooks.open(received.len()) {
                 Ok(r) => reader.insert(r),
                 Err(e) if is_transient(&e) && failures < job.retry.retries => {
                     let delay = job.retry.delay(failures);
@@ -468,9 +492,9 @@ fn stream<'r>(
         };
         let result = match fill(stream, &mut buf) {
             // A stream that ends early (connection closed cleanly) broke off like any other.
-            Ok(0) if verifier.len() < job.length => Err(io::Error::new(
+            Ok(0) if received.len() < job.length => Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("stream ended at byte {} of {}", verifier.len(), job.length),
+                format!("stream ended at byte {} of {}", received.len(), job.length),
             )),
             other => other,
         };
@@ -483,7 +507,7 @@ fn stream<'r>(
                 reader = None;
                 let delay = job.retry.delay(failures);
                 failures += 1;
-                tracing::warn!(error = %e, offset = verifier.len(), attempt = failures, retries = job.retry.retries,
+                tracing::warn!(error = %e, offset = received.len(), attempt = failures, retries = job.retry.retries,
                     delay_ms = delay.as_millis() as u64, "image stream broke off; resuming with a Range request");
                 hooks.wait(delay);
                 continue;
@@ -494,37 +518,17 @@ fn stream<'r>(
             return Ok(());
         }
         failures = 0;
-        // Checked against the signed length first: bytes beyond it never
+        // Counted against the signed length first: bytes beyond it never
         // reach the slot.
-        verifier.update(&buf[..n])?;
+        received.update(&buf[..n])?;
         if slot.write(buf, n) == Go::Stop {
             return Ok(());
         }
-        hooks.progress(verifier.len());
+        hooks.progress(received.len());
         if marks.after_write(job, hooks, slot, true)? == Go::Stop {
             return Ok(());
         }
     }
-}
-
-/// A resumed download first feeds the slot's bytes before the checkpoint
-/// to the image verifier, so the image is verified as a whole. Returns
-/// where the stream goes on.
-fn rehash_resumed_prefix<'r>(
-    job: &Download<'_>,
-    hooks: &mut dyn InstallHooks<'r>,
-    verifier: &mut StreamVerifier,
-    writer: &SlotWriter,
-) -> Result<u64, InstallError> {
-    let written = writer.written();
-    if written > 0 {
-        // Progress that stays at the checkpoint: the watchdog is fed, no
-        // byte is counted twice.
-        writer.rehash_prefix(verifier, &mut || hooks.progress(written))?;
-        tracing::info!(slot = %job.slot.id, offset = written, length = job.length,
-            "resuming the download after the bytes already in the slot");
-    }
-    Ok(written)
 }
 
 /// Whether the stream goes on after a write.
@@ -709,7 +713,10 @@ mod tests {
         assert!(
             matches!(
                 err,
-                InstallError::Verify(VerifyError::DigestMismatch { .. })
+                InstallError::NotTheSignedImage {
+                    source: VerifyError::DigestMismatch { .. },
+                    ..
+                }
             ),
             "{err}"
         );

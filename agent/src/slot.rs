@@ -170,7 +170,7 @@ impl SlotWriter {
 
     /// Opens `slot` to receive an image of `length` bytes, keeping its first
     /// `resume_from` bytes (an interrupted download's durable checkpoint;
-    /// the caller re-hashes them with [`SlotWriter::rehash_prefix`]). When a
+    /// the read-back checks them with the rest). When a
     /// file slot is shorter than that, the write starts over at byte 0:
     /// [`SlotWriter::written`] tells where it really starts.
     ///
@@ -293,51 +293,6 @@ impl SlotWriter {
         Ok(writer)
     }
 
-    /// Feeds the bytes already in the slot (0..[`SlotWriter::written`]) to
-    /// `verifier`: one pass, one buffer, so a resumed download is verified as
-    /// a whole as if it had streamed in one go.
-    ///
-    /// `alive` is called after every chunk read: re-reading gigabytes of a
-    /// resumed prefix takes longer than a watchdog waits.
-    pub fn rehash_prefix(
-        &self,
-        verifier: &mut StreamVerifier,
-        alive: &mut dyn FnMut(),
-    ) -> Result<(), SlotError> {
-        use std::os::unix::fs::FileExt;
-        let slot = &self.slot;
-        let mut buf = vec![0u8; READ_BACK_CHUNK];
-        let mut offset = 0u64;
-        while offset < self.written {
-            let want = usize::try_from(self.written - offset)
-                .unwrap_or(usize::MAX)
-                .min(buf.len());
-            let n = match self.file.read_at(&mut buf[..want], offset) {
-                Ok(0) => {
-                    return Err(SlotError::Io {
-                        slot: slot.id,
-                        path: slot.path.clone(),
-                        action: "re-reading the downloaded part",
-                        source: io::Error::from(io::ErrorKind::UnexpectedEof),
-                    })
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err((slot.io("re-reading the downloaded part"))(e)),
-            };
-            verifier
-                .update(&buf[..n])
-                .map_err(|source| SlotError::ReadBack {
-                    slot: slot.id,
-                    path: slot.path.clone(),
-                    source,
-                })?;
-            offset += n as u64;
-            alive();
-        }
-        Ok(())
-    }
-
     /// Makes everything written so far durable (for a download checkpoint).
     pub fn sync(&mut self) -> Result<(), SlotError> {
         self.file.sync_data().map_err(self.slot.io("fsync"))
@@ -440,20 +395,9 @@ pub struct WrittenSlot {
 
 impl WrittenSlot {
     /// Reads the first `length` bytes back from storage and checks them
-    /// against one signed digest again, so a bad write (flash error, short
-    /// write, a bug) is caught before the bootloader is told to boot it.
-    ///
-    /// One digest, not every listed one: the download already checked the
-    /// stream against every digest the signed metadata lists, and the
-    /// read-back only has to prove that storage returns those same bytes.
-    /// One collision-resistant digest proves it: storage returning other
-    /// bytes with the same sha256 would take a sha256 collision, which a
-    /// flash error or a bug does not produce, and anyone able to rewrite
-    /// the slot behind the agent's back could as well do it after the
-    /// read-back, which no number of digests prevents. sha256 when listed
-    /// (hardware-accelerated on x86 and ARMv8 devices), else sha512: see
-    /// `Digests::one`. The second digest was about half of the read-back's
-    /// time (docs/BENCHMARKS.md, "Install: throughput and memory").
+    /// against every digest the signed metadata lists, so a bad write (flash
+    /// error, short write, a bug) or an altered download is caught before
+    /// the bootloader is told to boot it.
     pub fn verify_read_back(self, digests: &Digests) -> Result<(), SlotError> {
         let mut read_back =
             ReadBack::of(&self.slot, &self.file, self.is_block, self.length, digests)?;
@@ -474,10 +418,13 @@ impl WrittenSlot {
 /// of a second pass over the whole image (docs/BENCHMARKS.md, "Install at
 /// the speed of the disk").
 ///
-/// It proves what the read-back after the final fsync proved: storage
-/// returns, for every byte, what was verified and written, read after that
-/// byte was durable and its cached copy dropped. The digest is the one of
-/// [`Digests::one`] (see [`WrittenSlot::verify_read_back`]).
+/// It is the install's one check of the image against its signed digests
+/// (the stream enforces only the signed length as bytes arrive): every
+/// byte is read from storage after it was durable and its cached copy
+/// dropped, and hashed with every digest the metadata lists. Checked
+/// there, the digests cover what the bootloader will boot, whether the
+/// download was altered on the way or storage failed to keep it, in one
+/// pass over the bytes (docs/BENCHMARKS.md, "Sixth sitting").
 #[derive(Debug)]
 pub struct ReadBack {
     slot: Slot,
@@ -545,7 +492,7 @@ impl ReadBack {
         digests: &Digests,
     ) -> Result<ReadBack, SlotError> {
         let verifier =
-            StreamVerifier::new(digests.one(), length).map_err(|source| SlotError::ReadBack {
+            StreamVerifier::new(digests.clone(), length).map_err(|source| SlotError::ReadBack {
                 slot: slot.id,
                 path: slot.path.clone(),
                 source,
@@ -907,41 +854,56 @@ pub(crate) mod tests {
         assert!(matches!(err, SlotError::ReadBack { .. }), "{err}");
     }
 
+    /// The read-back is the one check of the image's digests (the stream
+    /// enforces only the signed length), so it checks every listed one.
     #[test]
-    fn read_back_checks_sha256_when_listed_else_sha512() {
+    fn read_back_checks_every_listed_digest() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = slots(dir.path(), None);
         let data = vec![0x3cu8; 100_000];
         let good = digests_of(&data);
-        // The stream already checked sha512; the read-back relies on sha256.
-        let mut wrong512 = good.clone();
-        wrong512.sha512 = Some([0u8; 64]);
         write_image(&s.b, &s.a, &data)
             .expect("write")
-            .verify_read_back(&wrong512)
-            .expect("sha256 alone decides");
-        // Without sha256, sha512 is checked (and catches a difference).
-        let only512 = Digests {
-            sha256: None,
-            sha512: Some([0u8; 64]),
-        };
-        let err = write_image(&s.b, &s.a, &data)
-            .expect("write")
-            .verify_read_back(&only512)
-            .expect_err("sha512 checked");
-        assert!(
-            matches!(
-                err,
-                SlotError::ReadBack {
-                    source: VerifyError::DigestMismatch {
-                        algorithm: "sha512",
-                        ..
-                    },
-                    ..
-                }
+            .verify_read_back(&good)
+            .expect("both match");
+        for (algorithm, wrong) in [
+            (
+                "sha512",
+                Digests {
+                    sha512: Some([0u8; 64]),
+                    ..good.clone()
+                },
             ),
-            "{err}"
-        );
+            (
+                "sha256",
+                Digests {
+                    sha256: Some([0u8; 32]),
+                    ..good.clone()
+                },
+            ),
+            (
+                "sha512",
+                Digests {
+                    sha256: None,
+                    sha512: Some([0u8; 64]),
+                },
+            ),
+        ] {
+            let err = write_image(&s.b, &s.a, &data)
+                .expect("write")
+                .verify_read_back(&wrong)
+                .expect_err("a wrong digest");
+            assert!(
+                matches!(
+                    &err,
+                    SlotError::ReadBack {
+                        source: VerifyError::DigestMismatch { algorithm: a, .. },
+                        ..
+                    } if *a == algorithm
+                ),
+                "{algorithm}: {err}"
+            );
+        }
     }
 
     #[test]
@@ -954,24 +916,6 @@ pub(crate) mod tests {
             "{err}"
         );
         assert!(!s.b.path.exists());
-    }
-
-    #[test]
-    fn rehashing_a_resumed_prefix_is_a_sign_of_life_per_chunk() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = slots(dir.path(), None);
-        let data: Vec<u8> = (0..3 * READ_BACK_CHUNK + 5).map(|i| i as u8).collect();
-        write_image(&s.b, &s.a, &data).expect("write");
-        let resume_from = (2 * READ_BACK_CHUNK + 5) as u64;
-        let w = SlotWriter::open_at(&s.b, &s.a, data.len() as u64, resume_from).expect("open");
-        assert_eq!(w.written(), resume_from);
-        let digests = digests_of(&data);
-        let mut verifier = StreamVerifier::new(digests.one(), data.len() as u64).expect("verifier");
-        let mut beats = 0;
-        w.rehash_prefix(&mut verifier, &mut || beats += 1)
-            .expect("rehash");
-        assert_eq!(verifier.len(), resume_from);
-        assert_eq!(beats, 3, "one per chunk re-read");
     }
 
     #[test]

@@ -58,28 +58,6 @@ impl Digests {
     pub fn is_empty(&self) -> bool {
         self.sha256.is_none() && self.sha512.is_none()
     }
-
-    /// One of the listed digests: sha256 when listed, else sha512.
-    ///
-    /// For re-checking bytes that have already passed every listed digest,
-    /// such as the read-back of a slot after a verified download: there the
-    /// question is only whether storage returns the same bytes, and one
-    /// collision-resistant digest answers it. sha256 is preferred because it
-    /// is the one with hardware support on the devices (SHA-NI, the ARMv8
-    /// crypto extensions; sha512 has none before ARMv8.2), so it costs the
-    /// least per byte.
-    pub fn one(&self) -> Digests {
-        match self.sha256 {
-            Some(sha256) => Digests {
-                sha256: Some(sha256),
-                sha512: None,
-            },
-            None => Digests {
-                sha256: None,
-                sha512: self.sha512,
-            },
-        }
-    }
 }
 
 /// Why streamed bytes were refused.
@@ -107,6 +85,62 @@ pub const PARALLEL_MIN: usize = 128 * 1024;
 fn several_cpus() -> bool {
     static SEVERAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *SEVERAL.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1))
+}
+
+/// The signed length of a stream, enforced as its bytes arrive: the first
+/// byte past it is refused before anything is done with it, and the end
+/// must come exactly at it. For a stream whose digests are checked
+/// elsewhere, once, on the bytes kept (the slot image, read back from
+/// storage: `ota-agent`'s install).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedLength {
+    expected: u64,
+    seen: u64,
+}
+
+impl SignedLength {
+    pub fn new(expected: u64) -> Self {
+        SignedLength { expected, seen: 0 }
+    }
+
+    /// Counts the next chunk; refuses it, counting nothing, if it would
+    /// exceed the signed length.
+    pub fn update(&mut self, chunk: &[u8]) -> Result<(), VerifyError> {
+        self.skip(chunk.len() as u64)
+    }
+
+    /// Counts `n` bytes accepted earlier (a resumed download's prefix).
+    pub fn skip(&mut self, n: u64) -> Result<(), VerifyError> {
+        match self.seen.checked_add(n) {
+            Some(next) if next <= self.expected => {
+                self.seen = next;
+                Ok(())
+            }
+            _ => Err(VerifyError::TooLong {
+                expected: self.expected,
+            }),
+        }
+    }
+
+    /// Bytes accepted so far.
+    pub fn len(&self) -> u64 {
+        self.seen
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen == 0
+    }
+
+    /// The stream ended: it must have delivered exactly the signed length.
+    pub fn finish(&self) -> Result<(), VerifyError> {
+        if self.seen != self.expected {
+            return Err(VerifyError::WrongLength {
+                expected: self.expected,
+                actual: self.seen,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Hashes bytes as they stream and enforces a signed length as they arrive,
@@ -403,20 +437,24 @@ mod tests {
     }
 
     #[test]
-    fn one_digest_prefers_sha256() {
-        let both = digests_of(b"x");
+    fn signed_length_refuses_the_first_byte_too_many_and_an_early_end() {
+        let mut n = SignedLength::new(10);
+        n.update(&[0; 6]).expect("fits");
         assert_eq!(
-            both.one(),
-            Digests {
-                sha256: both.sha256,
-                sha512: None
-            }
+            n.update(&[0; 5]),
+            Err(VerifyError::TooLong { expected: 10 })
         );
-        let only512 = Digests {
-            sha256: None,
-            sha512: both.sha512,
-        };
-        assert_eq!(only512.one(), only512);
-        assert!(Digests::default().one().is_empty());
+        assert_eq!(n.len(), 6, "a refused chunk is not counted");
+        assert_eq!(
+            n.finish(),
+            Err(VerifyError::WrongLength {
+                expected: 10,
+                actual: 6
+            })
+        );
+        n.skip(4).expect("the rest");
+        n.finish().expect("exactly the signed length");
+        assert_eq!(n.skip(u64::MAX), Err(VerifyError::TooLong { expected: 10 }));
     }
+
 }

@@ -5,9 +5,10 @@
 //! network ─▶ Source (signed encoded length caps it; TUF digests and the
 //!            frame's signed sha256 hash every byte; reconnects with Range)
 //!         ─▶ decoder (zstd frame by frame, or one gzip or xz stream)
-//!         ─▶ image verifier (signed image length caps the output: one
-//!            byte more is a decompression bomb; signed image sha256)
-//!         ─▶ slot, followed by the flush + read-back thread as for raw
+//!         ─▶ signed image length (caps the output: one byte more is a
+//!            decompression bomb)
+//!         ─▶ slot, followed by the flush + read-back thread as for raw,
+//!            which checks the signed image sha256 on what storage returns
 //! ```
 //!
 //! Resume after a power cut: a zstd target made of independent frames
@@ -15,7 +16,7 @@
 //! encoded length, decoded length and sha256 in signed metadata.
 //! Checkpoints are taken only at frame boundaries, so a resumed download
 //! starts a fresh decoder at a frame with no decoder or hash state to
-//! restore: the slot's prefix is re-hashed for the image digest (as for a
+//! restore: the read-back checks the slot's prefix with the rest (as for a
 //! raw image) and every encoded byte fetched after the restart is checked
 //! against its frame's signed sha256 (the whole-target TUF digests cannot
 //! be, having missed the prefix). gzip, xz, and zstd without a frame
@@ -36,7 +37,7 @@ use super::{
 };
 use crate::crashpoint;
 use crate::slot::AlignedBuf;
-use ota_common::hash::{Digests, StreamVerifier, VerifyError};
+use ota_common::hash::{Digests, SignedLength, StreamVerifier, VerifyError};
 use ota_common::payload::{Compressed, Encoding};
 use std::cell::RefCell;
 use std::io::{self, Read};
@@ -59,7 +60,7 @@ pub(super) fn stream<'r>(
     job: &Download<'_>,
     payload: &Compressed,
     hooks: &mut dyn InstallHooks<'r>,
-    image: &mut StreamVerifier,
+    image: &mut SignedLength,
     slot: &mut SlotPipeline<'_>,
 ) -> Result<(), InstallError> {
     let first = match slot.queued {
@@ -217,7 +218,7 @@ struct Sink<'a, 'j, 'f, 'h, 'r> {
     job: &'a Download<'j>,
     encoding: &'static str,
     hooks: &'a Hooks<'h, 'r>,
-    image: &'a mut StreamVerifier,
+    image: &'a mut SignedLength,
     slot: &'a mut SlotPipeline<'f>,
     marks: Marks,
     /// A buffer not handed to the writer (a decoder's last, empty read).
@@ -658,7 +659,16 @@ mod tests {
         std::fs::write(&s.b.path, &wrong).expect("prefix");
         let err = install(&job(&s, &payload, 200_000), &mut serve(&encoded))
             .expect_err("tampered prefix");
-        assert!(matches!(err, InstallError::Verify(_)), "{err}");
+        assert!(
+            matches!(
+                err,
+                InstallError::NotTheSignedImage {
+                    source: VerifyError::DigestMismatch { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

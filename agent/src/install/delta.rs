@@ -15,8 +15,9 @@
 //! its signed compressed length, its compressed SHA-256 checked before the
 //! decoder sees a byte, its decoded length capped and its SHA-256
 //! checked). The stream goes through the same one-pass install as a full
-//! image (`install::install`): length and whole-image digest enforced as
-//! it is written, durable checkpoints, read-back, so a resumed delta starts
+//! image (`install::install`): length enforced as it is written, durable
+//! checkpoints, the read-back against the image's signed digests, so a
+//! resumed delta starts
 //! at the chunk holding its checkpoint and the bootloader is armed only
 //! after the whole slot matched the signed image hash.
 //!

@@ -8,15 +8,20 @@
 //!    loopback, and attaches a loop device (`losetup --direct-io=on`, so
 //!    reads and writes reach the disk, not the backing file's page cache)
 //!    of exactly the image's size;
-//! 2. `--runs` times (default 5), interleaved and alternating which goes
+//! 2. `--runs` times (default 5), interleaved and rotating which goes
 //!    first: `dd if=IMAGE of=LOOP bs=4M conv=fsync`, and the real
 //!    `ota-agent` of a fresh simulated device whose inactive slot is that
 //!    loop device, from process start to its reboot request (TUF refresh,
-//!    download, both digests, writes, checkpoints, fsync, read-back from
-//!    the device and its verification). Before each of them: `sync`, then
+//!    download, signed length, writes, checkpoints, fsync, read-back from
+//!    the device and its digests). Before each of them: `sync`, then
 //!    `echo 3 > /proc/sys/vm/drop_caches`, so both start from a cold
 //!    cache (dd reads its image from the disk as the server does);
-//! 3. prints the medians and the ratio agent / dd;
+//!    Each round also times the same work as the agent's with standard
+//!    tools, `dd bs=4M conv=fsync` and then `dd iflag=direct bs=4M |
+//!    sha256sum` reading the slot back from the device: what an install
+//!    that checks what storage kept costs at the least on this disk;
+//! 3. prints the medians, the ratio agent / dd, and the ratio agent /
+//!    (dd + read-back);
 //! 4. for each `--rss` size (default 64M 1G 4G) one more install into a
 //!    loop device of that size, recording the agent's peak RSS
 //!    (`ru_maxrss` from wait4(2), the counter `/usr/bin/time -v` prints as
@@ -129,6 +134,7 @@ fn run() -> Result<()> {
         args.size,
     )?;
     let mut dd = Vec::new();
+    let mut dd_read_back = Vec::new();
     let mut agent = Vec::new();
     let mut curl = Vec::new();
     for round in 0..args.runs {
@@ -138,9 +144,14 @@ fn run() -> Result<()> {
         let secs = bench.curl_once()?;
         eprintln!("round {round}: curl {secs:.2} s");
         curl.push(secs);
-        // Alternate the order so neither always runs right after the other.
-        for which in if round % 2 == 0 { [0, 1] } else { [1, 0] } {
-            if which == 0 {
+        // Rotate the order so none always runs right after another.
+        for which in [0, 1, 2].map(|i| (i + round) % 3) {
+            if which == 2 {
+                drop_caches()?;
+                let secs = dd_once(&bench.image, &slot.path)? + read_back_once(&slot.path)?;
+                eprintln!("round {round}: dd + read-back {secs:.2} s");
+                dd_read_back.push(secs);
+            } else if which == 0 {
                 drop_caches()?;
                 let secs = dd_once(&bench.image, &slot.path)?;
                 eprintln!("round {round}: dd {secs:.2} s");
@@ -159,6 +170,7 @@ fn run() -> Result<()> {
     drop(slot);
     drop(bench);
     let dd_median = median(&dd);
+    let dd_read_back_median = median(&dd_read_back);
     let agent_secs: Vec<f64> = agent.iter().map(|r| r.secs).collect();
     let agent_median = median(&agent_secs);
     println!("load average after: {}", loadavg());
@@ -169,6 +181,11 @@ fn run() -> Result<()> {
         list(&agent_secs),
         list(&agent.iter().map(|r| r.user).collect::<Vec<_>>()),
         list(&agent.iter().map(|r| r.sys).collect::<Vec<_>>()),
+    );
+    println!(
+        "dd bs=4M conv=fsync, then dd iflag=direct | sha256sum, {} runs: {} s",
+        dd_read_back.len(),
+        list(&dd_read_back)
     );
     println!(
         "curl -o /dev/null (server to loopback only), {} runs: {} s, median {:.2} s",
@@ -182,6 +199,11 @@ fn run() -> Result<()> {
         args.size as f64 / 1e6 / dd_median,
         args.size as f64 / 1e6 / agent_median,
         agent_median / dd_median
+    );
+    println!(
+        "{}: dd + read-back median {dd_read_back_median:.2} s, ratio agent/(dd + read-back) {:.2}",
+        human(args.size),
+        agent_median / dd_read_back_median
     );
 
     for &size in &args.rss_sizes {
@@ -322,6 +344,33 @@ fn dd_once(image: &Path, slot: &Path) -> Result<f64> {
     let secs = t.elapsed().as_secs_f64();
     if !status.success() {
         bail!("dd failed: {status}");
+    }
+    Ok(secs)
+}
+
+/// Seconds to read `slot` back from the device (O_DIRECT, as the agent's
+/// read-back) and hash it, with standard tools.
+fn read_back_once(slot: &Path) -> Result<f64> {
+    let t = Instant::now();
+    let mut dd = Command::new("dd")
+        .arg(format!("if={}", slot.display()))
+        .args(["bs=4M", "iflag=direct", "status=none"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running dd")?;
+    let pipe = dd.stdout.take().context("dd's output")?;
+    let hashed = Command::new("sha256sum")
+        .stdin(pipe)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running sha256sum")?;
+    let read = dd.wait().context("waiting for dd")?;
+    let secs = t.elapsed().as_secs_f64();
+    if !read.success() || !hashed.success() {
+        bail!(
+            "reading {} back failed: dd {read}, sha256sum {hashed}",
+            slot.display()
+        );
     }
     Ok(secs)
 }
