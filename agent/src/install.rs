@@ -360,7 +360,11 @@ pub fn install<'r>(
         received.finish()?;
         let written = writer.finish()?;
         crate::crashpoint::hit(crate::crashpoint::INSTALL_BEFORE_READ_BACK);
-        read_back.finish(&written).map_err(|e| match e {
+        // Signs of life while the rest is read back: after a resume the
+        // follower may leave most of the image.
+        let length = job.length;
+        let alive = &mut || hooks.progress(length);
+        read_back.finish(&written, alive).map_err(|e| match e {
             SlotError::ReadBack { slot, source, .. } => {
                 InstallError::NotTheSignedImage { slot, source }
             }

@@ -13,6 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// Size of the buffer used to read a slot back.
 const READ_BACK_CHUNK: usize = 1024 * 1024;
 
+/// Bytes [`ReadBack::finish`] reads between two signs of life.
+const READ_BACK_STEP: u64 = 8 * 1024 * 1024;
+
 /// One of the two slots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum SlotId {
@@ -399,10 +402,8 @@ impl WrittenSlot {
     /// error, short write, a bug) or an altered download is caught before
     /// the bootloader is told to boot it.
     pub fn verify_read_back(self, digests: &Digests) -> Result<(), SlotError> {
-        let mut read_back =
-            ReadBack::of(&self.slot, &self.file, self.is_block, self.length, digests)?;
-        read_back.catch_up(self.length, &AtomicBool::new(false))?;
-        read_back.finish(&self)
+        let read_back = ReadBack::of(&self.slot, &self.file, self.is_block, self.length, digests)?;
+        read_back.finish(&self, &mut || {})
     }
 
     pub fn length(&self) -> u64 {
@@ -583,15 +584,27 @@ impl ReadBack {
     }
 
     /// Reads back what is left of `written` (now fsynced whole) and checks
-    /// the digest of everything read back.
-    pub fn finish(mut self, written: &WrittenSlot) -> Result<(), SlotError> {
+    /// the digests of everything read back. `alive` is called after every
+    /// [`READ_BACK_STEP`] read: after a resumed download the follower may
+    /// leave most of the image to read here, which on slow flash takes
+    /// longer than a watchdog waits.
+    pub fn finish(
+        mut self,
+        written: &WrittenSlot,
+        alive: &mut dyn FnMut(),
+    ) -> Result<(), SlotError> {
         if self.is_block && !self.direct {
             // The block device's own buffer cache, beside the pages dropped per range.
             if let Err(e) = crate::blockdev::flush_buffers(&self.file) {
                 tracing::debug!(error = %e, "BLKFLSBUF failed; read-back may hit the buffer cache");
             }
         }
-        self.catch_up(written.length, &AtomicBool::new(false))?;
+        let go_on = AtomicBool::new(false);
+        while self.done() < written.length {
+            let step = self.done().saturating_add(READ_BACK_STEP);
+            self.catch_up(step.min(written.length), &go_on)?;
+            alive();
+        }
         let slot = &self.slot;
         self.verifier
             .finish()
@@ -787,7 +800,7 @@ pub(crate) mod tests {
                 read_back.catch_up(w.written(), &never)?;
                 assert_eq!(read_back.done(), w.written());
             }
-            read_back.finish(&w.finish()?)
+            read_back.finish(&w.finish()?, &mut || {})
         };
         follow(None).expect("untouched storage reads back");
         let err = follow(Some(1)).expect_err("flipped byte");
@@ -846,7 +859,7 @@ pub(crate) mod tests {
                 f.sync_all().expect("sync");
             }
             read_back.catch_up(w.written(), &AtomicBool::new(false))?;
-            read_back.finish(&w.finish()?)
+            read_back.finish(&w.finish()?, &mut || {})
         };
         write(false).expect("reads back");
         assert_eq!(std::fs::read(&s.b.path).expect("read"), data);
@@ -916,6 +929,30 @@ pub(crate) mod tests {
             "{err}"
         );
         assert!(!s.b.path.exists());
+    }
+
+    /// What the follower left is read back in steps, each a sign of life
+    /// (a resumed download can leave most of the image to read here).
+    #[test]
+    fn the_rest_of_a_read_back_is_a_sign_of_life_per_step() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = slots(dir.path(), None);
+        let step = READ_BACK_STEP as usize;
+        let data: Vec<u8> = (0..3 * step + 5).map(|i| (i % 251) as u8).collect();
+        let written = write_image(&s.b, &s.a, &data).expect("write");
+        let read_back = ReadBack::of(
+            &s.b,
+            &written.file,
+            false,
+            written.length,
+            &digests_of(&data),
+        )
+        .expect("read-back");
+        let mut beats = 0;
+        read_back
+            .finish(&written, &mut || beats += 1)
+            .expect("matches");
+        assert_eq!(beats, 4, "one per step of {step} bytes");
     }
 
     #[test]
