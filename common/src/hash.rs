@@ -456,5 +456,4 @@ mod tests {
         n.finish().expect("exactly the signed length");
         assert_eq!(n.skip(u64::MAX), Err(VerifyError::TooLong { expected: 10 }));
     }
-
 }
