@@ -89,9 +89,10 @@ fn several_cpus() -> bool {
 
 /// The signed length of a stream, enforced as its bytes arrive: the first
 /// byte past it is refused before anything is done with it, and the end
-/// must come exactly at it. For a stream whose digests are checked
-/// elsewhere, once, on the bytes kept (the slot image, read back from
-/// storage: `ota-agent`'s install).
+/// must come exactly at it. [`StreamVerifier`] enforces it beside the
+/// digests; alone, it serves a stream whose digests are checked elsewhere,
+/// once, on the bytes kept (the slot image read back from storage in
+/// `ota-agent`'s install).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedLength {
     expected: u64,
@@ -148,8 +149,7 @@ impl SignedLength {
 #[derive(Debug, Clone)]
 pub struct StreamVerifier {
     expected: Digests,
-    expected_len: u64,
-    seen: u64,
+    length: SignedLength,
     sha256: Option<Hasher>,
     sha512: Option<Hasher>,
 }
@@ -164,8 +164,7 @@ impl StreamVerifier {
             sha256: expected.sha256.map(|_| Hasher::sha256()),
             sha512: expected.sha512.map(|_| Hasher::sha512()),
             expected,
-            expected_len,
-            seen: 0,
+            length: SignedLength::new(expected_len),
         })
     }
 
@@ -190,13 +189,7 @@ impl StreamVerifier {
         chunk: &[u8],
         alongside: impl FnOnce(&[u8]) -> T,
     ) -> Result<T, VerifyError> {
-        let next = self.seen.saturating_add(chunk.len() as u64);
-        if next > self.expected_len {
-            return Err(VerifyError::TooLong {
-                expected: self.expected_len,
-            });
-        }
-        self.seen = next;
+        self.length.update(chunk)?;
         match (self.sha256.as_mut(), self.sha512.as_mut()) {
             (Some(sha256), Some(sha512)) if chunk.len() >= PARALLEL_MIN && several_cpus() => {
                 Ok(std::thread::scope(|scope| {
@@ -219,21 +212,16 @@ impl StreamVerifier {
 
     /// Bytes accepted so far.
     pub fn len(&self) -> u64 {
-        self.seen
+        self.length.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.seen == 0
+        self.length.is_empty()
     }
 
     /// Checks length and every listed digest.
     pub fn finish(self) -> Result<(), VerifyError> {
-        if self.seen != self.expected_len {
-            return Err(VerifyError::WrongLength {
-                expected: self.expected_len,
-                actual: self.seen,
-            });
-        }
+        self.length.finish()?;
         if let (Some(h), Some(want)) = (self.sha256, self.expected.sha256) {
             let got: [u8; 32] = h.finish();
             if got != want {
