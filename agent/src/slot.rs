@@ -599,10 +599,10 @@ impl ReadBack {
                 tracing::debug!(error = %e, "BLKFLSBUF failed; read-back may hit the buffer cache");
             }
         }
-        let go_on = AtomicBool::new(false);
+        let never = AtomicBool::new(false);
         while self.done() < written.length {
             let step = self.done().saturating_add(READ_BACK_STEP);
-            self.catch_up(step.min(written.length), &go_on)?;
+            self.catch_up(step.min(written.length), &never)?;
             alive();
         }
         let slot = &self.slot;
